@@ -1,0 +1,1 @@
+"""streamd client library (anyio: works from asyncio and trio programs)."""
