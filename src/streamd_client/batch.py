@@ -35,6 +35,7 @@ Every decoder here raises only ``CorruptDataError`` (bytes that fail a check) or
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -64,8 +65,25 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _ARRIVALS = struct.Struct(">QQ")
 
-_compressor = zstandard.ZstdCompressor(level=1)
-_decompressor = zstandard.ZstdDecompressor()
+# zstandard's (de)compressor objects are not thread-safe and the server encodes in worker
+# threads, so each thread gets its own (they are reused: creating one costs more than a batch).
+_codecs = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    try:
+        return _codecs.compressor  # type: ignore[no-any-return]
+    except AttributeError:
+        _codecs.compressor = zstandard.ZstdCompressor(level=1)
+        return _codecs.compressor  # type: ignore[no-any-return]
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    try:
+        return _codecs.decompressor  # type: ignore[no-any-return]
+    except AttributeError:
+        _codecs.decompressor = zstandard.ZstdDecompressor()
+        return _codecs.decompressor  # type: ignore[no-any-return]
 
 
 class BatchHeader(NamedTuple):
@@ -118,7 +136,7 @@ def encode_batch(
         raise InvalidBatchError(
             f"batch payload is {len(raw)} bytes; the limit is {BATCH_PAYLOAD_BYTES_MAX}"
         )
-    payload = _compressor.compress(raw) if codec == CODEC_ZSTD else raw
+    payload = _compressor().compress(raw) if codec == CODEC_ZSTD else raw
     header = _HEADER.pack(
         MAGIC,
         FORMAT_VERSION,
@@ -180,12 +198,19 @@ def verify_payload(buf: bytes | bytearray | memoryview, header: BatchHeader, at:
         )
 
 
-def decode_records(buf: bytes | bytearray | memoryview, header: BatchHeader, at: int = 0) -> Records:
+def decode_records(
+    buf: bytes | bytearray | memoryview, header: BatchHeader, at: int = 0
+) -> Records:
     """Decompress and decode the payload of a verified batch. Raises CorruptDataError."""
     payload = memoryview(buf)[at + HEADER_BYTES : at + header.length]
     try:
         if header.codec == CODEC_ZSTD:
-            raw = _decompressor.decompress(payload, max_output_size=header.uncompressed_length)
+            # zstd ignores max_output_size when the frame declares its content size, so a frame
+            # claiming a huge size would be allocated in full (MemoryError, or a bomb): check
+            # the claim against the header's bounded length first. encode_batch always writes it.
+            if zstandard.frame_content_size(payload) != header.uncompressed_length:
+                raise CorruptDataError("zstd frame content size differs from the batch header")
+            raw = _decompressor().decompress(payload, max_output_size=header.uncompressed_length)
         else:
             raw = bytes(payload)
     except zstandard.ZstdError as exc:

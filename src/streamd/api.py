@@ -1,0 +1,154 @@
+"""Native-protocol operations: argument checks and result shapes around the engine.
+
+One handler per operation in one table (``HANDLERS``). Handlers check argument types and
+request-level limits, call the engine, and return the result map that goes on the wire
+(docs/protocol.md). They raise StreamdError subclasses only; the server turns anything else
+into INTERNAL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from streamd_client.errors import (
+    InvalidArgumentError,
+    RequestTooLargeError,
+)
+from streamd_client.model import (
+    PUT_RECORDS_BYTES_MAX,
+    PUT_RECORDS_COUNT_MAX,
+    READ_BYTES_MAX,
+    READ_WAIT_MS_MAX,
+    RETENTION_HOURS_DEFAULT,
+    Position,
+    check_partition_key,
+    check_record_data,
+    hash_bytes_of,
+    parse_explicit_hash_key,
+)
+
+from .engine import Engine, RecordIn
+
+Handler = Callable[[Engine, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def _arg(args: dict[str, Any], name: str, kind: type, default: Any = ...) -> Any:
+    value = args.get(name, default)
+    if value is ...:
+        raise InvalidArgumentError(f"missing argument {name!r}")
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise InvalidArgumentError(f"argument {name!r} must be {kind.__name__}")
+    return value
+
+
+async def _create_stream(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+    await engine.create_stream(
+        _arg(args, "stream", str),
+        _arg(args, "shard_count", int),
+        _arg(args, "retention_hours", int, RETENTION_HOURS_DEFAULT),
+    )
+    return {}
+
+
+async def _delete_stream(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+    await engine.delete_stream(_arg(args, "stream", str))
+    return {}
+
+
+async def _list_streams(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+    return {"streams": engine.list_streams()}
+
+
+async def _describe_stream(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+    return {"stream": engine.describe_stream(_arg(args, "stream", str))}
+
+
+async def _update_retention(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+    await engine.update_retention(_arg(args, "stream", str), _arg(args, "retention_hours", int))
+    return {}
+
+
+def _record_in(raw: Any) -> RecordIn:
+    if not isinstance(raw, dict):
+        raise InvalidArgumentError("each record must be a map {k, d, h?}")
+    key = check_partition_key(raw.get("k"))
+    data = check_record_data(raw.get("d"))
+    explicit = raw.get("h")
+    if explicit is None:
+        hash_bytes = hash_bytes_of(key)
+    else:
+        hash_bytes = parse_explicit_hash_key(explicit).to_bytes(16, "big")
+    return RecordIn(key, hash_bytes, data)
+
+
+async def _put_records(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+    stream = _arg(args, "stream", str)
+    raw_records = _arg(args, "records", list)
+    if not 1 <= len(raw_records) <= PUT_RECORDS_COUNT_MAX:
+        raise RequestTooLargeError(
+            f"put_records takes 1..{PUT_RECORDS_COUNT_MAX} records, got {len(raw_records)}"
+        )
+    records = [_record_in(r) for r in raw_records]
+    total = sum(len(r.data) + len(r.partition_key.encode()) for r in records)
+    if total > PUT_RECORDS_BYTES_MAX:
+        raise RequestTooLargeError(
+            f"put_records carries {total} bytes; the limit is {PUT_RECORDS_BYTES_MAX}"
+        )
+    outcomes = await engine.put_records(stream, records)
+    results: list[dict[str, Any]] = []
+    for outcome in outcomes:
+        if outcome.error is not None:
+            results.append({"code": outcome.error.code, "message": outcome.error.message})
+        else:
+            results.append({"shard_id": outcome.shard_id, "sequence": outcome.sequence})
+    failed = sum(1 for o in outcomes if o.error is not None)
+    return {"failed": failed, "results": results}
+
+
+async def _append_batch(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+    outcome = await engine.append_batch(
+        _arg(args, "stream", str), _arg(args, "shard_id", str), _arg(args, "batch", bytes)
+    )
+    return {
+        "shard_id": outcome.shard_id,
+        "base_offset": outcome.base_offset,
+        "base_sequence": outcome.base_sequence,
+        "record_count": outcome.record_count,
+        "duplicate": outcome.duplicate,
+    }
+
+
+async def _read(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+    max_bytes = _arg(args, "max_bytes", int, 1024 * 1024)
+    wait_ms = _arg(args, "wait_ms", int, 0)
+    if not 1 <= max_bytes <= READ_BYTES_MAX:
+        raise InvalidArgumentError(f"max_bytes must be 1..{READ_BYTES_MAX}")
+    if not 0 <= wait_ms <= READ_WAIT_MS_MAX:
+        raise InvalidArgumentError(f"wait_ms must be 0..{READ_WAIT_MS_MAX}")
+    result = await engine.read(
+        _arg(args, "stream", str),
+        _arg(args, "shard_id", str),
+        Position.from_wire(args.get("from")),
+        max_bytes,
+        wait_ms,
+    )
+    return {
+        "batches": result.batches,
+        "start_offset": result.start_offset,
+        "next_offset": result.next_offset,
+        "high_watermark": result.high_watermark,
+        "millis_behind": result.millis_behind,
+    }
+
+
+HANDLERS: dict[str, Handler] = {
+    "create_stream": _create_stream,
+    "delete_stream": _delete_stream,
+    "list_streams": _list_streams,
+    "describe_stream": _describe_stream,
+    "update_retention": _update_retention,
+    "put_records": _put_records,
+    "append_batch": _append_batch,
+    "read": _read,
+}

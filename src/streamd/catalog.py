@@ -1,0 +1,129 @@
+"""Stream and shard metadata, kept as one CBOR document per stream in the metadata store.
+
+One key per stream (``streams/<name>``) holds the stream and all its shards, so a change that
+touches several shards at once (a split closes one shard and opens two) is one atomic
+compare-and-swap. Documents are small: a shard is a few hundred bytes.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+import cbor2
+
+from streamd_client.errors import InternalError, StreamExistsError, StreamNotFoundError
+from streamd_client.model import even_hash_ranges, make_sequence, shard_id_of
+
+from .meta import Compare, MetaStore
+
+StreamStatus = Literal["ACTIVE", "DELETING", "UPDATING"]
+_PREFIX = "streams/"
+_CAS_ATTEMPTS_MAX = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ShardMeta:
+    shard_id: str
+    index: int
+    hash_key_start: int
+    hash_key_end: int
+    leader_epoch: int = 1
+    ending_offset: int | None = None  # set when the shard is closed (resharding)
+    parent_shard_id: str | None = None
+    adjacent_parent_shard_id: str | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.ending_offset is None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "shard_id": self.shard_id,
+            "hash_key_start": self.hash_key_start,
+            "hash_key_end": self.hash_key_end,
+            "starting_sequence": make_sequence(self.index, 0),
+            "ending_sequence": (
+                None
+                if self.ending_offset is None
+                else make_sequence(self.index, self.ending_offset)
+            ),
+            "parent_shard_id": self.parent_shard_id,
+            "adjacent_parent_shard_id": self.adjacent_parent_shard_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMeta:
+    name: str
+    stream_id: str  # unique per incarnation: a re-created stream never sees old files
+    status: StreamStatus
+    retention_hours: int
+    created_ms: int
+    shards: tuple[ShardMeta, ...] = field(default_factory=tuple)
+
+    @staticmethod
+    def new(name: str, shard_count: int, retention_hours: int, now_ms: int) -> StreamMeta:
+        shards = tuple(
+            ShardMeta(shard_id_of(i), i, start, end)
+            for i, (start, end) in enumerate(even_hash_ranges(shard_count))
+        )
+        return StreamMeta(name, secrets.token_hex(8), "ACTIVE", retention_hours, now_ms, shards)
+
+    def shard(self, shard_id: str) -> ShardMeta | None:
+        return next((s for s in self.shards if s.shard_id == shard_id), None)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "retention_hours": self.retention_hours,
+            "created_ms": self.created_ms,
+            "shards": [s.describe() for s in self.shards],
+        }
+
+    def encode(self) -> bytes:
+        return cbor2.dumps(asdict(self))
+
+    @staticmethod
+    def decode(raw: bytes) -> StreamMeta:
+        doc = cbor2.loads(raw)
+        shards = tuple(ShardMeta(**s) for s in doc.pop("shards"))
+        return StreamMeta(**doc, shards=shards)
+
+
+class Catalog:
+    """Reads and changes stream metadata through a MetaStore with compare-and-swap."""
+
+    def __init__(self, store: MetaStore) -> None:
+        self.store = store
+
+    async def load_all(self) -> list[StreamMeta]:
+        return [StreamMeta.decode(kv.value) for kv in await self.store.range(_PREFIX)]
+
+    async def create(self, meta: StreamMeta) -> None:
+        """Raises StreamExistsError if a stream of that name exists."""
+        key = _PREFIX + meta.name
+        if not await self.store.txn([Compare(key, 0)], puts=[(key, meta.encode())]):
+            raise StreamExistsError(f"stream {meta.name!r} already exists")
+
+    async def update(self, name: str, change: Callable[[StreamMeta], StreamMeta]) -> StreamMeta:
+        """Apply ``change`` atomically (it may raise to refuse). Raises StreamNotFoundError."""
+        key = _PREFIX + name
+        for _ in range(_CAS_ATTEMPTS_MAX):
+            kv = await self.store.get(key)
+            if kv is None:
+                raise StreamNotFoundError(f"stream {name!r} not found")
+            new = change(StreamMeta.decode(kv.value))
+            if await self.store.txn([Compare(key, kv.mod_revision)], puts=[(key, new.encode())]):
+                return new
+        raise InternalError(f"stream {name!r} metadata kept changing under update")
+
+    async def remove(self, name: str) -> None:
+        await self.store.txn([], deletes=[_PREFIX + name])
+
+
+def with_status(meta: StreamMeta, status: StreamStatus) -> StreamMeta:
+    return replace(meta, status=status)

@@ -1,0 +1,58 @@
+"""Server configuration: one frozen dataclass, filled by the CLI, passed down explicitly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from streamd_client.wire import FRAME_BYTES_MAX_DEFAULT
+
+FsyncMode = Literal["always", "interval", "never"]
+LogFormat = Literal["console", "json"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    data_dir: Path = field(default_factory=lambda: Path("./streamd-data"))
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 7070
+    # always: ack after fdatasync; interval: fdatasync every fsync_interval_ms, ack after write;
+    # never: leave it to the OS. Only "always" keeps invariant 1 (see docs/operations.md).
+    fsync: FsyncMode = "always"
+    fsync_interval_ms: int = 50
+    segment_bytes_max: int = 64 * 1024 * 1024
+    segment_age_ms_max: int = 60 * 60 * 1000
+    retention_check_interval_ms: int = 60_000
+    # Bounds (invariant 8): per shard queue, per connection frames and requests in flight.
+    shard_queue_bytes_max: int = 32 * 1024 * 1024
+    shard_queue_requests_max: int = 10_000
+    commit_batch_bytes_max: int = 4 * 1024 * 1024
+    tail_cache_bytes_max: int = 8 * 1024 * 1024
+    frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT
+    requests_in_flight_max: int = 1024
+    connections_max: int = 1024
+    handshake_timeout_ms: int = 10_000
+    shutdown_grace_ms: int = 5_000
+    metrics_listen: str | None = None  # HOST:PORT for Prometheus /metrics; off when None
+    log_format: LogFormat = "console"
+    log_level: str = "info"
+
+    @property
+    def listen(self) -> str:
+        return f"{self.listen_host}:{self.listen_port}"
+
+
+def parse_host_port(value: str, default_port: int = 7070) -> tuple[str, int]:
+    """'HOST:PORT', ':PORT' or 'HOST' -> (host, port). Brackets for IPv6: '[::1]:7070'."""
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep:
+            host, port = value, ""
+    port_number = int(port) if port else default_port
+    if not 0 <= port_number <= 65535:
+        raise ValueError(f"port out of range: {value!r}")
+    return host or "127.0.0.1", port_number

@@ -1,0 +1,273 @@
+"""The native protocol server: trio TCP listeners, one task per connection, one per request.
+
+Per connection: a reader loop feeds bytes to the sans-I/O ``FrameDecoder``, the first message
+must be ``hello``, and every later request runs in its own task (bounded by
+``requests_in_flight_max``) so a long-poll read never blocks a put on the same connection.
+Responses go to an outbox that one writer task drains, joining whatever queued up into a single
+``send_all`` (fewer syscalls under load, no interleaved frames).
+
+Malformed framing (a bad length, a body that is not a CBOR map) is a protocol error: the client
+gets an error frame with request id 0 and the connection closes, since its framing can no longer
+be trusted. A bad request inside a good frame gets a typed error and the connection stays.
+
+Shutdown (SIGINT/SIGTERM): stop accepting, let the shard pipelines drain and acknowledge what they
+hold (bounded by ``shutdown_grace_ms``), close the logs cleanly, then drop the connections.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import sys
+from typing import Any
+
+import structlog
+import trio
+
+from streamd_client import wire
+from streamd_client.errors import (
+    InternalError,
+    LimitExceededError,
+    ProtocolError,
+    StreamdError,
+    UnknownOperationError,
+    UnsupportedVersionError,
+)
+
+from . import __version__, metrics
+from .api import HANDLERS
+from .config import ServerConfig, parse_host_port
+from .engine import Engine
+from .meta import SqliteMetaStore
+
+log = structlog.get_logger(__name__)
+
+_RECEIVE_BYTES = 256 * 1024
+
+
+class _Connection:
+    def __init__(
+        self, stream: trio.SocketStream, engine: Engine, config: ServerConfig, peer: str
+    ) -> None:
+        self.stream = stream
+        self.engine = engine
+        self.config = config
+        self.peer = peer
+        self.decoder = wire.FrameDecoder(config.frame_bytes_max)
+        self.outbox: list[bytes] = []
+        self.outbox_ready = trio.Event()
+        self.in_flight = 0
+        self.closing = False
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._writer)
+            try:
+                await self._handshake()
+                await self._read_loop(nursery)
+            except ProtocolError as exc:
+                log.info("connection.protocol_error", peer=self.peer, error=exc.message)
+                self._send(wire.error_response(0, exc.to_wire()))
+                await self._flush_and_close()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            nursery.cancel_scope.cancel()
+
+    async def _receive_message(self) -> dict[str, Any] | None:
+        while True:
+            message = self.decoder.next_message()
+            if message is not wire.NEED_DATA:
+                assert isinstance(message, dict)
+                return message
+            data = await self.stream.receive_some(_RECEIVE_BYTES)
+            if not data:
+                return None
+            self.decoder.receive_data(data)
+
+    async def _handshake(self) -> None:
+        with trio.move_on_after(self.config.handshake_timeout_ms / 1000):
+            message = await self._receive_message()
+            if message is None:
+                raise trio.BrokenResourceError
+            request_id, op, args = wire.check_request(message)
+            if op != wire.OP_HELLO:
+                raise ProtocolError(f"first request must be hello, got {op!r:.40}")
+            versions = args.get("versions")
+            if not isinstance(versions, list) or wire.PROTOCOL_VERSION not in versions:
+                raise UnsupportedVersionError(
+                    f"server speaks {wire.PROTOCOL_VERSION}; client offered {versions!r:.60}"
+                )
+            self._send(
+                wire.response(
+                    request_id,
+                    {
+                        "version": wire.PROTOCOL_VERSION,
+                        "server": f"streamd/{__version__}",
+                        "frame_bytes_max": self.config.frame_bytes_max,
+                    },
+                )
+            )
+            return
+        raise ProtocolError("no hello within the handshake timeout")
+
+    async def _read_loop(self, nursery: trio.Nursery) -> None:
+        while (message := await self._receive_message()) is not None:
+            try:
+                request_id, op, args = wire.check_request(message)
+            except ProtocolError as exc:  # the frame was whole: answer it, keep the connection
+                self._send(wire.error_response(message["i"], exc.to_wire()))
+                continue
+            if self.in_flight >= self.config.requests_in_flight_max:
+                error = LimitExceededError(
+                    f"more than {self.config.requests_in_flight_max} requests in flight"
+                )
+                self._send(wire.error_response(request_id, error.to_wire()))
+                continue
+            self.in_flight += 1
+            nursery.start_soon(self._dispatch, request_id, op, args)
+
+    async def _dispatch(self, request_id: int, op: str, args: dict[str, Any]) -> None:
+        code = "OK"
+        try:
+            handler = HANDLERS.get(op)
+            if handler is None:
+                raise UnknownOperationError(f"unknown operation {op!r:.60}")
+            reply = wire.response(request_id, await handler(self.engine, args))
+        except StreamdError as exc:
+            log.debug("request.failed", peer=self.peer, op=op, code=exc.code, error=exc.message)
+            reply = wire.error_response(request_id, exc.to_wire())
+            code = exc.code
+        except Exception as exc:
+            code = InternalError.code
+            log.exception("request.internal_error", peer=self.peer, op=op)
+            reply = wire.error_response(
+                request_id, InternalError(f"internal error: {exc!r:.200}").to_wire()
+            )
+        finally:
+            self.in_flight -= 1
+        metrics.REQUESTS.labels(op if op in HANDLERS else "unknown", code).inc()
+        self._send(reply)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        self.outbox.append(wire.encode_message(message))
+        self.outbox_ready.set()
+
+    async def _writer(self) -> None:
+        while True:
+            await self.outbox_ready.wait()
+            self.outbox_ready = trio.Event()
+            data = b"".join(self.outbox)
+            self.outbox.clear()
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+
+    async def _flush_and_close(self) -> None:
+        with trio.move_on_after(1.0):
+            if self.outbox:
+                await self.stream.send_all(b"".join(self.outbox))
+                self.outbox.clear()
+        await self.stream.aclose()
+
+
+class Server:
+    def __init__(self, config: ServerConfig, engine: Engine) -> None:
+        self.config = config
+        self.engine = engine
+        self.connections = 0
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        try:
+            peer = "{}:{}".format(*stream.socket.getpeername()[:2])
+        except OSError:
+            return
+        if self.connections >= self.config.connections_max:
+            log.warning("connection.refused", peer=peer, reason="connections_max")
+            await stream.aclose()
+            return
+        self.connections += 1
+        metrics.CONNECTIONS.inc()
+        log.debug("connection.opened", peer=peer)
+        try:
+            await _Connection(stream, self.engine, self.config, peer).run()
+        finally:
+            self.connections -= 1
+            metrics.CONNECTIONS.dec()
+            with trio.move_on_after(1.0):
+                await stream.aclose()
+            log.debug("connection.closed", peer=peer)
+
+
+def _lock_data_dir(config: ServerConfig) -> int:
+    """Hold an exclusive lock on the data dir for the process's life: one server per dir."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(config.data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+            raise SystemExit(
+                f"error: data dir {config.data_dir} is in use by another server"
+            ) from None
+        raise
+    return fd
+
+
+async def serve(
+    config: ServerConfig,
+    *,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the server until SIGINT/SIGTERM (or cancellation), then shut down cleanly."""
+    lock_fd = _lock_data_dir(config)
+    store = SqliteMetaStore(config.data_dir / "meta.sqlite3")
+    engine = Engine(config, store)
+    log.info(
+        "server.starting", data_dir=str(config.data_dir), listen=config.listen, fsync=config.fsync
+    )
+    if config.metrics_listen:
+        metrics_host, metrics_port = parse_host_port(config.metrics_listen, 9464)
+        metrics.serve_metrics(metrics_host, metrics_port)
+        log.info("server.metrics", listen=f"{metrics_host}:{metrics_port}")
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as root:
+                await root.start(engine.run)
+                server = Server(config, engine)
+                listeners = await trio.open_tcp_listeners(
+                    config.listen_port, host=config.listen_host
+                )
+                host, port = listeners[0].socket.getsockname()[:2]
+                async with trio.open_nursery() as connections:
+                    async with trio.open_nursery() as accept:
+                        accept.start_soon(
+                            trio.serve_listeners, server.handle, listeners, connections
+                        )
+                        print(f"streamd ready: listening on {host}:{port}", flush=True)
+                        log.info("server.ready", listen=f"{host}:{port}")
+                        task_status.started((host, port))
+                        async for signum in signals:
+                            log.info("server.stopping", signal=signal.Signals(signum).name)
+                            break
+                        accept.cancel_scope.cancel()
+                    with trio.move_on_after(config.shutdown_grace_ms / 1000):
+                        await engine.close()
+                    await trio.sleep(0.05)  # let connection writers send the last acks
+                    connections.cancel_scope.cancel()
+                root.cancel_scope.cancel()
+    finally:
+        await store.aclose()
+        os.close(lock_fd)
+        log.info("server.stopped")
+
+
+def run_server(config: ServerConfig) -> None:
+    """Blocking entry point for ``streamd serve``."""
+    try:
+        trio.run(serve, config)
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        sys.exit(130)

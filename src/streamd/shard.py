@@ -1,0 +1,482 @@
+"""The per-shard commit pipeline: queue, group commit, encode, write, fsync, replicate, ack.
+
+Writers (``enqueue_records`` for server-routed records, ``enqueue_batch`` for client-built
+batches) put a ``PendingWrite`` on a bounded queue and wait on it. One appender task per shard
+takes everything queued while the previous group was being made durable (group commit), plans it
+into batches with consecutive offsets, and hands the plan to a worker thread that encodes
+server-built batches, rewrites client batch headers, appends, and fsyncs. Then the replication
+seam (``Committer``) confirms the quorum, the high watermark moves, waiting readers wake, and every
+writer in the group is acknowledged at once.
+
+Readers only ever see offsets below the high watermark (invariant 2). Recent committed batches
+stay in a bounded in-memory tail cache so that tailing readers never touch the disk.
+
+Idempotent producers: a client batch carries (producer id, producer sequence). A batch equal to
+one of that producer's last committed batches (kept by the log, rebuilt from headers at start)
+or to one still in flight is answered with the original offsets instead of being stored again.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import structlog
+import trio
+
+from streamd_client import batch as batchfmt
+from streamd_client.errors import (
+    InternalError,
+    InvalidSequenceNumberError,
+    OutOfOrderSequenceError,
+    ShardClosedError,
+    ShuttingDownError,
+    StorageFullError,
+    StreamdError,
+    ThrottledError,
+)
+from streamd_client.model import Position, make_sequence, parse_sequence
+
+from . import metrics
+from .catalog import ShardMeta
+from .replication import Committer
+
+if TYPE_CHECKING:
+    from .storage import ShardLog
+
+log = structlog.get_logger(__name__)
+
+_SERVER_BATCH_PAYLOAD_BYTES_MAX = 4 * 1024 * 1024
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    fsync: str = "always"  # always | interval | never
+    fsync_interval_ms: int = 50
+    queue_bytes_max: int = 32 * 1024 * 1024
+    queue_requests_max: int = 10_000
+    commit_batch_bytes_max: int = 4 * 1024 * 1024
+    tail_cache_bytes_max: int = 8 * 1024 * 1024
+
+
+@dataclass(slots=True, eq=False)
+class PendingWrite:
+    """One writer's request: either records to batch here, or a whole client batch."""
+
+    record_count: int
+    size_bytes: int
+    arrival_ms: int
+    keys: list[str] | None = None
+    hashes: list[bytes] | None = None
+    datas: list[bytes] | None = None
+    batch: bytes | None = None
+    producer: tuple[int, int] | None = None  # (producer id, producer sequence)
+    done: trio.Event = field(default_factory=trio.Event)
+    base_offset: int = -1
+    duplicate: bool = False
+    error: StreamdError | None = None
+
+    async def wait(self) -> tuple[int, int, bool]:
+        """(base offset, record count, duplicate) once committed; raises the write's error."""
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.base_offset, self.record_count, self.duplicate
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    batches: list[bytes]
+    start_offset: int
+    next_offset: int
+    high_watermark: int
+    millis_behind: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    base_offset: int
+    next_offset: int
+    last_arrival_ms: int
+    data: bytes
+
+
+@dataclass(slots=True)
+class _Planned:
+    """One batch to write: either built here from ``writes`` or a client batch (one write)."""
+
+    base_offset: int
+    writes: list[PendingWrite]
+    data: bytes = b""
+    last_arrival_ms: int = 0
+
+    @property
+    def next_offset(self) -> int:
+        return self.base_offset + sum(w.record_count for w in self.writes)
+
+
+class ShardPipeline:
+    def __init__(
+        self,
+        stream: str,
+        shard: ShardMeta,
+        shard_log: ShardLog,
+        config: PipelineConfig,
+        committer: Committer,
+    ) -> None:
+        self.stream = stream
+        self.shard = shard
+        self.log = shard_log
+        self.config = config
+        self.committer = committer
+        self.high_watermark = shard_log.next_offset  # Invariant: start_offset <= hwm <= next
+        self.last_arrival_ms = shard_log.last_arrival_ms
+        self._queue: deque[PendingWrite] = deque()
+        self._queued_bytes = 0
+        self._work = trio.Event()
+        self._committed = trio.Event()
+        self._in_flight: dict[int, dict[int, PendingWrite]] = {}
+        self._tail: list[_Cached] = []
+        self._tail_bytes = 0
+        self._closing = False
+        self._stopped = trio.Event()
+        self._retention_cutoff_ms: int | None = None
+        self._dirty = False
+        self._log = log.bind(stream=stream, shard_id=shard.shard_id)
+
+    # -- writers ------------------------------------------------------------------------------
+
+    def enqueue_records(
+        self, keys: list[str], hashes: list[bytes], datas: list[bytes]
+    ) -> PendingWrite:
+        """Queue validated records. Raises ThrottledError, ShardClosedError, ShuttingDownError."""
+        size = sum(map(len, datas)) + sum(map(len, keys)) + 24 * len(keys)
+        write = PendingWrite(len(keys), size, now_ms(), keys=keys, hashes=hashes, datas=datas)
+        self._admit(write)
+        return write
+
+    def enqueue_batch(self, data: bytes, header: batchfmt.BatchHeader) -> PendingWrite:
+        """Queue a validated client batch, or return the pending/committed original of a retry.
+
+        Raises OutOfOrderSequenceError, ThrottledError, ShardClosedError, ShuttingDownError.
+        """
+        write = PendingWrite(header.record_count, len(data), now_ms(), batch=data)
+        if header.producer_id:
+            original = self._check_producer(header.producer_id, header.producer_seq, write)
+            if original is not None:
+                return original
+            write.producer = (header.producer_id, header.producer_seq)
+        self._admit(write)
+        if write.producer:
+            self._in_flight.setdefault(write.producer[0], {})[write.producer[1]] = write
+        return write
+
+    def _admit(self, write: PendingWrite) -> None:
+        if self._closing:
+            raise ShuttingDownError("shard is closing")
+        if not self.shard.is_open:
+            raise ShardClosedError(
+                f"shard {self.shard.shard_id} is closed", shard_id=self.shard.shard_id
+            )
+        if (
+            len(self._queue) >= self.config.queue_requests_max
+            or self._queued_bytes + write.size_bytes > self.config.queue_bytes_max
+        ):
+            metrics.WRITES_REJECTED.labels(ThrottledError.code).inc()
+            raise ThrottledError(
+                f"shard {self.shard.shard_id} write queue is full", shard_id=self.shard.shard_id
+            )
+        self._queue.append(write)
+        self._queued_bytes += write.size_bytes
+        self._work.set()
+
+    def _check_producer(
+        self, producer_id: int, seq: int, write: PendingWrite
+    ) -> PendingWrite | None:
+        for committed_seq, base, count in self.log.producers.get(producer_id, ()):
+            if committed_seq == seq:
+                write.base_offset, write.duplicate = base, True
+                write.record_count = count
+                write.done.set()
+                return write
+        in_flight = self._in_flight.get(producer_id, {})
+        if seq in in_flight:
+            return in_flight[seq]
+        known = [s for s, _, _ in self.log.producers.get(producer_id, ())] + list(in_flight)
+        if known and seq != max(known) + 1:
+            raise OutOfOrderSequenceError(
+                f"producer {producer_id} sent sequence {seq}; expected {max(known) + 1}",
+                expected=max(known) + 1,
+            )
+        return None
+
+    # -- the appender ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The appender loop. Returns after ``close`` once the queue is drained."""
+        try:
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        break
+                    await self._idle()
+                    continue
+                await self._commit_group(self._take_group())
+        finally:
+            self._stopped.set()
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Stop taking writes, drain the queue, and wait for the appender to finish."""
+        self._closing = True
+        self._work.set()
+        with trio.move_on_after(timeout_s):
+            await self._stopped.wait()
+
+    def request_retention(self, cutoff_ms: int) -> None:
+        self._retention_cutoff_ms = cutoff_ms
+        self._work.set()
+
+    async def _idle(self) -> None:
+        """Wait for work; meanwhile run due background chores (interval fsync, retention)."""
+        if self._retention_cutoff_ms is not None:
+            cutoff, self._retention_cutoff_ms = self._retention_cutoff_ms, None
+            deleted = await trio.to_thread.run_sync(self.log.delete_segments_before, cutoff)
+            if deleted:
+                self._log.info(
+                    "shard.retention", segments_deleted=deleted, start_offset=self.log.start_offset
+                )
+            return
+        timeout_s = self.config.fsync_interval_ms / 1000 if self._dirty else 3600.0
+        with trio.move_on_after(timeout_s) as scope:
+            await self._work.wait()
+        self._work = trio.Event()
+        if scope.cancelled_caught and self._dirty:
+            self._dirty = False
+            await trio.to_thread.run_sync(self.log.sync)
+
+    def _take_group(self) -> list[PendingWrite]:
+        group: list[PendingWrite] = []
+        size = 0
+        while self._queue and (
+            not group or size + self._queue[0].size_bytes <= self.config.commit_batch_bytes_max
+        ):
+            write = self._queue.popleft()
+            size += write.size_bytes
+            group.append(write)
+        self._queued_bytes -= size
+        return group
+
+    def _plan(self, group: list[PendingWrite]) -> list[_Planned]:
+        """Consecutive record writes share one batch (bounded); client batches stand alone."""
+        plan: list[_Planned] = []
+        offset = self.log.next_offset
+        current: _Planned | None = None
+        current_records = current_bytes = 0
+        for write in group:
+            fits = (
+                current is not None
+                and current_records + write.record_count <= batchfmt.BATCH_RECORDS_MAX
+                and current_bytes + write.size_bytes <= _SERVER_BATCH_PAYLOAD_BYTES_MAX
+            )
+            if write.batch is not None or not fits:
+                if current is not None:
+                    offset = current.next_offset
+                current = _Planned(offset, [write])
+                plan.append(current)
+                current_records, current_bytes = write.record_count, write.size_bytes
+                if write.batch is not None:
+                    offset, current = current.next_offset, None
+            else:
+                assert current is not None
+                current.writes.append(write)
+                current_records += write.record_count
+                current_bytes += write.size_bytes
+        return plan
+
+    async def _commit_group(self, group: list[PendingWrite]) -> None:
+        plan = self._plan(group)
+        stamp_ms = max(now_ms(), self.last_arrival_ms)
+        started = time.perf_counter()
+        written, error = await trio.to_thread.run_sync(self._write_plan, plan, stamp_ms)
+        metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+        if error is not None:
+            metrics.WRITES_REJECTED.labels(error.code).inc()
+            self._log.warning("shard.write_failed", code=error.code, error=error.message)
+        if written:
+            try:
+                await self.committer.commit(
+                    self.shard.shard_id,
+                    self.shard.leader_epoch,
+                    [p.data for p in written],
+                    written[-1].next_offset,
+                )
+            except StreamdError as exc:
+                error, written = exc, []
+            else:
+                self._publish(written)
+        committed = {id(w) for p in written for w in p.writes}
+        for planned in written:
+            offset = planned.base_offset
+            for write in planned.writes:
+                write.base_offset = offset
+                offset += write.record_count
+        for write in group:
+            if id(write) not in committed:
+                write.error = error or InternalError("write was not committed")
+            if write.producer is not None:
+                self._in_flight.get(write.producer[0], {}).pop(write.producer[1], None)
+                if not self._in_flight.get(write.producer[0], True):
+                    del self._in_flight[write.producer[0]]
+            write.done.set()
+
+    def _write_plan(
+        self, plan: list[_Planned], stamp_ms: int
+    ) -> tuple[list[_Planned], StreamdError | None]:
+        """Worker thread: encode, append and fsync. Returns what was written and any error."""
+        written: list[_Planned] = []
+        error: StreamdError | None = None
+        for planned in plan:
+            planned.data = self._encode(planned, stamp_ms)
+            planned.last_arrival_ms = stamp_ms
+            try:
+                self.log.append(planned.data)
+            except StorageFullError as exc:
+                error = exc
+                break
+            except OSError as exc:
+                error = InternalError(f"write failed: {exc}")
+                break
+            written.append(planned)
+        if written:
+            if self.config.fsync == "always":
+                self.log.sync()
+            elif self.config.fsync == "interval":
+                self._dirty = True
+        return written, error
+
+    def _encode(self, planned: _Planned, stamp_ms: int) -> bytes:
+        first_ms = min(w.arrival_ms for w in planned.writes)
+        first_ms = min(first_ms, stamp_ms)
+        head = planned.writes[0]
+        if head.batch is not None:
+            return batchfmt.restamp(
+                head.batch,
+                base_offset=planned.base_offset,
+                leader_epoch=self.shard.leader_epoch,
+                first_arrival_ms=first_ms,
+                last_arrival_ms=stamp_ms,
+            )
+        keys: list[str] = []
+        hashes: list[bytes] = []
+        datas: list[bytes] = []
+        for write in planned.writes:
+            assert write.keys is not None and write.hashes is not None and write.datas is not None
+            keys += write.keys
+            hashes += write.hashes
+            datas += write.datas
+        return batchfmt.encode_batch(
+            keys,
+            hashes,
+            datas,
+            base_offset=planned.base_offset,
+            leader_epoch=self.shard.leader_epoch,
+            first_arrival_ms=first_ms,
+            last_arrival_ms=stamp_ms,
+        )
+
+    def _publish(self, written: list[_Planned]) -> None:
+        end = written[-1].next_offset
+        assert end > self.high_watermark and end == self.log.next_offset
+        metrics.RECORDS_APPENDED.labels(self.stream).inc(end - self.high_watermark)
+        metrics.BYTES_APPENDED.labels(self.stream).inc(sum(len(p.data) for p in written))
+        metrics.GROUP_COMMITS.labels(self.stream).inc()
+        for planned in written:
+            self._tail.append(
+                _Cached(
+                    planned.base_offset, planned.next_offset, planned.last_arrival_ms, planned.data
+                )
+            )
+            self._tail_bytes += len(planned.data)
+        while self._tail_bytes > self.config.tail_cache_bytes_max and len(self._tail) > 1:
+            self._tail_bytes -= len(self._tail.pop(0).data)
+        self.high_watermark = end
+        self.last_arrival_ms = written[-1].last_arrival_ms
+        self._committed.set()
+        self._committed = trio.Event()
+
+    # -- readers --------------------------------------------------------------------------------
+
+    def resolve(self, position: Position) -> int:
+        """The offset a position names. Raises InvalidSequenceNumberError."""
+        kind = position.kind
+        if kind == "trim_horizon":
+            return self.log.start_offset
+        if kind == "latest":
+            return self.high_watermark
+        if kind == "at_timestamp":
+            assert position.timestamp_ms is not None
+            return min(self.log.offset_for_timestamp(position.timestamp_ms), self.high_watermark)
+        if kind == "at_offset":
+            assert position.offset is not None
+            offset = position.offset
+        else:
+            index, offset = parse_sequence(position.sequence)
+            if index != self.shard.index:
+                raise InvalidSequenceNumberError(
+                    f"sequence number belongs to another shard, not {self.shard.shard_id}"
+                )
+            offset += kind == "after_sequence"
+        if offset > self.high_watermark:
+            raise InvalidSequenceNumberError(
+                f"position {offset} lies beyond the shard's tip {self.high_watermark}",
+                high_watermark=self.high_watermark,
+            )
+        return offset
+
+    async def read(self, position: Position, max_bytes: int, wait_ms: int) -> ReadResult:
+        offset = max(self.resolve(position), self.log.start_offset)
+        if offset >= self.high_watermark and wait_ms > 0:
+            with trio.move_on_after(wait_ms / 1000):
+                while offset >= self.high_watermark and not self._closing:
+                    await self._committed.wait()
+        hwm = self.high_watermark
+        batches, last_ms, next_offset = self._read_tail(offset, max_bytes, hwm)
+        if batches is None:
+            data = await trio.to_thread.run_sync(self.log.read, offset, max_bytes, hwm)
+            batches, last_ms, next_offset = data, 0, offset
+            for raw in data:
+                header = batchfmt.parse_header(raw)
+                next_offset, last_ms = header.next_offset, header.last_arrival_ms
+        behind = 0 if next_offset >= hwm else max(0, self.last_arrival_ms - last_ms)
+        return ReadResult(batches, offset, max(next_offset, offset), hwm, behind)
+
+    def _read_tail(
+        self, offset: int, max_bytes: int, hwm: int
+    ) -> tuple[list[bytes] | None, int, int]:
+        """Serve from the tail cache if it holds ``offset``; (None, ...) if the disk must."""
+        tail = self._tail
+        if offset >= hwm:
+            return [], 0, offset
+        if not tail or offset < tail[0].base_offset:
+            return None, 0, offset
+        i = bisect.bisect_right(tail, offset, key=lambda c: c.base_offset) - 1
+        out: list[bytes] = []
+        size = 0
+        last_ms, next_offset = 0, offset
+        for cached in tail[i:]:
+            if cached.base_offset >= hwm or (out and size + len(cached.data) > max_bytes):
+                break
+            out.append(cached.data)
+            size += len(cached.data)
+            last_ms, next_offset = cached.last_arrival_ms, cached.next_offset
+        return out, last_ms, next_offset
+
+    def sequence_of(self, offset: int) -> str:
+        return make_sequence(self.shard.index, offset)

@@ -1,0 +1,156 @@
+"""The shard commit pipeline against an in-memory log double: group commit, idempotence,
+backpressure, long-poll wake-ups, tail-cache reads. (The real log has its own suite; the
+integration tests run both together.)"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from streamd.catalog import ShardMeta
+from streamd.replication import LocalCommitter
+from streamd.shard import PipelineConfig, ShardPipeline
+from streamd_client import batch as batchfmt
+from streamd_client.errors import (
+    InvalidSequenceNumberError,
+    OutOfOrderSequenceError,
+    ThrottledError,
+)
+from streamd_client.model import HASH_KEY_MAX, Position, hash_bytes_of, make_sequence
+
+
+class MemoryLog:
+    """Just enough of ShardLog for the pipeline: append, sync, read, producers."""
+
+    def __init__(self) -> None:
+        self.batches: list[bytes] = []
+        self.start_offset = 0
+        self.next_offset = 0
+        self.last_arrival_ms = 0
+        self.syncs = 0
+        self.producers: dict[int, deque[tuple[int, int, int]]] = {}
+
+    def append(self, data: bytes) -> None:
+        header = batchfmt.parse_header(data)
+        assert header.base_offset == self.next_offset
+        self.batches.append(data)
+        self.next_offset = header.next_offset
+        self.last_arrival_ms = header.last_arrival_ms
+        if header.producer_id:
+            entries = self.producers.setdefault(header.producer_id, deque(maxlen=5))
+            entries.append((header.producer_seq, header.base_offset, header.record_count))
+
+    def sync(self) -> None:
+        self.syncs += 1
+
+    def read(self, offset: int, max_bytes: int, end_offset: int) -> list[bytes]:
+        out = []
+        for data in self.batches:
+            header = batchfmt.parse_header(data)
+            if header.next_offset > offset and header.base_offset < end_offset:
+                out.append(data)
+        return out
+
+    def offset_for_timestamp(self, timestamp_ms: int) -> int:
+        for data in self.batches:
+            header = batchfmt.parse_header(data)
+            if header.last_arrival_ms >= timestamp_ms:
+                return header.base_offset
+        return self.next_offset
+
+    def delete_segments_before(self, cutoff_ms: int) -> int:
+        return 0
+
+
+SHARD = ShardMeta("shardId-000000000000", 0, 0, HASH_KEY_MAX)
+
+
+@pytest.fixture
+async def pipeline(nursery: trio.Nursery) -> AsyncIterator[ShardPipeline]:
+    p = ShardPipeline(
+        "s", SHARD, MemoryLog(), PipelineConfig(queue_requests_max=50), LocalCommitter()
+    )  # type: ignore[arg-type]
+    nursery.start_soon(p.run)
+    yield p
+    await p.close()
+
+
+def records(n: int, prefix: str = "k") -> tuple[list[str], list[bytes], list[bytes]]:
+    keys = [f"{prefix}{i}" for i in range(n)]
+    return keys, [hash_bytes_of(k) for k in keys], [k.encode() for k in keys]
+
+
+def client_batch(n: int, producer_id: int = 0, seq: int = 0) -> bytes:
+    return batchfmt.encode_batch(*records(n), producer_id=producer_id, producer_seq=seq)
+
+
+async def test_concurrent_writers_share_group_commits(pipeline: ShardPipeline) -> None:
+    writes = [pipeline.enqueue_records(*records(2, f"w{i}-")) for i in range(20)]
+    results = [await w.wait() for w in writes]
+    offsets = [base for base, _, _ in results]
+    assert offsets == list(range(0, 40, 2))
+    assert pipeline.high_watermark == 40
+    log: MemoryLog = pipeline.log  # type: ignore[assignment]
+    assert len(log.batches) < 20  # writes queued during a commit went out together
+    assert log.syncs <= len(log.batches)
+
+
+async def test_retried_producer_batch_is_acknowledged_not_stored_twice(
+    pipeline: ShardPipeline,
+) -> None:
+    data = client_batch(3, producer_id=7, seq=0)
+    first = await pipeline.enqueue_batch(data, batchfmt.parse_header(data)).wait()
+    again = await pipeline.enqueue_batch(data, batchfmt.parse_header(data)).wait()
+    assert first == (0, 3, False)
+    assert again == (0, 3, True)
+    assert pipeline.high_watermark == 3
+
+
+async def test_producer_sequence_gap_is_refused(pipeline: ShardPipeline) -> None:
+    data = client_batch(1, producer_id=9, seq=0)
+    await pipeline.enqueue_batch(data, batchfmt.parse_header(data)).wait()
+    skipped = client_batch(1, producer_id=9, seq=2)
+    with pytest.raises(OutOfOrderSequenceError):
+        pipeline.enqueue_batch(skipped, batchfmt.parse_header(skipped))
+
+
+async def test_full_queue_throttles(pipeline: ShardPipeline) -> None:
+    with pytest.raises(ThrottledError):
+        for _ in range(200):
+            pipeline.enqueue_records(*records(1))
+    await trio.sleep(0.1)
+
+
+async def test_long_poll_wakes_on_commit(pipeline: ShardPipeline, nursery: trio.Nursery) -> None:
+    got: list[int] = []
+    done = trio.Event()
+
+    async def reader() -> None:
+        result = await pipeline.read(Position.latest(), 1 << 20, wait_ms=5000)
+        got.append(result.next_offset)
+        done.set()
+
+    nursery.start_soon(reader)
+    await trio.sleep(0.05)
+    await pipeline.enqueue_records(*records(4)).wait()
+    with trio.fail_after(2):
+        await done.wait()
+    assert got == [4]
+
+
+async def test_read_positions(pipeline: ShardPipeline) -> None:
+    for _ in range(3):
+        await pipeline.enqueue_records(*records(2)).wait()
+    at = await pipeline.read(Position.at_sequence(make_sequence(0, 3)), 1 << 20, 0)
+    assert at.start_offset == 3 and at.next_offset == 6 and at.high_watermark == 6
+    after = await pipeline.read(Position.after_sequence(make_sequence(0, 3)), 1 << 20, 0)
+    assert after.start_offset == 4
+    with pytest.raises(InvalidSequenceNumberError):
+        pipeline.resolve(Position.at_sequence(make_sequence(0, 7)))
+    with pytest.raises(InvalidSequenceNumberError):
+        pipeline.resolve(Position.at_sequence(make_sequence(1, 0)))
+    tip = await pipeline.read(Position.latest(), 1 << 20, 0)
+    assert tip.batches == [] and tip.millis_behind == 0
