@@ -1,0 +1,567 @@
+"""The ``streamd`` command: run a server, manage streams, put and read records, benchmark.
+
+    streamd serve [--data-dir D] [--listen HOST:PORT] [--fsync always|interval|never]
+                  [--log-format console|json] [--log-level LEVEL] [--metrics-listen HOST:PORT]
+    streamd stream create NAME --shards N [--retention-hours H]
+    streamd stream list | describe NAME [--json] | delete NAME | retention NAME --hours H
+    streamd put NAME [--partition-key K] [--json]          (one record per line of stdin)
+    streamd read NAME [--shard ID] [--from POS] [--limit N] [--follow] [--json]
+    streamd bench produce|consume [--json] ...              (see streamd/bench.py)
+
+Client commands take ``--endpoint HOST:PORT`` (default: $STREAMD_ENDPOINT, else 127.0.0.1:7070)
+and run the async client (streamd_client) on asyncio; the server runs on trio and is imported
+only by ``serve``, so client commands start fast.
+
+Exit status (stable, for scripts):
+
+| code | meaning                                                                      |
+|------|------------------------------------------------------------------------------|
+| 0    | success                                                                      |
+| 1    | the request failed with a typed error (``error: CODE: message`` on stderr)   |
+| 2    | bad command line (argparse)                                                  |
+| 3    | the server could not be reached, or the connection broke or timed out       |
+| 4    | ``put``: some records failed (the counts say how many; the rest are stored) |
+| 130  | interrupted (Ctrl-C)                                                         |
+
+Expected errors never print a traceback; anything else is a bug and does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import uuid
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Final
+
+EXIT_OK: Final = 0
+EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_UNREACHABLE: Final = 3
+EXIT_PARTIAL: Final = 4
+EXIT_INTERRUPTED: Final = 130
+
+ENDPOINT_ENV: Final = "STREAMD_ENDPOINT"
+ENDPOINT_DEFAULT: Final = "127.0.0.1:7070"
+_STDIN_CHUNK_BYTES: Final = 256 * 1024
+_PENDING_WINDOW_MAX: Final = 200_000  # put: acks awaited in order once this many are pending
+_FAILURE_EXAMPLES_MAX: Final = 5
+
+AsyncCommand = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+class CliError(Exception):
+    """A user-facing failure that is not a server error (bad --from, malformed JSON input)."""
+
+
+# -- parsing -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="streamd",
+        description="streamd: a durable, sharded, Kinesis-style log service.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(commands)
+    _add_stream(commands)
+    _add_put(commands)
+    _add_read(commands)
+    from . import bench
+
+    bench.add_parser(commands, _add_endpoint)
+    return parser
+
+
+def _add_endpoint(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--endpoint",
+        default=os.environ.get(ENDPOINT_ENV) or ENDPOINT_DEFAULT,
+        metavar="HOST:PORT",
+        help=f"server address (default: ${ENDPOINT_ENV}, else {ENDPOINT_DEFAULT})",
+    )
+
+
+def _add_serve(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="run a server (until SIGINT/SIGTERM)")
+    serve.add_argument("--data-dir", type=Path, default=Path("./streamd-data"), metavar="DIR")
+    serve.add_argument("--listen", default="127.0.0.1:7070", metavar="HOST:PORT")
+    serve.add_argument(
+        "--fsync",
+        choices=["always", "interval", "never"],
+        default="always",
+        help="always: ack after fdatasync (durable); interval/never: faster, may lose acked "
+        "records on power loss (docs/operations.md)",
+    )
+    serve.add_argument("--log-format", choices=["console", "json"], default="console")
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    serve.add_argument(
+        "--metrics-listen", default=None, metavar="HOST:PORT", help="serve Prometheus /metrics"
+    )
+    serve.set_defaults(handler=_serve)
+
+
+def _add_stream(commands: Any) -> None:
+    stream = commands.add_parser("stream", help="create, list, describe, delete streams")
+    actions = stream.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    create = actions.add_parser("create", help="create a stream")
+    create.add_argument("name")
+    create.add_argument("--shards", type=int, required=True, metavar="N")
+    create.add_argument("--retention-hours", type=int, default=24, metavar="H")
+    create.set_defaults(run=_stream_create)
+
+    listing = actions.add_parser("list", help="list streams")
+    listing.set_defaults(run=_stream_list)
+
+    describe = actions.add_parser("describe", help="show a stream and its shards")
+    describe.add_argument("name")
+    describe.add_argument("--json", action="store_true", help="print one JSON object")
+    describe.set_defaults(run=_stream_describe)
+
+    delete = actions.add_parser("delete", help="delete a stream and all its records")
+    delete.add_argument("name")
+    delete.set_defaults(run=_stream_delete)
+
+    retention = actions.add_parser("retention", help="change a stream's retention")
+    retention.add_argument("name")
+    retention.add_argument("--hours", type=int, required=True, metavar="H")
+    retention.set_defaults(run=_stream_retention)
+
+    for sub in (create, listing, describe, delete, retention):
+        _add_endpoint(sub)
+        sub.set_defaults(handler=_run_client_command)
+
+
+def _add_put(commands: Any) -> None:
+    put = commands.add_parser("put", help="put one record per line of stdin")
+    put.add_argument("name", metavar="STREAM")
+    put.add_argument(
+        "--partition-key", default=None, metavar="K", help="default: a random key per record"
+    )
+    put.add_argument(
+        "--json",
+        action="store_true",
+        help='lines are {"partition_key": str, "data": str[, "encoding": "base64"]}',
+    )
+    _add_endpoint(put)
+    put.set_defaults(handler=_run_client_command, run=_put)
+
+
+def _add_read(commands: Any) -> None:
+    read = commands.add_parser("read", help="print records (all shards unless --shard)")
+    read.add_argument("name", metavar="STREAM")
+    read.add_argument("--shard", default=None, metavar="ID", help="e.g. shardId-000000000000")
+    read.add_argument(
+        "--from",
+        dest="start",
+        default="trim-horizon",
+        metavar="POS",
+        help="trim-horizon (default), latest, at:SEQ, after:SEQ, or ts:ISO8601",
+    )
+    read.add_argument("--limit", type=int, default=None, metavar="N", help="stop after N")
+    read.add_argument("--follow", action="store_true", help="keep waiting for new records")
+    read.add_argument("--json", action="store_true", help="one JSON object per record")
+    _add_endpoint(read)
+    read.set_defaults(handler=_run_client_command, run=_read)
+
+
+def parse_position(text: str) -> Any:
+    """``--from`` value -> streamd_client.Position. Raises CliError."""
+    from streamd_client import Position
+    from streamd_client.errors import InvalidSequenceNumberError
+
+    kind, _, value = text.partition(":")
+    try:
+        if text == "trim-horizon":
+            return Position.trim_horizon()
+        if text == "latest":
+            return Position.latest()
+        if kind == "at" and value:
+            return Position.at_sequence(value)
+        if kind == "after" and value:
+            return Position.after_sequence(value)
+        if kind == "ts" and value:
+            return Position.at_timestamp(parse_timestamp_ms(value))
+    except InvalidSequenceNumberError as exc:
+        raise CliError(f"--from {text!r}: {exc.message}") from None
+    raise CliError(
+        f"--from {text!r}: expected trim-horizon, latest, at:SEQ, after:SEQ or ts:ISO8601"
+    )
+
+
+def parse_timestamp_ms(text: str) -> int:
+    """ISO 8601 (``2024-05-01T12:00:00Z``; naive means UTC) -> ms since the epoch."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"not an ISO 8601 time: {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def iso_time(ms: int) -> str:
+    """ms since the epoch -> ``2024-05-01T12:00:00.123Z``."""
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# -- entry point ---------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of our stdout went away (``streamd read s | head``): not an error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from . import log
+    from .config import ServerConfig, parse_host_port
+
+    try:
+        host, port = parse_host_port(args.listen)
+        if args.metrics_listen:
+            parse_host_port(args.metrics_listen, 9464)
+    except ValueError as exc:
+        print(f"error: --listen: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    config = ServerConfig(
+        data_dir=args.data_dir,
+        listen_host=host,
+        listen_port=port,
+        fsync=args.fsync,
+        log_format=args.log_format,
+        log_level=args.log_level,
+        metrics_listen=args.metrics_listen,
+    )
+    log.configure(args.log_format, args.log_level)
+    from .server import run_server
+
+    run_server(config)
+    return EXIT_OK
+
+
+def _run_client_command(args: argparse.Namespace) -> int:
+    """Run ``args.run`` on asyncio and turn expected errors into a message and an exit code."""
+    import anyio
+
+    from streamd_client import errors
+
+    command: AsyncCommand = args.run
+    try:
+        return anyio.run(command, args)
+    except BaseException as raised:
+        exc = _leaf(raised)
+        if isinstance(exc, errors.ConnectionLostError | errors.RequestTimeoutError):
+            _print_error(f"{exc.code}: {exc.message} (endpoint {args.endpoint})")
+            return EXIT_UNREACHABLE
+        if isinstance(exc, errors.StreamdError):
+            _print_error(f"{exc.code}: {exc.message}")
+            return EXIT_ERROR
+        if isinstance(exc, CliError):
+            _print_error(str(exc))
+            return EXIT_ERROR
+        if isinstance(exc, KeyboardInterrupt | BrokenPipeError):
+            raise exc from None
+        raise
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first meaningful exception inside (possibly nested) exception groups: an
+    ``Exception`` rather than a cancellation, which is all a sibling task's failure causes."""
+    while isinstance(exc, BaseExceptionGroup):
+        inner = list(exc.exceptions)
+        exc = ([e for e in inner if isinstance(e, Exception)] or inner)[0]
+    return exc
+
+
+def _print_error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def _connect(args: argparse.Namespace) -> Any:
+    from streamd_client import connect
+
+    return connect(args.endpoint, connect_timeout_s=5.0, request_timeout_s=30.0)
+
+
+# -- stream admin --------------------------------------------------------------------------------
+
+
+async def _stream_create(args: argparse.Namespace) -> int:
+    async with _connect(args) as client:
+        await client.create_stream(args.name, args.shards, retention_hours=args.retention_hours)
+    print(f"created stream {args.name} with {args.shards} shard(s)")
+    return EXIT_OK
+
+
+async def _stream_list(args: argparse.Namespace) -> int:
+    async with _connect(args) as client:
+        names = await client.list_streams()
+    for name in names:
+        print(name)
+    return EXIT_OK
+
+
+async def _stream_delete(args: argparse.Namespace) -> int:
+    async with _connect(args) as client:
+        await client.delete_stream(args.name)
+    print(f"deleted stream {args.name}")
+    return EXIT_OK
+
+
+async def _stream_retention(args: argparse.Namespace) -> int:
+    async with _connect(args) as client:
+        await client.update_retention(args.name, args.hours)
+    print(f"stream {args.name}: retention {args.hours} hours")
+    return EXIT_OK
+
+
+async def _stream_describe(args: argparse.Namespace) -> int:
+    async with _connect(args) as client:
+        description = await client.describe_stream(args.name)
+    document = describe_document(description)
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
+    print(f"stream           {document['name']}")
+    print(f"status           {document['status']}")
+    print(f"retention_hours  {document['retention_hours']}")
+    print(f"created          {document['created_time']}")
+    print(f"shards           {len(document['shards'])}")
+    for shard in document["shards"]:
+        state = "open" if shard["ending_sequence"] is None else "closed"
+        print(f"  {shard['shard_id']}  {state}")
+        print(f"    hash keys  {shard['hash_key_start']}..{shard['hash_key_end']}")
+        print(f"    sequences  {shard['starting_sequence']}..{shard['ending_sequence'] or ''}")
+        parents = [p for p in (shard["parent_shard_id"], shard["adjacent_parent_shard_id"]) if p]
+        if parents:
+            print(f"    parents    {', '.join(parents)}")
+    return EXIT_OK
+
+
+def describe_document(description: Any) -> dict[str, Any]:
+    """A StreamDescription as JSON-ready data. Hash keys are decimal strings (as Kinesis's),
+    since 128-bit integers do not survive most JSON parsers."""
+    return {
+        "name": description.name,
+        "status": description.status,
+        "retention_hours": description.retention_hours,
+        "created_ms": description.created_ms,
+        "created_time": iso_time(description.created_ms),
+        "shards": [
+            {
+                "shard_id": shard.shard_id,
+                "hash_key_start": str(shard.hash_key_start),
+                "hash_key_end": str(shard.hash_key_end),
+                "starting_sequence": shard.starting_sequence,
+                "ending_sequence": shard.ending_sequence,
+                "parent_shard_id": shard.parent_shard_id,
+                "adjacent_parent_shard_id": shard.adjacent_parent_shard_id,
+            }
+            for shard in description.shards
+        ],
+    }
+
+
+# -- put -----------------------------------------------------------------------------------------
+
+
+class _PutTally:
+    """Counts and the first few failures of a ``put`` run, grouped by error code."""
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.acked = 0
+        self.failed = 0
+        self.failures_by_code: dict[str, int] = {}
+        self.examples: list[str] = []
+
+    def fail(self, line_number: int, code: str, message: str) -> None:
+        self.failed += 1
+        self.failures_by_code[code] = self.failures_by_code.get(code, 0) + 1
+        if len(self.examples) < _FAILURE_EXAMPLES_MAX:
+            self.examples.append(f"line {line_number}: {code}: {message}")
+
+
+def parse_put_line(line: bytes, as_json: bool, default_key: str | None) -> tuple[bytes, str]:
+    """One stdin line (without its newline) -> (data, partition key). Raises CliError."""
+    if not as_json:
+        return line, default_key or uuid.uuid4().hex
+    try:
+        item = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CliError(f"not JSON: {exc}") from None
+    if not isinstance(item, dict) or not isinstance(item.get("data"), str):
+        raise CliError('expected an object with a string "data"')
+    key = item.get("partition_key", default_key) or uuid.uuid4().hex
+    if not isinstance(key, str):
+        raise CliError('"partition_key" must be a string')
+    encoding = item.get("encoding", "text")
+    if encoding == "base64":
+        try:
+            return base64.b64decode(item["data"], validate=True), key
+        except ValueError:
+            raise CliError('"data" is not valid base64') from None
+    if encoding != "text":
+        raise CliError(f'unknown "encoding" {encoding!r} (text or base64)')
+    data: str = item["data"]
+    return data.encode(), key
+
+
+def split_lines(carry: bytes, chunk: bytes) -> tuple[list[bytes], bytes]:
+    """Whole lines in ``carry + chunk`` (newline dropped) and the unfinished rest."""
+    lines = (carry + chunk).split(b"\n")
+    return lines[:-1], lines[-1]
+
+
+async def _put(args: argparse.Namespace) -> int:
+    import anyio
+
+    from streamd_client import errors
+
+    tally = _PutTally()
+    stdin = sys.stdin.buffer
+    async with _connect(args) as client, client.producer(args.name) as producer:
+        window: deque[tuple[int, Any]] = deque()
+
+        async def settle(line_number: int, pending: Any) -> None:
+            try:
+                await pending.result()
+            except errors.StreamdError as exc:
+                tally.fail(line_number, exc.code, exc.message)
+            else:
+                tally.acked += 1
+
+        async def put_line(line: bytes) -> None:
+            tally.records += 1
+            try:
+                data, key = parse_put_line(line, args.json, args.partition_key)
+                window.append((tally.records, await producer.put(data, key)))
+            except errors.StreamdError as exc:  # invalid record: nothing sent
+                tally.fail(tally.records, exc.code, exc.message)
+            except CliError as exc:
+                tally.fail(tally.records, "INVALID_INPUT", str(exc))
+
+        carry = b""
+        while chunk := await anyio.to_thread.run_sync(_read_some, stdin):
+            lines, carry = split_lines(carry, chunk)
+            for line in lines:
+                if args.json and not line.strip():
+                    continue
+                await put_line(line)
+            while window and (window[0][1].done() or len(window) > _PENDING_WINDOW_MAX):
+                await settle(*window.popleft())
+        if carry and not (args.json and not carry.strip()):
+            await put_line(carry)
+        await producer.flush()
+        while window:
+            await settle(*window.popleft())
+    for example in tally.examples:
+        _print_error(example)
+    codes = ", ".join(f"{code} x{n}" for code, n in sorted(tally.failures_by_code.items()))
+    print(
+        f"put {tally.records} record(s): {tally.acked} acknowledged, {tally.failed} failed"
+        + (f" ({codes})" if codes else "")
+    )
+    return EXIT_PARTIAL if tally.failed else EXIT_OK
+
+
+def _read_some(stream: IO[bytes]) -> bytes:
+    """Up to a chunk of whatever stdin has now (blocks only until some bytes arrive)."""
+    read1 = getattr(stream, "read1", None)
+    if read1 is not None:
+        data: bytes = read1(_STDIN_CHUNK_BYTES)
+        return data
+    return stream.read(_STDIN_CHUNK_BYTES)
+
+
+# -- read ----------------------------------------------------------------------------------------
+
+
+def record_document(record: Any) -> dict[str, Any]:
+    """One record as the ``read --json`` object: data as text when it is UTF-8, else base64."""
+    document: dict[str, Any] = {
+        "shard_id": record.shard_id,
+        "sequence_number": record.sequence_number,
+        "partition_key": record.partition_key,
+    }
+    try:
+        document["data"] = record.data.decode("utf-8")
+    except UnicodeDecodeError:
+        document["data"] = base64.b64encode(record.data).decode("ascii")
+        document["encoding"] = "base64"
+    document["arrival_time"] = iso_time(record.arrival_ms)
+    return document
+
+
+def _shards_to_read(args: argparse.Namespace, description: Any, position: Any) -> list[str]:
+    from streamd_client.model import parse_sequence, shard_id_of
+
+    shard_ids = [shard.shard_id for shard in description.shards]
+    if args.shard is not None:
+        if args.shard not in shard_ids:
+            raise CliError(f"stream {args.name!r} has no shard {args.shard!r}")
+        return [args.shard]
+    if position.sequence is not None:  # a sequence number names its shard
+        return [shard_id_of(parse_sequence(position.sequence)[0])]
+    return shard_ids
+
+
+async def _read(args: argparse.Namespace) -> int:
+    import anyio
+
+    if args.limit is not None and args.limit < 1:
+        raise CliError("--limit must be at least 1")
+    position = parse_position(args.start)
+    out = sys.stdout.buffer
+    printed = 0
+    async with _connect(args) as client:
+        description = await client.describe_stream(args.name)
+        shard_ids = _shards_to_read(args, description, position)
+        async with anyio.create_task_group() as task_group:
+
+            async def read_shard(shard_id: str) -> None:
+                nonlocal printed
+                reader = client.reader(args.name, shard_id, position, follow=args.follow)
+                while (page := await reader.read_page()) is not None:
+                    if args.limit is not None:
+                        page = page[: args.limit - printed]
+                    printed += len(page)
+                    _write_records(out, page, args.json)
+                    out.flush()
+                    if args.limit is not None and printed >= args.limit:
+                        task_group.cancel_scope.cancel()
+                        return
+
+            for shard_id in shard_ids:
+                task_group.start_soon(read_shard, shard_id)
+    return EXIT_OK
+
+
+def _write_records(out: IO[bytes], records: Sequence[Any], as_json: bool) -> None:
+    if as_json:
+        out.write(b"".join(json.dumps(record_document(r)).encode() + b"\n" for r in records))
+    else:
+        out.write(b"".join(r.data + b"\n" for r in records))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""A real ``streamd serve`` subprocess for tests, scenarios and the benchmark.
+
+``ServerProcess`` starts ``python -m streamd serve`` on ``127.0.0.1:0`` (or a given port) with a
+data directory, waits for the one ready line the server prints on stdout
+(``streamd ready: listening on HOST:PORT``) and exposes the address it found there. Faults are
+methods: ``kill9()`` (SIGKILL: no shutdown code runs, exactly what a power cut does to the
+process), ``terminate()`` (SIGTERM: the clean path), ``restart()`` (same data dir, same port by
+default so that clients keep their endpoint across a crash).
+
+Why a subprocess and not ``trio.run`` in a thread: kill -9 is only honest against a real
+process, and a real process is what operators run. Why the stdout handshake: it is the one
+signal that the listener is bound (a log line could be reordered or reformatted).
+
+Cleanup is not optional (no orphan servers): ``close()`` is idempotent and runs from the context
+manager, from an ``atexit`` hook for every live instance, and, on Linux, the child gets
+``PR_SET_PDEATHSIG`` = SIGKILL so it dies with the process that started it even if that one is
+itself killed -9. Every wait has a timeout.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import os
+import re
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Final
+
+READY_RE: Final = re.compile(rb"^streamd ready: listening on (\S+):(\d+)\s*$")
+START_TIMEOUT_S_DEFAULT: Final = 20.0
+STOP_TIMEOUT_S_DEFAULT: Final = 15.0
+_PR_SET_PDEATHSIG: Final = 1
+_LOG_TAIL_BYTES: Final = 4000
+
+_live: weakref.WeakSet[ServerProcess] = weakref.WeakSet()
+
+
+class ServerStartError(RuntimeError):
+    """The server exited or stayed silent before printing its ready line."""
+
+
+def _death_signal_setter() -> Callable[[], None] | None:
+    """A preexec_fn that asks Linux to SIGKILL the child when its parent thread dies, or None.
+
+    Only from the main thread: the signal follows the *thread* that forked, and a worker
+    thread (trio.to_thread, anyio) may exit long before the test does.
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not (
+        threading.main_thread()
+    ):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not after fork
+    except (OSError, AttributeError):
+        return None
+
+    def set_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+    return set_death_signal
+
+
+class ServerProcess:
+    """One ``streamd serve`` child process over a data dir that outlives restarts.
+
+    ``data_dir`` None makes a temporary one, removed by ``close()``. ``extra_args`` are appended
+    to the serve command line (e.g. ``["--fsync", "never"]``).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str | None = None,
+        *,
+        fsync: str = "always",
+        port: int = 0,
+        host: str = "127.0.0.1",
+        log_format: str = "json",
+        log_level: str = "info",
+        extra_args: Sequence[str] = (),
+        start_timeout_s: float = START_TIMEOUT_S_DEFAULT,
+    ) -> None:
+        self._owns_dir = data_dir is None
+        if data_dir is None:
+            data_dir = tempfile.mkdtemp(prefix="streamd-test-")
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync
+        self.host = host
+        self.port = port  # 0 until the first start; then kept for restarts
+        self.log_format = log_format
+        self.log_level = log_level
+        self.extra_args = list(extra_args)
+        self.start_timeout_s = start_timeout_s
+        self.starts = 0
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}.server.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+        self._closed = False
+        _live.add(self)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def __enter__(self) -> ServerProcess:
+        if self._process is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def endpoint(self) -> str:
+        """``HOST:PORT`` the running server listens on."""
+        if self.port == 0:
+            raise RuntimeError("the server has not started yet")
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("the server is not running")
+        return self._process.pid
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "streamd",
+            "serve",
+            "--data-dir",
+            str(self.data_dir),
+            "--listen",
+            f"{self.host}:{self.port}",
+            "--fsync",
+            self.fsync,
+            "--log-format",
+            self.log_format,
+            "--log-level",
+            self.log_level,
+            *self.extra_args,
+        ]
+
+    def start(self) -> ServerProcess:
+        """Start the server and wait (bounded) for its ready line. Raises ServerStartError."""
+        if self._closed:
+            raise RuntimeError("this ServerProcess is closed")
+        if self.running:
+            raise RuntimeError("the server is already running")
+        self._log_file = open(self.log_path, "ab")  # closed in _reap
+        self._log_file.write(f"--- start {self.starts + 1}: {self.command()}\n".encode())
+        self._log_file.flush()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self._process = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._log_file,
+            env=env,
+            preexec_fn=_death_signal_setter(),
+        )
+        self.starts += 1
+        try:
+            self.host, self.port = self._wait_ready()
+        except BaseException:
+            self._signal_and_reap(signal.SIGKILL, STOP_TIMEOUT_S_DEFAULT)
+            raise
+        return self
+
+    def _wait_ready(self) -> tuple[str, int]:
+        process = self._process
+        assert process is not None and process.stdout is not None
+        deadline = time.monotonic() + self.start_timeout_s
+        buffered = b""
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stdout, selectors.EVENT_READ)
+            while b"\n" not in buffered:
+                left_s = deadline - time.monotonic()
+                if left_s <= 0:
+                    raise ServerStartError(
+                        f"no ready line within {self.start_timeout_s} s\n{self.log_tail()}"
+                    )
+                if not selector.select(timeout=min(left_s, 0.5)):
+                    continue
+                chunk = os.read(process.stdout.fileno(), 4096)
+                if not chunk:
+                    code = process.wait(timeout=STOP_TIMEOUT_S_DEFAULT)
+                    raise ServerStartError(
+                        f"server exited with {code} before it was ready\n{self.log_tail()}"
+                    )
+                buffered += chunk
+        line = buffered.split(b"\n", 1)[0]
+        match = READY_RE.match(line)
+        if match is None:
+            raise ServerStartError(f"unexpected first line on stdout: {line!r}\n{self.log_tail()}")
+        return match.group(1).decode(), int(match.group(2))
+
+    def kill9(self) -> int:
+        """SIGKILL the server and wait for it; returns its exit status (-9)."""
+        return self._signal_and_reap(signal.SIGKILL, STOP_TIMEOUT_S_DEFAULT)
+
+    def terminate(self, timeout_s: float = STOP_TIMEOUT_S_DEFAULT) -> int:
+        """SIGTERM (clean shutdown), then SIGKILL if it is not gone within ``timeout_s``."""
+        return self._signal_and_reap(signal.SIGTERM, timeout_s)
+
+    def stop_signal(self, signum: int) -> None:
+        """Send any signal (SIGSTOP/SIGCONT for pause faults) without waiting."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signum)
+
+    def restart(self, *, same_port: bool = True) -> ServerProcess:
+        """Start again over the same data dir (the previous process must be stopped)."""
+        if self.running:
+            raise RuntimeError("stop the server (kill9 or terminate) before restarting it")
+        if not same_port:
+            self.port = 0
+        return self.start()
+
+    def _signal_and_reap(self, signum: int, timeout_s: float) -> int:
+        process = self._process
+        if process is None:
+            return 0
+        try:
+            if process.poll() is None:
+                process.send_signal(signum)
+                try:
+                    process.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=STOP_TIMEOUT_S_DEFAULT)
+            return process.returncode
+        finally:
+            self._reap()
+
+    def _reap(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.stdout is not None:
+            process.stdout.close()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def close(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL) and remove a temporary data dir. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.terminate()
+        finally:
+            _live.discard(self)
+            if self._owns_dir:
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    self.log_path.unlink()
+
+    # -- diagnostics ---------------------------------------------------------------------------
+
+    def log_text(self) -> str:
+        """Everything the server wrote to stderr so far (all starts)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, size_bytes: int = _LOG_TAIL_BYTES) -> str:
+        return self.log_text()[-size_bytes:]
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the running server from /proc (Linux), in seconds."""
+        return process_cpu_seconds(self.pid)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used, from /proc/PID/stat (Linux only)."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    fields = raw[raw.rindex(")") + 2 :].split()
+    utime_ticks, stime_ticks = int(fields[11]), int(fields[12])
+    return (utime_ticks + stime_ticks) / os.sysconf("SC_CLK_TCK")
+
+
+@atexit.register
+def _close_all() -> None:
+    for server in list(_live):
+        with contextlib.suppress(Exception):
+            server.close()
