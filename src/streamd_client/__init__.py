@@ -1,1 +1,49 @@
-"""streamd client library (anyio: works from asyncio and trio programs)."""
+"""streamd client library (anyio: works from asyncio and trio programs).
+
+    async with connect("127.0.0.1:7070") as client:
+        await client.create_stream("events", shard_count=4)
+        async with client.producer("events") as producer:
+            pending = await producer.put(b"hello", partition_key="user-1")
+        print(await pending.result())
+        async for record in client.reader("events", "shardId-000000000000"):
+            print(record)
+
+``streamd_client.sync`` has the same API, blocking. Errors are in ``streamd_client.errors``.
+"""
+
+from . import errors
+from .client import Client, connect
+from .consumer import ShardReader
+from .model import Position
+from .producer import PendingPut, Producer, ProducerStats
+from .results import (
+    AppendResult,
+    PutRecordsEntry,
+    PutRecordsResult,
+    PutResult,
+    ReadResult,
+    Record,
+    RecordFailure,
+    ShardDescription,
+    StreamDescription,
+)
+
+__all__ = [
+    "AppendResult",
+    "Client",
+    "PendingPut",
+    "Position",
+    "Producer",
+    "ProducerStats",
+    "PutRecordsEntry",
+    "PutRecordsResult",
+    "PutResult",
+    "ReadResult",
+    "Record",
+    "RecordFailure",
+    "ShardDescription",
+    "ShardReader",
+    "StreamDescription",
+    "connect",
+    "errors",
+]

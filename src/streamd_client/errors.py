@@ -203,7 +203,7 @@ def _all_subclasses(cls: type[StreamdError]) -> list[type[StreamdError]]:
 
 
 ERRORS_BY_CODE: dict[str, type[StreamdError]] = {
-    cls.code: cls for cls in [StreamdError, *_all_subclasses(StreamdError)] if cls is not StreamdError
+    cls.code: cls for cls in _all_subclasses(StreamdError)
 }
 
 

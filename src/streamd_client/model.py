@@ -150,7 +150,7 @@ def make_sequence(shard_index: int, offset: int) -> str:
 
 
 def parse_sequence(sequence: object) -> tuple[int, int]:
-    """Return ``(shard_index, offset)`` of a sequence number, or raise InvalidSequenceNumberError."""
+    """``(shard_index, offset)`` of a sequence number, or raise InvalidSequenceNumberError."""
     if not isinstance(sequence, str) or len(sequence) != 56 or not sequence.isdigit():
         raise InvalidSequenceNumberError(f"malformed sequence number {sequence!r:.80}")
     value = int(sequence)

@@ -1,0 +1,356 @@
+"""The async client: admin calls, simple puts and reads, and the factories for producers/readers.
+
+``connect()`` opens a task group that hosts the connection's tasks (and nothing else), so the
+client is structured: leaving ``async with connect(...)`` closes the connection and ends every
+task it started. The client holds one multiplexed connection, shared by all tasks that use the
+client. When it breaks, the calls in flight fail with ``ConnectionLostError`` and the *next*
+call opens a new one (lazily: a client that is not used does not reconnect in a loop). Retrying
+is the caller's choice, except in the Producer and ShardReader, which retry on their own.
+
+Arguments are validated here with the shared checks of ``model`` before anything is sent, so bad
+input raises at once, with the same typed error the server would answer.
+
+Every call may raise, besides what its docstring lists, the transport errors:
+``ConnectionLostError`` and ``RequestTimeoutError`` (retryable: the request may or may not have
+applied), ``ProtocolError`` (the answer did not match the protocol), ``ShuttingDownError``,
+``LimitExceededError`` and ``InternalError``; and ``anyio.ClosedResourceError`` once the client
+is closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import anyio
+import anyio.abc
+
+from . import model, wire
+from ._tasks import background_task_group
+from .connection import REQUESTS_IN_FLIGHT_MAX_DEFAULT, Connection, open_connection
+from .consumer import ShardReader, decode_read
+from .errors import ConnectionLostError, InvalidArgumentError, RequestTooLargeError
+from .model import Position
+from .producer import Producer
+from .results import (
+    AppendResult,
+    PutRecordsInput,
+    PutRecordsResult,
+    PutResult,
+    ReadResult,
+    StreamDescription,
+    append_from_wire,
+    field,
+    put_records_from_wire,
+    raw_read_from_wire,
+    stream_from_wire,
+)
+
+CONNECT_TIMEOUT_S_DEFAULT: Final = 5.0
+REQUEST_TIMEOUT_S_DEFAULT: Final = 30.0
+READ_BYTES_MAX_DEFAULT: Final = 1 << 20
+
+
+@asynccontextmanager
+async def connect(
+    endpoint: str,
+    *,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT,
+    request_timeout_s: float = REQUEST_TIMEOUT_S_DEFAULT,
+    requests_in_flight_max: int = REQUESTS_IN_FLIGHT_MAX_DEFAULT,
+) -> AsyncIterator[Client]:
+    """Connect to ``"host:port"`` and yield a Client; the connection closes on exit.
+
+    Connects eagerly, so a wrong endpoint fails here.
+    Raises: InvalidArgumentError (endpoint), ConnectionLostError (cannot connect),
+    RequestTimeoutError, UnsupportedVersionError, ProtocolError.
+    """
+    async with background_task_group() as task_group:
+        client = Client(
+            endpoint,
+            task_group,
+            connect_timeout_s=connect_timeout_s,
+            request_timeout_s=request_timeout_s,
+            requests_in_flight_max=requests_in_flight_max,
+        )
+        try:
+            await client.connection()
+            yield client
+        finally:
+            await client.aclose()
+
+
+class Client:
+    """A streamd client; get one from ``connect()``. Safe to share between tasks."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        task_group: anyio.abc.TaskGroup,
+        *,
+        connect_timeout_s: float,
+        request_timeout_s: float,
+        requests_in_flight_max: int,
+    ) -> None:
+        self.endpoint = endpoint
+        self.connect_timeout_s = connect_timeout_s
+        self.request_timeout_s = request_timeout_s
+        self.requests_in_flight_max = requests_in_flight_max
+        self._task_group = task_group
+        self._connection: Connection | None = None
+        self._connect_lock = anyio.Lock()
+        self._closed = False
+
+    async def aclose(self) -> None:
+        """Close the connection; calls in flight fail with ConnectionLostError."""
+        self._closed = True
+        if self._connection is not None:
+            await self._connection.aclose()
+
+    async def connection(self) -> Connection:
+        """The live connection, opening a new one if there is none or it broke.
+
+        Raises: ConnectionLostError, RequestTimeoutError, UnsupportedVersionError, ProtocolError,
+        anyio.ClosedResourceError (the client is closed).
+        """
+        current = self._connection
+        if current is not None and not current.is_broken and not self._closed:
+            return current
+        try:
+            # Waiting for the lock is bounded by the holder's own connect timeout.
+            with anyio.fail_after(2 * self.connect_timeout_s):
+                async with self._connect_lock:
+                    return await self._reconnect()
+        except TimeoutError:
+            raise ConnectionLostError(f"no connection to {self.endpoint} in time") from None
+
+    async def _reconnect(self) -> Connection:
+        if self._closed:
+            raise anyio.ClosedResourceError("the client is closed")
+        current = self._connection
+        if current is not None and not current.is_broken:
+            return current  # another task reconnected while we waited for the lock
+        self._connection = await open_connection(
+            self._task_group,
+            self.endpoint,
+            connect_timeout_s=self.connect_timeout_s,
+            request_timeout_s=self.request_timeout_s,
+            requests_in_flight_max=self.requests_in_flight_max,
+        )
+        return self._connection
+
+    async def call(
+        self, op: str, args: dict[str, Any], *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """Send one raw request (docs/protocol.md) and return its result map.
+
+        Raises: the typed error the server answered with, or a transport error (module doc).
+        """
+        connection = await self.connection()
+        return await connection.request(op, args, timeout_s=timeout_s)
+
+    # -- admin ---------------------------------------------------------------------------------
+
+    async def create_stream(
+        self,
+        name: str,
+        shard_count: int,
+        retention_hours: int = model.RETENTION_HOURS_DEFAULT,
+    ) -> None:
+        """Create a stream with ``shard_count`` shards of even hash-key ranges.
+
+        Raises: StreamExistsError, InvalidStreamNameError, InvalidArgumentError (shard count,
+        retention), LimitExceededError.
+        """
+        args = {
+            "stream": model.check_stream_name(name),
+            "shard_count": model.check_shard_count(shard_count),
+            "retention_hours": model.check_retention_hours(retention_hours),
+        }
+        await self.call(wire.OP_CREATE_STREAM, args)
+
+    async def delete_stream(self, name: str) -> None:
+        """Delete a stream and its records. Raises: StreamNotFoundError, InvalidStreamNameError."""
+        await self.call(wire.OP_DELETE_STREAM, {"stream": model.check_stream_name(name)})
+
+    async def list_streams(self) -> list[str]:
+        """The names of all streams, sorted. Raises: only transport errors (module doc)."""
+        answer = await self.call(wire.OP_LIST_STREAMS, {})
+        names = field(answer, "streams", list)
+        return [str(name) for name in names]
+
+    async def describe_stream(self, name: str) -> StreamDescription:
+        """The stream's status, retention and shards (closed ones included).
+
+        Raises: StreamNotFoundError, InvalidStreamNameError.
+        """
+        answer = await self.call(wire.OP_DESCRIBE_STREAM, {"stream": model.check_stream_name(name)})
+        return stream_from_wire(answer.get("stream"))
+
+    async def update_retention(self, name: str, hours: int) -> None:
+        """Change how long records are kept.
+
+        Raises: StreamNotFoundError, InvalidStreamNameError, InvalidArgumentError (hours).
+        """
+        args = {
+            "stream": model.check_stream_name(name),
+            "retention_hours": model.check_retention_hours(hours),
+        }
+        await self.call(wire.OP_UPDATE_RETENTION, args)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def put_record(
+        self,
+        stream: str,
+        data: bytes,
+        partition_key: str,
+        explicit_hash_key: int | str | None = None,
+    ) -> PutResult:
+        """Store one record (at least once: a retry after a lost answer may store it twice).
+
+        Raises: the record's typed error (RecordTooLargeError, InvalidPartitionKeyError,
+        InvalidHashKeyError, ThrottledError, ...), StreamNotFoundError, InvalidStreamNameError.
+        """
+        answer = await self.put_records(stream, [(data, partition_key, explicit_hash_key)])
+        (result,) = answer.results
+        if isinstance(result, PutResult):
+            return result
+        raise result.to_error()
+
+    async def put_records(
+        self,
+        stream: str,
+        entries: Sequence[PutRecordsInput],
+    ) -> PutRecordsResult:
+        """Store up to 500 records; each one succeeds or fails on its own (as Kinesis does).
+
+        Raises: RequestTooLargeError (over 500 records or 5 MiB), RecordTooLargeError,
+        InvalidPartitionKeyError, InvalidHashKeyError, InvalidArgumentError (an entry's shape),
+        StreamNotFoundError, InvalidStreamNameError. Per-record failures are RecordFailure items.
+        """
+        records = [_record_to_wire(entry) for entry in entries]
+        _check_put_records_size(records)
+        args = {"stream": model.check_stream_name(stream), "records": records}
+        answer = await self.call(wire.OP_PUT_RECORDS, args)
+        return put_records_from_wire(answer, len(records))
+
+    async def append_batch(self, stream: str, shard_id: str, batch: bytes) -> AppendResult:
+        """Append one client-built batch (storage format) to a shard; the Producer's fast path.
+
+        Raises: InvalidBatchError, WrongShardError, ShardClosedError, ShardNotFoundError,
+        OutOfOrderSequenceError, ThrottledError, StorageFullError, StreamNotFoundError.
+        """
+        args = {
+            "stream": model.check_stream_name(stream),
+            "shard_id": shard_id,
+            "batch": batch,
+        }
+        return append_from_wire(await self.call(wire.OP_APPEND_BATCH, args))
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def read(
+        self,
+        stream: str,
+        shard_id: str,
+        position: Position,
+        *,
+        max_bytes: int = READ_BYTES_MAX_DEFAULT,
+        wait_ms: int = 0,
+        limit: int | None = None,
+    ) -> ReadResult:
+        """Read committed records of one shard from ``position``.
+
+        With ``wait_ms`` > 0 and nothing to return, the server holds the request until records
+        arrive or the time runs out (the request timeout is extended by ``wait_ms``). ``limit``
+        caps the records returned; ``next_position`` then continues right after the last one.
+        Raises: CorruptDataError (a batch failed its CRC, here or on the server),
+        StreamNotFoundError, ShardNotFoundError, InvalidSequenceNumberError,
+        InvalidArgumentError (max_bytes, wait_ms, limit, shard id).
+        """
+        shard_index = model.shard_index_of(shard_id)
+        _check_read_args(max_bytes, wait_ms, limit)
+        args = {
+            "stream": model.check_stream_name(stream),
+            "shard_id": shard_id,
+            "from": position.to_wire(),
+            "max_bytes": max_bytes,
+            "wait_ms": wait_ms,
+        }
+        timeout_s = self.request_timeout_s + wait_ms / 1000
+        answer = await self.call(wire.OP_READ, args, timeout_s=timeout_s)
+        return decode_read(raw_read_from_wire(answer), shard_id, shard_index, limit)
+
+    # -- factories -----------------------------------------------------------------------------
+
+    def producer(self, stream: str, **options: Any) -> Producer:
+        """A shard-aware, batching, idempotent Producer (an async context manager).
+
+        ``options`` are Producer's keyword arguments (linger_ms, batch_records_max, ...).
+        Raises: InvalidStreamNameError, InvalidArgumentError (an option out of range).
+        """
+        return Producer(self, model.check_stream_name(stream), **options)
+
+    def reader(
+        self,
+        stream: str,
+        shard_id: str,
+        start: Position | None = None,
+        *,
+        follow: bool = False,
+        wait_ms: int = 1000,
+        max_bytes: int = READ_BYTES_MAX_DEFAULT,
+    ) -> ShardReader:
+        """An async iterator over one shard's records from ``start`` (default: trim horizon).
+
+        Without ``follow`` it stops at the high watermark; with it, it long-polls forever.
+        Raises: InvalidStreamNameError, InvalidArgumentError (shard id, wait_ms, max_bytes).
+        """
+        model.shard_index_of(shard_id)
+        _check_read_args(max_bytes, wait_ms, None)
+        return ShardReader(
+            self,
+            model.check_stream_name(stream),
+            shard_id,
+            Position.trim_horizon() if start is None else start,
+            follow=follow,
+            wait_ms=wait_ms,
+            max_bytes=max_bytes,
+        )
+
+
+def _record_to_wire(entry: Any) -> dict[str, Any]:
+    if not isinstance(entry, tuple) or not 2 <= len(entry) <= 3:
+        raise InvalidArgumentError(
+            "put_records entries must be PutRecordsEntry or (data, partition_key) tuples"
+        )
+    record: dict[str, Any] = {
+        "k": model.check_partition_key(entry[1]),
+        "d": model.check_record_data(entry[0]),
+    }
+    if len(entry) == 3 and entry[2] is not None:
+        record["h"] = model.parse_explicit_hash_key(entry[2])
+    return record
+
+
+def _check_put_records_size(records: list[dict[str, Any]]) -> None:
+    if not 1 <= len(records) <= model.PUT_RECORDS_COUNT_MAX:
+        raise RequestTooLargeError(
+            f"put_records takes 1..{model.PUT_RECORDS_COUNT_MAX} records, got {len(records)}"
+        )
+    size_bytes = sum(len(r["d"]) + len(r["k"].encode()) for r in records)
+    if size_bytes > model.PUT_RECORDS_BYTES_MAX:
+        raise RequestTooLargeError(
+            f"put_records carries {size_bytes} bytes; the limit is {model.PUT_RECORDS_BYTES_MAX}"
+        )
+
+
+def _check_read_args(max_bytes: int, wait_ms: int, limit: int | None) -> None:
+    if not 1 <= max_bytes <= model.READ_BYTES_MAX:
+        raise InvalidArgumentError(f"max_bytes must be 1..{model.READ_BYTES_MAX}")
+    if not 0 <= wait_ms <= model.READ_WAIT_MS_MAX:
+        raise InvalidArgumentError(f"wait_ms must be 0..{model.READ_WAIT_MS_MAX}")
+    if limit is not None and limit < 1:
+        raise InvalidArgumentError(f"limit must be at least 1, got {limit}")

@@ -1,0 +1,201 @@
+"""The client's public value types, and their parsing from answers received on the wire.
+
+Everything the server sends is untrusted input: each ``*_from_wire`` parser checks the shape and
+raises ``ProtocolError`` (and nothing else) when an answer does not match docs/protocol.md, so a
+buggy or newer server surfaces as one clear error instead of a KeyError deep in user code.
+
+The values are NamedTuples: immutable, cheap to build by the million (``Record``), and they
+unpack like tuples.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, TypeVar
+
+from .errors import ProtocolError, StreamdError, error_from_wire
+from .model import Position
+
+_T = TypeVar("_T")
+
+
+class Record(NamedTuple):
+    """One record as read back. ``arrival_ms`` is the server time its batch was sealed."""
+
+    shard_id: str
+    sequence_number: str
+    partition_key: str
+    data: bytes
+    arrival_ms: int
+    offset: int
+
+
+class PutResult(NamedTuple):
+    """Where one record was stored."""
+
+    shard_id: str
+    sequence_number: str
+
+
+class RecordFailure(NamedTuple):
+    """Why one record of a ``put_records`` call was not stored (a code of errors.py)."""
+
+    code: str
+    message: str
+
+    def to_error(self) -> StreamdError:
+        """The typed exception for this failure."""
+        return error_from_wire({"code": self.code, "message": self.message})
+
+
+class PutRecordsEntry(NamedTuple):
+    """One record for ``put_records``; a plain ``(data, partition_key)`` tuple works too."""
+
+    data: bytes
+    partition_key: str
+    explicit_hash_key: int | str | None = None
+
+
+PutRecordsInput = PutRecordsEntry | tuple[bytes, str] | tuple[bytes, str, int | str | None]
+
+
+class PutRecordsResult(NamedTuple):
+    """One result per entry, in order; ``failed_count`` counts the RecordFailure items."""
+
+    failed_count: int
+    results: list[PutResult | RecordFailure]
+
+
+class AppendResult(NamedTuple):
+    """The answer to ``append_batch``; ``duplicate`` means an earlier send already stored it."""
+
+    shard_id: str
+    base_offset: int
+    base_sequence: str
+    record_count: int
+    duplicate: bool
+
+
+class ShardDescription(NamedTuple):
+    """One shard; it is open for writes while ``ending_sequence`` is None."""
+
+    shard_id: str
+    hash_key_start: int
+    hash_key_end: int
+    starting_sequence: str
+    ending_sequence: str | None
+    parent_shard_id: str | None
+    adjacent_parent_shard_id: str | None
+
+    @property
+    def is_open(self) -> bool:
+        return self.ending_sequence is None
+
+
+class StreamDescription(NamedTuple):
+    name: str
+    status: str
+    retention_hours: int
+    created_ms: int
+    shards: list[ShardDescription]
+
+
+class ReadResult(NamedTuple):
+    """A page of records; ``next_position`` is where the following read continues."""
+
+    records: list[Record]
+    next_position: Position
+    millis_behind: int
+    high_watermark: int
+
+
+class RawRead(NamedTuple):
+    """A read answer before its batches are decoded (docs/protocol.md, ReadResult)."""
+
+    batches: list[bytes]
+    start_offset: int
+    next_offset: int
+    high_watermark: int
+    millis_behind: int
+
+
+def field(body: Any, name: str, kind: type[_T], *, optional: bool = False) -> _T:
+    """``body[name]`` checked to be a ``kind`` (bool is not an int here); else ProtocolError."""
+    if not isinstance(body, dict):
+        raise ProtocolError(f"expected a map holding {name!r}, got {type(body).__name__}")
+    value = body.get(name)
+    if value is None and optional:
+        return value  # type: ignore[return-value]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ProtocolError(f"field {name!r} must be {kind.__name__}, got {value!r:.80}")
+    return value
+
+
+def _count(body: Any, name: str) -> int:
+    value = field(body, name, int)
+    if value < 0:
+        raise ProtocolError(f"field {name!r} must not be negative, got {value}")
+    return value
+
+
+def shard_from_wire(body: Any) -> ShardDescription:
+    return ShardDescription(
+        shard_id=field(body, "shard_id", str),
+        hash_key_start=_count(body, "hash_key_start"),
+        hash_key_end=_count(body, "hash_key_end"),
+        starting_sequence=field(body, "starting_sequence", str),
+        ending_sequence=field(body, "ending_sequence", str, optional=True),
+        parent_shard_id=field(body, "parent_shard_id", str, optional=True),
+        adjacent_parent_shard_id=field(body, "adjacent_parent_shard_id", str, optional=True),
+    )
+
+
+def stream_from_wire(body: Any) -> StreamDescription:
+    return StreamDescription(
+        name=field(body, "name", str),
+        status=field(body, "status", str),
+        retention_hours=_count(body, "retention_hours"),
+        created_ms=_count(body, "created_ms"),
+        shards=[shard_from_wire(s) for s in field(body, "shards", list)],
+    )
+
+
+def put_records_from_wire(body: Any, entry_count: int) -> PutRecordsResult:
+    items = field(body, "results", list)
+    if len(items) != entry_count:
+        raise ProtocolError(f"put_records sent {entry_count} records, got {len(items)} results")
+    results: list[PutResult | RecordFailure] = []
+    for item in items:
+        if isinstance(item, dict) and "code" in item:
+            results.append(RecordFailure(field(item, "code", str), field(item, "message", str)))
+        else:
+            results.append(PutResult(field(item, "shard_id", str), field(item, "sequence", str)))
+    failed = sum(isinstance(r, RecordFailure) for r in results)
+    if field(body, "failed", int) != failed:
+        raise ProtocolError(f"put_records 'failed' disagrees with its {failed} failed results")
+    return PutRecordsResult(failed, results)
+
+
+def append_from_wire(body: Any) -> AppendResult:
+    return AppendResult(
+        shard_id=field(body, "shard_id", str),
+        base_offset=_count(body, "base_offset"),
+        base_sequence=field(body, "base_sequence", str),
+        record_count=_count(body, "record_count"),
+        duplicate=field(body, "duplicate", bool),
+    )
+
+
+def raw_read_from_wire(body: Any) -> RawRead:
+    batches = field(body, "batches", list)
+    if not all(type(b) is bytes for b in batches):
+        raise ProtocolError("read 'batches' must be byte strings")
+    raw = RawRead(
+        batches=batches,
+        start_offset=_count(body, "start_offset"),
+        next_offset=_count(body, "next_offset"),
+        high_watermark=_count(body, "high_watermark"),
+        millis_behind=_count(body, "millis_behind"),
+    )
+    if raw.next_offset < raw.start_offset:
+        raise ProtocolError(f"read next_offset {raw.next_offset} < start {raw.start_offset}")
+    return raw
