@@ -1,0 +1,162 @@
+"""The ``streamd`` command line without a server: argument parsing, ``--from`` positions,
+stdin line handling for ``put``, the ``read --json`` record shape, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+from pathlib import Path
+
+import pytest
+
+from streamd import cli
+from streamd_client import Position, Record
+from streamd_client.model import make_sequence
+
+SEQ = make_sequence(3, 42)
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    return cli.build_parser().parse_args(list(argv))
+
+
+def test_serve_defaults_are_the_embedded_default() -> None:
+    args = parse("serve")
+    assert args.data_dir == Path("./streamd-data")
+    assert args.listen == "127.0.0.1:7070"
+    assert args.fsync == "always"
+    assert args.log_format == "console"
+
+
+def test_serve_rejects_an_unknown_fsync_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse("serve", "--fsync", "sometimes")
+    assert exit_info.value.code == cli.EXIT_USAGE
+
+
+def test_endpoint_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMD_ENDPOINT", "10.0.0.1:9999")
+    assert parse("stream", "list").endpoint == "10.0.0.1:9999"
+    assert parse("stream", "list", "--endpoint", "h:1").endpoint == "h:1"
+    monkeypatch.delenv("STREAMD_ENDPOINT")
+    assert parse("stream", "list").endpoint == "127.0.0.1:7070"
+
+
+def test_stream_create_requires_shards() -> None:
+    with pytest.raises(SystemExit):
+        parse("stream", "create", "orders")
+    args = parse("stream", "create", "orders", "--shards", "4", "--retention-hours", "48")
+    assert (args.name, args.shards, args.retention_hours) == ("orders", 4, 48)
+
+
+def test_read_options() -> None:
+    args = parse("read", "s", "--shard", "shardId-000000000001", "--limit", "5", "--follow")
+    assert (args.shard, args.limit, args.follow, args.json, args.start) == (
+        "shardId-000000000001",
+        5,
+        True,
+        False,
+        "trim-horizon",
+    )
+
+
+def test_bench_endpoint_defaults_to_starting_a_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMD_ENDPOINT", "10.0.0.1:9999")
+    args = parse("bench", "produce", "--records", "1000", "--repeat", "1", "--json")
+    assert args.endpoint is None and args.records == 1000 and args.json
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("trim-horizon", Position.trim_horizon()),
+        ("latest", Position.latest()),
+        (f"at:{SEQ}", Position.at_sequence(SEQ)),
+        (f"after:{SEQ}", Position.after_sequence(SEQ)),
+        ("ts:2024-05-01T00:00:00Z", Position.at_timestamp(1_714_521_600_000)),
+        ("ts:2024-05-01T00:00:00", Position.at_timestamp(1_714_521_600_000)),
+        ("ts:2024-05-01T02:00:00+02:00", Position.at_timestamp(1_714_521_600_000)),
+    ],
+)
+def test_parse_position(text: str, expected: Position) -> None:
+    assert cli.parse_position(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "oldest", "at:", "at:123", "after:x", "ts:yesterday"])
+def test_parse_position_rejects(text: str) -> None:
+    with pytest.raises(cli.CliError):
+        cli.parse_position(text)
+
+
+def test_iso_time_round_trips_through_parse_timestamp() -> None:
+    assert cli.iso_time(1_714_521_600_123) == "2024-05-01T00:00:00.123Z"
+    assert cli.parse_timestamp_ms(cli.iso_time(1_714_521_600_123)) == 1_714_521_600_123
+
+
+def test_split_lines_keeps_the_unfinished_rest() -> None:
+    lines, rest = cli.split_lines(b"par", b"tial\nsecond\n\nthi")
+    assert lines == [b"partial", b"second", b""]
+    assert rest == b"thi"
+
+
+def test_put_plain_line_uses_the_given_key_or_a_random_one() -> None:
+    assert cli.parse_put_line(b"hello", False, "k") == (b"hello", "k")
+    data, key = cli.parse_put_line(b"hello", False, None)
+    data2, key2 = cli.parse_put_line(b"hello", False, None)
+    assert data == data2 == b"hello" and key != key2 and len(key) == 32
+
+
+def test_put_json_line() -> None:
+    line = b'{"partition_key": "user-1", "data": "caf\\u00e9"}'
+    assert cli.parse_put_line(line, True, None) == ("café".encode(), "user-1")
+    binary = base64.b64encode(b"\x00\xff").decode()
+    line = f'{{"data": "{binary}", "encoding": "base64"}}'.encode()
+    assert cli.parse_put_line(line, True, "fallback") == (b"\x00\xff", "fallback")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"not json",
+        b'["data"]',
+        b'{"partition_key": "k"}',
+        b'{"data": 5}',
+        b'{"data": "x", "partition_key": 7}',
+        b'{"data": "***", "encoding": "base64"}',
+        b'{"data": "x", "encoding": "rot13"}',
+    ],
+)
+def test_put_json_line_rejects(line: bytes) -> None:
+    with pytest.raises(cli.CliError):
+        cli.parse_put_line(line, True, None)
+
+
+def test_record_document_text_and_binary() -> None:
+    text = Record("shardId-000000000000", SEQ, "k", "héllo".encode(), 1_714_521_600_000, 0)
+    assert cli.record_document(text) == {
+        "shard_id": "shardId-000000000000",
+        "sequence_number": SEQ,
+        "partition_key": "k",
+        "data": "héllo",
+        "arrival_time": "2024-05-01T00:00:00.000Z",
+    }
+    binary = Record("shardId-000000000000", SEQ, "k", b"\xff\x00", 0, 0)
+    document = cli.record_document(binary)
+    assert document["encoding"] == "base64"
+    assert base64.b64decode(document["data"]) == b"\xff\x00"
+
+
+def test_unreachable_endpoint_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
+    # Port 1 on loopback: nothing listens there, the connection is refused at once.
+    code = cli.main(["stream", "list", "--endpoint", "127.0.0.1:1"])
+    captured = capsys.readouterr()
+    assert code == cli.EXIT_UNREACHABLE
+    assert captured.err.startswith("error: CONNECTION_LOST")
+    assert "Traceback" not in captured.err
+
+
+def test_bad_from_exits_1_without_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["read", "s", "--from", "oldest", "--endpoint", "127.0.0.1:1"])
+    captured = capsys.readouterr()
+    assert code == cli.EXIT_ERROR
+    assert "--from 'oldest'" in captured.err and "Traceback" not in captured.err
