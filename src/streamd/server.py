@@ -21,6 +21,7 @@ import fcntl
 import os
 import signal
 import sys
+from functools import partial
 from typing import Any
 
 import structlog
@@ -245,7 +246,9 @@ async def serve(
                 async with trio.open_nursery() as connections:
                     async with trio.open_nursery() as accept:
                         accept.start_soon(
-                            trio.serve_listeners, server.handle, listeners, connections
+                            partial(trio.serve_listeners, handler_nursery=connections),
+                            server.handle,
+                            listeners,
                         )
                         print(f"streamd ready: listening on {host}:{port}", flush=True)
                         log.info("server.ready", listen=f"{host}:{port}")
