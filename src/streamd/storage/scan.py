@@ -214,7 +214,14 @@ def _tail_unreadable(scan: _Scan, position: int, expected: int) -> None:
             bytes=cut_bytes,
             next_offset=expected,
         )
-    # S: a sealed segment keeps its bytes; _seal_end records [expected, limit).
+    else:  # S: a sealed segment keeps its bytes; _seal_end records [expected, limit) if any
+        scan.logger.warning(
+            "storage.recovery.unreadable_tail",
+            segment=scan.segment.path.name,
+            position=position,
+            bytes=scan.file_bytes - position,
+            next_offset=expected,
+        )
 
 
 def _seal_end(scan: _Scan) -> None:

@@ -200,7 +200,8 @@ class Segment:
         want = min(size - position, max(budget_bytes, first.length))
         window = pread_exact(self.fd, want, position)
         batches, at, next_offset = self._take(window, first, end_offset)
-        return batches, next_offset, position + at >= size
+        # A sealed segment may end in bytes recovery could not parse but that hide no offsets.
+        return batches, next_offset, position + at >= size or next_offset >= self.next_offset
 
     def _take(
         self, window: bytes, first: batchfmt.BatchHeader, end_offset: int
