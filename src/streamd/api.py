@@ -28,6 +28,7 @@ from streamd_client.model import (
     parse_explicit_hash_key,
 )
 
+from .api_groups import GROUP_HANDLERS
 from .engine import Engine, RecordIn
 
 Handler = Callable[[Engine, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -152,3 +153,4 @@ HANDLERS: dict[str, Handler] = {
     "append_batch": _append_batch,
     "read": _read,
 }
+HANDLERS.update(GROUP_HANDLERS)

@@ -1,0 +1,380 @@
+"""The trio layer around the coordinators: loading, persisting, logging, and the stream's view.
+
+One ``GroupService`` per engine (``service_of(engine)`` creates it on first use and keeps it on
+the engine object), one ``_Runner`` per (stream, group), loaded lazily from the metadata store
+on first use. A runner steps its coordinator under a lock, then does what the step's ``Ready``
+says, in this order: persist (one compare-and-swap transaction), log the events, answer. So an
+answer never announces a lease epoch or confirms a checkpoint that is not durable yet.
+
+Stored keys (``MetaStore``; CBOR documents, state.py):
+
+    groups/<stream>/<group>                          the group document
+    group-checkpoints/<stream>/<group>/<shard_id>    one checkpoint per shard
+
+Every write compares the group key's ``mod_revision`` with the one this runner last saw, so a
+second coordinator of the same group (cluster mode, later) can never silently overwrite this
+one: a failed compare drops the runner, and the next request reloads it from the store.
+The persist step is shielded from cancellation (a client that disconnects mid-request must not
+leave memory ahead of disk); any failure to persist also drops the runner, for the same reason.
+
+Time: expiry is evaluated at the start of every step, so a dead member's leases move on the
+first heartbeat of a survivor after its session timeout (failover <= session timeout + one
+heartbeat interval) with no timer task. ``tick_all`` exists for a timer, should the engine give
+the service a nursery to run one in (then expiry log lines would also appear without traffic).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import structlog
+import trio
+
+from streamd_client import batch as batchfmt
+from streamd_client.errors import InternalError, LimitExceededError, StreamdError
+from streamd_client.group_errors import GroupActiveError, GroupNotFoundError
+from streamd_client.model import Position
+
+from ..meta import Compare, MetaStore
+from .coordinator import Coordinator, Ready
+from .state import GROUPS_PER_STREAM_MAX, SHARD_END, Checkpoint, GroupDoc, ShardInfo
+
+log = structlog.get_logger(__name__)
+
+_T = TypeVar("_T")
+_GROUP_PREFIX = "groups/"
+_CHECKPOINT_PREFIX = "group-checkpoints/"
+_WARN_EVENTS = frozenset(
+    {"member.expired", "checkpoint.fenced", "lease.revoke_timeout", "lease.fenced_by_reset"}
+)
+
+
+def group_key(stream: str, group: str) -> str:
+    return f"{_GROUP_PREFIX}{stream}/{group}"
+
+
+def checkpoint_prefix(stream: str, group: str) -> str:
+    return f"{_CHECKPOINT_PREFIX}{stream}/{group}/"
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds (lease deadlines are compared with each other, same clock)."""
+    return time.time_ns() // 1_000_000
+
+
+class StreamView:
+    """What the groups need from the engine: shard topology, incarnation, tips. Public engine
+    calls only (plus the stream's id, when the engine exposes it)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def shards(self, stream: str) -> tuple[str, list[ShardInfo]]:
+        """(incarnation id, shards). Raises StreamNotFoundError."""
+        described = self.engine.describe_stream(stream)
+        infos = [
+            ShardInfo(
+                s["shard_id"],
+                tuple(p for p in (s["parent_shard_id"], s["adjacent_parent_shard_id"]) if p),
+                s["ending_sequence"] is not None,
+            )
+            for s in described["shards"]
+        ]
+        running = getattr(self.engine, "streams", {}).get(stream)
+        incarnation = getattr(getattr(running, "meta", None), "stream_id", None)
+        return str(incarnation or described["created_ms"]), infos
+
+    async def tip(self, stream: str, shard_id: str) -> int:
+        """The shard's high watermark (the offset LATEST names)."""
+        result = await self.engine.read(stream, shard_id, Position.latest(), 1, 0)
+        return int(result.high_watermark)
+
+    async def lag(self, stream: str, shard_id: str, start: dict[str, Any]) -> dict[str, Any]:
+        """Records and milliseconds between a resume position and the shard's tip.
+
+        ``lag_ms`` is the tip's arrival time minus the arrival time of the first batch still to
+        process (batch granularity: arrival times are kept per batch).
+        """
+        result = await self.engine.read(stream, shard_id, Position.from_wire(start), 1, 0)
+        lag_records = max(0, result.high_watermark - result.start_offset)
+        lag_ms = 0
+        if lag_records and result.batches:
+            header = batchfmt.parse_header(result.batches[0])
+            lag_ms = result.millis_behind + header.last_arrival_ms - header.first_arrival_ms
+        return {
+            "high_watermark": result.high_watermark,
+            "lag_records": lag_records,
+            "lag_ms": max(0, lag_ms),
+        }
+
+
+class _Runner:
+    """One group's coordinator, the lock that serialises its steps, and its stored revision."""
+
+    def __init__(self, coordinator: Coordinator, revision: int) -> None:
+        self.coordinator = coordinator
+        self.revision = revision  # the group key's mod_revision as last written or read
+        self.lock = trio.Lock()
+        self.broken = False
+
+
+class GroupService:
+    """Every consumer group of one engine."""
+
+    def __init__(
+        self, store: MetaStore, view: StreamView, clock: Callable[[], int] = now_ms
+    ) -> None:
+        self.store = store
+        self.view = view
+        self.clock = clock
+        self._runners: dict[tuple[str, str], _Runner] = {}
+        self._load_lock = trio.Lock()
+
+    # -- stepping --------------------------------------------------------------------------------
+
+    async def step(
+        self,
+        stream: str,
+        group: str,
+        action: Callable[[Coordinator, int], _T],
+        *,
+        create_from: dict[str, Any] | None = None,
+    ) -> _T:
+        """Run ``action(coordinator, now_ms)`` as one step, persist its effects, log them.
+
+        ``create_from`` creates a missing group with that initial position; without it a
+        missing group raises GroupNotFoundError. The action's own StreamdError is re-raised
+        after the effects of the step (expiries it triggered) are persisted.
+        """
+        while True:
+            runner = await self._runner(stream, group, create_from)
+            async with runner.lock:
+                if runner.broken:  # dropped while we waited: load it again
+                    continue
+                return await self._step_locked(stream, group, runner, action)
+
+    async def _step_locked(
+        self, stream: str, group: str, runner: _Runner, action: Callable[[Coordinator, int], _T]
+    ) -> _T:
+        coordinator = runner.coordinator
+        with trio.CancelScope(shield=True):
+            now = self.clock()
+            error: StreamdError | None = None
+            result: _T | None = None
+            try:
+                await self._sync_topology(coordinator, now)
+                result = action(coordinator, now)
+            except StreamdError as exc:
+                error = exc
+            except BaseException:
+                self._drop(stream, group, runner)
+                raise
+            await self._apply(stream, group, runner, coordinator.take_ready())
+        if error is not None:
+            raise error
+        return result  # type: ignore[return-value]
+
+    async def _sync_topology(self, coordinator: Coordinator, now: int) -> None:
+        _, shards = self.view.shards(coordinator.stream)
+        unknown = coordinator.unknown_shards(shards)
+        starts: dict[str, dict[str, Any]] = {}
+        if coordinator.doc.initial.get("type") == "latest":
+            for info in unknown:
+                if not info.parents:  # children always start at their beginning
+                    tip = await self.view.tip(coordinator.stream, info.shard_id)
+                    starts[info.shard_id] = Position.at_offset(tip).to_wire()
+        coordinator.sync_shards(shards, starts, now)
+
+    async def _apply(self, stream: str, group: str, runner: _Runner, ready: Ready) -> None:
+        if ready.must_persist:
+            try:
+                await self._persist(stream, group, runner, ready)
+            except BaseException:
+                self._drop(stream, group, runner)
+                raise
+        for event in ready.events:
+            method = log.warning if event.kind in _WARN_EVENTS else log.info
+            method(f"group.{event.kind}", **event.fields)
+
+    async def _persist(self, stream: str, group: str, runner: _Runner, ready: Ready) -> None:
+        key = group_key(stream, group)
+        puts: list[tuple[str, bytes]] = []
+        deletes: list[str] = []
+        if ready.group_changed:
+            puts.append((key, runner.coordinator.doc.encode()))
+        prefix = checkpoint_prefix(stream, group)
+        for shard_id, checkpoint in ready.checkpoints.items():
+            if checkpoint is None:
+                deletes.append(prefix + shard_id)
+            else:
+                puts.append((prefix + shard_id, checkpoint.encode()))
+        if not await self.store.txn([Compare(key, runner.revision)], puts=puts, deletes=deletes):
+            raise InternalError(f"group {stream}/{group} changed under its coordinator; retry")
+        if ready.group_changed:
+            runner.revision = await self._revision(key)
+
+    async def _revision(self, key: str) -> int:
+        kv = await self.store.get(key)
+        if kv is None:
+            raise InternalError(f"group document {key} vanished after a write")
+        return kv.mod_revision
+
+    def _drop(self, stream: str, group: str, runner: _Runner, *, quiet: bool = False) -> None:
+        """Forget the in-memory coordinator; the next request reloads it from the store."""
+        runner.broken = True
+        if self._runners.get((stream, group)) is runner:
+            del self._runners[(stream, group)]
+        if not quiet:
+            log.warning("group.coordinator_dropped", stream=stream, group=group)
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    async def _runner(self, stream: str, group: str, create_from: dict[str, Any] | None) -> _Runner:
+        runner = self._runners.get((stream, group))
+        incarnation, shards = self.view.shards(stream)  # raises StreamNotFoundError
+        if runner is not None and runner.coordinator.doc.stream_id == incarnation:
+            return runner
+        async with self._load_lock:
+            runner = self._runners.get((stream, group))
+            if runner is not None and runner.coordinator.doc.stream_id == incarnation:
+                return runner
+            if runner is not None:  # the stream was deleted and created again
+                self._drop(stream, group, runner, quiet=True)
+            with trio.CancelScope(shield=True):
+                loaded = await self._load(stream, group, incarnation, shards, create_from)
+            self._runners[(stream, group)] = loaded
+            return loaded
+
+    async def _load(
+        self,
+        stream: str,
+        group: str,
+        incarnation: str,
+        shards: list[ShardInfo],
+        create_from: dict[str, Any] | None,
+    ) -> _Runner:
+        key = group_key(stream, group)
+        now = self.clock()
+        kv = await self.store.get(key)
+        if kv is not None:
+            doc = GroupDoc.decode(kv.value, now)
+            if doc.stream_id == incarnation:
+                checkpoints = await self._load_checkpoints(stream, group)
+                return _Runner(Coordinator(doc, checkpoints, shards, now_ms=now), kv.mod_revision)
+            await self._forget(stream, group, kv.mod_revision)  # a dead incarnation's group
+            log.info("group.stale_removed", stream=stream, group=group)
+        if create_from is None:
+            raise GroupNotFoundError(f"stream {stream!r} has no group {group!r}", group=group)
+        existing = await self.store.range(f"{_GROUP_PREFIX}{stream}/")
+        if len(existing) >= GROUPS_PER_STREAM_MAX:
+            raise LimitExceededError(f"stream {stream!r} has {GROUPS_PER_STREAM_MAX} groups")
+        doc = GroupDoc(stream, incarnation, group, now, create_from)
+        if not await self.store.txn([Compare(key, 0)], puts=[(key, doc.encode())]):
+            raise InternalError(f"group {stream}/{group} was created concurrently; retry")
+        log.info("group.created", stream=stream, group=group, initial=create_from)
+        return _Runner(Coordinator(doc, {}, [], now_ms=now), await self._revision(key))
+
+    async def _load_checkpoints(self, stream: str, group: str) -> dict[str, Checkpoint]:
+        prefix = checkpoint_prefix(stream, group)
+        return {
+            kv.key[len(prefix) :]: Checkpoint.decode(kv.value)
+            for kv in await self.store.range(prefix)
+        }
+
+    async def _forget(self, stream: str, group: str, revision: int) -> None:
+        keys = [kv.key for kv in await self.store.range(checkpoint_prefix(stream, group))]
+        key = group_key(stream, group)
+        if not await self.store.txn([Compare(key, revision)], deletes=[key, *keys]):
+            raise InternalError(f"group {stream}/{group} changed while being removed; retry")
+
+    # -- whole-group operations ------------------------------------------------------------------
+
+    async def list_groups(self, stream: str) -> list[dict[str, Any]]:
+        """A summary per group of the stream, sorted by name. Raises StreamNotFoundError."""
+        self.view.shards(stream)
+        prefix = f"{_GROUP_PREFIX}{stream}/"
+        names = [kv.key[len(prefix) :] for kv in await self.store.range(prefix)]
+        out = []
+        for name in names:
+            try:
+                view = await self.step(stream, name, lambda c, now: c.describe(now))
+            except GroupNotFoundError:
+                continue  # a stale group of an older incarnation of the stream
+            out.append(
+                {
+                    "group": name,
+                    "state": view["state"],
+                    "members": len(view["members"]),
+                    "shards": len(view["shards"]),
+                    "finished_shards": sum(1 for s in view["shards"] if s["status"] == "FINISHED"),
+                }
+            )
+        return out
+
+    async def describe(self, stream: str, group: str) -> dict[str, Any]:
+        """The group's members, leases, checkpoints, and lag per shard."""
+        view = await self.step(stream, group, lambda c, now: c.describe(now))
+        for shard in view["shards"]:
+            if shard["checkpoint"] == SHARD_END:
+                shard.update(high_watermark=None, lag_records=0, lag_ms=0)
+                continue
+            try:
+                shard.update(await self.view.lag(stream, shard["shard_id"], shard["start"]))
+            except StreamdError as exc:
+                shard.update(high_watermark=None, lag_records=None, lag_ms=None, lag_error=exc.code)
+        return view
+
+    async def reset(self, stream: str, group: str, to: dict[str, Any], force: bool) -> None:
+        """Forget every checkpoint; start again from ``to``. Raises GroupActiveError,
+        GroupNotFoundError."""
+        starts: dict[str, dict[str, Any]] = {}
+        if to.get("type") == "latest":
+            _, shards = self.view.shards(stream)
+            for info in shards:
+                tip = await self.view.tip(stream, info.shard_id)
+                starts[info.shard_id] = Position.at_offset(tip).to_wire()
+        await self.step(stream, group, lambda c, now: c.reset(to, starts, now, force=force))
+
+    async def delete(self, stream: str, group: str, force: bool) -> None:
+        """Remove the group and its checkpoints. Raises GroupActiveError, GroupNotFoundError."""
+
+        def check(coordinator: Coordinator, now: int) -> None:
+            coordinator.tick(now)
+            if coordinator.members and not force:
+                raise GroupActiveError(
+                    f"group {group!r} has {len(coordinator.members)} active members",
+                    members=sorted(coordinator.members),
+                )
+
+        while True:
+            runner = await self._runner(stream, group, None)
+            async with runner.lock:
+                if runner.broken:
+                    continue
+                await self._step_locked(stream, group, runner, check)
+                with trio.CancelScope(shield=True):
+                    self._drop(stream, group, runner, quiet=True)
+                    await self._forget(stream, group, runner.revision)
+                break
+        log.info("group.deleted", stream=stream, group=group, forced=force)
+
+    async def tick_all(self) -> None:
+        """Expire silent members of every loaded group (for a timer task, if one runs)."""
+        for (stream, group), runner in list(self._runners.items()):
+            if not runner.broken:
+                try:
+                    await self.step(stream, group, lambda c, now: c.tick(now))
+                except StreamdError:
+                    continue
+
+
+def service_of(engine: Any) -> GroupService:
+    """The engine's GroupService, created on first use and kept on the engine object."""
+    service = getattr(engine, "_groups", None)
+    if service is None:
+        service = GroupService(engine.catalog.store, StreamView(engine))
+        engine._groups = service
+    assert isinstance(service, GroupService)
+    return service
