@@ -42,6 +42,7 @@ from streamd_client.model import Position, make_sequence, parse_sequence
 
 from . import metrics
 from .catalog import ShardMeta
+from .iothread import IoThread
 from .replication import Committer
 
 if TYPE_CHECKING:
@@ -150,6 +151,10 @@ class ShardPipeline:
         self._retention_cutoff_ms: int | None = None
         self._dirty = False
         self._log = log.bind(stream=stream, shard_id=shard.shard_id)
+        self._records_appended = metrics.RECORDS_APPENDED.labels(stream)
+        self._bytes_appended = metrics.BYTES_APPENDED.labels(stream)
+        self._group_commits = metrics.GROUP_COMMITS.labels(stream)
+        self._io = IoThread(f"streamd-{stream}-{shard.shard_id}")
 
     # -- writers ------------------------------------------------------------------------------
 
@@ -230,6 +235,7 @@ class ShardPipeline:
                     continue
                 await self._commit_group(self._take_group())
         finally:
+            self._io.stop()
             self._stopped.set()
 
     async def close(self, timeout_s: float = 10.0) -> None:
@@ -247,7 +253,7 @@ class ShardPipeline:
         """Wait for work; meanwhile run due background chores (interval fsync, retention)."""
         if self._retention_cutoff_ms is not None:
             cutoff, self._retention_cutoff_ms = self._retention_cutoff_ms, None
-            deleted = await trio.to_thread.run_sync(self.log.delete_segments_before, cutoff)
+            deleted = await self._io.run(self.log.delete_segments_before, cutoff)
             if deleted:
                 self._log.info(
                     "shard.retention", segments_deleted=deleted, start_offset=self.log.start_offset
@@ -259,7 +265,7 @@ class ShardPipeline:
         self._work = trio.Event()
         if scope.cancelled_caught and self._dirty:
             self._dirty = False
-            await trio.to_thread.run_sync(self.log.sync)
+            await self._io.run(self.log.sync)
 
     def _take_group(self) -> list[PendingWrite]:
         group: list[PendingWrite] = []
@@ -304,7 +310,7 @@ class ShardPipeline:
         plan = self._plan(group)
         stamp_ms = max(now_ms(), self.last_arrival_ms)
         started = time.perf_counter()
-        written, error = await trio.to_thread.run_sync(self._write_plan, plan, stamp_ms)
+        written, error = await self._io.run(self._write_plan, plan, stamp_ms)
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
         if error is not None:
             metrics.WRITES_REJECTED.labels(error.code).inc()
@@ -394,9 +400,9 @@ class ShardPipeline:
     def _publish(self, written: list[_Planned]) -> None:
         end = written[-1].next_offset
         assert end > self.high_watermark and end == self.log.next_offset
-        metrics.RECORDS_APPENDED.labels(self.stream).inc(end - self.high_watermark)
-        metrics.BYTES_APPENDED.labels(self.stream).inc(sum(len(p.data) for p in written))
-        metrics.GROUP_COMMITS.labels(self.stream).inc()
+        self._records_appended.inc(end - self.high_watermark)
+        self._bytes_appended.inc(sum(len(p.data) for p in written))
+        self._group_commits.inc()
         for planned in written:
             self._tail.append(
                 _Cached(
