@@ -1,0 +1,373 @@
+"""One held lease of a group worker: the task that reads a shard and feeds its processor.
+
+A lease task runs while the worker holds the shard's lease at one epoch. It long-polls the shard
+from the lease's start position, hands each non-empty page to the processor as a ``Batch``,
+counts it processed when ``process_records`` returns, and checkpoints automatically when asked
+to (every N records, every T seconds, and when it stops). It ends in one of four ways:
+
+| how it ends | cause                                    | processor hears       | checkpoint   |
+|-------------|------------------------------------------|-----------------------|--------------|
+| stop        | revoked by the coordinator; shutdown     | ``shutdown_requested``| final (auto) |
+| shard end   | a closed shard read to its end           | ``shard_ended``       | SHARD_END    |
+| lost        | fenced, expired, another epoch granted   | ``lease_lost``        | impossible   |
+| failed      | the processor (or a read) raised         | nothing               | none         |
+
+A stop lets in-flight processing finish (only a pending long-poll read is cancelled, which is
+safe: reads have no effect); a loss cancels everything at once, because the records would be
+processed twice anyway and nothing can be checkpointed. A failure is handed to the worker, which
+shuts down and re-raises it (at-least-once: whoever takes the shard over starts again from the
+last checkpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
+
+import anyio
+
+from . import group_admin
+from .consumer import backoff_s
+from .errors import StreamdError
+from .group_errors import LeaseLostError
+from .model import Position, parse_sequence
+from .results import ReadResult, Record
+
+if TYPE_CHECKING:
+    from .client import Client
+
+log = logging.getLogger(__name__)
+
+SHARD_END: Final = group_admin.SHARD_END
+CALLBACK_TIMEOUT_S: Final = 10.0  # lease_lost and friends, after the lease is gone
+CHECKPOINT_ATTEMPTS_MAX: Final = 5
+BACKOFF_MS_INITIAL: Final = 50
+BACKOFF_MS_MAX: Final = 1000
+PREDECESSOR_WAIT_S: Final = 15.0
+
+
+class ShardLease(NamedTuple):
+    """What a processor is told when it starts: the shard, the lease epoch, where it starts."""
+
+    shard_id: str
+    epoch: int
+    start: Position
+
+
+class WorkerHost(Protocol):
+    """What a lease task needs from its worker (group.py implements it)."""
+
+    client: Client
+    stream: str
+    group: str
+    member_id: str
+    closing: anyio.Event
+
+    @property
+    def auto_checkpoint(self) -> bool: ...
+    def checkpoint_due(self, records: int, elapsed_s: float) -> bool: ...
+    def lease_finished(self, task: LeaseTask) -> None: ...
+    def fail(self, error: BaseException) -> None: ...
+    def read_args(self) -> tuple[int, int, int | None]: ...
+
+
+class Checkpointer:
+    """Stores a shard's progress on the server, fenced by the lease epoch."""
+
+    def __init__(self, task: LeaseTask) -> None:
+        self._task = task
+        self.last_sequence: str | None = None  # the last checkpoint this lease stored
+
+    @property
+    def shard_id(self) -> str:
+        return self._task.shard_id
+
+    @property
+    def epoch(self) -> int:
+        return self._task.epoch
+
+    async def checkpoint(
+        self, at: Record | str | None = None, *, metadata: str | None = None
+    ) -> None:
+        """Record that everything up to and including ``at`` is processed.
+
+        ``at`` is a Record, a sequence number, SHARD_END, or None for the last record handed to
+        the processor (nothing happens if there is none). Retries transient errors a few times.
+        Raises: LeaseLostError (fenced: the lease is gone; stop processing the shard),
+        InvalidCheckpointError (another shard's sequence, or behind the stored checkpoint),
+        transport errors once the retries are used up.
+        """
+        if at is None:
+            last = self._task.last_processed
+            if last is None:
+                return
+            sequence = last.sequence_number
+        else:
+            sequence = at.sequence_number if isinstance(at, Record) else at
+        await self._task.store_checkpoint(sequence, metadata)
+
+
+class Batch:
+    """Records of one shard for the processor (or the ``async for`` loop), in order.
+
+    ``shard_end`` marks the last, empty batch of a closed shard. ``checkpoint()`` stores
+    progress up to this batch's last record (SHARD_END for the end batch).
+    """
+
+    __slots__ = (
+        "_done",
+        "checkpointer",
+        "epoch",
+        "millis_behind",
+        "records",
+        "shard_end",
+        "shard_id",
+    )
+
+    def __init__(
+        self,
+        checkpointer: Checkpointer,
+        records: list[Record],
+        millis_behind: int,
+        *,
+        shard_end: bool = False,
+    ) -> None:
+        self.checkpointer = checkpointer
+        self.shard_id = checkpointer.shard_id
+        self.epoch = checkpointer.epoch
+        self.records = records
+        self.millis_behind = millis_behind
+        self.shard_end = shard_end
+        self._done = anyio.Event()
+
+    async def checkpoint(self, *, metadata: str | None = None) -> None:
+        """Checkpoint this batch's last record (or SHARD_END). Raises as Checkpointer does."""
+        if self.shard_end:
+            await self.checkpointer.checkpoint(SHARD_END, metadata=metadata)
+        elif self.records:
+            await self.checkpointer.checkpoint(self.records[-1], metadata=metadata)
+
+    def __repr__(self) -> str:
+        return (
+            f"Batch({self.shard_id}, epoch={self.epoch}, records={len(self.records)}, "
+            f"shard_end={self.shard_end})"
+        )
+
+
+class RecordProcessor:
+    """The KCL-style callbacks; subclass and override ``process_records`` (others optional).
+
+    One processor instance per lease; its calls never overlap. Exceptions from
+    ``process_records`` stop the whole worker (and are re-raised by it).
+    """
+
+    async def initialize(self, lease: ShardLease) -> None:
+        """The lease was granted; records from ``lease.start`` follow."""
+
+    async def process_records(self, batch: Batch) -> None:
+        """Process one batch; checkpoint with ``batch.checkpoint()`` or ``batch.checkpointer``."""
+        raise NotImplementedError
+
+    async def lease_lost(self) -> None:
+        """The lease is gone (fenced or expired): no checkpoint is possible; just clean up."""
+
+    async def shard_ended(self, checkpointer: Checkpointer) -> None:
+        """The closed shard is fully processed; SHARD_END is checkpointed after this returns
+        (children of the shard are leased only then)."""
+
+    async def shutdown_requested(self, checkpointer: Checkpointer) -> None:
+        """The lease is being given up (rebalance or shutdown): checkpoint what is done."""
+
+
+class _Lost(Exception):
+    """Internal: the lease task learnt its lease is gone."""
+
+
+class Abandoned(Exception):
+    """Internal: the worker is closing and nobody will process this batch (iterator style)."""
+
+
+class LeaseTask:
+    """Reads one shard under one lease epoch and drives its processor (module docstring)."""
+
+    def __init__(
+        self,
+        host: WorkerHost,
+        grant: group_admin.LeaseGrant,
+        processor: RecordProcessor,
+        predecessor: LeaseTask | None,
+    ) -> None:
+        self.host = host
+        self.shard_id = grant.shard_id
+        self.epoch = grant.epoch
+        self.start = grant.start
+        self.closed = grant.closed
+        self.processor = processor
+        self.checkpointer = Checkpointer(self)
+        self.position = grant.start
+        self.last_processed: Record | None = None
+        self.records_processed = 0
+        self.stopping = False
+        self.lost = False
+        self.finished = anyio.Event()
+        self._predecessor = predecessor
+        self._scope = anyio.CancelScope()
+        self._read_scope: anyio.CancelScope | None = None
+        self._uncheckpointed = 0
+        self._checkpointed_at = anyio.current_time()
+
+    # -- control (from the worker) ----------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Finish in-flight work, checkpoint, and release (a revoke, or shutdown)."""
+        self.stopping = True
+        if self._read_scope is not None:
+            self._read_scope.cancel()
+
+    def lose(self) -> None:
+        """The lease is gone: stop at once."""
+        if not self.finished.is_set():
+            self.lost = True
+            self._scope.cancel()
+
+    # -- the task ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            with self._scope:
+                await self._wait_for_predecessor()
+                await self._run()
+        except (LeaseLostError, _Lost):
+            self.lost = True
+        except Exception as exc:
+            log.exception("lease task of %s failed", self.shard_id)
+            self.host.fail(exc)
+        finally:
+            if self.lost:
+                log.info("lease of %s (epoch %d) lost", self.shard_id, self.epoch)
+                with anyio.move_on_after(CALLBACK_TIMEOUT_S, shield=True):
+                    await self.processor.lease_lost()
+            self.finished.set()
+            self.host.lease_finished(self)
+
+    async def _wait_for_predecessor(self) -> None:
+        """The same shard under an older epoch may still be winding down: never overlap."""
+        if self._predecessor is not None:
+            self._predecessor.lose()
+            with anyio.move_on_after(PREDECESSOR_WAIT_S):
+                await self._predecessor.finished.wait()
+            self._predecessor = None
+
+    async def _run(self) -> None:
+        await self.processor.initialize(ShardLease(self.shard_id, self.epoch, self.start))
+        while not self.stopping:
+            result = await self._read()
+            if result is None:
+                break
+            if result.records:
+                try:
+                    await self.processor.process_records(
+                        Batch(self.checkpointer, result.records, result.millis_behind)
+                    )
+                except Abandoned:
+                    break
+                self._processed(result.records)
+            elif self.closed and (result.next_position.offset or 0) >= result.high_watermark:
+                await self._end()
+                return
+            self.position = result.next_position
+            if self.lost:
+                raise _Lost
+            if self.host.auto_checkpoint and self.host.checkpoint_due(
+                self._uncheckpointed, anyio.current_time() - self._checkpointed_at
+            ):
+                await self._auto_checkpoint()
+        await self.processor.shutdown_requested(self.checkpointer)
+        if self.host.auto_checkpoint:
+            await self._auto_checkpoint()
+
+    def _processed(self, records: list[Record]) -> None:
+        self.last_processed = records[-1]
+        self.records_processed += len(records)
+        self._uncheckpointed += len(records)
+
+    async def _end(self) -> None:
+        try:
+            await self.processor.shard_ended(self.checkpointer)
+        except Abandoned:
+            return  # the next holder of the lease ends the shard
+        if self.checkpointer.last_sequence != SHARD_END:
+            await self.store_checkpoint(SHARD_END, None)
+        log.info("shard %s ended (epoch %d)", self.shard_id, self.epoch)
+
+    async def _read(self) -> ReadResult | None:
+        """The next page, retrying transient errors; None once a stop was requested."""
+        max_bytes, wait_ms, limit = self.host.read_args()
+        failures = 0
+        while not self.stopping:
+            with anyio.CancelScope() as scope:
+                self._read_scope = scope
+                try:
+                    return await self.host.client.read(
+                        self.host.stream,
+                        self.shard_id,
+                        self.position,
+                        max_bytes=max_bytes,
+                        wait_ms=wait_ms,
+                        limit=limit,
+                    )
+                except StreamdError as exc:
+                    if not exc.retryable:
+                        raise
+                    failures += 1
+                    await anyio.sleep(backoff_s(failures, BACKOFF_MS_INITIAL, BACKOFF_MS_MAX))
+                finally:
+                    self._read_scope = None
+        return None
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    async def _auto_checkpoint(self) -> None:
+        if self.last_processed is None or self._uncheckpointed == 0:
+            self._checkpointed_at = anyio.current_time()
+            return
+        try:
+            await self.store_checkpoint(self.last_processed.sequence_number, None)
+        except StreamdError as exc:
+            if isinstance(exc, LeaseLostError) or not exc.retryable:
+                raise
+            log.warning("checkpoint of %s postponed: %s", self.shard_id, exc.message)
+
+    async def store_checkpoint(self, sequence: str, metadata: str | None) -> None:
+        """Send a checkpoint (retrying transient errors); on fencing mark the lease lost."""
+        if self.lost:
+            raise LeaseLostError(f"the lease of {self.shard_id} at epoch {self.epoch} is lost")
+        failures = 0
+        while True:
+            try:
+                await group_admin.checkpoint(
+                    self.host.client,
+                    self.host.stream,
+                    self.host.group,
+                    self.host.member_id,
+                    self.shard_id,
+                    self.epoch,
+                    sequence,
+                    metadata,
+                )
+                break
+            except LeaseLostError:
+                self.lost = True
+                raise
+            except StreamdError as exc:
+                failures += 1
+                if not exc.retryable or failures >= CHECKPOINT_ATTEMPTS_MAX:
+                    raise
+                await anyio.sleep(backoff_s(failures, BACKOFF_MS_INITIAL, BACKOFF_MS_MAX))
+        self.checkpointer.last_sequence = sequence
+        self._checkpointed_at = anyio.current_time()
+        if sequence == SHARD_END or (
+            self.last_processed is not None
+            and parse_sequence(sequence)[1] >= self.last_processed.offset
+        ):
+            self._uncheckpointed = 0
