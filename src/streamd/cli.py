@@ -7,6 +7,7 @@
     streamd put NAME [--partition-key K] [--json]          (one record per line of stdin)
     streamd read NAME [--shard ID] [--from POS] [--limit N] [--follow] [--json]
     streamd bench produce|consume [--json] ...              (see streamd/bench.py)
+    streamd group consume|list|describe|reset|delete ...    (see streamd/cli_groups.py)
 
 Client commands take ``--endpoint HOST:PORT`` (default: $STREAMD_ENDPOINT, else 127.0.0.1:7070)
 and run the async client (streamd_client) on asyncio; the server runs on trio and is imported
@@ -73,9 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stream(commands)
     _add_put(commands)
     _add_read(commands)
-    from . import bench
+    from . import bench, cli_groups
 
     bench.add_parser(commands, _add_endpoint)
+    cli_groups.register(commands)  # streamd group ...: uses _add_endpoint, _run_client_command
     return parser
 
 
