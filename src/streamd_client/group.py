@@ -186,6 +186,7 @@ class GroupWorker:
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._stack.__aexit__(None, None, None)
+            self._close_streams()
             raise
         return self
 
@@ -201,10 +202,17 @@ class GroupWorker:
         finally:
             assert self._task_group is not None
             self._task_group.cancel_scope.cancel()
-            await self._stack.__aexit__(None, None, None)
+            try:
+                await self._stack.__aexit__(None, None, None)
+            finally:
+                self._close_streams()
         if self._failure is not None and exc is None:
             raise self._failure
         return None
+
+    def _close_streams(self) -> None:
+        self._hand_send.close()
+        self._hand_receive.close()
 
     async def run(self) -> None:
         """Callback style: process until ``request_shutdown()``, a failure, or cancellation."""

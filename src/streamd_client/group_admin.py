@@ -159,9 +159,11 @@ async def checkpoint(
     epoch: int,
     sequence: str,
     metadata: str | None = None,
+    *,
+    timeout_s: float | None = None,
 ) -> None:
-    """Store progress (a sequence number, or SHARD_END). Raises LeaseLostError (fenced),
-    InvalidCheckpointError, UnknownMemberError is never raised here (fencing says it all)."""
+    """Store progress (a sequence number, or SHARD_END). Raises LeaseLostError (fenced: not
+    the lease's holder at that epoch), InvalidCheckpointError, ShardNotFoundError."""
     args: dict[str, Any] = {
         **_names(stream, group),
         "member_id": member_id,
@@ -171,7 +173,7 @@ async def checkpoint(
     }
     if metadata is not None:
         args["metadata"] = metadata
-    await client.call(OP_GROUP_CHECKPOINT, args)
+    await client.call(OP_GROUP_CHECKPOINT, args, timeout_s=timeout_s)
 
 
 # -- admin calls ----------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ CHECKPOINT_ATTEMPTS_MAX: Final = 5
 BACKOFF_MS_INITIAL: Final = 50
 BACKOFF_MS_MAX: Final = 1000
 PREDECESSOR_WAIT_S: Final = 15.0
+CHECKPOINT_TIMEOUT_S: Final = 5.0
 
 
 class ShardLease(NamedTuple):
@@ -339,22 +340,29 @@ class LeaseTask:
             log.warning("checkpoint of %s postponed: %s", self.shard_id, exc.message)
 
     async def store_checkpoint(self, sequence: str, metadata: str | None) -> None:
-        """Send a checkpoint (retrying transient errors); on fencing mark the lease lost."""
+        """Send a checkpoint (retrying transient errors); on fencing mark the lease lost.
+
+        A checkpoint in flight is shielded from the lease task's cancellation (bounded by
+        CHECKPOINT_TIMEOUT_S): if the lease is lost meanwhile, the caller still learns how the
+        server judged it (typically LeaseLostError) instead of a silent cancellation.
+        """
         if self.lost:
             raise LeaseLostError(f"the lease of {self.shard_id} at epoch {self.epoch} is lost")
         failures = 0
         while True:
             try:
-                await group_admin.checkpoint(
-                    self.host.client,
-                    self.host.stream,
-                    self.host.group,
-                    self.host.member_id,
-                    self.shard_id,
-                    self.epoch,
-                    sequence,
-                    metadata,
-                )
+                with anyio.CancelScope(shield=True):
+                    await group_admin.checkpoint(
+                        self.host.client,
+                        self.host.stream,
+                        self.host.group,
+                        self.host.member_id,
+                        self.shard_id,
+                        self.epoch,
+                        sequence,
+                        metadata,
+                        timeout_s=CHECKPOINT_TIMEOUT_S,
+                    )
                 break
             except LeaseLostError:
                 self.lost = True
