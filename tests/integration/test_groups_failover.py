@@ -231,3 +231,42 @@ async def test_kill9_and_graceful_stop_move_shards_fast_and_skip_nothing(
     for shard_id in {r["shard_id"] for w in workers for r in w.records}:
         offsets = sorted({o for w in workers for o in w.offsets(shard_id)})
         assert offsets == list(range(len(offsets))), f"{shard_id} has a gap"
+
+
+async def _cli(endpoint: str, *args: str) -> tuple[int, str, str]:
+    command = [sys.executable, "-m", "streamd.cli_groups", "group", *args, "--endpoint", endpoint]
+    with anyio.fail_after(30):
+        done = await anyio.run_process(command, check=False)
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+async def test_cli_group_commands(endpoint: str, stream_name: str) -> None:
+    async with connect(endpoint) as client:
+        await client.create_stream(stream_name, 2)
+        await client.put_records(stream_name, [(f"v{i}".encode(), f"k{i}") for i in range(10)])
+    code, out, _ = await _cli(endpoint, "consume", stream_name, "g", "--json", "--limit", "10")
+    assert code == 0
+    printed = [json.loads(line) for line in out.splitlines()]
+    assert sorted(r["data"] for r in printed) == sorted(f"v{i}" for i in range(10))
+    assert all(r["lease_epoch"] >= 1 and "sequence_number" in r for r in printed)
+
+    code, out, _ = await _cli(endpoint, "list", stream_name, "--json")
+    assert code == 0 and [g["group"] for g in json.loads(out)] == ["g"]
+    code, out, _ = await _cli(endpoint, "describe", stream_name, "g", "--json")
+    view = json.loads(out)
+    assert code == 0 and view["state"] == "EMPTY"
+    assert sum(s["lag_records"] for s in view["shards"]) == 0
+    code, out, _ = await _cli(endpoint, "describe", stream_name, "g")
+    assert code == 0 and "shardId-000000000000" in out
+
+    code, _, _ = await _cli(endpoint, "reset", stream_name, "g", "--to", "trim-horizon")
+    assert code == 0
+    code, out, _ = await _cli(endpoint, "describe", stream_name, "g", "--json")
+    assert sum(s["lag_records"] for s in json.loads(out)["shards"]) == 10
+
+    code, _, err = await _cli(endpoint, "reset", stream_name, "g", "--to", "yesterday")
+    assert code == 1 and "expected trim-horizon" in err
+    code, _, err = await _cli(endpoint, "describe", stream_name, "nope")
+    assert code == 1 and "GROUP_NOT_FOUND" in err
+    code, _, _ = await _cli(endpoint, "delete", stream_name, "g")
+    assert code == 0
