@@ -84,7 +84,7 @@ async def _start_worker(
     endpoint: str, stream: str, task_group: anyio.abc.TaskGroup
 ) -> WorkerProcess:
     command = [
-        sys.executable, "-m", "streamd.cli_groups", "group", "consume", stream, "g", "--json",
+        sys.executable, "-m", "streamd", "group", "consume", stream, "g", "--json",
         "--checkpoint-every", "10", "--checkpoint-interval-s", "0.2",
         "--session-timeout-ms", str(SESSION_MS), "--endpoint", endpoint,
     ]  # fmt: skip
@@ -234,7 +234,7 @@ async def test_kill9_and_graceful_stop_move_shards_fast_and_skip_nothing(
 
 
 async def _cli(endpoint: str, *args: str) -> tuple[int, str, str]:
-    command = [sys.executable, "-m", "streamd.cli_groups", "group", *args, "--endpoint", endpoint]
+    command = [sys.executable, "-m", "streamd", "group", *args, "--endpoint", endpoint]
     with anyio.fail_after(30):
         done = await anyio.run_process(command, check=False)
     return done.returncode, done.stdout.decode(), done.stderr.decode()
