@@ -33,7 +33,12 @@ import structlog
 import trio
 
 from streamd_client import batch as batchfmt
-from streamd_client.errors import InternalError, LimitExceededError, StreamdError
+from streamd_client.errors import (
+    InternalError,
+    LimitExceededError,
+    StreamdError,
+    StreamNotFoundError,
+)
 from streamd_client.group_errors import GroupActiveError, GroupNotFoundError
 from streamd_client.model import Position
 
@@ -70,10 +75,25 @@ class StreamView:
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
+        self._cache: dict[str, tuple[object, str, list[ShardInfo]]] = {}
 
     def shards(self, stream: str) -> tuple[str, list[ShardInfo]]:
-        """(incarnation id, shards). Raises StreamNotFoundError."""
-        described = self.engine.describe_stream(stream)
+        """(incarnation id, shards). Raises StreamNotFoundError.
+
+        Every group request asks, so the answer is cached per stream for as long as the
+        engine's stream metadata object is the same one (it is immutable and replaced on
+        every change, a status change to DELETING included).
+        """
+        running = getattr(self.engine, "streams", {}).get(stream)
+        meta = getattr(running, "meta", None)
+        cached = self._cache.get(stream)
+        if meta is not None and cached is not None and cached[0] is meta:
+            return cached[1], cached[2]
+        try:
+            described = self.engine.describe_stream(stream)
+        except StreamNotFoundError:
+            self._cache.pop(stream, None)
+            raise
         infos = [
             ShardInfo(
                 s["shard_id"],
@@ -82,9 +102,10 @@ class StreamView:
             )
             for s in described["shards"]
         ]
-        running = getattr(self.engine, "streams", {}).get(stream)
-        incarnation = getattr(getattr(running, "meta", None), "stream_id", None)
-        return str(incarnation or described["created_ms"]), infos
+        incarnation = str(getattr(meta, "stream_id", None) or described["created_ms"])
+        if meta is not None:
+            self._cache[stream] = (meta, incarnation, infos)
+        return incarnation, infos
 
     async def tip(self, stream: str, shard_id: str) -> int:
         """The shard's high watermark (the offset LATEST names)."""
