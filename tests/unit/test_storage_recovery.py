@@ -366,3 +366,14 @@ def test_the_marker_is_gone_while_the_log_is_open(tmp_path: Path) -> None:
     assert log.recovery.clean and not (tmp_path / "clean-shutdown").exists()
     log.close(clean=False)
     assert not (tmp_path / "clean-shutdown").exists()
+
+
+def test_a_read_across_segments_stops_before_rot_in_the_next_segment(tmp_path: Path) -> None:
+    batches, bases = sealed_log(tmp_path)
+    in_first = [b for b in batches if span(b)[1] <= bases[1]]
+    flip(segment(tmp_path, bases[1]), batchfmt.HEADER_BYTES + 3)  # first payload of segment 2
+    log = ShardLog.open(tmp_path, SEALED, verify_all=False)  # clean: nothing found at open
+    assert log.read(0, 1 << 30, log.next_offset) == in_first
+    with pytest.raises(CorruptDataError):
+        log.read(bases[1], 1 << 30, log.next_offset)
+    log.close()

@@ -279,6 +279,10 @@ class ShardLog:
                 got, offset, at_end = segment.read(
                     offset, end_offset, budget_bytes, at_least_one=not batches
                 )
+            except CorruptDataError:
+                if batches:  # serve what came before; the next read reports the damage
+                    break
+                raise
             finally:
                 segment.unpin()
             batches += got

@@ -193,7 +193,7 @@ def _consistent(summary: SegmentSummary, base: int, limit: int, file_bytes: int)
         summary.base_offset == base
         and summary.next_offset == limit
         and summary.size_bytes == file_bytes
-        and (not entries or (entries[0].offset >= base and entries[0].position == 0))
+        and (not entries or entries[0].offset >= base)
         and all(
             a.offset < b.offset and a.position < b.position for a, b in itertools.pairwise(entries)
         )
