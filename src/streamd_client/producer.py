@@ -477,11 +477,9 @@ class Producer:
             await gate.settled.wait()
         shard.gates = []
         while (batch := await self._next_batch(shard)) is not None:
-            shard.in_flight = batch
-            try:
-                rerouted = await self._deliver(shard, batch)
-            finally:
-                shard.in_flight = None
+            shard.in_flight = batch  # left set if cancelled: _abandon_all then fails it
+            rerouted = await self._deliver(shard, batch)
+            shard.in_flight = None
             if rerouted:
                 self._hand_over(shard, first=batch)
                 break
