@@ -475,24 +475,11 @@ async def fake_server(
             task_group.cancel_scope.cancel()
 
 
-# -- pytest glue shared by the client test modules (import both names into a test module) ------
+# -- pytest glue shared by the client test modules ----------------------------------------------
 
 
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """Run each ``@pytest.mark.anyio`` test on both backends."""
+    """Run each ``@pytest.mark.anyio`` test on both backends (tests/conftest.py keeps
+    pytest-trio's trio_mode off them; test_client_connection checks it with sniffio)."""
     return str(request.param)
-
-
-@pytest.fixture(autouse=True)
-def _anyio_tests_are_not_trio_mode_tests(request: pytest.FixtureRequest) -> None:
-    """Keep pytest-trio's ``trio_mode`` off anyio tests.
-
-    trio_mode marks every coroutine test ``trio`` at collection; pytest-trio then wraps the test
-    into a ``trio.run`` before anyio's plugin sees it, so the "asyncio" variant would silently
-    run on trio. Dropping the mark during setup (before the call phase, where pytest-trio
-    acts) leaves the test to anyio. test_client_connection proves it with sniffio.
-    """
-    node = request.node
-    if node.get_closest_marker("anyio") is not None:
-        node.own_markers[:] = [mark for mark in node.own_markers if mark.name != "trio"]

@@ -11,7 +11,6 @@ import anyio.abc
 import pytest
 import sniffio
 from fake_server import (  # noqa: F401 (pytest fixtures are found by name)
-    _anyio_tests_are_not_trio_mode_tests,
     anyio_backend,
     fake_server,
 )

@@ -6,7 +6,6 @@ import anyio
 import pytest
 from fake_server import (  # noqa: F401 (pytest fixtures are found by name)
     FakeServer,
-    _anyio_tests_are_not_trio_mode_tests,
     anyio_backend,
     fake_server,
 )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import anyio
 import pytest
 from fake_server import (  # noqa: F401 (pytest fixtures are found by name)
-    _anyio_tests_are_not_trio_mode_tests,
     anyio_backend,
     fake_server,
 )
