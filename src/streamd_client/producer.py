@@ -44,6 +44,7 @@ from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from enum import Enum
+from hashlib import md5 as _md5
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
@@ -69,6 +70,7 @@ from .errors import (
 from .model import (
     HASH_KEY_MAX,
     PARTITION_KEY_CHARS_MAX,
+    RECORD_DATA_BYTES_MAX,
     check_partition_key,
     check_record_data,
     hash_bytes_of,
@@ -385,17 +387,36 @@ class Producer:
         bytes), InvalidHashKeyError, anyio.ClosedResourceError (producer closed or not
         entered).
         """
-        key, hash_bytes, data = self._prepare(data, partition_key, explicit_hash_key)
-        while self._buffered >= self.buffer_records_max:
-            self._check_open()
-            self._space = self._space or anyio.Event()
-            await self._space.wait()
-        self._check_open()
-        pending = self._add(key, hash_bytes, data)
+        # The common case (bytes, a 1..256-character str key, no explicit hash key) is checked
+        # inline because this is the hot path: a call per check costs a good part of a put.
+        # Anything else goes through _prepare, which raises the typed error.
+        if (
+            type(data) is bytes
+            and type(partition_key) is str
+            and explicit_hash_key is None
+            and 0 < len(partition_key) <= PARTITION_KEY_CHARS_MAX
+            and len(data) <= RECORD_DATA_BYTES_MAX
+        ):
+            hash_bytes = _md5(partition_key.encode()).digest()
+        else:
+            partition_key, hash_bytes, data = self._prepare(data, partition_key, explicit_hash_key)
+        if self._buffered >= self.buffer_records_max or self._state is not _State.OPEN:
+            await self._wait_for_space()
+        pending = self._add(partition_key, hash_bytes, data)
         if self._yield_due:  # once per sealed batch: the senders run even in a tight loop
             self._yield_due = False
             await anyio.lowlevel.cancel_shielded_checkpoint()
         return pending
+
+    async def _wait_for_space(self) -> None:
+        """Wait until the buffer has room; bounded by the retry budget of what it holds."""
+        while True:
+            self._check_open()
+            if self._buffered < self.buffer_records_max:
+                return
+            if self._space is None:
+                self._space = anyio.Event()
+            await self._space.wait()
 
     def put_nowait(
         self, data: bytes, partition_key: str, explicit_hash_key: int | str | None = None
@@ -404,11 +425,20 @@ class Producer:
 
         Raises: anyio.WouldBlock (buffer full), and what ``put`` raises.
         """
-        prepared = self._prepare(data, partition_key, explicit_hash_key)
+        if (  # the inline fast path of put(), for the same reason
+            type(data) is bytes
+            and type(partition_key) is str
+            and explicit_hash_key is None
+            and 0 < len(partition_key) <= PARTITION_KEY_CHARS_MAX
+            and len(data) <= RECORD_DATA_BYTES_MAX
+        ):
+            hash_bytes = _md5(partition_key.encode()).digest()
+        else:
+            partition_key, hash_bytes, data = self._prepare(data, partition_key, explicit_hash_key)
         self._check_open()
         if self._buffered >= self.buffer_records_max:
             raise anyio.WouldBlock
-        return self._add(*prepared)
+        return self._add(partition_key, hash_bytes, data)
 
     def _prepare(
         self, data: bytes, partition_key: str, explicit_hash_key: int | str | None
