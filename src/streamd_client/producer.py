@@ -36,13 +36,8 @@ fresh random producer id. ``producer_id`` is the id every shard starts with.
 
 from __future__ import annotations
 
-import copy
-import secrets
 from bisect import bisect_right
-from collections import deque
-from collections.abc import Iterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from enum import Enum
 from hashlib import md5 as _md5
 from types import TracebackType
@@ -53,6 +48,14 @@ import anyio.abc
 import anyio.lowlevel
 
 from . import batch as batch_format
+from ._buffers import (
+    RECORD_OVERHEAD_BYTES,
+    Batch,
+    PendingPut,
+    ProducerStats,
+    ShardBuffer,
+    fresh_producer_id,
+)
 from ._tasks import background_task_group
 from .consumer import backoff_s
 from .errors import (
@@ -74,156 +77,19 @@ from .model import (
     check_partition_key,
     check_record_data,
     hash_bytes_of,
-    make_sequence,
     parse_explicit_hash_key,
-    shard_index_of,
 )
-from .results import AppendResult, PutResult, StreamDescription
+from .results import AppendResult, StreamDescription
+
+__all__ = ["PendingPut", "Producer", "ProducerStats", "fresh_producer_id"]
 
 if TYPE_CHECKING:
     from .client import Client
 
-RECORD_OVERHEAD_BYTES: Final = 32  # CBOR heads and the 16-byte hash, per record, in a payload
 PRODUCER_SEQ_MAX: Final = 0xFFFF_FFFF  # u32 in the batch header
 _RESHARD_ERRORS: Final = (WrongShardError, ShardClosedError, ShardNotFoundError)
 # Errors after which a batch may or may not have been stored.
 _AMBIGUOUS_ERRORS: Final = (ConnectionLostError, RequestTimeoutError, InternalError)
-
-
-def fresh_producer_id() -> int:
-    """A random, non-zero 63-bit producer id (0 means "not idempotent" in the batch header)."""
-    return secrets.randbits(63) | 1
-
-
-@dataclass
-class ProducerStats:
-    """Counters since the producer started; batches count each send decision once."""
-
-    acked_records: int = 0
-    failed_records: int = 0
-    retried_batches: int = 0  # attempts after the first, summed over batches
-    duplicate_batches: int = 0  # acks with duplicate=true: a lost answer was recovered
-    rerouted_batches: int = 0  # batches split onto new shards after a reshard
-
-
-class _Batch:
-    """Records bound for one shard and their single shared completion.
-
-    Invariant: the three columns have equal length; ``done`` is set exactly once, and then
-    exactly one of (``base_offset >= 0``, ``error``, ``forward``) describes the outcome.
-    """
-
-    __slots__ = (
-        "base_offset",
-        "created_at",
-        "datas",
-        "done",
-        "error",
-        "forward",
-        "hashes",
-        "keys",
-        "shard",
-        "size_bytes",
-    )
-
-    def __init__(self, shard: _Shard, created_at: float) -> None:
-        self.shard = shard
-        self.created_at = created_at
-        self.keys: list[str] = []
-        self.hashes: list[bytes] = []
-        self.datas: list[bytes] = []
-        self.size_bytes = 0
-        self.done = anyio.Event()
-        self.base_offset = -1
-        self.error: StreamdError | None = None
-        # Set when the records moved to other batches (re-routed): index -> (batch, index).
-        self.forward: list[tuple[_Batch, int]] | None = None
-
-    async def wait_settled(self) -> None:
-        """Wait until every record of this batch, wherever re-routed, is acked or failed."""
-        await self.done.wait()
-        if self.forward is not None:
-            for target in dict.fromkeys(target for target, _ in self.forward):
-                await target.wait_settled()
-
-
-class PendingPut:
-    """The handle ``put`` returns: where the record waits for its acknowledgement."""
-
-    __slots__ = ("_batch", "_index")
-
-    def __init__(self, batch: _Batch, index: int) -> None:
-        self._batch = batch
-        self._index = index
-
-    def _resolved(self) -> tuple[_Batch, int] | None:
-        batch, index = self._batch, self._index
-        while batch.done.is_set():
-            if batch.forward is None:
-                return batch, index
-            batch, index = batch.forward[index]
-        return None
-
-    def done(self) -> bool:
-        """True once the record is acked or failed (``result()`` then returns at once)."""
-        return self._resolved() is not None
-
-    async def result(self) -> PutResult:
-        """Wait for the record's fate; bounded by the producer's retry budget.
-
-        Raises: the typed error the record finally failed with (ThrottledError after
-        retries_max, InvalidBatchError, StreamNotFoundError, ...), or ConnectionLostError when
-        the producer closed before the record was acknowledged.
-        """
-        while (resolved := self._resolved()) is None:
-            batch, index = self._batch, self._index
-            while batch.forward is not None:
-                batch, index = batch.forward[index]
-            await batch.done.wait()
-        batch, index = resolved
-        if batch.error is not None:
-            raise copy.copy(batch.error)  # a copy per raise: tracebacks do not pile up
-        shard = batch.shard
-        return PutResult(
-            shard.shard_id, make_sequence(shard.shard_index, batch.base_offset + index)
-        )
-
-
-class _Shard:
-    """The producer's state for one shard: its buffer, its sequence, its sender's wake-up."""
-
-    def __init__(self, shard_id: str, hash_start: int, gates: list[_Shard]) -> None:
-        self.shard_id = shard_id
-        self.shard_index = shard_index_of(shard_id)
-        self.hash_start = hash_start.to_bytes(16, "big")
-        self.producer_id = 0  # set by the producer
-        self.next_seq = 0
-        self.open: _Batch | None = None  # filling up
-        self.sealed: deque[_Batch] = deque()  # ready to send, in order
-        self.in_flight: _Batch | None = None
-        self.retired = False  # no longer an open shard: hand the records over
-        self.settled = anyio.Event()  # set once retired and every record handed over
-        self.gates = gates  # retired shards whose records must be handed over first
-        self._waiter: anyio.Event | None = None
-
-    def batches(self) -> Iterator[_Batch]:
-        """Every batch not yet acked, oldest first."""
-        if self.in_flight is not None:
-            yield self.in_flight
-        yield from self.sealed
-        if self.open is not None:
-            yield self.open
-
-    def wake(self) -> None:
-        if self._waiter is not None:
-            self._waiter.set()
-            self._waiter = None
-
-    async def sleep(self, timeout_s: float | None) -> None:
-        """Sleep until ``wake()`` or the timeout (None: no timeout; the sender is idle)."""
-        self._waiter = anyio.Event()
-        with anyio.move_on_after(timeout_s):
-            await self._waiter.wait()
 
 
 class _Action(Enum):
@@ -302,9 +168,9 @@ class Producer:
         self._space: anyio.Event | None = None  # set when space frees and someone waits
         self._yield_due = False  # a batch sealed: let the senders run at the next put
         self._starts: list[bytes] = []  # open shards' range starts, sorted (16-byte BE)
-        self._table: list[_Shard] = []  # the shard for each start
-        self._shards: dict[str, _Shard] = {}  # the open shards
-        self._retired: list[_Shard] = []  # retired shards still handing over records
+        self._table: list[ShardBuffer] = []  # the shard for each start
+        self._shards: dict[str, ShardBuffer] = {}  # the open shards
+        self._retired: list[ShardBuffer] = []  # retired shards still handing over records
         self._map_version = 0
         self._refresh_lock = anyio.Lock()
         self._in_flight = anyio.Semaphore(in_flight_max)
@@ -373,7 +239,7 @@ class Producer:
             shard.open, shard.in_flight = None, None
             shard.sealed.clear()
 
-    def _every_shard(self) -> list[_Shard]:
+    def _every_shard(self) -> list[ShardBuffer]:
         return [*self._shards.values(), *self._retired]
 
     # -- the hot path --------------------------------------------------------------------------
@@ -465,14 +331,14 @@ class Producer:
             self._seal(shard)
         return PendingPut(batch, index)
 
-    def _open_batch(self, shard: _Shard) -> _Batch:
+    def _open_batch(self, shard: ShardBuffer) -> Batch:
         if shard.open is not None:
             self._seal(shard)
-        batch = shard.open = _Batch(shard, anyio.current_time())
+        batch = shard.open = Batch(shard, anyio.current_time())
         shard.wake()  # the sender starts its linger timer
         return batch
 
-    def _seal(self, shard: _Shard) -> None:
+    def _seal(self, shard: ShardBuffer) -> None:
         assert shard.open is not None
         shard.sealed.append(shard.open)
         shard.open = None
@@ -492,7 +358,7 @@ class Producer:
         Bounded by the retry budget (retries_max x (request timeout + backoff_ms_max)).
         Raises: nothing about the records themselves: their fates are in their PendingPuts.
         """
-        waiting: list[_Batch] = []
+        waiting: list[Batch] = []
         for shard in self._every_shard():
             if shard.open is not None:
                 self._seal(shard)
@@ -502,7 +368,7 @@ class Producer:
 
     # -- the senders ---------------------------------------------------------------------------
 
-    async def _run_sender(self, shard: _Shard) -> None:
+    async def _run_sender(self, shard: ShardBuffer) -> None:
         for gate in shard.gates:  # bounded: each gate's sender settles within its retry budget
             await gate.settled.wait()
         shard.gates = []
@@ -518,7 +384,7 @@ class Producer:
             shard.settled.set()
             self._retired.remove(shard)
 
-    async def _next_batch(self, shard: _Shard) -> _Batch | None:
+    async def _next_batch(self, shard: ShardBuffer) -> Batch | None:
         """The next batch to send, once sealed or lingered; None when retired or closing."""
         while not shard.retired:
             if shard.sealed:
@@ -536,7 +402,7 @@ class Producer:
             await shard.sleep(linger_left_s)
         return None
 
-    async def _deliver(self, shard: _Shard, batch: _Batch) -> bool:
+    async def _deliver(self, shard: ShardBuffer, batch: Batch) -> bool:
         """Send one batch until acked or failed; True when its shard is gone (re-route it)."""
         payload = batch_format.encode_batch(
             batch.keys,
@@ -573,7 +439,7 @@ class Producer:
             self._fail(shard, batch, error, restart_sequence=restart)
             return False
 
-    def _ack(self, shard: _Shard, batch: _Batch, result: AppendResult) -> None:
+    def _ack(self, shard: ShardBuffer, batch: Batch, result: AppendResult) -> None:
         count = len(batch.keys)
         if result.record_count != count or result.shard_id != shard.shard_id:
             error = ProtocolError(f"append_batch ack does not match the batch sent: {result}")
@@ -589,7 +455,7 @@ class Producer:
         self._release(count)
 
     def _fail(
-        self, shard: _Shard, batch: _Batch, error: StreamdError, *, restart_sequence: bool
+        self, shard: ShardBuffer, batch: Batch, error: StreamdError, *, restart_sequence: bool
     ) -> None:
         if restart_sequence:
             self._restart_sequence(shard)
@@ -598,7 +464,7 @@ class Producer:
         batch.done.set()
         self._release(len(batch.keys))
 
-    def _restart_sequence(self, shard: _Shard) -> None:
+    def _restart_sequence(self, shard: ShardBuffer) -> None:
         shard.producer_id = fresh_producer_id()
         shard.next_seq = 0
 
@@ -631,11 +497,11 @@ class Producer:
             old.retired = True
             old.wake()
         self._retired.extend(retired_now)
-        shards: dict[str, _Shard] = {}
+        shards: dict[str, ShardBuffer] = {}
         for shard_id, hash_start in ordered:
             shard = self._shards.get(shard_id)
             if shard is None:
-                shard = _Shard(shard_id, hash_start, gates=list(self._retired))
+                shard = ShardBuffer(shard_id, hash_start, gates=list(self._retired))
                 shard.producer_id = self.producer_id
                 self._task_group.start_soon(self._run_sender, shard, name=f"sender {shard_id}")
             shards[shard_id] = shard
@@ -644,13 +510,13 @@ class Producer:
         self._starts = [s.hash_start for s in self._table]
         self._map_version += 1
 
-    def _hand_over(self, shard: _Shard, *, first: _Batch | None) -> None:
+    def _hand_over(self, shard: ShardBuffer, *, first: Batch | None) -> None:
         """Re-route every record a retired shard still holds, oldest first, to the front of
         its new shards' queues (they are gated: nothing newer of theirs was sent yet)."""
         old_batches = ([first] if first is not None else []) + list(shard.batches())
         shard.open = None
         shard.sealed.clear()
-        staged: dict[_Shard, list[_Batch]] = {}
+        staged: dict[ShardBuffer, list[Batch]] = {}
         for old in old_batches:
             old.forward = [
                 self._stage(staged, k, h, d)
@@ -663,8 +529,8 @@ class Producer:
             target.wake()
 
     def _stage(
-        self, staged: dict[_Shard, list[_Batch]], key: str, hash_bytes: bytes, data: bytes
-    ) -> tuple[_Batch, int]:
+        self, staged: dict[ShardBuffer, list[Batch]], key: str, hash_bytes: bytes, data: bytes
+    ) -> tuple[Batch, int]:
         target = self._table[bisect_right(self._starts, hash_bytes) - 1]
         batches = staged.setdefault(target, [])
         size = len(data) + len(key) + RECORD_OVERHEAD_BYTES
@@ -673,7 +539,7 @@ class Producer:
             or len(batches[-1].keys) >= self.batch_records_max
             or batches[-1].size_bytes + size > self.batch_bytes_max
         ):
-            batches.append(_Batch(target, anyio.current_time()))
+            batches.append(Batch(target, anyio.current_time()))
         batch = batches[-1]
         batch.keys.append(key)
         batch.hashes.append(hash_bytes)
