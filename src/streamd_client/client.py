@@ -285,13 +285,36 @@ class Client:
 
     # -- factories -----------------------------------------------------------------------------
 
-    def producer(self, stream: str, **options: Any) -> Producer:
+    def producer(
+        self,
+        stream: str,
+        *,
+        linger_ms: int = 5,
+        batch_records_max: int = 500,
+        batch_bytes_max: int = 1 << 20,
+        in_flight_max: int = 16,
+        buffer_records_max: int = 100_000,
+        retries_max: int = 10,
+        backoff_ms_initial: int = 20,
+        backoff_ms_max: int = 2000,
+    ) -> Producer:
         """A shard-aware, batching, idempotent Producer (an async context manager).
 
-        ``options`` are Producer's keyword arguments (linger_ms, batch_records_max, ...).
+        The options are documented on Producer (producer.py).
         Raises: InvalidStreamNameError, InvalidArgumentError (an option out of range).
         """
-        return Producer(self, model.check_stream_name(stream), **options)
+        return Producer(
+            self,
+            model.check_stream_name(stream),
+            linger_ms=linger_ms,
+            batch_records_max=batch_records_max,
+            batch_bytes_max=batch_bytes_max,
+            in_flight_max=in_flight_max,
+            buffer_records_max=buffer_records_max,
+            retries_max=retries_max,
+            backoff_ms_initial=backoff_ms_initial,
+            backoff_ms_max=backoff_ms_max,
+        )
 
     def reader(
         self,

@@ -102,6 +102,18 @@ async def test_requests_are_multiplexed_and_answered_out_of_order() -> None:
         assert server.connections_accepted == 1
 
 
+async def test_requests_in_flight_are_bounded() -> None:
+    async with fake_server() as server:
+        async with connect(server.endpoint, requests_in_flight_max=2) as client:
+            server.inject(wire.OP_LIST_STREAMS, "delay", times=5, delay_s=0.3)
+            async with anyio.create_task_group() as tg:
+                for _ in range(5):
+                    tg.start_soon(client.list_streams)
+                await anyio.sleep(0.15)
+                assert len(server.ops(wire.OP_LIST_STREAMS)) == 2
+            assert len(server.ops(wire.OP_LIST_STREAMS)) == 5
+
+
 async def test_request_timeout_leaves_the_connection_usable() -> None:
     async with fake_server() as server:
         async with connect(server.endpoint, request_timeout_s=0.2) as client:
