@@ -90,11 +90,7 @@ def check_retention_hours(hours: object) -> int:
 
 
 def check_shard_count(count: object) -> int:
-    if (
-        not isinstance(count, int)
-        or isinstance(count, bool)
-        or not 1 <= count <= SHARD_COUNT_MAX
-    ):
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= SHARD_COUNT_MAX:
         raise InvalidArgumentError(f"shard count must be 1..{SHARD_COUNT_MAX}, got {count!r}")
     return count
 
