@@ -19,7 +19,8 @@ leave memory ahead of disk); any failure to persist also drops the runner, for t
 
 Time: expiry is evaluated at the start of every step, so a dead member's leases move on the
 first heartbeat of a survivor after its session timeout (failover <= session timeout + one
-heartbeat interval) with no timer task. ``tick_all`` exists for a timer, should the engine give
+heartbeat interval) with no timer task. Time comes from an ``AnchoredClock`` (wall-clock
+readings that never jump), so clock steps cannot expire sessions. ``tick_all`` exists for a timer, should the engine give
 the service a nursery to run one in (then expiry log lines would also appear without traffic).
 """
 
@@ -64,9 +65,18 @@ def checkpoint_prefix(stream: str, group: str) -> str:
     return f"{_CHECKPOINT_PREFIX}{stream}/{group}/"
 
 
-def now_ms() -> int:
-    """Wall-clock milliseconds (lease deadlines are compared with each other, same clock)."""
-    return time.time_ns() // 1_000_000
+class AnchoredClock:
+    """Milliseconds that read like wall-clock time but never jump: the wall clock at start plus
+    monotonic time since. Session deadlines are measured on it, so an NTP step cannot expire a
+    whole group at once (or keep a dead member alive); stored times (created, checkpointed) still
+    read as dates. A restart anchors it again, and members get a fresh session at load anyway."""
+
+    def __init__(self) -> None:
+        self._wall_ms = time.time_ns() // 1_000_000
+        self._mono_ns = time.monotonic_ns()
+
+    def __call__(self) -> int:
+        return self._wall_ms + (time.monotonic_ns() - self._mono_ns) // 1_000_000
 
 
 class StreamView:
@@ -145,11 +155,11 @@ class GroupService:
     """Every consumer group of one engine."""
 
     def __init__(
-        self, store: MetaStore, view: StreamView, clock: Callable[[], int] = now_ms
+        self, store: MetaStore, view: StreamView, clock: Callable[[], int] | None = None
     ) -> None:
         self.store = store
         self.view = view
-        self.clock = clock
+        self.clock = clock or AnchoredClock()
         self._runners: dict[tuple[str, str], _Runner] = {}
         self._load_lock = trio.Lock()
 
