@@ -20,8 +20,9 @@ leave memory ahead of disk); any failure to persist also drops the runner, for t
 Time: expiry is evaluated at the start of every step, so a dead member's leases move on the
 first heartbeat of a survivor after its session timeout (failover <= session timeout + one
 heartbeat interval) with no timer task. Time comes from an ``AnchoredClock`` (wall-clock
-readings that never jump), so clock steps cannot expire sessions. ``tick_all`` exists for a timer, should the engine give
-the service a nursery to run one in (then expiry log lines would also appear without traffic).
+readings that never jump), so clock steps cannot expire sessions. ``tick_all`` exists for a
+timer, should the engine give the service a nursery to run one in (then expiry log lines would
+also appear without traffic).
 """
 
 from __future__ import annotations
