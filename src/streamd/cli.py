@@ -10,8 +10,8 @@
     streamd group consume|list|describe|reset|delete ...    (see streamd/cli_groups.py)
 
 Client commands take ``--endpoint HOST:PORT`` (default: $STREAMD_ENDPOINT, else 127.0.0.1:7070)
-and run the async client (streamd_client) on asyncio; the server runs on trio and is imported
-only by ``serve``, so client commands start fast.
+and run the async client (streamd_client) on trio; the server is imported only by ``serve``,
+so client commands start fast.
 
 Exit status (stable, for scripts):
 
@@ -261,14 +261,16 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _run_client_command(args: argparse.Namespace) -> int:
-    """Run ``args.run`` on asyncio and turn expected errors into a message and an exit code."""
+    """Run ``args.run`` on trio and turn expected errors into a message and an exit code."""
     import anyio
 
     from streamd_client import errors
 
     command: AsyncCommand = args.run
     try:
-        return anyio.run(command, args)
+        # trio: its worker threads are daemons, so a stdin read abandoned on Ctrl-C cannot hold
+        # the process open at exit (asyncio's would).
+        return anyio.run(command, args, backend="trio")
     except BaseException as raised:
         exc = _leaf(raised)
         if isinstance(exc, errors.ConnectionLostError | errors.RequestTimeoutError):
@@ -440,7 +442,7 @@ async def _put(args: argparse.Namespace) -> int:
     from streamd_client import errors
 
     tally = _PutTally()
-    stdin = sys.stdin.buffer
+    stdin = sys.stdin.fileno()
     async with _connect(args) as client, client.producer(args.name) as producer:
         window: deque[tuple[int, Any]] = deque()
 
@@ -463,7 +465,7 @@ async def _put(args: argparse.Namespace) -> int:
                 tally.fail(tally.records, "INVALID_INPUT", str(exc))
 
         carry = b""
-        while chunk := await anyio.to_thread.run_sync(_read_some, stdin):
+        while chunk := await anyio.to_thread.run_sync(_read_some, stdin, abandon_on_cancel=True):
             lines, carry = split_lines(carry, chunk)
             for line in lines:
                 if args.json and not line.strip():
@@ -486,13 +488,13 @@ async def _put(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if tally.failed else EXIT_OK
 
 
-def _read_some(stream: IO[bytes]) -> bytes:
-    """Up to a chunk of whatever stdin has now (blocks only until some bytes arrive)."""
-    read1 = getattr(stream, "read1", None)
-    if read1 is not None:
-        data: bytes = read1(_STDIN_CHUNK_BYTES)
-        return data
-    return stream.read(_STDIN_CHUNK_BYTES)
+def _read_some(fd: int) -> bytes:
+    """Up to a chunk of whatever stdin has now (blocks only until some bytes arrive).
+
+    A raw ``os.read``, not ``sys.stdin.buffer``: on Ctrl-C the thread blocked here is abandoned,
+    and a BufferedReader's lock held by it would make interpreter shutdown abort.
+    """
+    return os.read(fd, _STDIN_CHUNK_BYTES)
 
 
 # -- read ----------------------------------------------------------------------------------------
