@@ -206,7 +206,7 @@ async def _tail(client: Client, shard_id: str, history: History) -> None:
 
 
 async def _read_all(client: Client, shard_id: str) -> list[Seen]:
-    reader = client.reader("crash", shard_id, Position.trim_horizon(), max_bytes=10 << 20)
+    reader = client.reader("crash", shard_id, Position.trim_horizon(), max_bytes=4 << 20)
     return [
         Seen(record.shard_id, record.sequence_number, record.partition_key, record.data)
         async for record in reader

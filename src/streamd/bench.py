@@ -40,7 +40,7 @@ from typing import Any, Final
 RECORD_BYTES_DEFAULT: Final = 100
 PAYLOAD_POOL_SIZE: Final = 1024
 KEY_POOL_SIZE: Final = 4096
-READ_BYTES_MAX: Final = 10 * 1024 * 1024
+READ_BYTES_MAX: Final = 4 * 1024 * 1024  # one answer must fit an 8 MiB frame
 TAIL_TIMEOUT_S: Final = 120.0
 
 
