@@ -2,7 +2,9 @@
 
 produce
     1. bulk: one Producer (shard-aware batches, the client's fast path) puts ``--records``
-       records of ``--record-bytes`` as fast as ``put`` accepts them, then flushes. Reports
+       records of ``--record-bytes`` into a ``--shards`` stream (4 by default: the producer
+       keeps one batch in flight per shard, so one shard measures a serial pipeline) as fast
+       as ``put`` accepts them, then flushes. Reports
        records/s and MB/s of record data, and records per CPU-second of the server process
        (utime + stime from /proc) and of this client process.
     2. ack latency: ``--latency-samples`` sequential ``put_record`` calls, one in flight at a
@@ -71,7 +73,7 @@ def add_parser(commands: Any, add_endpoint: Callable[[argparse.ArgumentParser], 
         sub.add_argument("--repeat", type=int, default=3, metavar="K", help="median of K runs")
         sub.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
         sub.add_argument("--json", action="store_true", help="print one JSON document")
-    produce.add_argument("--shards", type=int, default=1, metavar="S")
+    produce.add_argument("--shards", type=int, default=4, metavar="S")
     produce.add_argument("--linger-ms", type=int, default=5)
     produce.add_argument("--batch-records-max", type=int, default=500)
     produce.add_argument("--in-flight-max", type=int, default=16)
