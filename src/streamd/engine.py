@@ -17,6 +17,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +198,7 @@ class Engine:
     async def _close_stream(self, stream: _Stream) -> None:
         for pipeline in stream.pipelines.values():
             await pipeline.close()
-            await trio.to_thread.run_sync(lambda p=pipeline: p.log.close(clean=True))
+            await trio.to_thread.run_sync(partial(pipeline.log.close, clean=True))
 
     async def _move_to_trash(self, directory: Path) -> None:
         await trio.to_thread.run_sync(_remove_dir, directory, self.config.data_dir / "trash")
@@ -221,6 +222,7 @@ class Engine:
     # -- admin ----------------------------------------------------------------------------------
 
     def _stream(self, name: str) -> _Stream:
+        check_stream_name(name)
         stream = self.streams.get(name)
         if stream is None or stream.meta.status == "DELETING":
             raise StreamNotFoundError(f"stream {name!r} not found", stream=name)
@@ -327,6 +329,8 @@ class Engine:
         """Raises StreamNotFoundError, ShardNotFoundError, InvalidSequenceNumberError,
         CorruptDataError (for a stored batch that fails its CRC; details name its offsets)."""
         pipeline = self._stream(name).pipeline(shard_id)
+        # A whole answer must fit in one frame (frame header and CBOR framing included).
+        max_bytes = min(max_bytes, self.config.frame_bytes_max - 64 * 1024)
         return await pipeline.read(position, max_bytes, wait_ms)
 
 

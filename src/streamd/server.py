@@ -63,18 +63,22 @@ class _Connection:
         self.closing = False
 
     async def run(self) -> None:
+        error: ProtocolError | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer)
             try:
                 await self._handshake()
                 await self._read_loop(nursery)
             except ProtocolError as exc:
-                log.info("connection.protocol_error", peer=self.peer, error=exc.message)
-                self._send(wire.error_response(0, exc.to_wire()))
-                await self._flush_and_close()
+                error = exc
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             nursery.cancel_scope.cancel()
+        if error is not None:
+            # The writer task is gone now, so this is the only sender on the stream.
+            log.info("connection.protocol_error", peer=self.peer, error=error.message)
+            self.outbox.append(wire.encode_message(wire.error_response(0, error.to_wire())))
+            await self._flush_and_close()
 
     async def _receive_message(self) -> dict[str, Any] | None:
         while True:
@@ -168,9 +172,11 @@ class _Connection:
 
     async def _flush_and_close(self) -> None:
         with trio.move_on_after(1.0):
-            if self.outbox:
+            try:
                 await self.stream.send_all(b"".join(self.outbox))
-                self.outbox.clear()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        self.outbox.clear()
         await self.stream.aclose()
 
 
@@ -194,6 +200,8 @@ class Server:
         log.debug("connection.opened", peer=peer)
         try:
             await _Connection(stream, self.engine, self.config, peer).run()
+        except Exception:  # one connection's bug must never take the server down
+            log.exception("connection.failed", peer=peer)
         finally:
             self.connections -= 1
             metrics.CONNECTIONS.dec()

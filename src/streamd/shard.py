@@ -44,6 +44,7 @@ from . import metrics
 from .catalog import ShardMeta
 from .iothread import IoThread
 from .replication import Committer
+from .storage import OffsetTrimmedError
 
 if TYPE_CHECKING:
     from .storage import ShardLog
@@ -362,7 +363,11 @@ class ShardPipeline:
             written.append(planned)
         if written:
             if self.config.fsync == "always":
-                self.log.sync()
+                try:
+                    self.log.sync()
+                except OSError as exc:  # an fsync failure is never retried: data may be lost
+                    self._log.error("shard.fsync_failed", error=str(exc))
+                    return [], InternalError(f"fsync failed: {exc}")
             elif self.config.fsync == "interval":
                 self._dirty = True
         return written, error
@@ -455,7 +460,11 @@ class ShardPipeline:
         hwm = self.high_watermark
         batches, last_ms, next_offset = self._read_tail(offset, max_bytes, hwm)
         if batches is None:
-            data = await trio.to_thread.run_sync(self.log.read, offset, max_bytes, hwm)
+            try:
+                data = await trio.to_thread.run_sync(self.log.read, offset, max_bytes, hwm)
+            except OffsetTrimmedError:  # retention ran meanwhile: go on from the new horizon
+                offset = self.log.start_offset
+                data = await trio.to_thread.run_sync(self.log.read, offset, max_bytes, hwm)
             batches, last_ms, next_offset = data, 0, offset
             for raw in data:
                 header = batchfmt.parse_header(raw)
