@@ -225,13 +225,6 @@ RAW_REFUSALS: list[tuple[str, tuple[str, dict[str, Any]], type[errors.StreamdErr
 ]
 
 
-# The data-path operations answer STREAM_NOT_FOUND for a malformed name today (the engine only
-# checks names on admin operations); the name's own error is the precise one.
-_NAME_ON_DATA_PATH = pytest.mark.xfail(
-    reason="server: put_records/read/append_batch do not check the stream name", strict=False
-)
-
-
 @pytest.mark.parametrize(
     ("request_", "expected"),
     [pytest.param(r, e, id=name) for name, r, e in RAW_REFUSALS]
@@ -240,7 +233,6 @@ _NAME_ON_DATA_PATH = pytest.mark.xfail(
             put("a b", record()),
             errors.InvalidStreamNameError,
             id="bad stream name on put",
-            marks=_NAME_ON_DATA_PATH,
         ),
     ],
 )
