@@ -122,7 +122,13 @@ class Catalog:
         raise InternalError(f"stream {name!r} metadata kept changing under update")
 
     async def remove(self, name: str) -> None:
-        await self.store.txn([], deletes=[_PREFIX + name])
+        """Delete the stream's document and its consumer groups' state (leases, checkpoints)."""
+        owned = [
+            kv.key
+            for prefix in (f"groups/{name}/", f"group-checkpoints/{name}/")
+            for kv in await self.store.range(prefix)
+        ]
+        await self.store.txn([], deletes=[_PREFIX + name, *owned])
 
 
 def with_status(meta: StreamMeta, status: StreamStatus) -> StreamMeta:

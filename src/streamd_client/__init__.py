@@ -11,7 +11,7 @@
 ``streamd_client.sync`` has the same API, blocking. Errors are in ``streamd_client.errors``.
 """
 
-from . import errors
+from . import errors, group_errors  # group_errors registers its wire codes
 from .client import Client, connect
 from .consumer import ShardReader
 from .model import Position

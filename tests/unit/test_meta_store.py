@@ -67,3 +67,19 @@ async def test_sqlite_survives_reopen(tmp_path: Path) -> None:
     kv = await second.get("a")
     await second.aclose()
     assert kv is not None and kv.value == b"1"
+
+
+async def test_catalog_remove_drops_the_streams_group_state(tmp_path: Path) -> None:
+    from streamd.catalog import Catalog, StreamMeta
+
+    store = SqliteMetaStore(tmp_path / "m.sqlite3")
+    catalog = Catalog(store)
+    await catalog.create(StreamMeta.new("s", 2, 24, 0))
+    await store.txn(
+        [], puts=[("groups/s/g", b"x"), ("group-checkpoints/s/g/shardId-000000000000", b"y")]
+    )
+    await store.txn([], puts=[("groups/s2/g", b"keep")])
+    await catalog.remove("s")
+    left = [kv.key for kv in await store.range("")]
+    await store.aclose()
+    assert left == ["groups/s2/g"]
