@@ -46,4 +46,5 @@ __all__ = [
     "StreamDescription",
     "connect",
     "errors",
+    "group_errors",
 ]
