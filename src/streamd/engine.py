@@ -240,8 +240,7 @@ class Engine:
         log.info("stream.created", stream=name, shards=shard_count, retention_hours=retention_hours)
 
     async def delete_stream(self, name: str) -> None:
-        """Raises StreamNotFoundError."""
-        check_stream_name(name)
+        """Raises StreamNotFoundError, InvalidStreamNameError."""
         async with self._admin_lock:
             stream = self._stream(name)
             stream.meta = await self.catalog.update(name, lambda m: replace(m, status="DELETING"))
@@ -253,8 +252,7 @@ class Engine:
         return sorted(n for n, s in self.streams.items() if s.meta.status != "DELETING")
 
     def describe_stream(self, name: str) -> dict[str, Any]:
-        """Raises StreamNotFoundError."""
-        check_stream_name(name)
+        """Raises StreamNotFoundError, InvalidStreamNameError."""
         return self._stream(name).meta.describe()
 
     async def update_retention(self, name: str, retention_hours: int) -> None:
@@ -279,13 +277,11 @@ class Engine:
         """
         stream = self._stream(name)
         by_shard: dict[str, list[int]] = {}
-        shards: dict[str, ShardMeta] = {}
         for i, record in enumerate(records):
             shard = stream.shard_for(record.hash_bytes)
             by_shard.setdefault(shard.shard_id, []).append(i)
-            shards[shard.shard_id] = shard
         outcomes: list[PutOutcome] = [PutOutcome()] * len(records)
-        waits: list[tuple[str, list[int], PendingWrite]] = []
+        waits: list[tuple[ShardPipeline, list[int], PendingWrite]] = []
         for shard_id, indexes in by_shard.items():
             pipeline = stream.pipeline(shard_id)
             try:
@@ -298,9 +294,8 @@ class Engine:
                 for i in indexes:
                     outcomes[i] = PutOutcome(error=exc)
                 continue
-            waits.append((shard_id, indexes, write))
-        for shard_id, indexes, write in waits:
-            pipeline = stream.pipeline(shard_id)
+            waits.append((pipeline, indexes, write))
+        for pipeline, indexes, write in waits:
             try:
                 base, _, _ = await write.wait()
             except StreamdError as exc:
@@ -308,7 +303,7 @@ class Engine:
                     outcomes[i] = PutOutcome(error=exc)
                 continue
             for n, i in enumerate(indexes):
-                outcomes[i] = PutOutcome(shard_id, pipeline.sequence_of(base + n))
+                outcomes[i] = PutOutcome(pipeline.shard.shard_id, pipeline.sequence_of(base + n))
         return outcomes
 
     async def append_batch(self, name: str, shard_id: str, data: bytes) -> AppendOutcome:

@@ -338,10 +338,15 @@ class ShardPipeline:
             if id(write) not in committed:
                 write.error = error or InternalError("write was not committed")
             if write.producer is not None:
-                self._in_flight.get(write.producer[0], {}).pop(write.producer[1], None)
-                if not self._in_flight.get(write.producer[0], True):
-                    del self._in_flight[write.producer[0]]
+                self._forget_in_flight(*write.producer)
             write.done.set()
+
+    def _forget_in_flight(self, producer_id: int, seq: int) -> None:
+        batches = self._in_flight.get(producer_id)
+        if batches is not None:
+            batches.pop(seq, None)
+            if not batches:
+                del self._in_flight[producer_id]
 
     def _write_plan(
         self, plan: list[_Planned], stamp_ms: int
@@ -373,8 +378,7 @@ class ShardPipeline:
         return written, error
 
     def _encode(self, planned: _Planned, stamp_ms: int) -> bytes:
-        first_ms = min(w.arrival_ms for w in planned.writes)
-        first_ms = min(first_ms, stamp_ms)
+        first_ms = min(stamp_ms, *(w.arrival_ms for w in planned.writes))
         head = planned.writes[0]
         if head.batch is not None:
             return batchfmt.restamp(
