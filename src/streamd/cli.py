@@ -2,6 +2,8 @@
 
     streamd serve [--data-dir D] [--listen HOST:PORT] [--fsync always|interval|never]
                   [--log-format console|json] [--log-level LEVEL] [--metrics-listen HOST:PORT]
+                  [--kinesis-listen HOST:PORT|off] [--kinesis-region R]
+                  [--kinesis-access-key K --kinesis-secret-key S | --kinesis-credentials FILE]
     streamd stream create NAME --shards N [--retention-hours H]
     streamd stream list | describe NAME [--json] | delete NAME | retention NAME --hours H
     streamd put NAME [--partition-key K] [--json]          (one record per line of stdin)
@@ -106,7 +108,28 @@ def _add_serve(commands: Any) -> None:
     serve.add_argument(
         "--metrics-listen", default=None, metavar="HOST:PORT", help="serve Prometheus /metrics"
     )
+    _add_serve_kinesis(serve)
     serve.set_defaults(handler=_serve)
+
+
+def _add_serve_kinesis(serve: argparse.ArgumentParser) -> None:
+    """The Kinesis-compatible HTTP gateway's options (docs/kinesis.md)."""
+    serve.add_argument(
+        "--kinesis-listen",
+        default="127.0.0.1:4567",
+        metavar="HOST:PORT|off",
+        help="Kinesis API (boto3, aws CLI) address (default 127.0.0.1:4567; 'off' disables it)",
+    )
+    serve.add_argument("--kinesis-region", default="us-east-1", metavar="REGION")
+    serve.add_argument("--kinesis-access-key", default=None, metavar="KEY_ID")
+    serve.add_argument("--kinesis-secret-key", default=None, metavar="SECRET")
+    serve.add_argument(
+        "--kinesis-credentials",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="AWS credentials file (INI); with any credentials, requests must be SigV4-signed",
+    )
 
 
 def _add_stream(commands: Any) -> None:
@@ -244,6 +267,11 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: --listen: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        kinesis = _serve_kinesis_options(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     config = ServerConfig(
         data_dir=args.data_dir,
         listen_host=host,
@@ -252,12 +280,38 @@ def _serve(args: argparse.Namespace) -> int:
         log_format=args.log_format,
         log_level=args.log_level,
         metrics_listen=args.metrics_listen,
+        **kinesis,
     )
     log.configure(args.log_format, args.log_level)
     from .server import run_server
 
     run_server(config)
     return EXIT_OK
+
+
+def _serve_kinesis_options(args: argparse.Namespace) -> dict[str, Any]:
+    """ServerConfig fields for the Kinesis gateway. Raises ValueError on a bad combination."""
+    from .config import parse_host_port
+    from .kinesis.credentials import load_credentials_file
+
+    listen = None if args.kinesis_listen == "off" else args.kinesis_listen
+    if listen is not None:
+        try:
+            parse_host_port(listen, 4567)
+        except ValueError as exc:
+            raise ValueError(f"--kinesis-listen: {exc}") from None
+    if (args.kinesis_access_key is None) != (args.kinesis_secret_key is None):
+        raise ValueError("--kinesis-access-key and --kinesis-secret-key go together")
+    credentials: tuple[tuple[str, str], ...] = ()
+    if args.kinesis_access_key is not None:
+        credentials = ((args.kinesis_access_key, args.kinesis_secret_key),)
+    if args.kinesis_credentials is not None:
+        credentials += load_credentials_file(args.kinesis_credentials)
+    return {
+        "kinesis_listen": listen,
+        "kinesis_region": args.kinesis_region,
+        "kinesis_credentials": credentials,
+    }
 
 
 def _run_client_command(args: argparse.Namespace) -> int:

@@ -35,6 +35,13 @@ class ServerConfig:
     handshake_timeout_ms: int = 10_000
     shutdown_grace_ms: int = 5_000
     metrics_listen: str | None = None  # HOST:PORT for Prometheus /metrics; off when None
+    # Kinesis-compatible HTTP gateway (docs/kinesis.md): HOST:PORT, off when None. The CLI's
+    # default is 127.0.0.1:4567 (kinesalite's port); a ServerConfig built in code has it off.
+    kinesis_listen: str | None = None
+    kinesis_region: str = "us-east-1"
+    kinesis_account_id: str = "000000000000"
+    # (access_key_id, secret) pairs; SigV4 is verified only when at least one is configured.
+    kinesis_credentials: tuple[tuple[str, str], ...] = ()
     log_format: LogFormat = "console"
     log_level: str = "info"
 

@@ -2,7 +2,11 @@
 
 ``ServerProcess`` starts ``python -m streamd serve`` on ``127.0.0.1:0`` (or a given port) with a
 data directory, waits for the one ready line the server prints on stdout
-(``streamd ready: listening on HOST:PORT``) and exposes the address it found there. Faults are
+(``streamd ready: listening on HOST:PORT``) and exposes the address it found there. With
+``kinesis=True`` the Kinesis gateway listens too (on ``kinesis_port``, 0 = a free port) and the
+second ready line (``streamd kinesis ready: listening on HOST:PORT``) gives ``kinesis_endpoint``;
+without it the gateway is off (``--kinesis-listen off``), so that test servers never fight over
+the CLI's default port 4567. Faults are
 methods: ``kill9()`` (SIGKILL: no shutdown code runs, exactly what a power cut does to the
 process), ``terminate()`` (SIGTERM: the clean path), ``restart()`` (same data dir, same port by
 default so that clients keep their endpoint across a crash).
@@ -39,6 +43,7 @@ from types import TracebackType
 from typing import IO, Final
 
 READY_RE: Final = re.compile(rb"^streamd ready: listening on (\S+):(\d+)\s*$")
+KINESIS_READY_RE: Final = re.compile(rb"^streamd kinesis ready: listening on (\S+):(\d+)\s*$")
 START_TIMEOUT_S_DEFAULT: Final = 20.0
 STOP_TIMEOUT_S_DEFAULT: Final = 15.0
 _PR_SET_PDEATHSIG: Final = 1
@@ -90,6 +95,8 @@ class ServerProcess:
         log_level: str = "info",
         extra_args: Sequence[str] = (),
         start_timeout_s: float = START_TIMEOUT_S_DEFAULT,
+        kinesis: bool = False,
+        kinesis_port: int = 0,
     ) -> None:
         self._owns_dir = data_dir is None
         if data_dir is None:
@@ -103,6 +110,8 @@ class ServerProcess:
         self.log_level = log_level
         self.extra_args = list(extra_args)
         self.start_timeout_s = start_timeout_s
+        self.kinesis = kinesis
+        self.kinesis_port = kinesis_port  # like ``port``: kept for restarts once known
         self.starts = 0
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.server.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -133,6 +142,13 @@ class ServerProcess:
         return f"{self.host}:{self.port}"
 
     @property
+    def kinesis_endpoint(self) -> str:
+        """``http://HOST:PORT`` of the running server's Kinesis gateway (``kinesis=True``)."""
+        if not self.kinesis or self.kinesis_port == 0:
+            raise RuntimeError("the Kinesis gateway is off or has not started yet")
+        return f"http://{self.host}:{self.kinesis_port}"
+
+    @property
     def pid(self) -> int:
         if self._process is None:
             raise RuntimeError("the server is not running")
@@ -158,6 +174,8 @@ class ServerProcess:
             self.log_format,
             "--log-level",
             self.log_level,
+            "--kinesis-listen",
+            f"{self.host}:{self.kinesis_port}" if self.kinesis else "off",
             *self.extra_args,
         ]
 
@@ -192,9 +210,10 @@ class ServerProcess:
         assert process is not None and process.stdout is not None
         deadline = time.monotonic() + self.start_timeout_s
         buffered = b""
+        lines_needed = 2 if self.kinesis else 1
         with selectors.DefaultSelector() as selector:
             selector.register(process.stdout, selectors.EVENT_READ)
-            while b"\n" not in buffered:
+            while buffered.count(b"\n") < lines_needed:
                 left_s = deadline - time.monotonic()
                 if left_s <= 0:
                     raise ServerStartError(
@@ -209,10 +228,19 @@ class ServerProcess:
                         f"server exited with {code} before it was ready\n{self.log_tail()}"
                     )
                 buffered += chunk
-        line = buffered.split(b"\n", 1)[0]
-        match = READY_RE.match(line)
+        lines = buffered.split(b"\n")
+        match = READY_RE.match(lines[0])
         if match is None:
-            raise ServerStartError(f"unexpected first line on stdout: {line!r}\n{self.log_tail()}")
+            raise ServerStartError(
+                f"unexpected first line on stdout: {lines[0]!r}\n{self.log_tail()}"
+            )
+        if self.kinesis:
+            kinesis_match = KINESIS_READY_RE.match(lines[1])
+            if kinesis_match is None:
+                raise ServerStartError(
+                    f"unexpected second line on stdout: {lines[1]!r}\n{self.log_tail()}"
+                )
+            self.kinesis_port = int(kinesis_match.group(2))
         return match.group(1).decode(), int(match.group(2))
 
     def kill9(self) -> int:
@@ -234,6 +262,7 @@ class ServerProcess:
             raise RuntimeError("stop the server (kill9 or terminate) before restarting it")
         if not same_port:
             self.port = 0
+            self.kinesis_port = 0
         return self.start()
 
     def _signal_and_reap(self, signum: int, timeout_s: float) -> int:
