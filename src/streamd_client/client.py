@@ -19,7 +19,7 @@ is closed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -30,7 +30,14 @@ from . import model, wire
 from ._tasks import background_task_group
 from .connection import REQUESTS_IN_FLIGHT_MAX_DEFAULT, Connection, open_connection
 from .consumer import ShardReader, decode_read
-from .errors import ConnectionLostError, InvalidArgumentError, RequestTooLargeError
+from .errors import (
+    ConnectionLostError,
+    InvalidArgumentError,
+    ProtocolError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+    StreamdError,
+)
 from .model import Position
 from .producer import Producer
 from .results import (
@@ -46,10 +53,19 @@ from .results import (
     raw_read_from_wire,
     stream_from_wire,
 )
+from .stream_reader import StreamReader
 
 CONNECT_TIMEOUT_S_DEFAULT: Final = 5.0
 REQUEST_TIMEOUT_S_DEFAULT: Final = 30.0
 READ_BYTES_MAX_DEFAULT: Final = 1 << 20
+ACTIVE_POLL_INTERVAL_S_DEFAULT: Final = 0.2
+
+# Resharding operations (docs/protocol.md); named here as group_admin names the group ops.
+OP_SPLIT_SHARD: Final = "split_shard"
+OP_MERGE_SHARDS: Final = "merge_shards"
+OP_RESIZE_STREAM: Final = "resize_stream"
+
+ProgressCallback = Callable[[StreamDescription], object]
 
 
 @asynccontextmanager
@@ -199,6 +215,96 @@ class Client:
         }
         await self.call(wire.OP_UPDATE_RETENTION, args)
 
+    # -- resharding ----------------------------------------------------------------------------
+
+    async def split_shard(
+        self, stream: str, shard_id: str, hash_key: int | str | None = None
+    ) -> list[str]:
+        """Close an open shard and open two children: ``[left, right]``, where the right one
+        starts at ``hash_key`` (default: the middle of the parent's range). Returns when done.
+
+        Raises: InvalidArgumentError (the shard is closed, or the key is not inside its range),
+        ResourceInUseError (another reshard of the stream is running), ShardNotFoundError,
+        StreamNotFoundError, InvalidHashKeyError, InvalidStreamNameError.
+        """
+        model.shard_index_of(shard_id)
+        args: dict[str, Any] = {"stream": model.check_stream_name(stream), "shard_id": shard_id}
+        if hash_key is not None:
+            args["hash_key"] = str(model.parse_explicit_hash_key(hash_key))
+        answer = await self.call(OP_SPLIT_SHARD, args)
+        children = [str(c) for c in field(answer, "shard_ids", list)]
+        if len(children) != 2:
+            raise ProtocolError(f"split_shard answered {len(children)} children, not 2")
+        return children
+
+    async def merge_shards(self, stream: str, shard_id: str, adjacent_shard_id: str) -> str:
+        """Close two open shards with adjacent ranges and open one child covering both (either
+        order). Returns the child's id when done.
+
+        Raises: InvalidArgumentError (closed or non-adjacent shards), ResourceInUseError,
+        ShardNotFoundError, StreamNotFoundError, InvalidStreamNameError.
+        """
+        model.shard_index_of(shard_id)
+        model.shard_index_of(adjacent_shard_id)
+        args = {
+            "stream": model.check_stream_name(stream),
+            "shard_id": shard_id,
+            "adjacent_shard_id": adjacent_shard_id,
+        }
+        return field(await self.call(OP_MERGE_SHARDS, args), "shard_id", str)
+
+    async def resize_stream(self, stream: str, shard_count: int) -> int:
+        """Start resizing to ``shard_count`` open shards of near-equal ranges (uniform scaling,
+        at most double or half the current count). Returns the number of splits and merges
+        the server runs in the background; ``wait_for_active`` waits for them.
+
+        Raises: InvalidArgumentError (count out of bounds), ResourceInUseError,
+        StreamNotFoundError, InvalidStreamNameError.
+        """
+        args = {
+            "stream": model.check_stream_name(stream),
+            "shard_count": model.check_shard_count(shard_count),
+        }
+        operations = field(await self.call(OP_RESIZE_STREAM, args), "operations", int)
+        if operations < 0:
+            raise ProtocolError(f"resize_stream answered {operations} operations")
+        return operations
+
+    async def wait_for_active(
+        self,
+        stream: str,
+        timeout_s: float,
+        *,
+        on_progress: ProgressCallback | None = None,
+        poll_interval_s: float = ACTIVE_POLL_INTERVAL_S_DEFAULT,
+    ) -> StreamDescription:
+        """Poll ``describe_stream`` until the stream is ACTIVE (no reshard running); returns
+        that description. ``on_progress`` is called with each description whose status or
+        progress differs from the previous one (the last, ACTIVE one included).
+
+        Retryable errors in between (a lost connection: a restarted server resumes the
+        reshard) are retried until the deadline.
+        Raises: RequestTimeoutError (not ACTIVE within ``timeout_s``), StreamNotFoundError.
+        """
+        last: tuple[object, ...] | None = None
+        with anyio.move_on_after(timeout_s):
+            while True:
+                try:
+                    description = await self.describe_stream(stream)
+                except StreamdError as exc:
+                    if not exc.retryable:
+                        raise
+                    await anyio.sleep(poll_interval_s)
+                    continue
+                seen = (description.status, description.reshard, len(description.open_shards))
+                if on_progress is not None and seen != last:
+                    on_progress(description)
+                last = seen
+                if description.status == "ACTIVE":
+                    return description
+                await anyio.sleep(poll_interval_s)
+        raise RequestTimeoutError(f"stream {stream!r} not ACTIVE within {timeout_s} s")
+
     # -- writes --------------------------------------------------------------------------------
 
     async def put_record(
@@ -338,6 +444,35 @@ class Client:
             model.check_stream_name(stream),
             shard_id,
             Position.trim_horizon() if start is None else start,
+            follow=follow,
+            wait_ms=wait_ms,
+            max_bytes=max_bytes,
+        )
+
+    def stream_reader(
+        self,
+        stream: str,
+        start: Position | None = None,
+        *,
+        follow: bool = False,
+        wait_ms: int = 1000,
+        max_bytes: int = READ_BYTES_MAX_DEFAULT,
+    ) -> StreamReader:
+        """Every shard's records from ``start`` (trim_horizon, latest or at_timestamp), child
+        shards only after all their parents were read to their end (an async context manager;
+        stream_reader.py). Without ``follow`` it ends at every shard's tip.
+        Raises: InvalidStreamNameError, InvalidArgumentError (start, wait_ms, max_bytes).
+        """
+        _check_read_args(max_bytes, wait_ms, None)
+        start = Position.trim_horizon() if start is None else start
+        if start.kind not in ("trim_horizon", "latest", "at_timestamp"):
+            raise InvalidArgumentError(
+                f"a stream reader starts at trim_horizon, latest or at_timestamp, not {start.kind}"
+            )
+        return StreamReader(
+            self,
+            model.check_stream_name(stream),
+            start,
             follow=follow,
             wait_ms=wait_ms,
             max_bytes=max_bytes,

@@ -8,8 +8,11 @@ next read continues. A batch that fails a check raises ``CorruptDataError``; it 
 skipped, because skipping would silently lose records (invariant 6: detected, never served).
 
 ``ShardReader`` repeats reads: page by page up to the high watermark, or, when following, with
-long-polls (``wait_ms``) at the tip, forever until cancelled. It retries retryable errors with
-capped, jittered exponential backoff, giving up after ``retries_max`` failures in a row.
+long-polls (``wait_ms``) at the tip, forever until cancelled. A shard closed by resharding ends
+every reader, following ones too, once a read reaches its last record (``shard_end`` in the
+answer): the reader then exposes ``child_shards``, the shards that continue it
+(``stream_reader.py`` follows them in lineage order). It retries retryable errors with capped,
+jittered exponential backoff, giving up after ``retries_max`` failures in a row.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import anyio
 from . import batch
 from .errors import CorruptDataError, ProtocolError, StreamdError
 from .model import Position, make_sequence
-from .results import RawRead, ReadResult, Record
+from .results import ChildShard, RawRead, ReadResult, Record
 
 if TYPE_CHECKING:
     from .client import Client
@@ -50,8 +53,15 @@ def decode_read(raw: RawRead, shard_id: str, shard_index: int, limit: int | None
             break
     else:
         next_offset = max(raw.next_offset, offset_min)
+    # A limit that cut the page short did not reach the end, whatever the server's page did.
+    shard_end = raw.shard_end and next_offset >= raw.next_offset
     return ReadResult(
-        records, Position.at_offset(next_offset), raw.millis_behind, raw.high_watermark
+        records,
+        Position.at_offset(next_offset),
+        raw.millis_behind,
+        raw.high_watermark,
+        shard_end,
+        raw.child_shards if shard_end else (),
     )
 
 
@@ -86,6 +96,8 @@ class ShardReader:
     """Iterates one shard's records: ``async for record in reader``. Not shared between tasks.
 
     ``position`` is where iteration would continue (right after the last record yielded).
+    ``shard_end`` becomes True once a closed shard was read to its end (iteration then stops,
+    following or not), and ``child_shards`` then name the shards that continue it.
     Iteration raises: CorruptDataError (never skipped), StreamNotFoundError, ShardNotFoundError,
     InvalidSequenceNumberError, and a retryable error once ``retries_max`` attempts in a row
     failed.
@@ -111,6 +123,8 @@ class ShardReader:
         self.retries_max = retries_max
         self.millis_behind = 0
         self.high_watermark = 0
+        self.shard_end = False
+        self.child_shards: tuple[ChildShard, ...] = ()
         self._client = client
         self._next_position = start  # where the next read starts
         self._page: list[Record] = []
@@ -150,7 +164,10 @@ class ShardReader:
             self.high_watermark = result.high_watermark
             at_tip = (result.next_position.offset or 0) >= result.high_watermark
             stuck = not result.records and result.next_position == started_at
-            if not self.follow and (at_tip or stuck):
+            if result.shard_end:
+                self.shard_end, self.child_shards = True, result.child_shards
+                self._finished = True
+            elif not self.follow and (at_tip or stuck):
                 self._finished = True
             if result.records:
                 return result.records

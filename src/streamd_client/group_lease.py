@@ -8,7 +8,7 @@ to (every N records, every T seconds, and when it stops). It ends in one of four
 | how it ends | cause                                    | processor hears       | checkpoint   |
 |-------------|------------------------------------------|-----------------------|--------------|
 | stop        | revoked by the coordinator; shutdown     | ``shutdown_requested``| final (auto) |
-| shard end   | a closed shard read to its end           | ``shard_ended``       | SHARD_END    |
+| shard end   | a read answered ``shard_end``            | ``shard_ended``       | SHARD_END    |
 | lost        | fenced, expired, another epoch granted   | ``lease_lost``        | impossible   |
 | failed      | the processor (or a read) raised         | nothing               | none         |
 
@@ -273,10 +273,12 @@ class LeaseTask:
                 except Abandoned:
                     break
                 self._processed(result.records)
-            elif self.closed and (result.next_position.offset or 0) >= result.high_watermark:
+            self.position = result.next_position
+            if result.shard_end:
+                # The server's word, not an inference from the grant and the high watermark:
+                # a lease granted while the shard was open learns of its close here at once.
                 await self._end()
                 return
-            self.position = result.next_position
             if self.lost:
                 raise _Lost
             if self.host.auto_checkpoint and self.host.checkpoint_due(

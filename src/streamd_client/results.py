@@ -91,21 +91,53 @@ class ShardDescription(NamedTuple):
         return self.ending_sequence is None
 
 
+class ReshardProgress(NamedTuple):
+    """A reshard the server is running (``resize``: ``done`` of ``total`` splits/merges)."""
+
+    kind: str
+    target: int
+    done: int
+    total: int
+
+
 class StreamDescription(NamedTuple):
+    """A stream; ``status`` is ACTIVE, UPDATING (a reshard runs: see ``reshard``) or DELETING."""
+
     name: str
     status: str
     retention_hours: int
     created_ms: int
     shards: list[ShardDescription]
+    reshard: ReshardProgress | None = None
+
+    @property
+    def open_shards(self) -> list[ShardDescription]:
+        """The shards open for writes, in hash-key order."""
+        return sorted((s for s in self.shards if s.is_open), key=lambda s: s.hash_key_start)
+
+
+class ChildShard(NamedTuple):
+    """A shard that continues a closed one (read answers at SHARD_END, like Kinesis's)."""
+
+    shard_id: str
+    parent_shard_ids: tuple[str, ...]
+    hash_key_start: int
+    hash_key_end: int
 
 
 class ReadResult(NamedTuple):
-    """A page of records; ``next_position`` is where the following read continues."""
+    """A page of records; ``next_position`` is where the following read continues.
+
+    ``shard_end``: the shard is closed (resharded) and this page reached its last record; no
+    record will ever follow, and ``child_shards`` name the shards that continue it.
+    """
 
     records: list[Record]
     next_position: Position
     millis_behind: int
     high_watermark: int
+    shard_end: bool = False
+    child_shards: tuple[ChildShard, ...] = ()
 
 
 class RawRead(NamedTuple):
@@ -116,6 +148,8 @@ class RawRead(NamedTuple):
     next_offset: int
     high_watermark: int
     millis_behind: int
+    shard_end: bool = False
+    child_shards: tuple[ChildShard, ...] = ()
 
 
 def field(body: Any, name: str, kind: type[_T], *, optional: bool = False) -> _T:
@@ -156,7 +190,37 @@ def stream_from_wire(body: Any) -> StreamDescription:
         retention_hours=_count(body, "retention_hours"),
         created_ms=_count(body, "created_ms"),
         shards=[shard_from_wire(s) for s in field(body, "shards", list)],
+        reshard=_reshard_from_wire(field(body, "reshard", dict, optional=True)),
     )
+
+
+def _reshard_from_wire(body: dict[str, Any] | None) -> ReshardProgress | None:
+    if body is None:
+        return None
+    progress = ReshardProgress(
+        kind=field(body, "kind", str),
+        target=_count(body, "target"),
+        done=_count(body, "done"),
+        total=_count(body, "total"),
+    )
+    if progress.done > progress.total:
+        raise ProtocolError(f"reshard progress {progress.done}/{progress.total} is past its end")
+    return progress
+
+
+def child_shard_from_wire(body: Any) -> ChildShard:
+    parents = field(body, "parent_shard_ids", list)
+    if not parents or not all(isinstance(p, str) for p in parents):
+        raise ProtocolError(f"child shard parents must be shard ids, got {parents!r:.80}")
+    child = ChildShard(
+        shard_id=field(body, "shard_id", str),
+        parent_shard_ids=tuple(parents),
+        hash_key_start=_count(body, "hash_key_start"),
+        hash_key_end=_count(body, "hash_key_end"),
+    )
+    if child.hash_key_end < child.hash_key_start:
+        raise ProtocolError(f"child shard {child.shard_id} has an empty hash-key range")
+    return child
 
 
 def put_records_from_wire(body: Any, entry_count: int) -> PutRecordsResult:
@@ -195,7 +259,14 @@ def raw_read_from_wire(body: Any) -> RawRead:
         next_offset=_count(body, "next_offset"),
         high_watermark=_count(body, "high_watermark"),
         millis_behind=_count(body, "millis_behind"),
+        # Absent from servers without resharding: such a shard never ends.
+        shard_end=bool(field(body, "shard_end", bool, optional=True)),
+        child_shards=tuple(
+            child_shard_from_wire(c) for c in field(body, "child_shards", list, optional=True) or ()
+        ),
     )
+    if raw.child_shards and not raw.shard_end:
+        raise ProtocolError("read named child shards without reaching the shard's end")
     if raw.next_offset < raw.start_offset:
         raise ProtocolError(f"read next_offset {raw.next_offset} < start {raw.start_offset}")
     return raw

@@ -23,7 +23,12 @@ from typing import Any
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from .client import CONNECT_TIMEOUT_S_DEFAULT, REQUEST_TIMEOUT_S_DEFAULT, Client
+from .client import (
+    CONNECT_TIMEOUT_S_DEFAULT,
+    REQUEST_TIMEOUT_S_DEFAULT,
+    Client,
+    ProgressCallback,
+)
 from .client import connect as async_connect
 from .consumer import ShardReader
 from .model import Position
@@ -78,6 +83,31 @@ class SyncClient:
     def update_retention(self, name: str, hours: int) -> None:
         self._portal.call(self._client.update_retention, name, hours)
 
+    def split_shard(
+        self, stream: str, shard_id: str, hash_key: int | str | None = None
+    ) -> list[str]:
+        return self._portal.call(self._client.split_shard, stream, shard_id, hash_key)
+
+    def merge_shards(self, stream: str, shard_id: str, adjacent_shard_id: str) -> str:
+        return self._portal.call(self._client.merge_shards, stream, shard_id, adjacent_shard_id)
+
+    def resize_stream(self, stream: str, shard_count: int) -> int:
+        return self._portal.call(self._client.resize_stream, stream, shard_count)
+
+    def wait_for_active(
+        self,
+        stream: str,
+        timeout_s: float,
+        *,
+        on_progress: ProgressCallback | None = None,
+        poll_interval_s: float = 0.2,
+    ) -> StreamDescription:
+        """Block until the stream is ACTIVE; ``on_progress`` runs in the portal's thread."""
+        wait = partial(
+            self._client.wait_for_active, on_progress=on_progress, poll_interval_s=poll_interval_s
+        )
+        return self._portal.call(wait, stream, timeout_s)
+
     def put_record(
         self,
         stream: str,
@@ -123,6 +153,24 @@ class SyncClient:
         )
         while (page := self._portal.call(reader.read_page)) is not None:
             yield from page
+
+    def iter_stream(
+        self,
+        stream: str,
+        start: Position | None = None,
+        *,
+        follow: bool = False,
+        wait_ms: int = 1000,
+        max_bytes: int = 1 << 20,
+    ) -> Iterator[Record]:
+        """Records of every shard, children after their parents (``Client.stream_reader``);
+        stops at the tips unless ``follow``. Close the iterator (or exhaust it) to stop."""
+        reader = self._client.stream_reader(
+            stream, start, follow=follow, wait_ms=wait_ms, max_bytes=max_bytes
+        )
+        with self._portal.wrap_async_context_manager(reader):
+            while (page := self._portal.call(reader.read_page)) is not None:
+                yield from page
 
     def producer(self, stream: str, **options: Any) -> SyncProducer:
         """A started SyncProducer; close it (or use ``with``) to flush and stop it."""

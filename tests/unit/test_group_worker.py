@@ -45,6 +45,7 @@ class FakeClient:
         doc = GroupDoc("s", "sid", "g", 0, Position.trim_horizon().to_wire())
         self.coordinator = Coordinator(doc, {}, topology, now_ms=self.now_ms())
         self.shards = {s: _records(s, n) for s, n in records.items()}
+        self.closed = {info.shard_id for info in topology if info.closed}
         self.reads: list[tuple[str, int]] = []
         self.fail_heartbeats = False
 
@@ -98,7 +99,8 @@ class FakeClient:
         if not page:
             await anyio.sleep(min(wait_ms, 20) / 1000)
         end = offset + len(page)
-        return ReadResult(page, Position.at_offset(end), 0, len(records))
+        shard_end = shard_id in self.closed and end >= len(records)  # as the server says it
+        return ReadResult(page, Position.at_offset(end), 0, len(records), shard_end)
 
 
 async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
