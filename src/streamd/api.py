@@ -140,7 +140,38 @@ async def _read(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
         "next_offset": result.next_offset,
         "high_watermark": result.high_watermark,
         "millis_behind": result.millis_behind,
+        "shard_end": result.shard_end,
+        "child_shards": [
+            {
+                "shard_id": c.shard_id,
+                "parent_shard_ids": list(c.parent_shard_ids),
+                "hash_key_start": c.hash_key_start,
+                "hash_key_end": c.hash_key_end,
+            }
+            for c in result.child_shards
+        ],
     }
+
+
+async def _split_shard(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+    raw_key = args.get("hash_key")
+    at = None if raw_key is None else parse_explicit_hash_key(raw_key)
+    children = await engine.split_shard(_arg(args, "stream", str), _arg(args, "shard_id", str), at)
+    return {"shard_ids": children}
+
+
+async def _merge_shards(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+    child = await engine.merge_shards(
+        _arg(args, "stream", str),
+        _arg(args, "shard_id", str),
+        _arg(args, "adjacent_shard_id", str),
+    )
+    return {"shard_id": child}
+
+
+async def _resize_stream(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+    steps = await engine.resize_stream(_arg(args, "stream", str), _arg(args, "shard_count", int))
+    return {"operations": steps}
 
 
 HANDLERS: dict[str, Handler] = {
@@ -152,5 +183,8 @@ HANDLERS: dict[str, Handler] = {
     "put_records": _put_records,
     "append_batch": _append_batch,
     "read": _read,
+    "split_shard": _split_shard,
+    "merge_shards": _merge_shards,
+    "resize_stream": _resize_stream,
 }
 HANDLERS.update(GROUP_HANDLERS)

@@ -20,6 +20,7 @@ from streamd_client.model import even_hash_ranges, make_sequence, shard_id_of
 from .meta import Compare, MetaStore
 
 StreamStatus = Literal["ACTIVE", "DELETING", "UPDATING"]
+StreamMode = Literal["PROVISIONED", "ON_DEMAND"]
 _PREFIX = "streams/"
 _CAS_ATTEMPTS_MAX = 16
 
@@ -63,6 +64,11 @@ class StreamMeta:
     retention_hours: int
     created_ms: int
     shards: tuple[ShardMeta, ...] = field(default_factory=tuple)
+    tags: dict[str, str] = field(default_factory=dict)
+    mode: StreamMode = "PROVISIONED"
+    # The reshard in progress while status is UPDATING: {"kind": "split"|"merge"|"resize",
+    # "target": open shard count or None, "done": steps applied, "total": steps planned}.
+    reshard: dict[str, Any] | None = None
 
     @staticmethod
     def new(name: str, shard_count: int, retention_hours: int, now_ms: int) -> StreamMeta:
@@ -75,6 +81,15 @@ class StreamMeta:
     def shard(self, shard_id: str) -> ShardMeta | None:
         return next((s for s in self.shards if s.shard_id == shard_id), None)
 
+    def open_shards(self) -> list[ShardMeta]:
+        """The shards taking writes, in hash-key order (they tile 0..2**128-1)."""
+        return sorted((s for s in self.shards if s.is_open), key=lambda s: s.hash_key_start)
+
+    def children_of(self, shard_id: str) -> list[ShardMeta]:
+        return [
+            s for s in self.shards if shard_id in (s.parent_shard_id, s.adjacent_parent_shard_id)
+        ]
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -82,6 +97,9 @@ class StreamMeta:
             "retention_hours": self.retention_hours,
             "created_ms": self.created_ms,
             "shards": [s.describe() for s in self.shards],
+            "tags": dict(self.tags),
+            "mode": self.mode,
+            "reshard": None if self.reshard is None else dict(self.reshard),
         }
 
     def encode(self) -> bytes:
@@ -122,10 +140,11 @@ class Catalog:
         raise InternalError(f"stream {name!r} metadata kept changing under update")
 
     async def remove(self, name: str) -> None:
-        """Delete the stream's document and its consumer groups' state (leases, checkpoints)."""
+        """Delete the stream's document, its consumer groups' state (leases, checkpoints) and its
+        registered fan-out consumers."""
         owned = [
             kv.key
-            for prefix in (f"groups/{name}/", f"group-checkpoints/{name}/")
+            for prefix in (f"groups/{name}/", f"group-checkpoints/{name}/", f"consumers/{name}/")
             for kv in await self.store.range(prefix)
         ]
         await self.store.txn([], deletes=[_PREFIX + name, *owned])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -27,7 +28,12 @@ import trio
 from streamd_client import batch as batchfmt
 from streamd_client.errors import (
     CorruptDataError,
+    InternalError,
+    InvalidArgumentError,
     InvalidBatchError,
+    LimitExceededError,
+    ResourceInUseError,
+    ShardClosedError,
     ShardNotFoundError,
     StreamdError,
     StreamNotFoundError,
@@ -40,15 +46,23 @@ from streamd_client.model import (
     check_stream_name,
 )
 
-from . import metrics
-from .catalog import Catalog, ShardMeta, StreamMeta
+from . import metrics, reshard
+from .catalog import Catalog, ShardMeta, StreamMeta, StreamMode
 from .config import ServerConfig
 from .meta import MetaStore
 from .replication import Committer, LocalCommitter
-from .shard import PendingWrite, PipelineConfig, ReadResult, ShardPipeline, now_ms
+from .shard import ChildShard, PendingWrite, PipelineConfig, ReadResult, ShardPipeline, now_ms
 from .storage import LogConfig, ShardLog
 
 log = structlog.get_logger(__name__)
+
+_SEAL_TIMEOUT_S = 30.0  # a parent's queue must drain within this when it is closed
+_REROUTE_ROUNDS_MAX = 8  # put_records routes again at most this often across reshards
+_RESHAPE_WAIT_S = 60.0  # how long a write waits for a reshard step to finish
+_RESIZE_STEP_ATTEMPTS = 3
+TAGS_PER_STREAM_MAX = 50
+TAG_KEY_CHARS_MAX = 128
+TAG_VALUE_CHARS_MAX = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,14 +99,18 @@ class _Stream:
         self.pipelines: dict[str, ShardPipeline] = {}
         self.route_starts: list[int] = []
         self.route_shards: list[ShardMeta] = []
+        self.lock = trio.Lock()  # one metadata change at a time: a reshard step, a delete
+        self.reshaped = trio.Event()  # set (then replaced) whenever a reshard step ends
         self.reroute()
 
     def reroute(self) -> None:
-        open_shards = sorted(
-            (s for s in self.meta.shards if s.is_open), key=lambda s: s.hash_key_start
-        )
+        open_shards = self.meta.open_shards()
         self.route_starts = [s.hash_key_start for s in open_shards]
         self.route_shards = open_shards
+
+    def signal_reshaped(self) -> None:
+        self.reshaped.set()
+        self.reshaped = trio.Event()
 
     def shard_for(self, hash_bytes: bytes) -> ShardMeta:
         key = int.from_bytes(hash_bytes, "big")
@@ -119,6 +137,7 @@ class Engine:
         self.streams: dict[str, _Stream] = {}
         self._nursery: trio.Nursery | None = None
         self._admin_lock = trio.Lock()
+        self._resize_scopes: set[trio.CancelScope] = set()
         self._log_config = LogConfig(
             segment_bytes_max=config.segment_bytes_max,
             segment_age_ms_max=config.segment_age_ms_max,
@@ -143,16 +162,23 @@ class Engine:
                 if meta.status == "DELETING":
                     await self._finish_delete(meta)
                 else:
-                    await self._open_stream(meta)
+                    await self._resume(await self._open_stream(meta))
             nursery.start_soon(self._retention_loop)
             log.info("engine.started", streams=len(self.streams))
             task_status.started()
             await trio.sleep_forever()
 
     async def close(self) -> None:
-        """Drain every shard's queue and close its log cleanly. Call before cancelling ``run``."""
+        """Drain every shard's queue and close its log cleanly. Call before cancelling ``run``.
+
+        A running resize stops between steps (or its current step is undone before its switch);
+        it resumes at the next start.
+        """
+        for scope in self._resize_scopes:
+            scope.cancel()
         for stream in list(self.streams.values()):
-            await self._close_stream(stream)
+            async with stream.lock:
+                await self._close_stream(stream)
         self.streams.clear()
         log.info("engine.stopped")
 
@@ -166,16 +192,18 @@ class Engine:
             _prepare_stream_dir, stream.directory, meta.stream_id, self.config.data_dir / "trash"
         )
         for shard in meta.shards:
-            shard_log = await trio.to_thread.run_sync(
-                self._open_log, stream.directory / shard.shard_id
-            )
-            pipeline = ShardPipeline(
-                meta.name, shard, shard_log, self._pipeline_config, self.committer
-            )
-            stream.pipelines[shard.shard_id] = pipeline
-            self._nursery.start_soon(pipeline.run)
+            stream.pipelines[shard.shard_id] = await self._start_pipeline(stream, shard)
         self.streams[meta.name] = stream
         return stream
+
+    async def _start_pipeline(self, stream: _Stream, shard: ShardMeta) -> ShardPipeline:
+        assert self._nursery is not None
+        shard_log = await trio.to_thread.run_sync(self._open_log, stream.directory / shard.shard_id)
+        pipeline = ShardPipeline(
+            stream.meta.name, shard, shard_log, self._pipeline_config, self.committer
+        )
+        self._nursery.start_soon(pipeline.run)
+        return pipeline
 
     def _open_log(self, directory: Path) -> ShardLog:
         shard_log = ShardLog.open(directory, self._log_config, verify_all=False)
@@ -228,24 +256,45 @@ class Engine:
             raise StreamNotFoundError(f"stream {name!r} not found", stream=name)
         return stream
 
-    async def create_stream(self, name: str, shard_count: int, retention_hours: int) -> None:
-        """Raises InvalidArgumentError (and subclasses), StreamExistsError."""
+    def stream_meta(self, name: str) -> StreamMeta:
+        """The stream's current metadata (immutable; replaced on every change).
+
+        Raises StreamNotFoundError, InvalidStreamNameError."""
+        return self._stream(name).meta
+
+    async def create_stream(
+        self,
+        name: str,
+        shard_count: int,
+        retention_hours: int,
+        *,
+        tags: dict[str, str] | None = None,
+        mode: StreamMode = "PROVISIONED",
+    ) -> None:
+        """Raises InvalidArgumentError (and subclasses), LimitExceededError, StreamExistsError."""
         check_stream_name(name)
         check_shard_count(shard_count)
         check_retention_hours(retention_hours)
+        if mode not in ("PROVISIONED", "ON_DEMAND"):
+            raise InvalidArgumentError(f"stream mode must be PROVISIONED or ON_DEMAND: {mode!r}")
+        tags = _changed_tags({}, tags or {}, [])
         async with self._admin_lock:
-            meta = StreamMeta.new(name, shard_count, retention_hours, now_ms())
+            meta = replace(
+                StreamMeta.new(name, shard_count, retention_hours, now_ms()), tags=tags, mode=mode
+            )
             await self.catalog.create(meta)
             await self._open_stream(meta)
         log.info("stream.created", stream=name, shards=shard_count, retention_hours=retention_hours)
 
     async def delete_stream(self, name: str) -> None:
         """Raises StreamNotFoundError, InvalidStreamNameError."""
-        async with self._admin_lock:
+        stream = self._stream(name)
+        async with self._admin_lock, stream.lock:
             stream = self._stream(name)
             stream.meta = await self.catalog.update(name, lambda m: replace(m, status="DELETING"))
             await self._close_stream(stream)
             del self.streams[name]
+            stream.signal_reshaped()
             await self._finish_delete(stream.meta)
 
     def list_streams(self) -> list[str]:
@@ -262,9 +311,204 @@ class Engine:
         async with self._admin_lock:
             stream = self._stream(name)
             stream.meta = await self.catalog.update(
-                name, lambda m: replace(m, retention_hours=retention_hours)
+                name, lambda m: replace(_active(m), retention_hours=retention_hours)
             )
         log.info("stream.retention_updated", stream=name, retention_hours=retention_hours)
+
+    async def update_tags(self, name: str, add: dict[str, str], remove: Sequence[str]) -> None:
+        """Add (or overwrite) and remove tags. Raises StreamNotFoundError, InvalidArgumentError,
+        LimitExceededError (more than 50 tags)."""
+        async with self._admin_lock:
+            stream = self._stream(name)
+            _changed_tags(stream.meta.tags, add, remove)  # refuse before touching the store
+            stream.meta = await self.catalog.update(
+                name, lambda m: replace(m, tags=_changed_tags(m.tags, add, remove))
+            )
+        log.info("stream.tags_updated", stream=name, added=sorted(add), removed=sorted(remove))
+
+    # -- resharding -----------------------------------------------------------------------------
+
+    async def split_shard(self, name: str, shard_id: str, at: int | None = None) -> list[str]:
+        """Close ``shard_id`` and open two children split at hash key ``at`` (the right child's
+        first key; default the midpoint). Returns the children's ids, left first.
+
+        Raises StreamNotFoundError, ShardNotFoundError, ResourceInUseError (another reshard
+        runs), InvalidArgumentError (closed shard, key outside the range).
+        """
+        stream = self._stream(name)
+        async with stream.lock:
+            step = reshard.check_split(_active(self._stream(name).meta), shard_id, at)
+            await self._begin_reshard(stream, {"kind": "split", "target": None, "total": 1})
+            await self._apply_step_or_abort(stream, step, last=True)
+        return [c.shard_id for c in stream.meta.children_of(shard_id)]
+
+    async def merge_shards(self, name: str, shard_id: str, adjacent_shard_id: str) -> str:
+        """Close two adjacent open shards and open one child covering both. Returns its id.
+
+        Raises StreamNotFoundError, ShardNotFoundError, ResourceInUseError,
+        InvalidArgumentError (closed or non-adjacent shards).
+        """
+        stream = self._stream(name)
+        async with stream.lock:
+            step = reshard.check_merge(
+                _active(self._stream(name).meta), shard_id, adjacent_shard_id
+            )
+            await self._begin_reshard(stream, {"kind": "merge", "target": None, "total": 1})
+            await self._apply_step_or_abort(stream, step, last=True)
+        (child,) = stream.meta.children_of(shard_id)
+        return child.shard_id
+
+    async def resize_stream(self, name: str, shard_count: int) -> int:
+        """Start a uniform resize to ``shard_count`` even ranges; returns the number of splits
+        and merges planned. They run in the background (status UPDATING, progress in
+        ``describe_stream``'s "reshard") and resume after a restart.
+
+        Raises StreamNotFoundError, ResourceInUseError, InvalidArgumentError (out of bounds).
+        """
+        stream = self._stream(name)
+        async with stream.lock:
+            meta = _active(self._stream(name).meta)
+            reshard.check_resize(meta, shard_count)
+            total = reshard.resize_step_count(meta, shard_count)
+            if total == 0:
+                return 0
+            await self._begin_reshard(
+                stream, {"kind": "resize", "target": shard_count, "total": total}
+            )
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_resize, stream, shard_count)
+        return total
+
+    async def _resume(self, stream: _Stream) -> None:
+        """At start: go on with an interrupted resize; forget an interrupted split or merge
+        (its switch is one compare-and-swap that also ends UPDATING, so it never happened)."""
+        meta = stream.meta
+        if meta.status != "UPDATING":
+            return
+        progress = meta.reshard or {}
+        if progress.get("kind") == "resize":
+            log.info("reshard.resuming", stream=meta.name, **progress)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._run_resize, stream, int(progress["target"]))
+        else:
+            await self._end_reshard(stream)
+
+    async def _begin_reshard(self, stream: _Stream, progress: dict[str, Any]) -> None:
+        """Mark the stream UPDATING (refused unless ACTIVE): the intent, kept across restarts."""
+        stream.meta = await self.catalog.update(
+            stream.meta.name,
+            lambda m: replace(_active(m), status="UPDATING", reshard={**progress, "done": 0}),
+        )
+        log.info("reshard.started", stream=stream.meta.name, **progress)
+
+    async def _end_reshard(self, stream: _Stream) -> None:
+        stream.meta = await self.catalog.update(
+            stream.meta.name, lambda m: replace(m, status="ACTIVE", reshard=None)
+        )
+        log.info("reshard.ended", stream=stream.meta.name)
+
+    async def _apply_step_or_abort(self, stream: _Stream, step: reshard.Step, last: bool) -> None:
+        try:
+            await self._apply_step(stream, step, last=last)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                if self.streams.get(stream.meta.name) is stream:
+                    await self._end_reshard(stream)
+            raise
+
+    async def _apply_step(self, stream: _Stream, step: reshard.Step, *, last: bool) -> None:
+        """One split or merge, atomic for writers and durable as one metadata write.
+
+        The parents are sealed (new writes get SHARD_CLOSED; server-routed ones wait here),
+        their queues drain into their logs and are synced; then one compare-and-swap closes
+        them at those ending offsets and adds the children. Before it nothing changed; after
+        it the children are opened and take the routes. A failure before the switch unseals.
+        Caller holds ``stream.lock``.
+        """
+        started = time.perf_counter()
+        parents = [stream.pipeline(p) for p in step.parents]
+        switched = False
+        try:
+            endings = tuple([await p.seal(_SEAL_TIMEOUT_S) for p in parents])
+
+            def switch(meta: StreamMeta) -> StreamMeta:
+                if meta.status != "UPDATING" or meta.reshard is None:
+                    raise ResourceInUseError(f"stream {meta.name!r} is no longer resharding")
+                new = reshard.apply(meta, step, endings)
+                if last:
+                    return replace(new, status="ACTIVE", reshard=None)
+                return replace(new, reshard={**meta.reshard, "done": meta.reshard["done"] + 1})
+
+            new_meta = await self.catalog.update(stream.meta.name, switch)
+            switched = True
+            with trio.CancelScope(shield=True):  # the switch is durable: make it live
+                known = set(stream.pipelines)
+                for shard in new_meta.shards:
+                    if shard.shard_id not in known:
+                        stream.pipelines[shard.shard_id] = await self._start_pipeline(stream, shard)
+                stream.meta = new_meta
+                for parent in parents:
+                    closed = new_meta.shard(parent.shard.shard_id)
+                    assert closed is not None
+                    parent.close_shard(closed)
+                stream.reroute()
+        finally:
+            if not switched:
+                for parent in parents:
+                    parent.unseal()
+            stream.signal_reshaped()
+        metrics.RESHARD_STEPS.labels(step.kind).inc()
+        metrics.RESHARD_SECONDS.observe(time.perf_counter() - started)
+        log.info(
+            "reshard.step",
+            stream=stream.meta.name,
+            kind=step.kind,
+            parents=list(step.parents),
+            ending_offsets=list(endings),
+            children=[c.shard_id for c in stream.meta.children_of(step.parents[0])],
+            open_shards=len(stream.route_shards),
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+    async def _run_resize(self, stream: _Stream, target: int) -> None:
+        """Background: apply resize steps one by one until the open shards are ``target`` even
+        ranges. A step that fails is retried; after repeated failures the resize stops, the
+        stream goes back to ACTIVE in the shape reached, and the failure is logged."""
+        name = stream.meta.name
+        with trio.CancelScope() as scope:
+            self._resize_scopes.add(scope)
+            try:
+                await self._resize_steps(stream, target)
+            except StreamdError as exc:
+                log.error("reshard.resize_failed", stream=name, code=exc.code, error=exc.message)
+                async with stream.lock:
+                    if self.streams.get(name) is stream:
+                        await self._end_reshard(stream)
+            finally:
+                self._resize_scopes.discard(scope)
+
+    async def _resize_steps(self, stream: _Stream, target: int) -> None:
+        name = stream.meta.name
+        while True:
+            async with stream.lock:
+                if self.streams.get(name) is not stream or stream.meta.status != "UPDATING":
+                    return
+                step = reshard.next_resize_step(stream.meta, target)
+                if step is None:
+                    await self._end_reshard(stream)
+                    return
+                last = reshard.resize_step_count(stream.meta, target) == 1
+                for attempt in range(1, _RESIZE_STEP_ATTEMPTS + 1):
+                    try:
+                        await self._apply_step(stream, step, last=last)
+                        break
+                    except (StreamdError, trio.TooSlowError) as exc:
+                        log.warning(
+                            "reshard.step_failed", stream=name, attempt=attempt, error=str(exc)
+                        )
+                        if attempt == _RESIZE_STEP_ATTEMPTS:
+                            raise InternalError(f"resize step {step} failed: {exc}") from exc
+                        await trio.sleep(0.1 * attempt)
 
     # -- data -----------------------------------------------------------------------------------
 
@@ -275,12 +519,32 @@ class Engine:
         Per-record failures (throttling, full disk) come back in the outcomes.
         Raises StreamNotFoundError.
         """
-        stream = self._stream(name)
-        by_shard: dict[str, list[int]] = {}
-        for i, record in enumerate(records):
-            shard = stream.shard_for(record.hash_bytes)
-            by_shard.setdefault(shard.shard_id, []).append(i)
         outcomes: list[PutOutcome] = [PutOutcome()] * len(records)
+        pending = list(range(len(records)))
+        for _ in range(_REROUTE_ROUNDS_MAX):
+            stream = self._stream(name)
+            reshaped = stream.reshaped
+            pending = await self._put_round(stream, records, pending, outcomes)
+            if not pending:
+                break
+            # Their shards were being closed by a reshard: wait for the new map, route again.
+            with trio.move_on_after(_RESHAPE_WAIT_S):
+                await reshaped.wait()
+        return outcomes
+
+    async def _put_round(
+        self,
+        stream: _Stream,
+        records: Sequence[RecordIn],
+        indexes_in: list[int],
+        outcomes: list[PutOutcome],
+    ) -> list[int]:
+        """Route, enqueue and wait for ``indexes_in``; the indexes whose shard was closed."""
+        by_shard: dict[str, list[int]] = {}
+        for i in indexes_in:
+            shard = stream.shard_for(records[i].hash_bytes)
+            by_shard.setdefault(shard.shard_id, []).append(i)
+        closed: list[int] = []
         waits: list[tuple[ShardPipeline, list[int], PendingWrite]] = []
         for shard_id, indexes in by_shard.items():
             pipeline = stream.pipeline(shard_id)
@@ -293,6 +557,8 @@ class Engine:
             except StreamdError as exc:
                 for i in indexes:
                     outcomes[i] = PutOutcome(error=exc)
+                if isinstance(exc, ShardClosedError):
+                    closed += indexes
                 continue
             waits.append((pipeline, indexes, write))
         for pipeline, indexes, write in waits:
@@ -304,7 +570,7 @@ class Engine:
                 continue
             for n, i in enumerate(indexes):
                 outcomes[i] = PutOutcome(pipeline.shard.shard_id, pipeline.sequence_of(base + n))
-        return outcomes
+        return closed
 
     async def append_batch(self, name: str, shard_id: str, data: bytes) -> AppendOutcome:
         """Validate a client-built batch and commit it (idempotently for producer batches).
@@ -326,7 +592,50 @@ class Engine:
         pipeline = self._stream(name).pipeline(shard_id)
         # A whole answer must fit in one frame (frame header and CBOR framing included).
         max_bytes = min(max_bytes, self.config.frame_bytes_max - 64 * 1024)
-        return await pipeline.read(position, max_bytes, wait_ms)
+        result = await pipeline.read(position, max_bytes, wait_ms)
+        if not result.shard_end:
+            return result
+        children = self._stream(name).meta.children_of(shard_id)
+        return replace(
+            result,
+            child_shards=tuple(
+                ChildShard(
+                    c.shard_id,
+                    tuple(p for p in (c.parent_shard_id, c.adjacent_parent_shard_id) if p),
+                    c.hash_key_start,
+                    c.hash_key_end,
+                )
+                for c in children
+            ),
+        )
+
+
+def _active(meta: StreamMeta) -> StreamMeta:
+    """``meta`` if the stream takes metadata changes. Raises ResourceInUseError."""
+    if meta.status != "ACTIVE":
+        progress = f" ({meta.reshard})" if meta.reshard else ""
+        raise ResourceInUseError(
+            f"stream {meta.name!r} is {meta.status}{progress}; try again when it is ACTIVE",
+            status=meta.status,
+        )
+    return meta
+
+
+def _changed_tags(
+    tags: dict[str, str], add: dict[str, str], remove: Sequence[str]
+) -> dict[str, str]:
+    """The tags after a change. Raises InvalidArgumentError, LimitExceededError."""
+    for key, value in add.items():
+        if not isinstance(key, str) or not 1 <= len(key) <= TAG_KEY_CHARS_MAX:
+            raise InvalidArgumentError(f"tag key must be 1..{TAG_KEY_CHARS_MAX} characters")
+        if not isinstance(value, str) or len(value) > TAG_VALUE_CHARS_MAX:
+            raise InvalidArgumentError(f"tag value must be 0..{TAG_VALUE_CHARS_MAX} characters")
+    changed = {k: v for k, v in tags.items() if k not in set(remove)} | dict(add)
+    if len(changed) > TAGS_PER_STREAM_MAX:
+        raise LimitExceededError(
+            f"a stream holds at most {TAGS_PER_STREAM_MAX} tags; this would make {len(changed)}"
+        )
+    return changed
 
 
 def _validate_batch(data: bytes, shard: ShardMeta) -> batchfmt.BatchHeader:

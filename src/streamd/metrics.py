@@ -26,6 +26,14 @@ CONNECTIONS = Gauge("streamd_connections", "Open client connections")
 RECOVERY_TRUNCATED_BYTES = Counter(
     "streamd_recovery_truncated_bytes_total", "Bytes cut from torn tails at start"
 )
+RESHARD_STEPS = Counter(
+    "streamd_reshard_steps_total", "Splits and merges applied (resize steps included)", ["kind"]
+)
+RESHARD_SECONDS = Histogram(
+    "streamd_reshard_step_seconds",
+    "Time from sealing the parent shards to the new shard map being live",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+)
 CORRUPT_RANGES = Gauge("streamd_corrupt_ranges", "Stored batch ranges failing their CRC")
 
 

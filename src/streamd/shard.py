@@ -94,12 +94,25 @@ class PendingWrite:
 
 
 @dataclass(frozen=True, slots=True)
+class ChildShard:
+    """A shard made from a closed one by a split or merge (what Kinesis calls ChildShards)."""
+
+    shard_id: str
+    parent_shard_ids: tuple[str, ...]
+    hash_key_start: int
+    hash_key_end: int
+
+
+@dataclass(frozen=True, slots=True)
 class ReadResult:
     batches: list[bytes]
     start_offset: int
     next_offset: int
     high_watermark: int
     millis_behind: int
+    # The shard is closed and this read reached its ending offset: no record will ever follow.
+    shard_end: bool = False
+    child_shards: tuple[ChildShard, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +161,9 @@ class ShardPipeline:
         self._tail: list[_Cached] = []
         self._tail_bytes = 0
         self._closing = False
+        self._sealed = False  # resharding: refuse new writes while the parent is switched
+        self._busy = False  # a group is being committed
+        self._progress = trio.Event()  # set after every group commit, then replaced
         self._stopped = trio.Event()
         self._retention_cutoff_ms: int | None = None
         self._dirty = False
@@ -187,7 +203,7 @@ class ShardPipeline:
     def _admit(self, write: PendingWrite) -> None:
         if self._closing:
             raise ShuttingDownError("shard is closing")
-        if not self.shard.is_open:
+        if self._sealed or not self.shard.is_open:
             raise ShardClosedError(
                 f"shard {self.shard.shard_id} is closed", shard_id=self.shard.shard_id
             )
@@ -234,7 +250,13 @@ class ShardPipeline:
                         break
                     await self._idle()
                     continue
-                await self._commit_group(self._take_group())
+                self._busy = True
+                try:
+                    await self._commit_group(self._take_group())
+                finally:
+                    self._busy = False
+                    self._progress.set()
+                    self._progress = trio.Event()
         finally:
             self._io.stop()
             self._stopped.set()
@@ -245,6 +267,40 @@ class ShardPipeline:
         self._work.set()
         with trio.move_on_after(timeout_s):
             await self._stopped.wait()
+
+    # -- resharding ---------------------------------------------------------------------------
+
+    async def seal(self, timeout_s: float) -> int:
+        """Refuse new writes (SHARD_CLOSED), commit everything already queued, make it durable
+        whatever the fsync mode, and return the ending offset: every acknowledged write of this
+        shard lies below it, every later one goes to a child. ``unseal`` undoes it.
+
+        Raises trio.TooSlowError (the queue did not drain in time), InternalError (the sync
+        failed); the shard stays sealed either way, so the caller must unseal.
+        """
+        assert self.shard.is_open
+        self._sealed = True
+        with trio.fail_after(timeout_s):
+            while self._queue or self._busy:
+                await self._progress.wait()
+        try:
+            await self._io.run(self.log.sync)
+        except OSError as exc:
+            raise InternalError(f"sync before closing shard failed: {exc}") from exc
+        assert self.high_watermark == self.log.next_offset
+        return self.high_watermark
+
+    def unseal(self) -> None:
+        self._sealed = False
+
+    def close_shard(self, closed: ShardMeta) -> None:
+        """Adopt the closed metadata (same shard, ending offset set); long-polls return."""
+        assert closed.shard_id == self.shard.shard_id and not closed.is_open
+        assert closed.ending_offset == self.high_watermark
+        self.shard = closed
+        self._sealed = False
+        self._committed.set()
+        self._committed = trio.Event()
 
     def request_retention(self, cutoff_ms: int) -> None:
         self._retention_cutoff_ms = cutoff_ms
@@ -459,7 +515,7 @@ class ShardPipeline:
         offset = max(self.resolve(position), self.log.start_offset)
         if offset >= self.high_watermark and wait_ms > 0:
             with trio.move_on_after(wait_ms / 1000):
-                while offset >= self.high_watermark and not self._closing:
+                while offset >= self.high_watermark and not self._closing and self.shard.is_open:
                     await self._committed.wait()
         hwm = self.high_watermark
         batches, last_ms, next_offset = self._read_tail(offset, max_bytes, hwm)
@@ -474,7 +530,10 @@ class ShardPipeline:
                 header = batchfmt.parse_header(raw)
                 next_offset, last_ms = header.next_offset, header.last_arrival_ms
         behind = 0 if next_offset >= hwm else max(0, self.last_arrival_ms - last_ms)
-        return ReadResult(batches, offset, max(next_offset, offset), hwm, behind)
+        next_offset = max(next_offset, offset)
+        ending = self.shard.ending_offset
+        shard_end = ending is not None and next_offset >= ending
+        return ReadResult(batches, offset, next_offset, hwm, behind, shard_end)
 
     def _read_tail(
         self, offset: int, max_bytes: int, hwm: int

@@ -122,6 +122,12 @@ class ShardClosedError(StreamdError):
     retryable = True
 
 
+class ResourceInUseError(StreamdError):
+    """The stream is busy with another change (a reshard runs: status UPDATING); try later."""
+
+    code = "RESOURCE_IN_USE"
+
+
 class ThrottledError(StreamdError):
     """The shard's bounded queue is full; back off and retry."""
 
