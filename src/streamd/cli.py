@@ -6,6 +6,8 @@
                   [--kinesis-access-key K --kinesis-secret-key S | --kinesis-credentials FILE]
     streamd stream create NAME --shards N [--retention-hours H]
     streamd stream list | describe NAME [--json] | delete NAME | retention NAME --hours H
+    streamd stream resize NAME --shards N [--no-wait]      (see streamd/cli_reshard.py)
+    streamd shard split NAME SHARD_ID [--at HASH_KEY] | merge NAME SHARD_ID ADJACENT_SHARD_ID
     streamd put NAME [--partition-key K] [--json]          (one record per line of stdin)
     streamd read NAME [--shard ID] [--from POS] [--limit N] [--follow] [--json]
     streamd bench produce|consume [--json] ...              (see streamd/bench.py)
@@ -39,6 +41,7 @@ import sys
 import uuid
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final
@@ -76,10 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stream(commands)
     _add_put(commands)
     _add_read(commands)
-    from . import bench, cli_groups
+    from . import bench, cli_groups, cli_reshard
 
     bench.add_parser(commands, _add_endpoint)
     cli_groups.register(commands)  # streamd group ...: uses _add_endpoint, _run_client_command
+    cli_reshard.register_shard(commands)  # streamd shard split|merge
     return parser
 
 
@@ -159,7 +163,11 @@ def _add_stream(commands: Any) -> None:
     retention.add_argument("--hours", type=int, required=True, metavar="H")
     retention.set_defaults(run=_stream_retention)
 
-    for sub in (create, listing, describe, delete, retention):
+    from .cli_reshard import add_resize
+
+    resize = add_resize(actions)
+
+    for sub in (create, listing, describe, delete, retention, resize):
         _add_endpoint(sub)
         sub.set_defaults(handler=_run_client_command)
 
@@ -399,19 +407,24 @@ async def _stream_describe(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(document, indent=2))
         return EXIT_OK
+    from .cli_reshard import lineage_lines
+
+    shards = document["shards"]
+    open_count = sum(s["ending_sequence"] is None for s in shards)
+    reshard = document["reshard"]
+    status = document["status"]
+    if reshard is not None:
+        status += (
+            f" ({reshard['kind']} to {reshard['target']}: "
+            f"{reshard['done']}/{reshard['total']} operations done)"
+        )
     print(f"stream           {document['name']}")
-    print(f"status           {document['status']}")
+    print(f"status           {status}")
     print(f"retention_hours  {document['retention_hours']}")
     print(f"created          {document['created_time']}")
-    print(f"shards           {len(document['shards'])}")
-    for shard in document["shards"]:
-        state = "open" if shard["ending_sequence"] is None else "closed"
-        print(f"  {shard['shard_id']}  {state}")
-        print(f"    hash keys  {shard['hash_key_start']}..{shard['hash_key_end']}")
-        print(f"    sequences  {shard['starting_sequence']}..{shard['ending_sequence'] or ''}")
-        parents = [p for p in (shard["parent_shard_id"], shard["adjacent_parent_shard_id"]) if p]
-        if parents:
-            print(f"    parents    {', '.join(parents)}")
+    print(f"shards           {len(shards)} ({open_count} open, {len(shards) - open_count} closed)")
+    for line in lineage_lines(shards):
+        print(line)
     return EXIT_OK
 
 
@@ -424,6 +437,7 @@ def describe_document(description: Any) -> dict[str, Any]:
         "retention_hours": description.retention_hours,
         "created_ms": description.created_ms,
         "created_time": iso_time(description.created_ms),
+        "reshard": None if description.reshard is None else description.reshard._asdict(),
         "shards": [
             {
                 "shard_id": shard.shard_id,
@@ -570,47 +584,48 @@ def record_document(record: Any) -> dict[str, Any]:
     return document
 
 
-def _shards_to_read(args: argparse.Namespace, description: Any, position: Any) -> list[str]:
+def _shard_to_read(args: argparse.Namespace, description: Any, position: Any) -> str:
+    """The one shard ``--shard`` names, or the one a sequence-number position names."""
     from streamd_client.model import parse_sequence, shard_id_of
 
-    shard_ids = [shard.shard_id for shard in description.shards]
     if args.shard is not None:
-        if args.shard not in shard_ids:
+        if args.shard not in {shard.shard_id for shard in description.shards}:
             raise CliError(f"stream {args.name!r} has no shard {args.shard!r}")
-        return [args.shard]
-    if position.sequence is not None:  # a sequence number names its shard
-        return [shard_id_of(parse_sequence(position.sequence)[0])]
-    return shard_ids
+        return str(args.shard)
+    assert position.sequence is not None
+    return shard_id_of(parse_sequence(position.sequence)[0])
 
 
 async def _read(args: argparse.Namespace) -> int:
-    import anyio
-
+    """All shards: a lineage-ordered stream reader (children only after their parents' ends).
+    One shard (``--shard``, or a sequence-number position): that shard, to its end if closed."""
     if args.limit is not None and args.limit < 1:
         raise CliError("--limit must be at least 1")
     position = parse_position(args.start)
     out = sys.stdout.buffer
     printed = 0
-    async with _connect(args) as client:
-        description = await client.describe_stream(args.name)
-        shard_ids = _shards_to_read(args, description, position)
-        async with anyio.create_task_group() as task_group:
-
-            async def read_shard(shard_id: str) -> None:
-                nonlocal printed
-                reader = client.reader(args.name, shard_id, position, follow=args.follow)
-                while (page := await reader.read_page()) is not None:
-                    if args.limit is not None:
-                        page = page[: args.limit - printed]
-                    printed += len(page)
-                    _write_records(out, page, args.json)
-                    out.flush()
-                    if args.limit is not None and printed >= args.limit:
-                        task_group.cancel_scope.cancel()
-                        return
-
-            for shard_id in shard_ids:
-                task_group.start_soon(read_shard, shard_id)
+    async with _connect(args) as client, AsyncExitStack() as stack:
+        reader: Any
+        if args.shard is None and position.sequence is None:
+            reader = client.stream_reader(args.name, position, follow=args.follow)
+            await stack.enter_async_context(reader)
+        else:
+            description = await client.describe_stream(args.name)
+            shard_id = _shard_to_read(args, description, position)
+            reader = client.reader(args.name, shard_id, position, follow=args.follow)
+        while (page := await reader.read_page()) is not None:
+            if args.limit is not None:
+                page = page[: args.limit - printed]
+            printed += len(page)
+            _write_records(out, page, args.json)
+            out.flush()
+            if args.limit is not None and printed >= args.limit:
+                break
+        if getattr(reader, "shard_end", False):
+            children = ", ".join(c.shard_id for c in reader.child_shards)
+            print(
+                f"{reader.shard_id} has ended (resharded); continued by {children}", file=sys.stderr
+            )
     return EXIT_OK
 
 

@@ -1,0 +1,165 @@
+"""The resharding commands and the lineage view of ``stream describe`` (registered by cli.py).
+
+    streamd shard split STREAM SHARD_ID [--at HASH_KEY]
+    streamd shard merge STREAM SHARD_ID ADJACENT_SHARD_ID
+    streamd stream resize STREAM --shards N [--no-wait] [--timeout-s T]
+
+``split`` and ``merge`` return once the parents are closed and the children open (the server
+does them synchronously). ``resize`` starts a uniform resize (Kinesis's UpdateShardCount) and,
+unless ``--no-wait``, polls ``describe_stream`` and prints a line each time the progress moves
+(``resize orders: 3/7 operations done, 6 open shards``) until the stream is ACTIVE again.
+
+``lineage_lines`` draws a stream's shards as a tree: roots (shards without a parent still in
+the stream) first, each child indented under its parent; a merged child is drawn under its
+first parent and named under the adjacent one. Pure, so the unit tests check it directly.
+
+Exit statuses are the CLI's (cli.py): 0 ok, 1 typed error, 2 usage, 3 unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+EXIT_OK: Final = 0
+RESIZE_TIMEOUT_S_DEFAULT: Final = 600.0
+
+
+def register_shard(commands: Any) -> None:
+    """Add ``streamd shard split|merge`` to the CLI's subparsers."""
+    from .cli import _add_endpoint, _run_client_command
+
+    shard = commands.add_parser("shard", help="split or merge shards (resharding)")
+    actions = shard.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    split = actions.add_parser("split", help="split an open shard into two")
+    split.add_argument("name", metavar="STREAM")
+    split.add_argument("shard_id", metavar="SHARD_ID")
+    split.add_argument(
+        "--at",
+        default=None,
+        metavar="HASH_KEY",
+        help="first hash key (decimal) of the right child (default: the range's middle)",
+    )
+    split.set_defaults(run=_split)
+
+    merge = actions.add_parser("merge", help="merge two open shards with adjacent ranges")
+    merge.add_argument("name", metavar="STREAM")
+    merge.add_argument("shard_id", metavar="SHARD_ID")
+    merge.add_argument("adjacent_shard_id", metavar="ADJACENT_SHARD_ID")
+    merge.set_defaults(run=_merge)
+
+    for sub in (split, merge):
+        _add_endpoint(sub)
+        sub.set_defaults(handler=_run_client_command)
+
+
+def add_resize(actions: Any) -> argparse.ArgumentParser:
+    """Add ``streamd stream resize`` to the ``stream`` actions; returns its parser."""
+    resize = actions.add_parser("resize", help="resize to N open shards (uniform scaling)")
+    resize.add_argument("name", metavar="STREAM")
+    resize.add_argument("--shards", type=int, required=True, metavar="N")
+    resize.add_argument("--no-wait", action="store_true", help="return once it has started")
+    resize.add_argument(
+        "--timeout-s",
+        type=float,
+        default=RESIZE_TIMEOUT_S_DEFAULT,
+        metavar="T",
+        help=f"give up waiting after T seconds (default {RESIZE_TIMEOUT_S_DEFAULT:.0f})",
+    )
+    resize.set_defaults(run=_resize)
+    parser: argparse.ArgumentParser = resize
+    return parser
+
+
+async def _split(args: argparse.Namespace) -> int:
+    from .cli import _connect
+
+    async with _connect(args) as client:
+        left, right = await client.split_shard(args.name, args.shard_id, args.at)
+    print(f"split {args.shard_id} of {args.name} into {left} and {right}")
+    return EXIT_OK
+
+
+async def _merge(args: argparse.Namespace) -> int:
+    from .cli import _connect
+
+    async with _connect(args) as client:
+        child = await client.merge_shards(args.name, args.shard_id, args.adjacent_shard_id)
+    print(f"merged {args.shard_id} and {args.adjacent_shard_id} of {args.name} into {child}")
+    return EXIT_OK
+
+
+async def _resize(args: argparse.Namespace) -> int:
+    from .cli import _connect
+
+    async with _connect(args) as client:
+        operations = await client.resize_stream(args.name, args.shards)
+        print(f"resize {args.name}: started, {operations} operation(s) to {args.shards} shards")
+        sys.stdout.flush()
+        if args.no_wait:
+            return EXIT_OK
+
+        def report(description: Any) -> None:
+            print(progress_line(args.name, description), flush=True)
+
+        final = await client.wait_for_active(args.name, args.timeout_s, on_progress=report)
+    print(f"resize {args.name}: done, {len(final.open_shards)} open shards")
+    return EXIT_OK
+
+
+def progress_line(name: str, description: Any) -> str:
+    """``resize orders: 3/7 operations done, 6 open shards`` (or the stream's status)."""
+    open_count = len(description.open_shards)
+    reshard = description.reshard
+    if reshard is None:
+        return f"resize {name}: {description.status}, {open_count} open shards"
+    return (
+        f"{reshard.kind} {name}: {reshard.done}/{reshard.total} operations done, "
+        f"{open_count} open shards"
+    )
+
+
+def lineage_lines(shards: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The ``describe`` document's shards as an indented lineage tree (module docstring)."""
+    by_id = {s["shard_id"]: s for s in shards}
+    children: dict[str, list[str]] = {}
+    for shard in shards:
+        parent = shard["parent_shard_id"]
+        if parent in by_id:
+            children.setdefault(parent, []).append(shard["shard_id"])
+    merged_into = {
+        s["adjacent_parent_shard_id"]: s["shard_id"]
+        for s in shards
+        if s["adjacent_parent_shard_id"] in by_id and s["parent_shard_id"] in by_id
+    }
+    roots = [s["shard_id"] for s in shards if s["parent_shard_id"] not in by_id]
+    # A merged child whose first parent expired hangs under its adjacent parent instead.
+    for shard in shards:
+        first, adjacent = shard["parent_shard_id"], shard["adjacent_parent_shard_id"]
+        if first not in by_id and adjacent in by_id:
+            roots.remove(shard["shard_id"])
+            children.setdefault(adjacent, []).append(shard["shard_id"])
+            merged_into.pop(adjacent, None)
+    lines: list[str] = []
+
+    def draw(shard_id: str, depth: int) -> None:
+        shard = by_id[shard_id]
+        pad = "  " * (depth + 1)
+        ending = shard["ending_sequence"]
+        lines.append(f"{pad}{shard_id}  {'open' if ending is None else 'closed'}")
+        lines.append(f"{pad}  hash keys  {shard['hash_key_start']}..{shard['hash_key_end']}")
+        lines.append(f"{pad}  sequences  {shard['starting_sequence']}..{ending or ''}")
+        parents = [p for p in (shard["parent_shard_id"], shard["adjacent_parent_shard_id"]) if p]
+        if parents:
+            lines.append(f"{pad}  parents    {', '.join(parents)}")
+        if shard_id in merged_into:
+            lines.append(f"{pad}  merged into {merged_into[shard_id]} (drawn under its parent)")
+        for child in sorted(children.get(shard_id, [])):
+            draw(child, depth + 1)
+
+    for root in sorted(roots):
+        draw(root, 0)
+    return lines
