@@ -1,0 +1,194 @@
+"""The engine's resharding, in process on real files: atomic close, re-routing, resume, refusals."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from streamd.config import ServerConfig
+from streamd.engine import Engine, RecordIn
+from streamd.meta.sqlite import SqliteMetaStore
+from streamd.reshard import check_shard_map
+from streamd_client import batch as batchfmt
+from streamd_client.errors import (
+    InvalidArgumentError,
+    LimitExceededError,
+    ResourceInUseError,
+    ShardNotFoundError,
+)
+from streamd_client.model import Position, hash_bytes_of
+
+
+@asynccontextmanager
+async def running_engine(data_dir: Path) -> AsyncIterator[Engine]:
+    store = SqliteMetaStore(data_dir / "meta.sqlite3")
+    engine = Engine(ServerConfig(data_dir=data_dir), store)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        try:
+            yield engine
+        finally:
+            await engine.close()
+            nursery.cancel_scope.cancel()
+    await store.aclose()
+
+
+def record(key: str, data: bytes = b"x") -> RecordIn:
+    return RecordIn(key, hash_bytes_of(key), data)
+
+
+async def read_all(engine: Engine, stream: str, shard_id: str) -> list[tuple[int, str]]:
+    """(offset, key) of every record in the shard, up to its high watermark."""
+    out: list[tuple[int, str]] = []
+    position = Position.trim_horizon()
+    while True:
+        result = await engine.read(stream, shard_id, position, 8 * 1024 * 1024, 0)
+        for blob in result.batches:
+            header = batchfmt.parse_header(blob)
+            keys, _, _ = batchfmt.decode_records(blob, header)
+            out += [(header.base_offset + i, k) for i, k in enumerate(keys)]
+        if result.next_offset >= result.high_watermark:
+            return out
+        position = Position.at_offset(result.next_offset)
+
+
+async def wait_active(engine: Engine, stream: str) -> None:
+    with trio.fail_after(30):
+        while engine.stream_meta(stream).status != "ACTIVE":  # noqa: ASYNC110 (no event to wait on)
+            await trio.sleep(0.01)
+
+
+async def test_split_under_concurrent_writes_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    async with running_engine(tmp_path) as engine:
+        await engine.create_stream("s", 1, 24)
+        written: list[str] = []
+
+        async def writer(prefix: str) -> None:
+            for i in range(60):
+                batch = [record(f"{prefix}-{i}-{j}") for j in range(20)]
+                outcomes = await engine.put_records("s", batch)
+                assert all(o.error is None for o in outcomes), outcomes
+                written.extend(r.partition_key for r in batch)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(4):
+                nursery.start_soon(writer, f"w{n}")
+            await trio.sleep(0.02)
+            children = await engine.split_shard("s", "shardId-000000000000")
+
+        meta = engine.stream_meta("s")
+        check_shard_map(meta)
+        parent = meta.shard("shardId-000000000000")
+        assert parent is not None and parent.ending_offset is not None
+        assert [c.shard_id for c in meta.children_of(parent.shard_id)] == children
+        stored: list[str] = []
+        for shard in meta.shards:
+            rows = await read_all(engine, "s", shard.shard_id)
+            keys = [k for _, k in rows]
+            stored += keys
+            if shard.ending_offset is not None:
+                assert all(offset < shard.ending_offset for offset, _ in rows)
+            else:  # every record sits in the child whose range holds its hash
+                for key in keys:
+                    h = int.from_bytes(hash_bytes_of(key), "big")
+                    assert shard.hash_key_start <= h <= shard.hash_key_end
+        assert sorted(stored) == sorted(written)
+        assert len(written) == 4 * 60 * 20
+
+
+async def test_long_poll_on_a_parent_ends_with_its_children(tmp_path: Path) -> None:
+    async with running_engine(tmp_path) as engine:
+        await engine.create_stream("s", 2, 24)
+        results = []
+
+        async def poll() -> None:
+            results.append(
+                await engine.read("s", "shardId-000000000001", Position.latest(), 1024, 20_000)
+            )
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(poll)
+                await trio.sleep(0.05)
+                child = await engine.merge_shards(
+                    "s", "shardId-000000000001", "shardId-000000000000"
+                )
+        (result,) = results
+        assert result.shard_end and result.batches == []
+        assert [c.shard_id for c in result.child_shards] == [child]
+        assert result.child_shards[0].parent_shard_ids == (
+            "shardId-000000000001",
+            "shardId-000000000000",
+        )
+
+
+async def test_refusals_are_typed(tmp_path: Path) -> None:
+    async with running_engine(tmp_path) as engine:
+        await engine.create_stream("s", 3, 24)
+        with pytest.raises(InvalidArgumentError, match="not adjacent"):
+            await engine.merge_shards("s", "shardId-000000000000", "shardId-000000000002")
+        with pytest.raises(InvalidArgumentError, match="must lie in"):
+            await engine.split_shard("s", "shardId-000000000001", 5)
+        with pytest.raises(ShardNotFoundError):
+            await engine.split_shard("s", "shardId-000000000009")
+        with pytest.raises(InvalidArgumentError, match="between 2 and 6"):
+            await engine.resize_stream("s", 7)
+        await engine.split_shard("s", "shardId-000000000000")
+        with pytest.raises(InvalidArgumentError, match="closed"):
+            await engine.split_shard("s", "shardId-000000000000")
+        assert await engine.resize_stream("s", 6) > 0
+        with pytest.raises(ResourceInUseError):
+            await engine.split_shard("s", "shardId-000000000001")
+        with pytest.raises(ResourceInUseError):
+            await engine.update_retention("s", 48)
+        await wait_active(engine, "s")
+        assert len(engine.stream_meta("s").open_shards()) == 6
+        with pytest.raises(LimitExceededError):
+            await engine.update_tags("s", {f"k{i}": "v" for i in range(51)}, [])
+        await engine.update_tags("s", {"team": "a", "tier": "1"}, [])
+        await engine.update_tags("s", {}, ["tier"])
+        assert engine.stream_meta("s").tags == {"team": "a"}
+
+
+@pytest.mark.parametrize(("start", "target"), [(4, 8), (8, 4), (4, 3), (3, 5), (5, 5)])
+async def test_resize_reaches_even_ranges(tmp_path: Path, start: int, target: int) -> None:
+    async with running_engine(tmp_path) as engine:
+        await engine.create_stream("s", start, 24)
+        await engine.put_records("s", [record(f"k{i}") for i in range(200)])
+        await engine.resize_stream("s", target)
+        await wait_active(engine, "s")
+        meta = engine.stream_meta("s")
+        check_shard_map(meta)
+        open_shards = meta.open_shards()
+        assert len(open_shards) == target
+        widths = {s.hash_key_end - s.hash_key_start for s in open_shards}
+        assert max(widths) - min(widths) <= 1
+        total = 0
+        for shard in meta.shards:
+            total += len(await read_all(engine, "s", shard.shard_id))
+        assert total == 200
+
+
+async def test_interrupted_resize_resumes_at_start(tmp_path: Path) -> None:
+    async with running_engine(tmp_path) as engine:
+        await engine.create_stream("s", 8, 24)
+        await engine.put_records("s", [record(f"k{i}") for i in range(100)])
+        total = await engine.resize_stream("s", 5)
+        with trio.fail_after(10):
+            while (engine.stream_meta("s").reshard or {}).get("done", 0) < 1:  # noqa: ASYNC110
+                await trio.sleep(0.001)
+        # close() stops the resize between steps, leaving the stream UPDATING on disk
+    async with running_engine(tmp_path) as engine:
+        # Resumed from the store: the first run stopped part way (steps take milliseconds).
+        assert engine.stream_meta("s").status == "UPDATING"
+        await wait_active(engine, "s")
+        meta = engine.stream_meta("s")
+        check_shard_map(meta)
+        assert len(meta.open_shards()) == 5
+        assert total == 11  # 4 splits at the new boundaries, 7 merges across the old ones
+        counts = [len(await read_all(engine, "s", s.shard_id)) for s in meta.shards]
+        assert sum(counts) == 100
