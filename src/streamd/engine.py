@@ -335,7 +335,7 @@ class Engine:
         Raises StreamNotFoundError, ShardNotFoundError, ResourceInUseError (another reshard
         runs), InvalidArgumentError (closed shard, key outside the range).
         """
-        stream = self._stream(name)
+        stream = self._busy_or(name)
         async with stream.lock:
             step = reshard.check_split(_active(self._stream(name).meta), shard_id, at)
             await self._begin_reshard(stream, {"kind": "split", "target": None, "total": 1})
@@ -348,7 +348,7 @@ class Engine:
         Raises StreamNotFoundError, ShardNotFoundError, ResourceInUseError,
         InvalidArgumentError (closed or non-adjacent shards).
         """
-        stream = self._stream(name)
+        stream = self._busy_or(name)
         async with stream.lock:
             step = reshard.check_merge(
                 _active(self._stream(name).meta), shard_id, adjacent_shard_id
@@ -365,7 +365,7 @@ class Engine:
 
         Raises StreamNotFoundError, ResourceInUseError, InvalidArgumentError (out of bounds).
         """
-        stream = self._stream(name)
+        stream = self._busy_or(name)
         async with stream.lock:
             meta = _active(self._stream(name).meta)
             reshard.check_resize(meta, shard_count)
@@ -378,6 +378,13 @@ class Engine:
         assert self._nursery is not None
         self._nursery.start_soon(self._run_resize, stream, shard_count)
         return total
+
+    def _busy_or(self, name: str) -> _Stream:
+        """The stream, unless another metadata change holds it. Raises ResourceInUseError."""
+        stream = self._stream(name)
+        if stream.lock.locked():
+            raise ResourceInUseError(f"stream {name!r} is being changed; try again shortly")
+        return stream
 
     async def _resume(self, stream: _Stream) -> None:
         """At start: go on with an interrupted resize; forget an interrupted split or merge

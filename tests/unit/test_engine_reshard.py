@@ -192,3 +192,22 @@ async def test_interrupted_resize_resumes_at_start(tmp_path: Path) -> None:
         assert total == 11  # 4 splits at the new boundaries, 7 merges across the old ones
         counts = [len(await read_all(engine, "s", s.shard_id)) for s in meta.shards]
         assert sum(counts) == 100
+
+
+async def test_concurrent_reshards_on_one_stream_are_refused(tmp_path: Path) -> None:
+    async with running_engine(tmp_path) as engine:
+        await engine.create_stream("s", 4, 24)
+        outcomes: list[str] = []
+
+        async def split(shard_id: str) -> None:
+            try:
+                await engine.split_shard("s", shard_id)
+                outcomes.append("split")
+            except ResourceInUseError:
+                outcomes.append("refused")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(split, "shardId-000000000000")
+            nursery.start_soon(split, "shardId-000000000002")
+        assert sorted(outcomes) == ["refused", "split"]
+        assert len(engine.stream_meta("s").open_shards()) == 5
