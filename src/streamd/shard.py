@@ -162,6 +162,10 @@ class ShardPipeline:
         self._tail_bytes = 0
         self._closing = False
         self._sealed = False  # resharding: refuse new writes while the parent is switched
+        # Set after an fsync failure: the kernel may have dropped the dirty pages and a later
+        # fsync could report success for data that is gone, so the shard takes no more writes
+        # until a restart recovers its log from what is really on disk.
+        self._fenced: InternalError | None = None
         self._busy = False  # a group is being committed
         self._progress = trio.Event()  # set after every group commit, then replaced
         self._stopped = trio.Event()
@@ -203,6 +207,8 @@ class ShardPipeline:
     def _admit(self, write: PendingWrite) -> None:
         if self._closing:
             raise ShuttingDownError("shard is closing")
+        if self._fenced is not None:
+            raise self._fenced
         if self._sealed or not self.shard.is_open:
             raise ShardClosedError(
                 f"shard {self.shard.shard_id} is closed", shard_id=self.shard.shard_id
@@ -390,9 +396,13 @@ class ShardPipeline:
             for write in planned.writes:
                 write.base_offset = offset
                 offset += write.record_count
+        if self._fenced is not None:  # what is still queued must not reach the log either
+            group = group + list(self._queue)
+            self._queue.clear()
+            self._queued_bytes = 0
         for write in group:
             if id(write) not in committed:
-                write.error = error or InternalError("write was not committed")
+                write.error = error or self._fenced or InternalError("write was not committed")
             if write.producer is not None:
                 self._forget_in_flight(*write.producer)
             write.done.set()
@@ -428,7 +438,11 @@ class ShardPipeline:
                     self.log.sync()
                 except OSError as exc:  # an fsync failure is never retried: data may be lost
                     self._log.error("shard.fsync_failed", error=str(exc))
-                    return [], InternalError(f"fsync failed: {exc}")
+                    self._fenced = InternalError(
+                        f"shard {self.shard.shard_id} refuses writes after an fsync failure "
+                        f"({exc}); restart the server to recover it"
+                    )
+                    return [], self._fenced
             elif self.config.fsync == "interval":
                 self._dirty = True
         return written, error

@@ -15,6 +15,7 @@ from streamd.replication import LocalCommitter
 from streamd.shard import PipelineConfig, ShardPipeline
 from streamd_client import batch as batchfmt
 from streamd_client.errors import (
+    InternalError,
     InvalidSequenceNumberError,
     OutOfOrderSequenceError,
     ThrottledError,
@@ -154,3 +155,21 @@ async def test_read_positions(pipeline: ShardPipeline) -> None:
         pipeline.resolve(Position.at_sequence(make_sequence(1, 0)))
     tip = await pipeline.read(Position.latest(), 1 << 20, 0)
     assert tip.batches == [] and tip.millis_behind == 0
+
+
+async def test_fsync_failure_fences_the_shard(nursery: trio.Nursery) -> None:
+    class FailingSyncLog(MemoryLog):
+        def sync(self) -> None:
+            raise OSError(5, "Input/output error")
+
+    p = ShardPipeline("s", SHARD, FailingSyncLog(), PipelineConfig(), LocalCommitter())  # type: ignore[arg-type]
+    nursery.start_soon(p.run)
+    first = p.enqueue_records(*records(3))
+    queued = p.enqueue_records(*records(2, "q"))
+    for write in (first, queued):
+        with pytest.raises(InternalError, match="fsync"):
+            await write.wait()
+    with pytest.raises(InternalError, match="refuses writes"):
+        p.enqueue_records(*records(1))
+    assert p.high_watermark == 0  # nothing unsynced became readable
+    await p.close()
