@@ -60,6 +60,7 @@ _SEAL_TIMEOUT_S = 30.0  # a parent's queue must drain within this when it is clo
 _REROUTE_ROUNDS_MAX = 8  # put_records routes again at most this often across reshards
 _RESHAPE_WAIT_S = 60.0  # how long a write waits for a reshard step to finish
 _RESIZE_STEP_ATTEMPTS = 3
+_GROUP_TICK_S = 1.0
 TAGS_PER_STREAM_MAX = 50
 TAG_KEY_CHARS_MAX = 128
 TAG_VALUE_CHARS_MAX = 256
@@ -164,6 +165,7 @@ class Engine:
                 else:
                     await self._resume(await self._open_stream(meta))
             nursery.start_soon(self._retention_loop)
+            nursery.start_soon(self._groups_loop)
             log.info("engine.started", streams=len(self.streams))
             task_status.started()
             await trio.sleep_forever()
@@ -240,6 +242,15 @@ class Engine:
         while True:
             await trio.sleep(self.config.retention_check_interval_ms / 1000)
             self.apply_retention(now_ms())
+
+    async def _groups_loop(self) -> None:
+        """Expire silent consumer-group members on a timer too, not only when a request for
+        their group arrives, so that idle groups log (and persist) expiries on time."""
+        while True:
+            await trio.sleep(_GROUP_TICK_S)
+            service = getattr(self, "_groups", None)  # created by the first group request
+            if service is not None:
+                await service.tick_all()
 
     def apply_retention(self, at_ms: int) -> None:
         for stream in self.streams.values():

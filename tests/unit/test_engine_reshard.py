@@ -211,3 +211,22 @@ async def test_concurrent_reshards_on_one_stream_are_refused(tmp_path: Path) -> 
             nursery.start_soon(split, "shardId-000000000002")
         assert sorted(outcomes) == ["refused", "split"]
         assert len(engine.stream_meta("s").open_shards()) == 5
+
+
+async def test_idle_group_members_expire_on_the_engine_timer(tmp_path: Path) -> None:
+    """No request reaches the group after the join, yet the stored group drops the member."""
+    from streamd.api import HANDLERS
+    from streamd.groups.service import group_key
+
+    async with running_engine(tmp_path) as engine:
+        await engine.create_stream("s", 2, 24)
+        join = {"stream": "s", "group": "g", "member_id": "m1", "session_timeout_ms": 200}
+        await HANDLERS["group_join"](engine, join)
+        key = group_key("s", "g")
+        stored = await engine.catalog.store.get(key)
+        assert stored is not None and b"m1" in stored.value
+        with trio.fail_after(5):
+            while b"m1" in stored.value:
+                await trio.sleep(0.1)
+                stored = await engine.catalog.store.get(key)
+                assert stored is not None

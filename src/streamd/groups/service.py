@@ -19,10 +19,9 @@ leave memory ahead of disk); any failure to persist also drops the runner, for t
 
 Time: expiry is evaluated at the start of every step, so a dead member's leases move on the
 first heartbeat of a survivor after its session timeout (failover <= session timeout + one
-heartbeat interval) with no timer task. Time comes from an ``AnchoredClock`` (wall-clock
-readings that never jump), so clock steps cannot expire sessions. ``tick_all`` exists for a
-timer, should the engine give the service a nursery to run one in (then expiry log lines would
-also appear without traffic).
+heartbeat interval). The engine also calls ``tick_all`` every second, so expiries of idle groups
+are logged and persisted without traffic. Time comes from an ``AnchoredClock`` (wall-clock
+readings that never jump), so clock steps cannot expire sessions.
 """
 
 from __future__ import annotations
@@ -393,7 +392,7 @@ class GroupService:
         log.info("group.deleted", stream=stream, group=group, forced=force)
 
     async def tick_all(self) -> None:
-        """Expire silent members of every loaded group (for a timer task, if one runs)."""
+        """Expire silent members of every loaded group (the engine's timer calls this)."""
         for (stream, group), runner in list(self._runners.items()):
             if not runner.broken:
                 try:
