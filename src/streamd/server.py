@@ -41,6 +41,7 @@ from . import __version__, metrics
 from .api import HANDLERS
 from .config import ServerConfig, parse_host_port
 from .engine import Engine
+from .kinesis.http import Gateway, open_gateway_listeners
 from .meta import SqliteMetaStore
 
 log = structlog.get_logger(__name__)
@@ -245,6 +246,7 @@ async def serve(
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as root:
+                gateway = await _open_kinesis(config, engine)  # before any stream is opened
                 await root.start(engine.run)
                 server = Server(config, engine)
                 listeners = await trio.open_tcp_listeners(
@@ -260,6 +262,8 @@ async def serve(
                         )
                         print(f"streamd ready: listening on {host}:{port}", flush=True)
                         log.info("server.ready", listen=f"{host}:{port}")
+                        if gateway is not None:
+                            _serve_kinesis(accept, connections, *gateway)
                         task_status.started((host, port))
                         async for signum in signals:
                             log.info("server.stopping", signal=signal.Signals(signum).name)
@@ -274,6 +278,36 @@ async def serve(
         await store.aclose()
         os.close(lock_fd)
         log.info("server.stopped")
+
+
+async def _open_kinesis(
+    config: ServerConfig, engine: Engine
+) -> tuple[Gateway, list[trio.SocketListener]] | None:
+    """Bind the Kinesis gateway's listener, if configured. Exits with a clear error if the
+    address is taken (kinesalite runs on 4567 too): ``--kinesis-listen off`` or another port."""
+    if config.kinesis_listen is None:
+        return None
+    try:
+        return await open_gateway_listeners(config, engine)
+    except OSError as exc:
+        raise SystemExit(
+            f"error: --kinesis-listen {config.kinesis_listen}: {exc.strerror or exc} "
+            "(use --kinesis-listen off, or another HOST:PORT)"
+        ) from None
+
+
+def _serve_kinesis(
+    accept: trio.Nursery,
+    connections: trio.Nursery,
+    gateway: Gateway,
+    listeners: list[trio.SocketListener],
+) -> None:
+    accept.start_soon(
+        partial(trio.serve_listeners, handler_nursery=connections), gateway.handle, listeners
+    )
+    host, port = listeners[0].socket.getsockname()[:2]
+    print(f"streamd kinesis ready: listening on {host}:{port}", flush=True)
+    log.info("server.kinesis_ready", listen=f"{host}:{port}", sigv4=bool(gateway.signed))
 
 
 def run_server(config: ServerConfig) -> None:

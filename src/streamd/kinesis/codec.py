@@ -1,0 +1,191 @@
+"""Kinesis request and response bodies: AWS JSON 1.1 and AWS CBOR 1.1, sans-I/O.
+
+Operations see one shape whatever the protocol: blobs as ``bytes``, timestamps as aware
+``datetime``s. Decoding is name-driven (Kinesis's blob members are all called ``Data``; its
+timestamp members are the names in ``TIMESTAMP_FIELDS``); encoding is type-driven (``bytes``
+becomes base64 text in JSON and a byte string in CBOR, ``datetime`` becomes epoch seconds as a
+number in JSON and tag 1 around epoch milliseconds in CBOR, as the AWS Java SDK reads it).
+
+A timestamp *received* as a number is read as seconds, unless it is so large that it can only be
+milliseconds (>= 1e11: seconds would be past the year 5000); that accepts both botocore's and
+the Java SDK's conventions. ``None`` members are left out of answers, as AWS does.
+
+Only ``CodecError`` escapes ``decode_request`` for any input.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any, Final
+
+from . import cbor
+from .cbor import CborError, EpochTag
+
+TARGET_PREFIX: Final = "Kinesis_20131202."
+BLOB_FIELDS: Final = frozenset({"Data"})
+TIMESTAMP_FIELDS: Final = frozenset(
+    {
+        "Timestamp",
+        "StreamCreationTimestamp",
+        "ApproximateArrivalTimestamp",
+        "ConsumerCreationTimestamp",
+    }
+)
+_MILLIS_THRESHOLD: Final = 1e11
+_EPOCH_SECONDS_MAX: Final = 253402300799  # 9999-12-31T23:59:59Z
+
+
+class CodecError(ValueError):
+    """A body that cannot be decoded (answered as SerializationException)."""
+
+
+class Protocol(Enum):
+    JSON = "application/x-amz-json-1.1"
+    CBOR = "application/x-amz-cbor-1.1"
+
+
+_CONTENT_TYPES: Final = {
+    "application/x-amz-json-1.1": Protocol.JSON,
+    "application/x-amz-json-1.0": Protocol.JSON,
+    "application/json": Protocol.JSON,
+    "application/x-amz-cbor-1.1": Protocol.CBOR,
+    "application/cbor": Protocol.CBOR,
+}
+
+
+def protocol_of(content_type: str | None) -> Protocol | None:
+    """The protocol a Content-Type names (parameters ignored), or None if unsupported."""
+    if content_type is None:
+        return None
+    return _CONTENT_TYPES.get(content_type.split(";", 1)[0].strip().lower())
+
+
+def operation_of(target: str | None) -> str | None:
+    """``Kinesis_20131202.PutRecord`` -> ``PutRecord``; None if the prefix is not Kinesis's."""
+    if target is None or not target.startswith(TARGET_PREFIX):
+        return None
+    name = target[len(TARGET_PREFIX) :]
+    return name if name.isascii() and name.isalnum() else None
+
+
+# -- decoding ------------------------------------------------------------------------------------
+
+
+def decode_request(protocol: Protocol, body: bytes) -> dict[str, Any]:
+    """The request map with blobs as bytes and timestamps as datetimes. Raises CodecError."""
+    if not body.strip():
+        return {}
+    if protocol is Protocol.JSON:
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, too deep
+            raise CodecError(f"body is not valid JSON: {exc}") from None
+    else:
+        try:
+            doc = cbor.loads(body)
+        except CborError as exc:
+            raise CodecError(f"body is not valid CBOR: {exc}") from None
+    if not isinstance(doc, dict):
+        raise CodecError("request body must be an object")
+    return _convert_map(doc, protocol, 0)
+
+
+def _convert_map(doc: dict[Any, Any], protocol: Protocol, depth: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if not isinstance(key, str):
+            raise CodecError("member names must be strings")
+        if key in BLOB_FIELDS:
+            out[key] = _blob(value, protocol, key)
+        elif key in TIMESTAMP_FIELDS:
+            out[key] = _timestamp(value, key)
+        else:
+            out[key] = _convert(value, protocol, depth + 1)
+    return out
+
+
+def _convert(value: Any, protocol: Protocol, depth: int) -> Any:
+    if depth > cbor.DEPTH_MAX:
+        raise CodecError("request nested too deep")
+    if isinstance(value, dict):
+        return _convert_map(value, protocol, depth)
+    if isinstance(value, list):
+        return [_convert(v, protocol, depth + 1) for v in value]
+    if isinstance(value, EpochTag):
+        raise CodecError("a timestamp where no timestamp belongs")
+    return value
+
+
+def _blob(value: Any, protocol: Protocol, key: str) -> bytes:
+    if protocol is Protocol.CBOR:
+        if isinstance(value, bytes):
+            return value
+        if isinstance(value, str):  # some encoders send text; take its UTF-8 bytes
+            return value.encode("utf-8")
+        raise CodecError(f"{key} must be a byte string")
+    if not isinstance(value, str):
+        raise CodecError(f"{key} must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise CodecError(f"{key} is not valid base64") from None
+
+
+def _timestamp(value: Any, key: str) -> datetime:
+    if isinstance(value, EpochTag):
+        value = value.value
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            try:
+                value = float(value)
+            except ValueError:
+                raise CodecError(f"{key} is not a timestamp: {value!r:.40}") from None
+        else:
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise CodecError(f"{key} must be a timestamp")
+    seconds = value / 1000 if abs(value) >= _MILLIS_THRESHOLD else value
+    if not 0 <= seconds <= _EPOCH_SECONDS_MAX:
+        raise CodecError(f"{key} is out of range: {value!r}")
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+# -- encoding ------------------------------------------------------------------------------------
+
+
+def encode_response(protocol: Protocol, body: Mapping[str, Any]) -> bytes:
+    if protocol is Protocol.CBOR:
+        return cbor.dumps(_prune(body))
+    return json.dumps(_to_json(body), separators=(",", ":")).encode()
+
+
+def encode_error(protocol: Protocol, type_name: str, message: str) -> bytes:
+    """The error body botocore and the Java SDK parse: ``__type`` and ``message``."""
+    return encode_response(protocol, {"__type": type_name, "message": message})
+
+
+def _prune(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _prune(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_prune(v) for v in value]
+    return value
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _to_json(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_to_json(v) for v in value]
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, datetime):
+        return round(value.timestamp(), 3)
+    return value

@@ -1,0 +1,199 @@
+"""AWS Signature Version 4 verification of a request's Authorization header, sans-I/O.
+
+The gateway recomputes the signature the client must have computed and compares in constant
+time: canonical request (method, normalized and encoded path, sorted query, the signed headers
+with trimmed values, payload hash) -> string to sign (algorithm, X-Amz-Date, credential scope,
+SHA-256 of the canonical request) -> HMAC chain from ``"AWS4" + secret`` over date, region,
+service and ``aws4_request``. The payload hash is the SHA-256 of the body; a client may send it
+in ``X-Amz-Content-SHA256`` (checked against the body) or ``UNSIGNED-PAYLOAD``.
+
+Failures are the errors the SDKs expect from a JSON-protocol AWS service (all HTTP 400):
+MissingAuthenticationTokenException (no Authorization), IncompleteSignatureException (a malformed
+one), UnrecognizedClientException (unknown access key), InvalidSignatureException (wrong
+signature, scope, or a clock more than 15 minutes off).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Final
+from urllib.parse import quote
+
+ALGORITHM: Final = "AWS4-HMAC-SHA256"
+SERVICE: Final = "kinesis"
+CLOCK_SKEW_MAX: Final = timedelta(minutes=15)
+UNSIGNED_PAYLOAD: Final = "UNSIGNED-PAYLOAD"
+_AMZ_DATE_FORMAT: Final = "%Y%m%dT%H%M%SZ"
+
+
+class SignatureError(Exception):
+    """A request that fails verification; ``type_name`` is the Kinesis error to answer."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+
+
+def _missing(message: str) -> SignatureError:
+    return SignatureError("MissingAuthenticationTokenException", message)
+
+
+def _incomplete(message: str) -> SignatureError:
+    return SignatureError("IncompleteSignatureException", message)
+
+
+def _invalid(message: str) -> SignatureError:
+    return SignatureError("InvalidSignatureException", message)
+
+
+def _parse_authorization(value: str) -> tuple[str, list[str], str]:
+    """(credential, signed header names, signature) of an Authorization header value."""
+    algorithm, _, rest = value.strip().partition(" ")
+    if algorithm != ALGORITHM:
+        raise _incomplete(f"Authorization header must use {ALGORITHM}")
+    parts: dict[str, str] = {}
+    for item in rest.split(","):
+        key, sep, val = item.strip().partition("=")
+        if sep:
+            parts[key.strip()] = val.strip()
+    missing = [k for k in ("Credential", "SignedHeaders", "Signature") if not parts.get(k)]
+    if missing:
+        raise _incomplete(
+            f"Authorization header requires {', '.join(missing)} parameter(s). "
+            f"Authorization={value[:200]}"
+        )
+    return parts["Credential"], parts["SignedHeaders"].split(";"), parts["Signature"]
+
+
+def canonical_uri(path: str) -> str:
+    """The path with dot segments and empty segments removed, then URI-encoded once more."""
+    segments: list[str] = []
+    for segment in path.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(segment)
+    normalized = "/" + "/".join(segments)
+    if path.endswith("/") and segments:
+        normalized += "/"
+    return quote(normalized, safe="/~")
+
+
+def canonical_query(query: str) -> str:
+    if not query:
+        return ""
+    pairs = [pair.partition("=")[::2] for pair in query.split("&")]
+    return "&".join(f"{k}={v}" for k, v in sorted(pairs))
+
+
+def signing_key(secret: str, date: str, region: str, service: str = SERVICE) -> bytes:
+    key = hmac.new(f"AWS4{secret}".encode(), date.encode(), hashlib.sha256).digest()
+    for part in (region, service, "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return key
+
+
+def verify(
+    *,
+    method: str,
+    target: str,
+    headers: Sequence[tuple[str, str]],
+    body: bytes,
+    credentials: Mapping[str, str],
+    region: str,
+    now: datetime,
+) -> str:
+    """Check a request's SigV4 signature; return the access key id. Raises SignatureError.
+
+    ``target`` is the request target as sent (path and query, still percent-encoded);
+    ``headers`` are (lowercase name, value) pairs in arrival order.
+    """
+    values: dict[str, list[str]] = {}
+    for name, value in headers:
+        values.setdefault(name.lower(), []).append(value)
+    authorization = values.get("authorization")
+    if not authorization:
+        raise _missing("Missing Authentication Token")
+    credential, signed, signature = _parse_authorization(authorization[0])
+    key_id, _, scope = credential.partition("/")
+    scope_parts = scope.split("/")
+    if len(scope_parts) != 4 or scope_parts[3] != "aws4_request":
+        raise _incomplete(f"Credential should be scoped correctly: {credential[:200]}")
+    scope_date, scope_region, scope_service, _ = scope_parts
+    secret = credentials.get(key_id)
+    if secret is None:
+        raise SignatureError(
+            "UnrecognizedClientException", "The security token included in the request is invalid."
+        )
+    amz_date = (values.get("x-amz-date") or [""])[0]
+    when = _request_time(amz_date)
+    if abs(now - when) > CLOCK_SKEW_MAX:
+        raise _invalid(
+            f"Signature expired: {amz_date} is now earlier than "
+            f"{(now - CLOCK_SKEW_MAX).strftime(_AMZ_DATE_FORMAT)} or later than "
+            f"{(now + CLOCK_SKEW_MAX).strftime(_AMZ_DATE_FORMAT)}"
+        )
+    if scope_date != amz_date[:8]:
+        raise _invalid(
+            f"Date in Credential scope does not match YYYYMMDD from X-Amz-Date: {amz_date}"
+        )
+    if scope_region != region:
+        raise _invalid(f"Credential should be scoped to a valid region, not '{scope_region}'.")
+    if scope_service != SERVICE:
+        raise _invalid(f"Credential should be scoped to correct service: '{SERVICE}'.")
+    if "host" not in signed:
+        raise _invalid("'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.")
+    canonical = _canonical_request(method, target, values, signed, body)
+    string_to_sign = "\n".join(
+        (ALGORITHM, amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest())
+    )
+    expected = hmac.new(
+        signing_key(secret, scope_date, scope_region), string_to_sign.encode(), hashlib.sha256
+    ).hexdigest()
+    if not hmac.compare_digest(expected, signature.lower()):
+        raise _invalid(
+            "The request signature we calculated does not match the signature you provided. "
+            "Check your AWS Secret Access Key and signing method. Consult the service "
+            "documentation for details."
+        )
+    return key_id
+
+
+def _request_time(amz_date: str) -> datetime:
+    try:
+        return datetime.strptime(amz_date, _AMZ_DATE_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        raise _incomplete(f"X-Amz-Date {amz_date[:40]!r} is missing or malformed") from None
+
+
+def _canonical_request(
+    method: str, target: str, values: dict[str, list[str]], signed: list[str], body: bytes
+) -> str:
+    path, _, query = target.partition("?")
+    lines = [method.upper(), canonical_uri(path), canonical_query(query)]
+    for name in signed:
+        found = values.get(name)
+        if found is None:
+            raise _invalid(f"signed header {name!r} is not in the request")
+        lines.append(f"{name}:{','.join(' '.join(v.split()) for v in found)}")
+    lines.append("")
+    lines.append(";".join(signed))
+    lines.append(_payload_hash(values, body))
+    return "\n".join(lines)
+
+
+def _payload_hash(values: dict[str, list[str]], body: bytes) -> str:
+    actual = hashlib.sha256(body).hexdigest()
+    claimed = next(iter(values.get("x-amz-content-sha256", [])), None)
+    if claimed is None or claimed == actual:
+        return actual
+    if claimed == UNSIGNED_PAYLOAD:
+        return claimed
+    raise _invalid("The provided 'x-amz-content-sha256' header does not match what was computed.")

@@ -1,0 +1,477 @@
+"""Stream-level Kinesis operations: create, delete, describe, list, shards, retention, tags,
+resharding and limits, each a thin translation onto the engine.
+
+``resolve_stream`` is the one place a request's StreamName / StreamARN pair becomes a name: both
+may be given and must then agree; an ARN must be a stream ARN of this gateway's region and
+account (another region or account holds no stream here: ResourceNotFoundException).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from streamd_client.model import (
+    HASH_KEY_MAX,
+    RETENTION_HOURS_DEFAULT,
+    SHARD_COUNT_MAX,
+    make_sequence,
+    parse_explicit_hash_key,
+)
+
+from ..catalog import ShardMeta, StreamMeta, StreamMode
+from .args import (
+    opt_bool,
+    opt_enum,
+    opt_int,
+    opt_map,
+    opt_str,
+    req_int,
+    req_str,
+    str_list,
+    str_map,
+)
+from .consumers import ConsumerStore
+from .errors import in_use, invalid_argument, not_found, validation
+from .types import GatewayContext, Operation
+
+STREAM_ARN_RE: Final = re.compile(
+    r"arn:aws(?:-[a-z]+)*:kinesis:([a-z0-9-]+):(\d{12}):stream/([a-zA-Z0-9_.-]{1,128})"
+)
+ON_DEMAND_SHARD_COUNT: Final = 4  # what Kinesis gives an on-demand stream at first
+LIST_LIMIT_DEFAULT: Final = 100
+LIST_LIMIT_MAX: Final = 10_000
+LIST_SHARDS_DEFAULT: Final = 1000
+TAGS_PER_CALL_MAX: Final = 50
+TAG_LIST_LIMIT_DEFAULT: Final = 50
+SHARD_FILTERS: Final = (
+    "AFTER_SHARD_ID",
+    "AT_TRIM_HORIZON",
+    "FROM_TRIM_HORIZON",
+    "AT_LATEST",
+    "AT_TIMESTAMP",
+    "FROM_TIMESTAMP",
+)
+
+
+# -- naming ---------------------------------------------------------------------------------------
+
+
+def _name_of_arn(ctx: GatewayContext, arn: str, member: str) -> str:
+    m = STREAM_ARN_RE.fullmatch(arn)
+    if m is None:
+        raise invalid_argument(f"{member} {arn!r:.300} is not a Kinesis stream ARN")
+    region, account, name = m.groups()
+    if region != ctx.region or account != ctx.account_id:
+        raise not_found(f"Stream {name} under account {account} not found.")
+    return name
+
+
+def resolve_stream(ctx: GatewayContext, body: dict[str, Any]) -> str:
+    """The stream a request names by StreamName and/or StreamARN. Raises KinesisError."""
+    name = opt_str(body, "StreamName", max_len=128)
+    arn = opt_str(body, "StreamARN", max_len=2048)
+    if arn is not None:
+        arn_name = _name_of_arn(ctx, arn, "StreamARN")
+        if name is not None and name != arn_name:
+            raise invalid_argument(
+                f"StreamName {name!r} and StreamARN {arn!r} name different streams"
+            )
+        return arn_name
+    if name is None:
+        raise invalid_argument("Either StreamName or StreamARN must be provided")
+    return name
+
+
+def _resource_stream(ctx: GatewayContext, body: dict[str, Any]) -> str:
+    arn = req_str(body, "ResourceARN", max_len=2048)
+    if "/consumer/" in arn:
+        raise invalid_argument("tags on stream consumers are not supported by streamd")
+    return _name_of_arn(ctx, arn, "ResourceARN")
+
+
+# -- shapes ---------------------------------------------------------------------------------------
+
+
+def _ts(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def shard_shape(shard: ShardMeta) -> dict[str, Any]:
+    ending = (
+        None if shard.ending_offset is None else make_sequence(shard.index, shard.ending_offset)
+    )
+    return {
+        "ShardId": shard.shard_id,
+        "ParentShardId": shard.parent_shard_id,
+        "AdjacentParentShardId": shard.adjacent_parent_shard_id,
+        "HashKeyRange": {
+            "StartingHashKey": str(shard.hash_key_start),
+            "EndingHashKey": str(shard.hash_key_end),
+        },
+        "SequenceNumberRange": {
+            "StartingSequenceNumber": make_sequence(shard.index, 0),
+            "EndingSequenceNumber": ending,
+        },
+    }
+
+
+def _summary(ctx: GatewayContext, meta: StreamMeta) -> dict[str, Any]:
+    return {
+        "StreamName": meta.name,
+        "StreamARN": ctx.stream_arn(meta.name),
+        "StreamStatus": meta.status,
+        "StreamModeDetails": {"StreamMode": meta.mode},
+        "StreamCreationTimestamp": _ts(meta.created_ms),
+    }
+
+
+def _sorted_shards(meta: StreamMeta) -> list[ShardMeta]:
+    return sorted(meta.shards, key=lambda s: s.shard_id)
+
+
+# -- create, delete, describe, list ----------------------------------------------------------------
+
+
+async def create_stream(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
+    name = req_str(body, "StreamName", max_len=128)
+    shards = opt_int(body, "ShardCount", low=1, high=SHARD_COUNT_MAX)
+    mode_details = opt_map(body, "StreamModeDetails") or {}
+    mode = opt_enum(mode_details, "StreamMode", ("PROVISIONED", "ON_DEMAND")) or "PROVISIONED"
+    tags = str_map(body, "Tags")
+    if shards is None:
+        if mode == "PROVISIONED":
+            raise invalid_argument("ShardCount is required for a PROVISIONED stream")
+        shards = ON_DEMAND_SHARD_COUNT
+    await ctx.engine.create_stream(
+        name, shards, RETENTION_HOURS_DEFAULT, tags=tags, mode=_mode(mode)
+    )
+    return {}
+
+
+def _mode(mode: str) -> StreamMode:
+    return "ON_DEMAND" if mode == "ON_DEMAND" else "PROVISIONED"
+
+
+async def delete_stream(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
+    name = resolve_stream(ctx, body)
+    enforce = opt_bool(body, "EnforceConsumerDeletion") or False
+    if not enforce:
+        meta = ctx.engine.stream_meta(name)
+        consumers = await ConsumerStore(ctx.engine.catalog.store).list(name, meta.stream_id)
+        if consumers:
+            raise in_use(
+                f"Stream {name} has {len(consumers)} registered consumer(s); deregister them "
+                "or set EnforceConsumerDeletion"
+            )
+    await ctx.engine.delete_stream(name)
+    return {}
+
+
+async def describe_stream(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
+    name = resolve_stream(ctx, body)
+    limit = opt_int(body, "Limit", low=1, high=10_000) or 100
+    start = opt_str(body, "ExclusiveStartShardId", max_len=128)
+    meta = ctx.engine.stream_meta(name)
+    shards = [s for s in _sorted_shards(meta) if start is None or s.shard_id > start]
+    return {
+        "StreamDescription": {
+            **_summary(ctx, meta),
+            "Shards": [shard_shape(s) for s in shards[:limit]],
+            "HasMoreShards": len(shards) > limit,
+            "RetentionPeriodHours": meta.retention_hours,
+            "EnhancedMonitoring": [{"ShardLevelMetrics": []}],
+            "EncryptionType": "NONE",
+        }
+    }
+
+
+async def describe_stream_summary(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
+    meta = ctx.engine.stream_meta(resolve_stream(ctx, body))
+    consumers = await ConsumerStore(ctx.engine.catalog.store).list(meta.name, meta.stream_id)
+    return {
+        "StreamDescriptionSummary": {
+            **_summary(ctx, meta),
+            "RetentionPeriodHours": meta.retention_hours,
+            "EnhancedMonitoring": [{"ShardLevelMetrics": []}],
+            "EncryptionType": "NONE",
+            "OpenShardCount": len(meta.open_shards()),
+            "ConsumerCount": len(consumers),
+        }
+    }
+
+
+def _encode_token(doc: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(doc, separators=(",", ":")).encode()).decode()
+
+
+def _decode_token(token: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, binascii.Error):
+        raise invalid_argument("NextToken is malformed") from None
+    if not isinstance(doc, dict):
+        raise invalid_argument("NextToken is malformed")
+    return doc
+
+
+async def list_streams(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
+    limit = opt_int(body, "Limit", low=1, high=LIST_LIMIT_MAX) or LIST_LIMIT_DEFAULT
+    start = opt_str(body, "ExclusiveStartStreamName", max_len=128)
+    token = opt_str(body, "NextToken", max_len=1048576)
+    if token is not None:
+        after = _decode_token(token).get("after")
+        if not isinstance(after, str):
+            raise invalid_argument("NextToken is malformed")
+        start = after
+    names = [n for n in ctx.engine.list_streams() if start is None or n > start]
+    page = names[:limit]
+    more = len(names) > limit
+    summaries = [_summary(ctx, ctx.engine.stream_meta(n)) for n in page]
+    return {
+        "StreamNames": page,
+        "HasMoreStreams": more,
+        "NextToken": _encode_token({"after": page[-1]}) if more and page else None,
+        "StreamSummaries": summaries,
+    }
+
+
+# -- ListShards ------------------------------------------------------------------------------------
+
+
+def _filtered(meta: StreamMeta, kind: str | None, after: str | None) -> list[ShardMeta]:
+    """Shards a ShardFilter selects, by id.
+
+    The metadata keeps no open/close times per shard, so the timestamp filters answer as their
+    trim-horizon counterparts: a superset holding every shard open at the time asked, which is
+    safe for a consumer that reads parents before children (docs/kinesis.md).
+    """
+    shards = _sorted_shards(meta)
+    if kind == "AT_LATEST":
+        shards = [s for s in shards if s.is_open]
+    elif kind in ("AT_TRIM_HORIZON", "AT_TIMESTAMP"):
+        ids = {s.shard_id for s in shards}
+        shards = [s for s in shards if not {s.parent_shard_id, s.adjacent_parent_shard_id} & ids]
+    if after is not None:
+        shards = [s for s in shards if s.shard_id > after]
+    return shards
+
+
+def _shard_filter(body: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(filter type, AFTER_SHARD_ID's shard id) of a ShardFilter. Raises KinesisError."""
+    shard_filter = opt_map(body, "ShardFilter")
+    if shard_filter is None:
+        return None, None
+    kind = opt_enum(shard_filter, "Type", SHARD_FILTERS)
+    if kind is None:
+        raise validation("ShardFilter.Type must not be null")
+    shard_id = opt_str(shard_filter, "ShardId", max_len=128)
+    if kind == "AFTER_SHARD_ID" and shard_id is None:
+        raise invalid_argument("ShardFilter AFTER_SHARD_ID needs a ShardId")
+    if kind in ("AT_TIMESTAMP", "FROM_TIMESTAMP") and shard_filter.get("Timestamp") is None:
+        raise invalid_argument(f"ShardFilter {kind} needs a Timestamp")
+    return kind, shard_id if kind == "AFTER_SHARD_ID" else None
+
+
+async def list_shards(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
+    limit = opt_int(body, "MaxResults", low=1, high=LIST_LIMIT_MAX) or LIST_SHARDS_DEFAULT
+    token = opt_str(body, "NextToken", max_len=1048576)
+    if token is not None:
+        if body.get("StreamName") is not None or body.get("StreamARN") is not None:
+            raise invalid_argument("NextToken and StreamName/StreamARN cannot both be given")
+        if body.get("ExclusiveStartShardId") is not None:
+            raise invalid_argument("NextToken and ExclusiveStartShardId cannot both be given")
+        doc = _decode_token(token)
+        name, kind, after = doc.get("s"), doc.get("k"), doc.get("a")
+        if not isinstance(name, str) or not isinstance(after, str):
+            raise invalid_argument("NextToken is malformed")
+        if kind is not None and kind not in SHARD_FILTERS:
+            raise invalid_argument("NextToken is malformed")
+    else:
+        name = resolve_stream(ctx, body)
+        kind, after = _shard_filter(body)
+        start = opt_str(body, "ExclusiveStartShardId", max_len=128)
+        if start is not None:
+            after = max(after or "", start)
+    meta = ctx.engine.stream_meta(name)
+    created = body.get("StreamCreationTimestamp")
+    if isinstance(created, datetime) and abs(created.timestamp() * 1000 - meta.created_ms) > 1000:
+        raise not_found(f"Stream {name} with the given creation timestamp not found")
+    shards = _filtered(meta, kind, after)
+    page = shards[:limit]
+    more = len(shards) > limit
+    return {
+        "Shards": [shard_shape(s) for s in page],
+        "NextToken": _encode_token({"s": name, "k": kind, "a": page[-1].shard_id})
+        if more
+        else None,
+    }
+
+
+# -- retention, tags ------------------------------------------------------------------------------
+
+
+async def _change_retention(ctx: GatewayContext, body: dict[str, Any], increase: bool) -> None:
+    name = resolve_stream(ctx, body)
+    hours = req_int(body, "RetentionPeriodHours", low=1, high=8760)
+    current = ctx.engine.stream_meta(name).retention_hours
+    if increase and hours < current:
+        raise invalid_argument(
+            f"Requested retention period ({hours} hours) for stream {name} can not be shorter "
+            f"than existing retention period ({current} hours). Use "
+            "DecreaseStreamRetentionPeriod API."
+        )
+    if not increase and hours > current:
+        raise invalid_argument(
+            f"Requested retention period ({hours} hours) for stream {name} can not be longer "
+            f"than existing retention period ({current} hours). Use "
+            "IncreaseStreamRetentionPeriod API."
+        )
+    if hours != current:
+        await ctx.engine.update_retention(name, hours)
+
+
+async def increase_retention(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
+    await _change_retention(ctx, body, increase=True)
+    return {}
+
+
+async def decrease_retention(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
+    await _change_retention(ctx, body, increase=False)
+    return {}
+
+
+def _tags_in(body: dict[str, Any]) -> dict[str, str]:
+    tags = str_map(body, "Tags")
+    if tags is None:
+        raise validation(
+            "1 validation error detected: Value null at 'tags' failed to satisfy "
+            "constraint: Member must not be null"
+        )
+    if not 1 <= len(tags) <= TAGS_PER_CALL_MAX:
+        raise validation(f"Tags must hold 1..{TAGS_PER_CALL_MAX} entries")
+    return tags
+
+
+def _keys_in(body: dict[str, Any]) -> list[str]:
+    keys = str_list(body, "TagKeys", max_len=TAGS_PER_CALL_MAX)
+    if not keys:
+        raise validation(f"TagKeys must hold 1..{TAGS_PER_CALL_MAX} keys")
+    return keys
+
+
+async def add_tags(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
+    await ctx.engine.update_tags(resolve_stream(ctx, body), _tags_in(body), [])
+    return {}
+
+
+async def remove_tags(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
+    await ctx.engine.update_tags(resolve_stream(ctx, body), {}, _keys_in(body))
+    return {}
+
+
+async def list_tags_for_stream(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
+    meta = ctx.engine.stream_meta(resolve_stream(ctx, body))
+    limit = opt_int(body, "Limit", low=1, high=50) or TAG_LIST_LIMIT_DEFAULT
+    start = opt_str(body, "ExclusiveStartTagKey", max_len=128)
+    keys = sorted(k for k in meta.tags if start is None or k > start)
+    return {
+        "Tags": [{"Key": k, "Value": meta.tags[k]} for k in keys[:limit]],
+        "HasMoreTags": len(keys) > limit,
+    }
+
+
+async def tag_resource(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
+    await ctx.engine.update_tags(_resource_stream(ctx, body), _tags_in(body), [])
+    return {}
+
+
+async def untag_resource(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
+    await ctx.engine.update_tags(_resource_stream(ctx, body), {}, _keys_in(body))
+    return {}
+
+
+async def list_tags_for_resource(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
+    meta = ctx.engine.stream_meta(_resource_stream(ctx, body))
+    return {"Tags": [{"Key": k, "Value": meta.tags[k]} for k in sorted(meta.tags)]}
+
+
+# -- resharding, limits ---------------------------------------------------------------------------
+
+
+def _hash_key(body: dict[str, Any], member: str) -> int:
+    value = req_str(body, member, max_len=39)
+    try:
+        return parse_explicit_hash_key(value)
+    except Exception:
+        raise invalid_argument(
+            f"{member} {value!r} must be a decimal integer in 0..{HASH_KEY_MAX}"
+        ) from None
+
+
+async def split_shard(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
+    name = resolve_stream(ctx, body)
+    shard_id = req_str(body, "ShardToSplit", max_len=128)
+    at = _hash_key(body, "NewStartingHashKey")
+    await ctx.engine.split_shard(name, shard_id, at)
+    return {}
+
+
+async def merge_shards(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
+    name = resolve_stream(ctx, body)
+    shard_id = req_str(body, "ShardToMerge", max_len=128)
+    adjacent = req_str(body, "AdjacentShardToMerge", max_len=128)
+    await ctx.engine.merge_shards(name, shard_id, adjacent)
+    return {}
+
+
+async def update_shard_count(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
+    name = resolve_stream(ctx, body)
+    target = req_int(body, "TargetShardCount", low=1, high=SHARD_COUNT_MAX)
+    scaling = opt_enum(body, "ScalingType", ("UNIFORM_SCALING",))
+    if scaling is None:
+        raise validation("ScalingType must not be null")
+    current = len(ctx.engine.stream_meta(name).open_shards())
+    await ctx.engine.resize_stream(name, target)
+    return {
+        "StreamName": name,
+        "StreamARN": ctx.stream_arn(name),
+        "CurrentShardCount": current,
+        "TargetShardCount": target,
+    }
+
+
+async def describe_limits(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
+    metas = [ctx.engine.stream_meta(n) for n in ctx.engine.list_streams()]
+    return {
+        "ShardLimit": SHARD_COUNT_MAX * max(1, len(metas)),
+        "OpenShardCount": sum(len(m.open_shards()) for m in metas),
+        "OnDemandStreamCount": sum(1 for m in metas if m.mode == "ON_DEMAND"),
+        "OnDemandStreamCountLimit": 50,
+    }
+
+
+STREAM_OPERATIONS: Final[dict[str, Operation]] = {
+    "CreateStream": create_stream,
+    "DeleteStream": delete_stream,
+    "DescribeStream": describe_stream,
+    "DescribeStreamSummary": describe_stream_summary,
+    "ListStreams": list_streams,
+    "ListShards": list_shards,
+    "IncreaseStreamRetentionPeriod": increase_retention,
+    "DecreaseStreamRetentionPeriod": decrease_retention,
+    "AddTagsToStream": add_tags,
+    "RemoveTagsFromStream": remove_tags,
+    "ListTagsForStream": list_tags_for_stream,
+    "TagResource": tag_resource,
+    "UntagResource": untag_resource,
+    "ListTagsForResource": list_tags_for_resource,
+    "SplitShard": split_shard,
+    "MergeShards": merge_shards,
+    "UpdateShardCount": update_shard_count,
+    "DescribeLimits": describe_limits,
+}
