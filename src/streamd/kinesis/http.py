@@ -44,8 +44,9 @@ _RECEIVE_BYTES: Final = 64 * 1024
 @dataclass(frozen=True, slots=True)
 class HttpLimits:
     header_bytes_max: int = 16 * 1024
-    # PutRecords: 5 MiB of data is 6.7 MiB in base64, plus keys and JSON framing.
-    body_bytes_max: int = 8 * 1024 * 1024
+    # PutRecords: 5 MiB of data is 6.7 MiB in base64, plus keys and JSON framing; the headroom
+    # lets a request somewhat over the limit get Kinesis's own error, not a bare 413.
+    body_bytes_max: int = 12 * 1024 * 1024
     connections_max: int = 1024
     idle_timeout_s: float = 120.0  # keep-alive: longer than the SDKs' pool idle times
     read_timeout_s: float = 30.0  # from a request's first byte to its last
