@@ -103,7 +103,8 @@ async def _resize(args: argparse.Namespace) -> int:
             return EXIT_OK
 
         def report(description: Any) -> None:
-            print(progress_line(args.name, description), flush=True)
+            if description.reshard is not None:  # the ACTIVE end gets the "done" line below
+                print(progress_line(args.name, description), flush=True)
 
         final = await client.wait_for_active(args.name, args.timeout_s, on_progress=report)
     print(f"resize {args.name}: done, {len(final.open_shards)} open shards")
