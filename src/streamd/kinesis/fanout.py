@@ -33,7 +33,7 @@ import base64
 import json
 import math
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -373,7 +373,31 @@ async def open_subscription(
         subscriptions.release(sub)
         raise
     reader = _ShardReader(source, stream, shard_id, shard_index_of(shard_id), sub)
-    return _events(subscriptions, sub, reader, first, codec)
+    return _EventIterator(_events(subscriptions, sub, reader, first, codec), subscriptions, sub)
+
+
+class _EventIterator:
+    """The event generator, plus: closing it frees the slot even if it never started (an
+    unstarted async generator's ``finally`` never runs)."""
+
+    def __init__(
+        self, events: AsyncGenerator[bytes, None], subscriptions: Subscriptions, sub: _Subscription
+    ) -> None:
+        self._events = events
+        self._subscriptions = subscriptions
+        self._sub = sub
+
+    def __aiter__(self) -> _EventIterator:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self._events.aclose()
+        finally:
+            self._subscriptions.release(self._sub)
 
 
 class _ShardReader:
@@ -413,7 +437,7 @@ async def _events(
     reader: _ShardReader,
     first: ReadResult,
     codec: EventCodec,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The subscription's messages. Never yields inside a cancel scope (trio's rule)."""
     try:
         yield codec.initial_response()
