@@ -2,6 +2,8 @@
 every operation of the gateway core, its error cases, and a reshard seen through ListShards and
 GetRecords (ChildShards, NextShardIterator None at a closed shard's end)."""
 
+# ruff: noqa: E501  (tables of request cases read best one per line)
+
 from __future__ import annotations
 
 import time
@@ -31,8 +33,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
 
 
 @pytest.fixture(scope="module")
-def kinesis(gateway: ServerProcess) -> Any:
-    return boto3.client(
+def kinesis(gateway: ServerProcess) -> Iterator[Any]:
+    client = boto3.client(
         "kinesis",
         endpoint_url=gateway.kinesis_endpoint,
         region_name=REGION,
@@ -40,6 +42,8 @@ def kinesis(gateway: ServerProcess) -> Any:
         aws_secret_access_key="test",
         config=Config(retries={"max_attempts": 1}),
     )
+    yield client
+    client.close()
 
 
 @pytest.fixture
