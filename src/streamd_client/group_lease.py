@@ -202,7 +202,7 @@ class LeaseTask:
         self.shard_id = grant.shard_id
         self.epoch = grant.epoch
         self.start = grant.start
-        self.closed = grant.closed
+        self.closed = grant.closed  # informational: the end is what a read says (shard_end)
         self.processor = processor
         self.checkpointer = Checkpointer(self)
         self.position = grant.start
