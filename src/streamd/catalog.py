@@ -35,6 +35,14 @@ class ShardMeta:
     ending_offset: int | None = None  # set when the shard is closed (resharding)
     parent_shard_id: str | None = None
     adjacent_parent_shard_id: str | None = None
+    created_ms: int = 0  # when the shard opened (0: unknown, metadata from before this field)
+    closed_ms: int | None = None  # when resharding closed it
+
+    def open_at(self, at_ms: int) -> bool:
+        """Whether the shard took writes at ``at_ms`` (unknown times count as open)."""
+        return self.created_ms <= at_ms and (
+            self.is_open or self.closed_ms is None or self.closed_ms > at_ms
+        )
 
     @property
     def is_open(self) -> bool:
@@ -53,6 +61,8 @@ class ShardMeta:
             ),
             "parent_shard_id": self.parent_shard_id,
             "adjacent_parent_shard_id": self.adjacent_parent_shard_id,
+            "created_ms": self.created_ms,
+            "closed_ms": self.closed_ms,
         }
 
 
@@ -73,7 +83,7 @@ class StreamMeta:
     @staticmethod
     def new(name: str, shard_count: int, retention_hours: int, now_ms: int) -> StreamMeta:
         shards = tuple(
-            ShardMeta(shard_id_of(i), i, start, end)
+            ShardMeta(shard_id_of(i), i, start, end, created_ms=now_ms)
             for i, (start, end) in enumerate(even_hash_ranges(shard_count))
         )
         return StreamMeta(name, secrets.token_hex(8), "ACTIVE", retention_hours, now_ms, shards)

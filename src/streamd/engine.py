@@ -452,7 +452,7 @@ class Engine:
             def switch(meta: StreamMeta) -> StreamMeta:
                 if meta.status != "UPDATING" or meta.reshard is None:
                     raise ResourceInUseError(f"stream {meta.name!r} is no longer resharding")
-                new = reshard.apply(meta, step, endings)
+                new = reshard.apply(meta, step, endings, now_ms())
                 if last:
                     return replace(new, status="ACTIVE", reshard=None)
                 return replace(new, reshard={**meta.reshard, "done": meta.reshard["done"] + 1})

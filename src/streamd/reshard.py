@@ -106,8 +106,11 @@ def check_resize(meta: StreamMeta, target: int) -> None:
         )
 
 
-def apply(meta: StreamMeta, step: Step, ending_offsets: tuple[int, ...]) -> StreamMeta:
-    """The metadata after ``step``: parents closed at ``ending_offsets``, children open."""
+def apply(
+    meta: StreamMeta, step: Step, ending_offsets: tuple[int, ...], at_ms: int = 0
+) -> StreamMeta:
+    """The metadata after ``step`` taken at ``at_ms``: parents closed at ``ending_offsets``,
+    children open."""
     assert len(ending_offsets) == len(step.parents)
     parents = [_open_shard(meta, p) for p in step.parents]
     index = max(s.index for s in meta.shards) + 1
@@ -121,6 +124,7 @@ def apply(meta: StreamMeta, step: Step, ending_offsets: tuple[int, ...]) -> Stre
                 parent.hash_key_start,
                 step.at - 1,
                 parent_shard_id=parent.shard_id,
+                created_ms=at_ms,
             ),
             ShardMeta(
                 shard_id_of(index + 1),
@@ -128,6 +132,7 @@ def apply(meta: StreamMeta, step: Step, ending_offsets: tuple[int, ...]) -> Stre
                 step.at,
                 parent.hash_key_end,
                 parent_shard_id=parent.shard_id,
+                created_ms=at_ms,
             ),
         ]
     else:
@@ -140,11 +145,12 @@ def apply(meta: StreamMeta, step: Step, ending_offsets: tuple[int, ...]) -> Stre
                 max(first.hash_key_end, second.hash_key_end),
                 parent_shard_id=first.shard_id,
                 adjacent_parent_shard_id=second.shard_id,
+                created_ms=at_ms,
             )
         ]
     ending = dict(zip(step.parents, ending_offsets, strict=True))
     shards = tuple(
-        replace(s, ending_offset=ending[s.shard_id]) if s.shard_id in ending else s
+        replace(s, ending_offset=ending[s.shard_id], closed_ms=at_ms) if s.shard_id in ending else s
         for s in meta.shards
     )
     new = replace(meta, shards=shards + tuple(children))

@@ -358,6 +358,41 @@ def test_split_merge_seen_through_list_shards_and_get_records(kinesis: Any, name
     kinesis.delete_stream(StreamName=name)
 
 
+def test_list_shards_timestamp_filters(kinesis: Any, name: str) -> None:
+    kinesis.create_stream(StreamName=name, ShardCount=2)
+    time.sleep(0.02)
+    before_split = datetime.now(UTC)
+    time.sleep(0.02)
+    kinesis.split_shard(
+        StreamName=name, ShardToSplit="shardId-000000000000", NewStartingHashKey=str(2**125)
+    )
+    time.sleep(0.02)
+    after_split = datetime.now(UTC)
+
+    def ids(kind: str, at: datetime) -> list[str]:
+        page = kinesis.list_shards(StreamName=name, ShardFilter={"Type": kind, "Timestamp": at})
+        return [s["ShardId"] for s in page["Shards"]]
+
+    assert ids("AT_TIMESTAMP", before_split) == ["shardId-000000000000", "shardId-000000000001"]
+    assert ids("AT_TIMESTAMP", after_split) == [
+        "shardId-000000000001",
+        "shardId-000000000002",
+        "shardId-000000000003",
+    ]
+    assert ids("FROM_TIMESTAMP", before_split) == [f"shardId-00000000000{i}" for i in range(4)]
+    assert ids("FROM_TIMESTAMP", after_split) == ids("AT_TIMESTAMP", after_split)
+    first = kinesis.list_shards(
+        StreamName=name,
+        ShardFilter={"Type": "AT_TIMESTAMP", "Timestamp": after_split},
+        MaxResults=2,
+    )
+    rest = kinesis.list_shards(NextToken=first["NextToken"])
+    assert [s["ShardId"] for s in first["Shards"] + rest["Shards"]] == ids(
+        "AT_TIMESTAMP", after_split
+    )
+    kinesis.delete_stream(StreamName=name)
+
+
 def test_update_shard_count(kinesis: Any, name: str) -> None:
     kinesis.create_stream(StreamName=name, ShardCount=2)
     for i in range(20):

@@ -243,38 +243,47 @@ async def list_streams(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, A
 # -- ListShards ------------------------------------------------------------------------------------
 
 
-def _filtered(meta: StreamMeta, kind: str | None, after: str | None) -> list[ShardMeta]:
-    """Shards a ShardFilter selects, by id.
-
-    The metadata keeps no open/close times per shard, so the timestamp filters answer as their
-    trim-horizon counterparts: a superset holding every shard open at the time asked, which is
-    safe for a consumer that reads parents before children (docs/kinesis.md).
+def _filtered(
+    meta: StreamMeta, kind: str | None, after: str | None, at_ms: int | None
+) -> list[ShardMeta]:
+    """Shards a ShardFilter selects, by id. AT_TIMESTAMP: the shards open at that time;
+    FROM_TIMESTAMP: those and every shard opened later (shards keep their open and close times).
     """
     shards = _sorted_shards(meta)
     if kind == "AT_LATEST":
         shards = [s for s in shards if s.is_open]
-    elif kind in ("AT_TRIM_HORIZON", "AT_TIMESTAMP"):
+    elif kind == "AT_TRIM_HORIZON":
         ids = {s.shard_id for s in shards}
         shards = [s for s in shards if not {s.parent_shard_id, s.adjacent_parent_shard_id} & ids]
+    elif kind == "AT_TIMESTAMP" and at_ms is not None:
+        shards = [s for s in shards if s.open_at(at_ms)]
+    elif kind == "FROM_TIMESTAMP" and at_ms is not None:
+        shards = [s for s in shards if s.open_at(at_ms) or s.created_ms > at_ms]
     if after is not None:
         shards = [s for s in shards if s.shard_id > after]
     return shards
 
 
-def _shard_filter(body: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(filter type, AFTER_SHARD_ID's shard id) of a ShardFilter. Raises KinesisError."""
+def _shard_filter(body: dict[str, Any]) -> tuple[str | None, str | None, int | None]:
+    """(filter type, AFTER_SHARD_ID's shard id, timestamp in ms) of a ShardFilter.
+
+    Raises KinesisError."""
     shard_filter = opt_map(body, "ShardFilter")
     if shard_filter is None:
-        return None, None
+        return None, None, None
     kind = opt_enum(shard_filter, "Type", SHARD_FILTERS)
     if kind is None:
         raise validation("ShardFilter.Type must not be null")
     shard_id = opt_str(shard_filter, "ShardId", max_len=128)
     if kind == "AFTER_SHARD_ID" and shard_id is None:
         raise invalid_argument("ShardFilter AFTER_SHARD_ID needs a ShardId")
-    if kind in ("AT_TIMESTAMP", "FROM_TIMESTAMP") and shard_filter.get("Timestamp") is None:
-        raise invalid_argument(f"ShardFilter {kind} needs a Timestamp")
-    return kind, shard_id if kind == "AFTER_SHARD_ID" else None
+    at_ms = None
+    if kind in ("AT_TIMESTAMP", "FROM_TIMESTAMP"):
+        timestamp = shard_filter.get("Timestamp")
+        if not isinstance(timestamp, datetime):
+            raise invalid_argument(f"ShardFilter {kind} needs a Timestamp")
+        at_ms = int(timestamp.timestamp() * 1000)
+    return kind, shard_id if kind == "AFTER_SHARD_ID" else None, at_ms
 
 
 async def list_shards(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
@@ -286,14 +295,16 @@ async def list_shards(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, An
         if body.get("ExclusiveStartShardId") is not None:
             raise invalid_argument("NextToken and ExclusiveStartShardId cannot both be given")
         doc = _decode_token(token)
-        name, kind, after = doc.get("s"), doc.get("k"), doc.get("a")
+        name, kind, after, at_ms = doc.get("s"), doc.get("k"), doc.get("a"), doc.get("t")
         if not isinstance(name, str) or not isinstance(after, str):
+            raise invalid_argument("NextToken is malformed")
+        if at_ms is not None and (not isinstance(at_ms, int) or isinstance(at_ms, bool)):
             raise invalid_argument("NextToken is malformed")
         if kind is not None and kind not in SHARD_FILTERS:
             raise invalid_argument("NextToken is malformed")
     else:
         name = resolve_stream(ctx, body)
-        kind, after = _shard_filter(body)
+        kind, after, at_ms = _shard_filter(body)
         start = opt_str(body, "ExclusiveStartShardId", max_len=128)
         if start is not None:
             after = max(after or "", start)
@@ -301,12 +312,12 @@ async def list_shards(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, An
     created = body.get("StreamCreationTimestamp")
     if isinstance(created, datetime) and abs(created.timestamp() * 1000 - meta.created_ms) > 1000:
         raise not_found(f"Stream {name} with the given creation timestamp not found")
-    shards = _filtered(meta, kind, after)
+    shards = _filtered(meta, kind, after, at_ms)
     page = shards[:limit]
     more = len(shards) > limit
     return {
         "Shards": [shard_shape(s) for s in page],
-        "NextToken": _encode_token({"s": name, "k": kind, "a": page[-1].shard_id})
+        "NextToken": _encode_token({"s": name, "k": kind, "a": page[-1].shard_id, "t": at_ms})
         if more
         else None,
     }
