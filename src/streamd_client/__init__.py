@@ -18,18 +18,22 @@ from .model import Position
 from .producer import PendingPut, Producer, ProducerStats
 from .results import (
     AppendResult,
+    ChildShard,
     PutRecordsEntry,
     PutRecordsResult,
     PutResult,
     ReadResult,
     Record,
     RecordFailure,
+    ReshardProgress,
     ShardDescription,
     StreamDescription,
 )
+from .stream_reader import StreamReader
 
 __all__ = [
     "AppendResult",
+    "ChildShard",
     "Client",
     "PendingPut",
     "Position",
@@ -41,9 +45,11 @@ __all__ = [
     "ReadResult",
     "Record",
     "RecordFailure",
+    "ReshardProgress",
     "ShardDescription",
     "ShardReader",
     "StreamDescription",
+    "StreamReader",
     "connect",
     "errors",
     "group_errors",

@@ -102,8 +102,12 @@ def _ts(ms: int) -> datetime:
 
 
 def shard_shape(shard: ShardMeta) -> dict[str, Any]:
+    # Kinesis's EndingSequenceNumber is the last record's own number (the native protocol's
+    # ending_sequence is one past it); an empty closed shard ends at its starting number.
     ending = (
-        None if shard.ending_offset is None else make_sequence(shard.index, shard.ending_offset)
+        None
+        if shard.ending_offset is None
+        else make_sequence(shard.index, max(0, shard.ending_offset - 1))
     )
     return {
         "ShardId": shard.shard_id,
