@@ -80,7 +80,7 @@ class TargetResult:
     runs: list[RunResult] = field(default_factory=list)
 
     def median(self, name: str) -> float:
-        return statistics.median(getattr(run, name) for run in self.runs)
+        return float(statistics.median(getattr(run, name) for run in self.runs))
 
 
 # -- targets ----------------------------------------------------------------------------------
