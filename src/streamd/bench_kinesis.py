@@ -71,6 +71,9 @@ class RunResult:
     put_record_p99_ms: float
     target_cpu_s_put: float | None
     client_cpu_s_put: float
+    # CPU per single PutRecord call, target and client: what the latency is made of.
+    target_cpu_ms_per_put_record: float | None
+    client_cpu_ms_per_put_record: float
 
 
 @dataclass(slots=True)
@@ -271,15 +274,25 @@ def _drain_phase(client: Any, name: str, shard_ids: Sequence[str]) -> tuple[floa
     return drained / (time.perf_counter() - started), drained
 
 
-def _single_put_phase(client: Any, name: str, w: Workload) -> tuple[float, float]:
+def _single_put_phase(
+    client: Any, name: str, w: Workload, target: Target
+) -> tuple[float, float, float | None, float]:
     data = random.Random(11).randbytes(w.record_bytes)
     latencies_ms: list[float] = []
+    cpu_before, client_before = _cpu(target), time.process_time()
     for i in range(w.single_puts):
         started = time.perf_counter()
         client.put_record(StreamName=name, Data=data, PartitionKey=f"k{i}")
         latencies_ms.append((time.perf_counter() - started) * 1000)
+    cpu_after, client_cpu = _cpu(target), time.process_time() - client_before
+    target_cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
     latencies_ms.sort()
-    return _percentile(latencies_ms, 0.50), _percentile(latencies_ms, 0.99)
+    return (
+        _percentile(latencies_ms, 0.50),
+        _percentile(latencies_ms, 0.99),
+        None if target_cpu is None else target_cpu * 1000 / w.single_puts,
+        client_cpu * 1000 / w.single_puts,
+    )
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -298,15 +311,31 @@ def run_once(target: Target, w: Workload) -> RunResult:
         expected = w.put_records_calls * w.batch_records - failed + 1
         if drained != expected:
             raise RuntimeError(f"{target.name}: drained {drained} records, wrote {expected}")
-        p50, p99 = _single_put_phase(client, name, w)
+        p50, p99, target_ms, client_ms = _single_put_phase(client, name, w, target)
         with contextlib.suppress(Exception):
             client.delete_stream(StreamName=name, EnforceConsumerDeletion=True)
-        return RunResult(put_rate, failed, drain_rate, drained, p50, p99, target_cpu, client_cpu)
+        return RunResult(
+            put_rate,
+            failed,
+            drain_rate,
+            drained,
+            p50,
+            p99,
+            target_cpu,
+            client_cpu,
+            target_ms,
+            client_ms,
+        )
     finally:
         client.close()
 
 
 # -- report -----------------------------------------------------------------------------------
+
+
+def _median_of(runs: list[RunResult], name: str, width: int, digits: int) -> str:
+    values = [getattr(run, name) for run in runs if getattr(run, name) is not None]
+    return f"{statistics.median(values):{width}.{digits}f}" if values else f"{'-':>{width}}"
 
 
 def _table(results: list[TargetResult], w: Workload) -> str:
@@ -315,19 +344,21 @@ def _table(results: list[TargetResult], w: Workload) -> str:
         f"{w.shards} shard(s); {w.single_puts} single PutRecord; medians of "
         f"{max((len(r.runs) for r in results), default=0)} run(s)",
         f"{'target':<24} {'PutRecords rec/s':>17} {'drain rec/s':>12} {'PutRecord p50 ms':>17} "
-        f"{'p99 ms':>8} {'target CPU s':>13} {'client CPU s':>13}",
+        f"{'p99 ms':>8} | CPU s in puts: {'target':>6} {'client':>6} | "
+        f"CPU ms per PutRecord: {'target':>6} {'client':>6}",
     ]
     for r in results:
         if r.skipped is not None:
             lines.append(f"{r.target:<24} {r.skipped}")
             continue
-        cpu = [run.target_cpu_s_put for run in r.runs if run.target_cpu_s_put is not None]
-        target_cpu = f"{statistics.median(cpu):13.2f}" if cpu else f"{'-':>13}"
         lines.append(
             f"{r.target:<24} {r.median('put_records_per_s'):17,.0f} "
             f"{r.median('drain_records_per_s'):12,.0f} {r.median('put_record_p50_ms'):17.2f} "
-            f"{r.median('put_record_p99_ms'):8.2f} {target_cpu} "
-            f"{r.median('client_cpu_s_put'):13.2f}"
+            f"{r.median('put_record_p99_ms'):8.2f} | {'':15}"
+            f"{_median_of(r.runs, 'target_cpu_s_put', 6, 2)} "
+            f"{_median_of(r.runs, 'client_cpu_s_put', 6, 2)} | {'':21}"
+            f"{_median_of(r.runs, 'target_cpu_ms_per_put_record', 6, 2)} "
+            f"{_median_of(r.runs, 'client_cpu_ms_per_put_record', 6, 2)}"
         )
     return "\n".join(lines)
 

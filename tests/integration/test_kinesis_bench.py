@@ -23,7 +23,12 @@ def test_bench_against_streamd_prints_positive_figures(capsys: pytest.CaptureFix
     (streamd,) = [t for t in doc["targets"] if t["target"].startswith("streamd")]
     (run,) = streamd["runs"]
     assert run["drained_records"] == 2 * 20 + 1  # the puts and the warm-up record
-    for figure in ("put_records_per_s", "drain_records_per_s", "put_record_p50_ms"):
+    for figure in (
+        "put_records_per_s",
+        "drain_records_per_s",
+        "put_record_p50_ms",
+        "client_cpu_ms_per_put_record",
+    ):
         assert run[figure] > 0
     assert run["put_record_p99_ms"] >= run["put_record_p50_ms"]
     skipped = {t["target"]: t["skipped"] for t in doc["targets"] if t["skipped"]}
@@ -36,6 +41,6 @@ def test_the_table_names_every_target(capsys: pytest.CaptureFixture[str], tmp_pa
     out = capsys.readouterr().out
     (row,) = [line for line in out.splitlines() if line.startswith("streamd")]
     numbers = [float(n.replace(",", "")) for n in re.findall(r"\d[\d,]*\.?\d*", row.split(")")[1])]
-    assert len(numbers) == 6 and all(n > 0 for n in numbers[:4])
+    assert len(numbers) == 8 and all(n > 0 for n in numbers[:4])
     assert "skipped: no node_modules/.bin/kinesalite" in out
     assert "kinesis-mock" in out and "skipped: no --kinesis-mock DIR" in out
