@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import structlog
 import trio
@@ -130,8 +130,11 @@ class Dispatcher:
         except CodecError as exc:
             raise KinesisError(SERIALIZATION, str(exc)) from None
         result: dict[str, Any] | Streaming | None = None
+        ctx = self.ctx
+        if name in PROTOCOL_AWARE:  # event streams encode their events in the request's protocol
+            ctx = replace(ctx, extra={**ctx.extra, "protocol": protocol})
         with trio.move_on_after(self.operation_timeout_s):
-            result = await operation(self.ctx, body)
+            result = await operation(ctx, body)
         if result is None:
             raise KinesisError(
                 SERVICE_UNAVAILABLE, f"{name} took longer than {self.operation_timeout_s} s", 503
@@ -159,6 +162,10 @@ class Dispatcher:
 
 # As AWS answers them: a forged or missing signature is "forbidden", a malformed one "bad".
 _SIGNATURE_STATUS = {"InvalidSignatureException": 403, "MissingAuthenticationTokenException": 403}
+
+
+# Operations that read ``ctx.extra["protocol"]`` (the request's body protocol).
+PROTOCOL_AWARE: Final = frozenset({"SubscribeToShard"})
 
 
 def _base_headers(content_type: str) -> list[tuple[str, str]]:
