@@ -468,3 +468,18 @@ async def test_a_bad_position_is_an_error_before_any_event_and_frees_the_slot() 
         await _subscribe(subs, _FakeShard(), Position("at_sequence", sequence="bad"))
     assert caught.value.type_name == "InvalidArgumentException"
     assert len(subs) == 0
+
+
+async def test_a_corrupt_stored_batch_ends_the_stream_with_an_exception_event() -> None:
+    class _CorruptShard(_FakeShard):
+        async def read(
+            self, name: str, shard_id: str, position: Position, max_bytes: int, wait_ms: int
+        ) -> ReadResult:
+            good = _batch(0, [b"x"])
+            head = batchfmt.HEADER_BYTES
+            bad = good[:head] + bytes(len(good) - head)  # a payload that does not decompress
+            return ReadResult([bad], 0, 1, 1, 0)
+
+    events = await _subscribe(Subscriptions(), _CorruptShard())
+    kinds = [_docs(m)[0] async for m in events]
+    assert kinds == ["initial-response", "InternalFailure"]

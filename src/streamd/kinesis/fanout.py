@@ -450,7 +450,11 @@ async def _events(
                 yield codec.exception(kind, message)
                 return
             now = trio.current_time()
-            events, at_end = render_events(result, reader.shard_index, codec)
+            try:
+                events, at_end = render_events(result, reader.shard_index, codec)
+            except KinesisError as exc:  # a stored batch failed its CRC: never served
+                yield codec.exception(exc.type_name, exc.message)
+                return
             if events or at_end or now - last_sent >= HEARTBEAT_S:
                 for event in events or [codec.event(_heartbeat(result, reader.shard_index))]:
                     yield event
