@@ -5,7 +5,7 @@ the 20-consumer limit, and no inheritance across a re-created stream. SubscribeT
 TRIM_HORIZON, LATEST, AT_TIMESTAMP; records put while subscribed arrive within a bound;
 ContinuationSequenceNumber resumes with neither gap nor duplicate; one subscription per
 consumer and shard; deregistration ends a live subscription; a split shard's stream ends with
-its ChildShards.
+its ChildShards; a CBOR request gets CBOR events.
 """
 
 from __future__ import annotations
@@ -316,3 +316,50 @@ def test_a_split_shards_subscription_ends_with_its_child_shards(
         "shardId-000000000002",
     ]
     assert all(c["ParentShards"] == [SHARD0] for c in last["ChildShards"])
+
+
+def test_a_cbor_subscription_gets_cbor_events(
+    gateway: ServerProcess, kinesis: Any, stream: tuple[str, str]
+) -> None:
+    """What the Java SDK sends: a CBOR body; the events come back CBOR, blobs as byte strings."""
+    import http.client
+    from urllib.parse import urlparse
+
+    from streamd.kinesis import cbor
+    from streamd.kinesis.eventstream import EventStreamDecoder
+
+    name, stream_arn = stream
+    arn = kinesis.register_stream_consumer(StreamARN=stream_arn, ConsumerName="c")["Consumer"][
+        "ConsumerARN"
+    ]
+    _put(kinesis, name, [b"\x00\xffbinary"])
+    url = urlparse(gateway.kinesis_endpoint)
+    connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=10)
+    body = cbor.dumps(
+        {"ConsumerARN": arn, "ShardId": SHARD0, "StartingPosition": {"Type": "TRIM_HORIZON"}}
+    )
+    headers = {
+        "Content-Type": "application/x-amz-cbor-1.1",
+        "X-Amz-Target": "Kinesis_20131202.SubscribeToShard",
+    }
+    try:
+        connection.request("POST", "/", body=body, headers=headers)
+        response = connection.getresponse()
+        assert response.status == 200
+        assert response.getheader("content-type") == "application/vnd.amazon.eventstream"
+        decoder = EventStreamDecoder()
+        messages = []
+        while len(messages) < 2:
+            decoder.receive_data(response.read1(65536))
+            while (message := decoder.next_message()) is not None:
+                messages.append(message)
+    finally:
+        connection.close()
+    assert [m.headers[":event-type"] for m in messages[:2]] == [
+        "initial-response",
+        "SubscribeToShardEvent",
+    ]
+    assert messages[1].headers[":content-type"] == "application/x-amz-cbor-1.1"
+    event = cbor.loads(messages[1].payload)
+    assert [r["Data"] for r in event["Records"]] == [b"\x00\xffbinary"]
+    assert isinstance(event["Records"][0]["ApproximateArrivalTimestamp"], cbor.EpochTag)
