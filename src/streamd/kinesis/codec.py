@@ -100,12 +100,29 @@ def _convert_map(doc: dict[Any, Any], protocol: Protocol, depth: int) -> dict[st
     for key, value in doc.items():
         if not isinstance(key, str):
             raise CodecError("member names must be strings")
-        if key in BLOB_FIELDS:
+        if key == "Records" and protocol is Protocol.JSON and type(value) is list:
+            out[key] = _json_records(value, depth)
+        elif key in BLOB_FIELDS:
             out[key] = _blob(value, protocol, key)
         elif key in TIMESTAMP_FIELDS:
             out[key] = _timestamp(value, key)
         else:
             out[key] = _convert(value, protocol, depth + 1)
+    return out
+
+
+def _json_records(entries: list[Any], depth: int) -> list[Any]:
+    """PutRecords' entries (the hot path): flat maps whose one blob is ``Data``. Entries of
+    another shape take the general walk."""
+    out: list[Any] = []
+    for entry in entries:
+        if type(entry) is dict and len(entry) <= 3 and "Data" in entry:
+            # Changed in place: json.loads made it for us. Its keys are strings (JSON's only
+            # kind); its other members are checked by the operation.
+            entry["Data"] = _blob(entry["Data"], Protocol.JSON, "Data")
+            out.append(entry)
+        else:
+            out.append(_convert(entry, Protocol.JSON, depth + 1))
     return out
 
 
@@ -131,7 +148,7 @@ def _blob(value: Any, protocol: Protocol, key: str) -> bytes:
     if not isinstance(value, str):
         raise CodecError(f"{key} must be a base64 string")
     try:
-        return base64.b64decode(value, validate=True)
+        return binascii.a2b_base64(value, strict_mode=True)  # b64decode(validate=True), faster
     except (binascii.Error, ValueError):
         raise CodecError(f"{key} is not valid base64") from None
 
@@ -160,10 +177,16 @@ def _timestamp(value: Any, key: str) -> datetime:
 # -- encoding ------------------------------------------------------------------------------------
 
 
-def encode_response(protocol: Protocol, body: Mapping[str, Any]) -> bytes:
+def encode_response(
+    protocol: Protocol, body: Mapping[str, Any], *, none_free: bool = False
+) -> bytes:
+    """The answer body. ``none_free`` says the caller built it with no ``None`` member anywhere,
+    so the walk that leaves them out is skipped (the record operations' hot path)."""
+    if not none_free:
+        body = _prune(body)
     if protocol is Protocol.CBOR:
-        return cbor.dumps(_prune(body))
-    return json.dumps(_to_json(body), separators=(",", ":")).encode()
+        return cbor.dumps(body)
+    return _JSON_ENCODER.encode(body).encode()
 
 
 def encode_error(protocol: Protocol, type_name: str, message: str) -> bytes:
@@ -179,13 +202,15 @@ def _prune(value: Any) -> Any:
     return value
 
 
-def _to_json(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _to_json(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list | tuple):
-        return [_to_json(v) for v in value]
+def _json_default(value: Any) -> Any:
+    """What the C JSON encoder cannot write itself: blobs as base64, timestamps as seconds."""
     if isinstance(value, bytes | bytearray | memoryview):
         return base64.b64encode(value).decode("ascii")
     if isinstance(value, datetime):
         return round(value.timestamp(), 3)
-    return value
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"cannot encode {type(value).__name__} in an answer")
+
+
+_JSON_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), default=_json_default)

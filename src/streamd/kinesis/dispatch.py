@@ -40,6 +40,7 @@ from .errors import (
     unsupported_operation,
 )
 from .operations import OPERATIONS, UNSUPPORTED
+from .records import NONE_FREE_OPERATIONS
 from .sigv4 import SignatureError, verify
 from .types import GatewayContext, KinesisError, Streaming
 
@@ -141,7 +142,7 @@ class Dispatcher:
             )
         if isinstance(result, Streaming):
             return Reply(200, _base_headers(result.content_type), streaming=result)
-        payload = encode_response(protocol, result)
+        payload = encode_response(protocol, result, none_free=name in NONE_FREE_OPERATIONS)
         return Reply(200, _base_headers(protocol.value), payload)
 
     def _check_signature(self, request: Request) -> None:

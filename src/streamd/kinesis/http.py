@@ -169,9 +169,10 @@ class HttpConnection:
 
     async def _send_reply(self, reply: Reply) -> None:
         headers = [*reply.headers, ("content-length", str(len(reply.body)))]
-        await self._send(self.conn.send(h11.Response(status_code=reply.status, headers=headers)))
-        await self._send(self.conn.send(h11.Data(data=reply.body)))
-        await self._send(self.conn.send(h11.EndOfMessage()))
+        head = self.conn.send(h11.Response(status_code=reply.status, headers=headers))
+        body = self.conn.send(h11.Data(data=reply.body))
+        end = self.conn.send(h11.EndOfMessage())
+        await self._send(b"".join(part or b"" for part in (head, body, end)))  # one write
 
     async def _reject(self, status: int, message: str, reason: str) -> None:
         """Answer an HTTP-level failure (if an answer can still be sent) and stop."""

@@ -13,6 +13,7 @@ its tip).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -73,6 +74,15 @@ _ITERATOR_TYPES: Final = (
 
 def _record_in(entry: dict[str, Any], where: str) -> RecordIn:
     data = entry.get("Data")
+    key = entry.get("PartitionKey")
+    if (  # the common case, checked inline: PutRecords spends its time here
+        type(data) is bytes
+        and type(key) is str
+        and 1 <= len(key) <= 256
+        and len(data) <= RECORD_DATA_BYTES_MAX
+        and entry.get("ExplicitHashKey") is None
+    ):
+        return RecordIn(key, hashlib.md5(key.encode()).digest(), data)
     if not isinstance(data, bytes):
         raise validation(f"{where}Data must not be null and must be a blob")
     if len(data) > RECORD_DATA_BYTES_MAX:
@@ -263,8 +273,7 @@ async def get_records(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, An
         ],
         "MillisBehindLatest": page.millis_behind,
     }
-    if page.shard_end:
-        answer["NextShardIterator"] = None
+    if page.shard_end:  # no NextShardIterator: the shard has ended
         answer["ChildShards"] = [
             {
                 "ShardId": c.shard_id,
@@ -283,6 +292,9 @@ async def get_records(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, An
     answer["NextShardIterator"] = encode_iterator(ctx.iterator_key, following)
     return answer
 
+
+# Their answers hold no None member anywhere, so the encoder need not walk them to drop any.
+NONE_FREE_OPERATIONS: Final = frozenset({"PutRecord", "PutRecords", "GetRecords"})
 
 RECORD_OPERATIONS: Final[dict[str, Operation]] = {
     "PutRecord": put_record,
