@@ -55,7 +55,7 @@ class Target:
 
 
 def add_parser(commands: Any, add_endpoint: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Register ``bench produce`` and ``bench consume`` on the CLI's subcommands."""
+    """Register ``bench produce``, ``bench consume`` and ``bench kinesis`` on the CLI."""
     del add_endpoint  # bench's --endpoint defaults to "start my own server", not the env
     bench = commands.add_parser("bench", help="measure throughput and latency")
     kinds = bench.add_subparsers(dest="bench_kind", required=True, metavar="KIND")
@@ -80,6 +80,14 @@ def add_parser(commands: Any, add_endpoint: Callable[[argparse.ArgumentParser], 
     consume.add_argument("--tail-interval-ms", type=float, default=1.0)
     produce.set_defaults(handler=run, bench=_produce_once)
     consume.set_defaults(handler=run, bench=_consume_once, shards=1)
+    from . import bench_kinesis  # stdlib only at import; boto3 is imported when it runs
+
+    kinesis = kinds.add_parser(
+        "kinesis", help="boto3 workload: the Kinesis gateway vs kinesalite and kinesis-mock"
+    )
+    kinesis.description = bench_kinesis.DESCRIPTION
+    bench_kinesis.add_arguments(kinesis)
+    kinesis.set_defaults(handler=bench_kinesis.run)
 
 
 # -- driver --------------------------------------------------------------------------------------

@@ -364,10 +364,16 @@ def _table(results: list[TargetResult], w: Workload) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="streamd bench kinesis",
-        description="boto3 workload against streamd's Kinesis gateway, kinesalite, kinesis-mock",
-    )
+    parser = argparse.ArgumentParser(prog="streamd bench kinesis", description=DESCRIPTION)
+    add_arguments(parser)
+    return parser
+
+
+DESCRIPTION: Final = "boto3 workload against streamd's Kinesis gateway, kinesalite, kinesis-mock"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The workload's options (``streamd bench kinesis`` and ``python -m`` share them)."""
     parser.add_argument("--kinesalite", metavar="DIR", help="where `npm install kinesalite` ran")
     parser.add_argument(
         "--kinesis-mock", metavar="DIR", help="where `npm install kinesis-local` ran"
@@ -380,7 +386,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--shards", type=_positive, default=4)
     parser.add_argument("--repeat", type=_positive, default=3)
     parser.add_argument("--json", action="store_true", help="every run as JSON, not a table")
-    return parser
 
 
 def _positive(text: str) -> int:
@@ -391,7 +396,10 @@ def _positive(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    return run(_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
     if args.batch_records > 500:
         print("error: PutRecords takes at most 500 records", file=sys.stderr)
         return 2
