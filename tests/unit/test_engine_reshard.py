@@ -230,3 +230,27 @@ async def test_idle_group_members_expire_on_the_engine_timer(tmp_path: Path) -> 
                 await trio.sleep(0.1)
                 stored = await engine.catalog.store.get(key)
                 assert stored is not None
+
+
+async def test_interrupted_split_is_forgotten_at_start(tmp_path: Path) -> None:
+    """A split whose switch never happened (UPDATING on disk, map unchanged) leaves the stream
+    as it was: ACTIVE, same shards, and a new split works."""
+    from dataclasses import replace
+
+    async with running_engine(tmp_path) as engine:
+        await engine.create_stream("s", 2, 24)
+        await engine.put_records("s", [record(f"k{i}") for i in range(50)])
+        intent = {"kind": "split", "target": None, "total": 1, "done": 0}
+        await engine.catalog.update(
+            "s", lambda m: replace(m, status="UPDATING", reshard=intent)
+        )  # as if the server died between the intent and the switch
+    async with running_engine(tmp_path) as engine:
+        meta = engine.stream_meta("s")
+        assert meta.status == "ACTIVE" and meta.reshard is None
+        assert [s.shard_id for s in meta.open_shards()] == [
+            "shardId-000000000000",
+            "shardId-000000000001",
+        ]
+        assert len(await engine.split_shard("s", "shardId-000000000001")) == 2
+        total = sum([len(await read_all(engine, "s", s.shard_id)) for s in meta.shards])
+        assert total == 50
