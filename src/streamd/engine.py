@@ -237,6 +237,35 @@ class Engine:
         while True:
             await trio.sleep(self.config.retention_check_interval_ms / 1000)
             self.apply_retention(now_ms())
+            await self.expire_closed_shards(now_ms())
+
+    async def expire_closed_shards(self, at_ms: int) -> list[str]:
+        """Forget closed shards whose every record is past retention (closed before the
+        cutoff), as Kinesis stops listing them: metadata, pipeline and files. Their children
+        keep naming them as parents; readers and groups treat a missing parent as ended.
+        Streams in a reshard are left for the next round. Returns the shard ids forgotten."""
+        forgotten: list[str] = []
+        for name, stream in list(self.streams.items()):
+            cutoff = at_ms - stream.meta.retention_hours * 3_600_000
+            expired = {
+                s.shard_id
+                for s in stream.meta.shards
+                if s.closed_ms is not None and s.closed_ms < cutoff
+            }
+            if not expired or stream.lock.locked() or stream.meta.status != "ACTIVE":
+                continue
+            async with stream.lock:
+                if self.streams.get(name) is not stream or stream.meta.status != "ACTIVE":
+                    continue
+                stream.meta = await self.catalog.update(name, partial(_without, expired))
+                for shard_id in sorted(expired):
+                    pipeline = stream.pipelines.pop(shard_id)
+                    await pipeline.close()
+                    await trio.to_thread.run_sync(partial(pipeline.log.close, clean=True))
+                    await self._move_to_trash(stream.directory / shard_id)
+                    log.info("shard.expired", stream=name, shard_id=shard_id)
+                forgotten += sorted(expired)
+        return forgotten
 
     async def _groups_loop(self) -> None:
         """Expire silent consumer-group members on a timer too, not only when a request for
@@ -628,6 +657,10 @@ class Engine:
                 for c in children
             ),
         )
+
+
+def _without(shard_ids: set[str], meta: StreamMeta) -> StreamMeta:
+    return replace(meta, shards=tuple(s for s in meta.shards if s.shard_id not in shard_ids))
 
 
 def _active(meta: StreamMeta) -> StreamMeta:

@@ -254,3 +254,26 @@ async def test_interrupted_split_is_forgotten_at_start(tmp_path: Path) -> None:
         assert len(await engine.split_shard("s", "shardId-000000000001")) == 2
         total = sum([len(await read_all(engine, "s", s.shard_id)) for s in meta.shards])
         assert total == 50
+
+
+async def test_closed_shards_past_retention_are_forgotten(tmp_path: Path) -> None:
+    from streamd.shard import now_ms
+
+    async with running_engine(tmp_path) as engine:
+        await engine.create_stream("s", 1, 24)
+        await engine.put_records("s", [record(f"k{i}") for i in range(20)])
+        left, right = await engine.split_shard("s", "shardId-000000000000")
+        await engine.put_records("s", [record(f"n{i}") for i in range(20)])
+        assert await engine.expire_closed_shards(now_ms()) == []  # within retention: kept
+        later = now_ms() + 24 * 3_600_000 + 1000
+        assert await engine.expire_closed_shards(later) == ["shardId-000000000000"]
+        meta = engine.stream_meta("s")
+        assert [s.shard_id for s in meta.shards] == [left, right]
+        assert meta.shards[0].parent_shard_id == "shardId-000000000000"  # lineage kept
+        assert not (tmp_path / "streams" / "s" / "shardId-000000000000").exists()
+        with pytest.raises(ShardNotFoundError):
+            await engine.read("s", "shardId-000000000000", Position.trim_horizon(), 1024, 0)
+        assert sum([len(await read_all(engine, "s", sid)) for sid in (left, right)]) == 20
+        assert len(await engine.split_shard("s", right)) == 2  # new ids do not reuse the old
+    async with running_engine(tmp_path) as engine:  # and the store agrees after a restart
+        assert "shardId-000000000000" not in {s.shard_id for s in engine.stream_meta("s").shards}
