@@ -1,12 +1,15 @@
-"""The Kinesis gateway's HTTP/1.1 server: trio sockets around h11's sans-I/O state machine.
+"""The Kinesis gateway's HTTP/1.1 server: trio sockets around the sans-I/O ``http_wire``.
 
 One task per connection (in the server's connection nursery), requests served one after the
-other on it (HTTP/1.1 keep-alive; no pipelining in flight, h11 buffers what arrives early).
-Everything is bounded: header block (``header_bytes_max``: 431 if over), body
-(``body_bytes_max``: 413, checked against Content-Length before reading and while reading
-chunked bodies), connections (``connections_max``: new ones are closed at once), and every wait
-has a timeout: idle keep-alive, reading a request, sending an answer, running the operation.
-Bytes that are not HTTP get a 400 and the connection closes, since its framing is lost.
+other on it (HTTP/1.1 keep-alive; pipelined requests are parsed as they arrive and answered in
+order, and the socket is read again only when no whole request is waiting). HTTP/1.0 and
+``Connection: close`` close after the answer. Everything is bounded: header block
+(``header_bytes_max``: 400 if over), body (``body_bytes_max``: 413, checked against
+Content-Length before reading and while reading chunked bodies), connections
+(``connections_max``: new ones are closed at once), and every wait has a timeout: idle
+keep-alive, reading a request (from its first byte to its last: 408), sending an answer, running
+the operation. Bytes that are not HTTP get a 400 and the connection closes, since its framing is
+lost.
 
 A ``Streaming`` answer (SubscribeToShard) is sent chunked, one chunk per event as the iterator
 yields it; a watcher task reads the socket meanwhile so that a client hanging up cancels the
@@ -23,7 +26,6 @@ from functools import partial
 from pathlib import Path
 from typing import Final
 
-import h11
 import structlog
 import trio
 
@@ -32,6 +34,17 @@ from ..engine import Engine
 from . import metrics
 from .codec import Protocol
 from .dispatch import Dispatcher, Reply, Request, error_reply
+from .http_wire import (
+    CHUNKED_END,
+    CLOSED,
+    CONTINUE,
+    HttpParseError,
+    ParsedRequest,
+    RequestParser,
+    encode_answer,
+    encode_chunk,
+    encode_head,
+)
 from .types import GatewayContext
 
 log = structlog.get_logger(__name__)
@@ -60,102 +73,72 @@ class _Closed(Exception):
 
 class HttpConnection:
     def __init__(
-        self, stream: trio.SocketStream, dispatcher: Dispatcher, limits: HttpLimits, peer: str
+        self, stream: trio.abc.Stream, dispatcher: Dispatcher, limits: HttpLimits, peer: str
     ) -> None:
         self.stream = stream
         self.dispatcher = dispatcher
         self.limits = limits
         self.peer = peer
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.header_bytes_max)
+        self.parser = RequestParser(limits.header_bytes_max, limits.body_bytes_max)
 
     async def run(self) -> None:
         try:
             while True:
-                request = await self._receive_request()
-                if request is None:
+                parsed = await self._receive_request()
+                if parsed is None:
                     return
+                request = Request(parsed.method, parsed.target, parsed.headers, parsed.body)
                 reply = await self.dispatcher.answer(request)
                 if reply.streaming is not None:
-                    await self._send_streaming(reply)
+                    await self._send_streaming(reply, chunked=parsed.http_11)
                     return
-                await self._send_reply(reply)
-                if self.conn.our_state is h11.MUST_CLOSE:
+                await self._send_reply(reply, parsed)
+                if not parsed.keep_alive:
                     return
-                self.conn.start_next_cycle()
-        except h11.RemoteProtocolError as exc:
-            await self._reject(exc.error_status_hint, f"malformed HTTP request: {exc}", "malformed")
+        except HttpParseError as exc:
+            await self._reject(exc.status, exc.message, exc.reason)
         except _Closed:
             pass
 
     # -- receiving -----------------------------------------------------------------------------
 
-    async def _next_event(self, timeout_s: float) -> object:
-        """The next h11 event (or PAUSED), reading the socket as needed. Raises TimeoutError,
-        _Closed, h11.RemoteProtocolError."""
+    async def _receive_request(self) -> ParsedRequest | None:
+        """The next whole request; None when the client closed or stayed idle between requests.
+        Raises HttpParseError, _Closed (after a 408 when a request is not received in time)."""
+        deadline = trio.current_time() + self.limits.idle_timeout_s
+        idle = True
         while True:
-            event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
+            event = self.parser.next_event()
+            if isinstance(event, ParsedRequest):
                 return event
-            data = b""
-            with trio.move_on_after(timeout_s) as scope:
-                try:
-                    data = await self.stream.receive_some(_RECEIVE_BYTES)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    raise _Closed from None
-            if scope.cancelled_caught:
-                raise TimeoutError
-            self.conn.receive_data(data)
-
-    async def _receive_request(self) -> Request | None:
-        try:
-            event = await self._next_event(self.limits.idle_timeout_s)
-        except TimeoutError:
-            return None  # idle keep-alive connection: close quietly
-        if isinstance(event, h11.ConnectionClosed):
-            return None
-        if not isinstance(event, h11.Request):
-            raise _Closed
-        try:
-            with trio.fail_after(self.limits.read_timeout_s):
-                return await self._receive_body(event)
-        except (TimeoutError, trio.TooSlowError):
-            await self._reject(408, "request not received in time", "timeout")
-            raise _Closed from None
-
-    async def _receive_body(self, head: h11.Request) -> Request:
-        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in head.headers]
-        length = next((v for k, v in headers if k == "content-length"), None)
-        if length is not None and length.isdigit() and int(length) > self.limits.body_bytes_max:
-            await self._reject(413, f"body over {self.limits.body_bytes_max} bytes", "too_large")
-            raise _Closed
-        if self.conn.they_are_waiting_for_100_continue:
-            await self._send(self.conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            event = await self._next_event(self.limits.read_timeout_s)
-            if isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > self.limits.body_bytes_max:
-                    await self._reject(
-                        413, f"body over {self.limits.body_bytes_max} bytes", "too_large"
-                    )
-                    raise _Closed
-                chunks.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            else:
+            if event is CLOSED:
+                return None
+            if self.parser.waiting_for_100_continue:
+                self.parser.continue_sent()
+                await self._send(CONTINUE)
+            if idle and self.parser.request_started:
+                idle = False
+                deadline = trio.current_time() + self.limits.read_timeout_s
+            data = await self._receive(deadline)
+            if data is None:
+                if idle:
+                    return None  # idle keep-alive connection: close quietly
+                await self._reject(408, "request not received in time", "timeout")
                 raise _Closed
-        return Request(
-            head.method.decode("ascii", "replace"),
-            head.target.decode("latin-1"),
-            headers,
-            b"".join(chunks),
-        )
+            self.parser.receive_data(data)
+
+    async def _receive(self, deadline: float) -> bytes | bytearray | None:
+        """Bytes from the socket (b"" at end of file), or None at the deadline. Raises _Closed."""
+        with trio.move_on_at(deadline):
+            try:
+                return await self.stream.receive_some(_RECEIVE_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise _Closed from None
+        return None
 
     # -- sending -------------------------------------------------------------------------------
 
-    async def _send(self, data: bytes | None) -> None:
+    async def _send(self, data: bytes) -> None:
         if not data:
             return
         with trio.move_on_after(self.limits.send_timeout_s) as scope:
@@ -167,38 +150,38 @@ class HttpConnection:
             metrics.BAD_REQUESTS.labels("send_timeout").inc()
             raise _Closed
 
-    async def _send_reply(self, reply: Reply) -> None:
-        headers = [*reply.headers, ("content-length", str(len(reply.body)))]
-        head = self.conn.send(h11.Response(status_code=reply.status, headers=headers))
-        body = self.conn.send(h11.Data(data=reply.body))
-        end = self.conn.send(h11.EndOfMessage())
-        await self._send(b"".join(part or b"" for part in (head, body, end)))  # one write
+    async def _send_reply(self, reply: Reply, request: ParsedRequest) -> None:
+        close = not request.keep_alive
+        head_only = request.method == "HEAD"
+        answer = encode_answer(
+            reply.status, reply.headers, reply.body, close=close, head_only=head_only
+        )
+        await self._send(answer)  # one write
 
     async def _reject(self, status: int, message: str, reason: str) -> None:
-        """Answer an HTTP-level failure (if an answer can still be sent) and stop."""
+        """Answer an HTTP-level failure (if it can still be sent) and stop."""
         metrics.BAD_REQUESTS.labels(reason).inc()
         log.info("kinesis.http_rejected", peer=self.peer, status=status, reason=message[:200])
-        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
         type_name = "SerializationException" if status == 400 else "ValidationException"
         reply = error_reply(Protocol.JSON, type_name, message, status)
-        reply.headers.append(("connection", "close"))
         try:
-            await self._send_reply(reply)
-        except (_Closed, h11.LocalProtocolError):
+            await self._send(encode_answer(reply.status, reply.headers, reply.body, close=True))
+        except _Closed:
             pass
 
-    async def _send_streaming(self, reply: Reply) -> None:
+    async def _send_streaming(self, reply: Reply, *, chunked: bool) -> None:
+        """Send a streamed answer: chunked to HTTP/1.1 peers, delimited by the close to 1.0."""
         assert reply.streaming is not None
         events = reply.streaming.events
         try:
-            headers = [*reply.headers, ("connection", "close")]
-            await self._send(self.conn.send(h11.Response(status_code=200, headers=headers)))
+            head = encode_head(reply.status, reply.headers, chunked=chunked, close=True)
+            await self._send(head)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_hangup, nursery.cancel_scope)
-                await self._pump(events)
+                await self._pump(events, chunked)
                 nursery.cancel_scope.cancel()
-            await self._send(self.conn.send(h11.EndOfMessage()))
+            if chunked:
+                await self._send(CHUNKED_END)
         finally:
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
@@ -206,9 +189,9 @@ class HttpConnection:
                     cleanup.shield = True
                     await aclose()
 
-    async def _pump(self, events: AsyncIterator[bytes]) -> None:
+    async def _pump(self, events: AsyncIterator[bytes], chunked: bool) -> None:
         async for event in events:
-            await self._send(self.conn.send(h11.Data(data=event)))
+            await self._send(encode_chunk(event) if chunked else event)
 
     async def _watch_hangup(self, scope: trio.CancelScope) -> None:
         """Cancel a streamed answer when the client closes its side (or the socket breaks)."""
