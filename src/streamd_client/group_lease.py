@@ -28,7 +28,7 @@ import anyio
 
 from . import group_admin
 from .consumer import backoff_s
-from .errors import StreamdError
+from .errors import ShardNotFoundError, StreamdError
 from .group_errors import LeaseLostError
 from .model import Position, parse_sequence
 from .results import ReadResult, Record
@@ -239,6 +239,11 @@ class LeaseTask:
                 await self._wait_for_predecessor()
                 await self._run()
         except (LeaseLostError, _Lost):
+            self.lost = True
+        except ShardNotFoundError:
+            # A closed shard this group fell a whole retention period behind on was forgotten
+            # by the server: nothing is left to read, and the coordinator revokes the lease.
+            log.warning("shard %s no longer exists (past retention); its lease ends", self.shard_id)
             self.lost = True
         except Exception as exc:
             log.exception("lease task of %s failed", self.shard_id)

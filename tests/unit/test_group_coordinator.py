@@ -336,3 +336,19 @@ def test_describe_shows_members_leases_and_checkpoints() -> None:
     assert view["members"][0]["leases"] == shard_ids(2)
     assert view["shards"][0]["checkpoint"] == seq(s0, 1)
     assert view["shards"][0]["status"] == "ACTIVE" and view["shards"][0]["epoch"] == 1
+
+
+def test_an_expired_shard_is_revoked_then_forgotten() -> None:
+    """A closed shard removed by retention: its holder gives it up, then its lease is gone."""
+    coord = coordinator(2)
+    a = Worker(coord, "a", release_at_once=False)
+    a.join(0)
+    gone, kept = shard_ids(2)
+    coord.sync_shards([s for s in coord.shards.values() if s.shard_id == kept], {}, 10)
+    a.heartbeat(20)
+    assert gone in a.revoking
+    assert gone in coord.leases  # still held: the holder decides when it lets go
+    a.release_revoked()
+    a.heartbeat(30)
+    assert gone not in coord.leases and kept in coord.leases
+    assert a.held == {kept: 1}

@@ -227,3 +227,37 @@ def test_options_are_checked() -> None:
     ):
         with pytest.raises(InvalidArgumentError, match=r"must|starts"):
             GroupWorker(client, "s", "g", **bad)
+
+
+async def test_a_shard_forgotten_past_retention_ends_its_lease_not_the_worker() -> None:
+    """The group fell a whole retention period behind on a closed parent: the server forgot
+    it (SHARD_NOT_FOUND). The lease ends, the worker goes on, and the child is processed."""
+    from streamd_client.errors import ShardNotFoundError
+
+    class ExpiringClient(FakeClient):
+        async def read(self, stream: str, shard_id: str, position: Position, **kw: Any) -> Any:
+            if shard_id == P0:
+                child = [info for info in self.coordinator.shards.values() if info.shard_id != P0]
+                self.coordinator.sync_shards(child, {}, self.now_ms())  # as retention does
+                raise ShardNotFoundError(f"stream s has no shard {P0}", shard_id=P0)
+            return await super().read(stream, shard_id, position, **kw)
+
+    lost: list[str] = []
+    seen: list[str] = []
+
+    class Processor(RecordProcessor):
+        def __init__(self, lease: ShardLease) -> None:
+            self.shard_id = lease.shard_id
+
+        async def process_records(self, batch: Batch) -> None:
+            seen.extend(r.shard_id for r in batch.records)
+
+        async def lease_lost(self) -> None:
+            lost.append(self.shard_id)
+
+    client = ExpiringClient([ShardInfo(P0, closed=True), ShardInfo(C1, (P0,))], {P0: 3, C1: 2})
+    async with _worker(client, processor=Processor) as worker:
+        await wait_until(lambda: seen.count(C1) == 2, 5, "the child is processed")
+        await wait_until(lambda: P0 not in client.coordinator.leases, 5, "P0's lease is gone")
+        worker.request_shutdown()
+    assert lost == [P0] and P0 not in seen

@@ -530,6 +530,11 @@ class Coordinator:
         for shard_id in sorted(self.leases):
             lease = self.leases[shard_id]
             want = self.target.get(shard_id)
+            if lease.owner is None and shard_id not in self.shards:
+                del self.leases[shard_id]  # the shard expired (past retention) and was released
+                self.doc.starts.pop(shard_id, None)
+                self._ready.group_changed = True
+                continue
             if lease.owner is None:
                 if want is not None:
                     lease.epoch += 1
