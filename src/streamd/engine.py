@@ -57,9 +57,11 @@ from .storage import LogConfig, ShardLog
 
 log = structlog.get_logger(__name__)
 
-_SEAL_TIMEOUT_S = 30.0  # a parent's queue must drain within this when it is closed
+_SEAL_TIMEOUT_S = 20.0  # a parent's queue must drain within this when it is closed
 _REROUTE_ROUNDS_MAX = 8  # put_records routes again at most this often across reshards
-_RESHAPE_WAIT_S = 60.0  # how long a write waits for a reshard step to finish
+# How long, in all, a write waits for reshard steps to finish: under the clients' 30 s request
+# timeout, over one step's worst case (the seal timeout).
+_RESHAPE_WAIT_S = 25.0
 _RESIZE_STEP_ATTEMPTS = 3
 _GROUP_TICK_S = 1.0
 TAGS_PER_STREAM_MAX = 50
@@ -343,7 +345,8 @@ class Engine:
         """Raises StreamNotFoundError, InvalidArgumentError."""
         check_stream_name(name)
         check_retention_hours(retention_hours)
-        async with self._admin_lock:
+        stream = self._stream(name)
+        async with stream.lock:  # a reshard step replaces stream.meta: never interleave
             stream = self._stream(name)
             stream.meta = await self.catalog.update(
                 name, lambda m: replace(_active(m), retention_hours=retention_hours)
@@ -353,7 +356,8 @@ class Engine:
     async def update_tags(self, name: str, add: dict[str, str], remove: Sequence[str]) -> None:
         """Add (or overwrite) and remove tags. Raises StreamNotFoundError, InvalidArgumentError,
         LimitExceededError (more than 50 tags)."""
-        async with self._admin_lock:
+        stream = self._stream(name)
+        async with stream.lock:  # a reshard step replaces stream.meta: never interleave
             stream = self._stream(name)
             _changed_tags(stream.meta.tags, add, remove)  # refuse before touching the store
             stream.meta = await self.catalog.update(
@@ -523,9 +527,14 @@ class Engine:
                 await self._resize_steps(stream, target)
             except StreamdError as exc:
                 log.error("reshard.resize_failed", stream=name, code=exc.code, error=exc.message)
-                async with stream.lock:
-                    if self.streams.get(name) is stream:
-                        await self._end_reshard(stream)
+                try:
+                    async with stream.lock:
+                        if self.streams.get(name) is stream:
+                            await self._end_reshard(stream)
+                except StreamdError as end_exc:  # stays UPDATING: the next start resumes it
+                    log.error("reshard.end_failed", stream=name, error=end_exc.message)
+            except Exception:  # a bug or a failing disk must not take the engine down
+                log.exception("reshard.resize_crashed", stream=name)
             finally:
                 self._resize_scopes.discard(scope)
 
@@ -544,7 +553,7 @@ class Engine:
                     try:
                         await self._apply_step(stream, step, last=last)
                         break
-                    except (StreamdError, trio.TooSlowError) as exc:
+                    except StreamdError as exc:
                         log.warning(
                             "reshard.step_failed", stream=name, attempt=attempt, error=str(exc)
                         )
@@ -563,14 +572,15 @@ class Engine:
         """
         outcomes: list[PutOutcome] = [PutOutcome()] * len(records)
         pending = list(range(len(records)))
+        deadline = trio.current_time() + _RESHAPE_WAIT_S
         for _ in range(_REROUTE_ROUNDS_MAX):
             stream = self._stream(name)
             reshaped = stream.reshaped
             pending = await self._put_round(stream, records, pending, outcomes)
-            if not pending:
-                break
+            if not pending or trio.current_time() >= deadline:
+                break  # what is left carries SHARD_CLOSED, which is retryable
             # Their shards were being closed by a reshard: wait for the new map, route again.
-            with trio.move_on_after(_RESHAPE_WAIT_S):
+            with trio.move_on_at(deadline):
                 await reshaped.wait()
         return outcomes
 

@@ -32,6 +32,7 @@ from streamd_client.errors import (
     InternalError,
     InvalidSequenceNumberError,
     OutOfOrderSequenceError,
+    RequestTimeoutError,
     ShardClosedError,
     ShuttingDownError,
     StorageFullError,
@@ -208,7 +209,7 @@ class ShardPipeline:
         if self._closing:
             raise ShuttingDownError("shard is closing")
         if self._fenced is not None:
-            raise self._fenced
+            raise InternalError(self._fenced.message)  # a fresh one: no growing traceback
         if self._sealed or not self.shard.is_open:
             raise ShardClosedError(
                 f"shard {self.shard.shard_id} is closed", shard_id=self.shard.shard_id
@@ -281,20 +282,38 @@ class ShardPipeline:
         whatever the fsync mode, and return the ending offset: every acknowledged write of this
         shard lies below it, every later one goes to a child. ``unseal`` undoes it.
 
-        Raises trio.TooSlowError (the queue did not drain in time), InternalError (the sync
-        failed); the shard stays sealed either way, so the caller must unseal.
+        Raises RequestTimeoutError (the queue did not drain in time), InternalError (the shard
+        is fenced, or the sync failed, which fences it); the shard stays sealed either way, so
+        the caller must unseal.
         """
         assert self.shard.is_open
         self._sealed = True
-        with trio.fail_after(timeout_s):
-            while self._queue or self._busy:
-                await self._progress.wait()
+        if self._fenced is not None:
+            raise InternalError(self._fenced.message)
+        try:
+            with trio.fail_after(timeout_s):
+                while self._queue or self._busy:
+                    await self._progress.wait()
+        except trio.TooSlowError:
+            raise RequestTimeoutError(
+                f"shard {self.shard.shard_id}'s queue did not drain in {timeout_s} s"
+            ) from None
         try:
             await self._io.run(self.log.sync)
         except OSError as exc:
+            self._fence(exc)
             raise InternalError(f"sync before closing shard failed: {exc}") from exc
+        if self._fenced is not None:  # a commit failed its fsync while we waited
+            raise InternalError(self._fenced.message)
         assert self.high_watermark == self.log.next_offset
         return self.high_watermark
+
+    def _fence(self, exc: OSError) -> None:
+        self._log.error("shard.fsync_failed", error=str(exc))
+        self._fenced = InternalError(
+            f"shard {self.shard.shard_id} refuses writes after an fsync failure ({exc}); "
+            "restart the server to recover it"
+        )
 
     def unseal(self) -> None:
         self._sealed = False
@@ -402,7 +421,9 @@ class ShardPipeline:
             self._queued_bytes = 0
         for write in group:
             if id(write) not in committed:
-                write.error = error or self._fenced or InternalError("write was not committed")
+                write.error = error or InternalError(
+                    self._fenced.message if self._fenced else "write was not committed"
+                )
             if write.producer is not None:
                 self._forget_in_flight(*write.producer)
             write.done.set()
@@ -437,12 +458,8 @@ class ShardPipeline:
                 try:
                     self.log.sync()
                 except OSError as exc:  # an fsync failure is never retried: data may be lost
-                    self._log.error("shard.fsync_failed", error=str(exc))
-                    self._fenced = InternalError(
-                        f"shard {self.shard.shard_id} refuses writes after an fsync failure "
-                        f"({exc}); restart the server to recover it"
-                    )
-                    return [], self._fenced
+                    self._fence(exc)
+                    return [], InternalError(f"fsync failed: {exc}")
             elif self.config.fsync == "interval":
                 self._dirty = True
         return written, error

@@ -92,10 +92,11 @@ class ShardDescription(NamedTuple):
 
 
 class ReshardProgress(NamedTuple):
-    """A reshard the server is running (``resize``: ``done`` of ``total`` splits/merges)."""
+    """A reshard the server is running (``resize``: ``done`` of ``total`` splits/merges;
+    ``target`` is the open shard count a resize goes to, None for a split or merge)."""
 
     kind: str
-    target: int
+    target: int | None
     done: int
     total: int
 
@@ -199,7 +200,7 @@ def _reshard_from_wire(body: dict[str, Any] | None) -> ReshardProgress | None:
         return None
     progress = ReshardProgress(
         kind=field(body, "kind", str),
-        target=_count(body, "target"),
+        target=None if body.get("target") is None else _count(body, "target"),
         done=_count(body, "done"),
         total=_count(body, "total"),
     )

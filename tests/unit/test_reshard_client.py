@@ -204,6 +204,8 @@ def test_describe_carries_the_reshard_progress() -> None:
     assert stream_from_wire(_stream()).reshard is None
     with pytest.raises(ProtocolError):
         stream_from_wire(_stream(reshard={**progress, "done": 5}))
+    split = {"kind": "split", "target": None, "done": 0, "total": 1}  # what a split sends
+    assert stream_from_wire(_stream(reshard=split)).reshard == ReshardProgress("split", None, 0, 1)
 
 
 # -- the CLI ---------------------------------------------------------------------------------

@@ -172,4 +172,7 @@ async def test_fsync_failure_fences_the_shard(nursery: trio.Nursery) -> None:
     with pytest.raises(InternalError, match="refuses writes"):
         p.enqueue_records(*records(1))
     assert p.high_watermark == 0  # nothing unsynced became readable
+    with pytest.raises(InternalError, match="refuses writes"):  # no reshard of a fenced shard
+        await p.seal(1.0)
+    p.unseal()
     await p.close()
