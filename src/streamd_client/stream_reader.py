@@ -47,23 +47,33 @@ ShardState = Literal["waiting", "reading", "ended", "stopped"]
 class Lineage:
     """Which shards a lineage-ordered reader may read now (module docstring). Pure."""
 
-    def __init__(self) -> None:
+    def __init__(self, initial: Iterable[str] = ()) -> None:
+        """``initial``: every shard id of the stream when reading began (closed ones too)."""
+        self.initial = frozenset(initial)
         self.parents: dict[str, tuple[str, ...]] = {}
         self.state: dict[str, ShardState] = {}
 
     def track(self, shard_id: str, parents: Iterable[str]) -> None:
-        """Know a shard (idempotent): it waits until its tracked parents have ended."""
+        """Know a shard (idempotent): it waits until its parents have ended. A shard of the
+        initial map waits only for parents in that map (the others are gone: retention); a
+        shard found later waits for all of its parents, found yet or not."""
         if shard_id not in self.state:
-            self.parents[shard_id] = tuple(p for p in parents if p)
+            kept = (p for p in parents if p and (shard_id not in self.initial or p in self.initial))
+            self.parents[shard_id] = tuple(kept)
             self.state[shard_id] = "waiting"
+
+    def _parent_ended(self, parent: str) -> bool:
+        state = self.state.get(parent)
+        if state is None:  # untracked: closed before a `latest` start, or not found yet
+            return parent in self.initial
+        return state == "ended"
 
     def ready(self) -> list[str]:
         """The waiting shards that may start now (marked reading), in shard-id order."""
         started = [
             shard_id
             for shard_id, state in sorted(self.state.items())
-            if state == "waiting"
-            and all(self.state.get(p, "ended") == "ended" for p in self.parents[shard_id])
+            if state == "waiting" and all(map(self._parent_ended, self.parents[shard_id]))
         ]
         for shard_id in started:
             self.state[shard_id] = "reading"
@@ -152,6 +162,7 @@ class StreamReader:
 
     async def __aenter__(self) -> StreamReader:
         description = await self._client.describe_stream(self.stream)
+        self.lineage = Lineage(s.shard_id for s in description.shards)
         chosen = initial_shards(description.shards, self.start)
         for shard in chosen:
             self.lineage.track(shard.shard_id, _parents_of(shard))

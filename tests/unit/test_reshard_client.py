@@ -69,10 +69,22 @@ def test_children_known_from_describe_wait_for_their_tracked_parents() -> None:
     assert lineage.end(S[2], []) == [S[3]]
 
 
-def test_an_untracked_parent_does_not_hold_a_child_back() -> None:
-    lineage = Lineage()
-    lineage.track(S[5], (S[0], S[1]))  # parents expired, or closed before a latest start
+def test_parents_gone_or_closed_before_the_start_do_not_hold_a_child_back() -> None:
+    lineage = Lineage([S[1], S[5]])  # S[0] expired before the start; S[1] was closed then
+    lineage.track(S[5], (S[0], S[1]))  # a `latest` start does not read S[1]
     assert lineage.ready() == [S[5]]
+
+
+def test_a_parent_found_later_holds_its_child_back() -> None:
+    """S1 splits into S3+S4 while S1 is still being read; S4 then merges with S2 into S5.
+    S2 ends first: S5 must wait for S4, which is found only when S1 ends."""
+    lineage = Lineage([S[1], S[2]])
+    lineage.track(S[1], ())
+    lineage.track(S[2], ())
+    assert lineage.ready() == [S[1], S[2]]
+    assert lineage.end(S[2], [child(S[5], S[4], S[2])]) == []  # S[4] is not known yet
+    assert lineage.end(S[1], [child(S[3], S[1]), child(S[4], S[1])]) == [S[3], S[4]]
+    assert lineage.end(S[4], [child(S[5], S[4], S[2])]) == [S[5]]
 
 
 def test_a_shard_stopped_at_its_tip_never_starts_its_children() -> None:
