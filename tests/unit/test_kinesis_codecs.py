@@ -49,7 +49,7 @@ KINESIS_ERROR_NAMES = {
     "ProvisionedThroughputExceededException",
     "ValidationException",
     "UnknownOperationException",
-    "InternalFailure",
+    "InternalFailureException",
     "ServiceUnavailable",
 }
 

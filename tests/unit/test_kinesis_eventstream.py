@@ -482,4 +482,4 @@ async def test_a_corrupt_stored_batch_ends_the_stream_with_an_exception_event() 
 
     events = await _subscribe(Subscriptions(), _CorruptShard())
     kinds = [_docs(m)[0] async for m in events]
-    assert kinds == ["initial-response", "InternalFailure"]
+    assert kinds == ["initial-response", "InternalFailureException"]

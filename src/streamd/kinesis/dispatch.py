@@ -3,8 +3,9 @@
 ``Dispatcher.answer`` takes a whole request (method, target, headers, body) and returns a
 ``Reply``: status, headers and either a body or a ``Streaming`` event stream. Every failure
 becomes the error body the SDKs parse (``__type`` and ``message`` in the request's protocol,
-plus the ``x-amzn-ErrorType`` header); an unexpected exception becomes InternalFailure (500)
-and is logged with its traceback; the connection is never the one to pay for it.
+plus the ``x-amzn-ErrorType`` header); an unexpected exception becomes
+InternalFailureException (500) and is logged with its traceback; the connection is never the
+one to pay for it.
 """
 
 from __future__ import annotations

@@ -1,14 +1,15 @@
 """streamd's typed errors onto the Kinesis error names the SDKs parse, in one table.
 
-Every ``StreamdError`` code maps to the exception Kinesis answers in the same situation, with its
-HTTP status (400 client errors, 500 InternalFailure, 503 ServiceUnavailable). Codes absent from
-the table (a newer engine) fall back by family: an InvalidArgumentError subclass is an
-InvalidArgumentException, anything else InternalFailure. The gateway's own errors (unknown
-operation, bad signature, bad body) are raised directly as ``KinesisError``.
+Every ``StreamdError`` code maps to the exception Kinesis answers in the same situation, with
+its HTTP status (400 client errors, 500 InternalFailureException, 503 ServiceUnavailable). Codes
+absent from the table (a newer engine) fall back by family: an InvalidArgumentError subclass is
+an InvalidArgumentException, anything else InternalFailureException. The gateway's own errors
+(unknown operation, bad signature, bad body) are raised directly as ``KinesisError``.
 
 STORAGE_FULL answers ProvisionedThroughputExceededException: the SDKs and the KCL treat it as
-retryable with backoff, which is what a writer should do until space is freed (InternalFailure
-would also be retried, but tells operators nothing). docs/kinesis.md has the table.
+retryable with backoff, which is what a writer should do until space is freed
+(InternalFailureException would also be retried, but tells operators nothing).
+docs/kinesis.md has the table.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ EXPIRED_ITERATOR: Final = "ExpiredIteratorException"
 VALIDATION: Final = "ValidationException"
 SERIALIZATION: Final = "SerializationException"
 UNKNOWN_OPERATION: Final = "UnknownOperationException"
-INTERNAL_FAILURE: Final = "InternalFailure"
+INTERNAL_FAILURE: Final = "InternalFailureException"  # botocore's model names it so
+# The per-record ErrorCode of a PutRecords answer is the short form, as Kinesis sends it.
+RECORD_INTERNAL_FAILURE: Final = "InternalFailure"
 SERVICE_UNAVAILABLE: Final = "ServiceUnavailable"
-ACCESS_DENIED: Final = "AccessDeniedException"
 
 # code -> (Kinesis name, HTTP status)
 _BY_CODE: Final[dict[str, tuple[str, int]]] = {

@@ -39,7 +39,7 @@ from ..shard import now_ms
 from .args import opt_int, opt_str, req_str
 from .errors import (
     EXPIRED_ITERATOR,
-    INTERNAL_FAILURE,
+    RECORD_INTERNAL_FAILURE,
     THROUGHPUT_EXCEEDED,
     invalid_argument,
     kinesis_error_of,
@@ -150,7 +150,7 @@ async def put_records(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, An
         # Kinesis reports only these two per record: retry-with-backoff or a server fault.
         code, _ = kinesis_name_of(outcome.error)
         if code != THROUGHPUT_EXCEEDED:
-            code = INTERNAL_FAILURE
+            code = RECORD_INTERNAL_FAILURE
         results.append({"ErrorCode": code, "ErrorMessage": outcome.error.message})
     return {
         "FailedRecordCount": sum(1 for o in outcomes if o.error is not None),
