@@ -272,6 +272,9 @@ def test_tags_by_name_and_by_arn(kinesis: Any, name: str) -> None:
     with pytest.raises(ClientError) as exc:
         kinesis.add_tags_to_stream(StreamName=name, Tags={f"t{i}": "v" for i in range(49)})
     assert error_code(exc)[0] == "LimitExceededException"
+    with pytest.raises(ClientError) as exc:  # a call may carry 200, a stream holds 50
+        kinesis.add_tags_to_stream(StreamName=name, Tags={f"u{i}": "v" for i in range(60)})
+    assert error_code(exc)[0] == "LimitExceededException"
     with pytest.raises(ClientError) as exc:
         kinesis.tag_resource(ResourceARN=arn, Tags={"x" * 129: "v"})
     assert error_code(exc)[0] in ("InvalidArgumentException", "ValidationException")
@@ -335,6 +338,7 @@ def test_split_merge_seen_through_list_shards_and_get_records(kinesis: Any, name
         "shardId-000000000003",
         "shardId-000000000004",
     ]
+    assert len(kinesis.list_shards(StreamName=name, MaxResults=5000)["Shards"]) == 5
     first = kinesis.list_shards(StreamName=name, MaxResults=2)
     second = kinesis.list_shards(NextToken=first["NextToken"], MaxResults=2)
     third = kinesis.list_shards(NextToken=second["NextToken"])

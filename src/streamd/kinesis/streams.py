@@ -46,7 +46,9 @@ ON_DEMAND_SHARD_COUNT: Final = 4  # what Kinesis gives an on-demand stream at fi
 LIST_LIMIT_DEFAULT: Final = 100
 LIST_LIMIT_MAX: Final = 10_000
 LIST_SHARDS_DEFAULT: Final = 1000
-TAGS_PER_CALL_MAX: Final = 50
+LIST_SHARDS_PAGE_MAX: Final = 1000  # Kinesis: MaxResults over 1000 still returns at most 1000
+TAGS_PER_CALL_MAX: Final = 200  # botocore's TagMap (a stream holds 50: the engine's limit)
+TAG_KEYS_PER_CALL_MAX: Final = 50  # botocore's TagKeyList
 TAG_LIST_LIMIT_DEFAULT: Final = 50
 SHARD_FILTERS: Final = (
     "AFTER_SHARD_ID",
@@ -292,6 +294,7 @@ def _shard_filter(body: dict[str, Any]) -> tuple[str | None, str | None, int | N
 
 async def list_shards(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
     limit = opt_int(body, "MaxResults", low=1, high=LIST_LIMIT_MAX) or LIST_SHARDS_DEFAULT
+    limit = min(limit, LIST_SHARDS_PAGE_MAX)
     token = opt_str(body, "NextToken", max_len=1048576)
     if token is not None:
         if body.get("StreamName") is not None or body.get("StreamARN") is not None:
@@ -373,9 +376,9 @@ def _tags_in(body: dict[str, Any]) -> dict[str, str]:
 
 
 def _keys_in(body: dict[str, Any]) -> list[str]:
-    keys = str_list(body, "TagKeys", max_len=TAGS_PER_CALL_MAX)
+    keys = str_list(body, "TagKeys", max_len=TAG_KEYS_PER_CALL_MAX)
     if not keys:
-        raise validation(f"TagKeys must hold 1..{TAGS_PER_CALL_MAX} keys")
+        raise validation(f"TagKeys must hold 1..{TAG_KEYS_PER_CALL_MAX} keys")
     return keys
 
 
