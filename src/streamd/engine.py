@@ -1,9 +1,11 @@
 """The engine: streams, their shards' pipelines, routing, and the operations every front end uses.
 
-The native protocol server (``server.py``) and, later, the Kinesis gateway are thin translations
-onto these methods; no semantics live anywhere else. The engine owns a nursery in which every
-shard's appender runs, and a retention task. Metadata changes go through the catalog (the
-metadata store) first and are applied to the running pipelines after.
+The native protocol server (``server.py``) and the Kinesis gateway (``kinesis/``) are thin
+translations onto these methods; no semantics live anywhere else. The engine owns a nursery in
+which every shard's appender runs, plus the retention task (which also forgets expired closed
+shards), the consumer-group expiry timer, and running resizes. Metadata changes go through the
+catalog (the metadata store) first and are applied to the running pipelines after; resharding
+is described in docs/design.md.
 
 Data directory layout: ``<data>/meta.sqlite3`` and ``<data>/streams/<stream>/<shard_id>/``
 holding the shard's segment files. A deleted stream's directory is first renamed into

@@ -19,6 +19,7 @@ streamed answer.
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -257,8 +258,13 @@ def _iterator_key(data_dir: Path) -> bytes:
         pass
     key = secrets.token_bytes(32)
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(key)
-    tmp.chmod(0o600)
+    tmp.unlink(missing_ok=True)  # a leftover keeps its mode; O_EXCL makes a fresh 0600 one
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
+    try:
+        os.write(fd, key)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     tmp.replace(path)
     return key
 
