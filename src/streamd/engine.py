@@ -48,13 +48,14 @@ from streamd_client.model import (
     check_shard_count,
     check_stream_name,
 )
+from streamd_client.results import ChildShard
 
 from . import metrics, reshard
 from .catalog import Catalog, ShardMeta, StreamMeta, StreamMode
 from .config import ServerConfig
 from .meta import MetaStore
 from .replication import Committer, LocalCommitter
-from .shard import ChildShard, PendingWrite, PipelineConfig, ReadResult, ShardPipeline, now_ms
+from .shard import PendingWrite, PipelineConfig, ReadResult, ShardPipeline, now_ms
 from .storage import LogConfig, ShardLog
 
 log = structlog.get_logger(__name__)

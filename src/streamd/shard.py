@@ -40,6 +40,7 @@ from streamd_client.errors import (
     ThrottledError,
 )
 from streamd_client.model import Position, make_sequence, parse_sequence
+from streamd_client.results import ChildShard  # the client's type: one definition of the shape
 
 from . import metrics
 from .catalog import ShardMeta
@@ -92,16 +93,6 @@ class PendingWrite:
         if self.error is not None:
             raise self.error
         return self.base_offset, self.record_count, self.duplicate
-
-
-@dataclass(frozen=True, slots=True)
-class ChildShard:
-    """A shard made from a closed one by a split or merge (what Kinesis calls ChildShards)."""
-
-    shard_id: str
-    parent_shard_ids: tuple[str, ...]
-    hash_key_start: int
-    hash_key_end: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from streamd_client.model import (
     parse_sequence,
     shard_id_of,
 )
-from streamd_client.results import ChildShard, RawRead
+from streamd_client.results import RawRead
 
 from ..catalog import ShardMeta, StreamMeta
 from ..engine import RecordIn
@@ -255,10 +255,7 @@ async def get_records(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, An
         read.high_watermark,
         read.millis_behind,
         read.shard_end,
-        tuple(
-            ChildShard(c.shard_id, c.parent_shard_ids, c.hash_key_start, c.hash_key_end)
-            for c in read.child_shards
-        ),
+        read.child_shards,
     )
     page = decode_read(raw, shard_id, it.shard_index, limit)
     answer: dict[str, Any] = {
