@@ -228,7 +228,7 @@ class Engine:
     async def _close_stream(self, stream: _Stream) -> None:
         for pipeline in stream.pipelines.values():
             await pipeline.close()
-            await trio.to_thread.run_sync(partial(pipeline.log.close, clean=True))
+            await pipeline.close_log()
 
     async def _move_to_trash(self, directory: Path) -> None:
         await trio.to_thread.run_sync(_remove_dir, directory, self.config.data_dir / "trash")
@@ -266,7 +266,7 @@ class Engine:
                 for shard_id in sorted(expired):
                     pipeline = stream.pipelines.pop(shard_id)
                     await pipeline.close()
-                    await trio.to_thread.run_sync(partial(pipeline.log.close, clean=True))
+                    await pipeline.close_log()
                     await self._move_to_trash(stream.directory / shard_id)
                     log.info("shard.expired", stream=name, shard_id=shard_id)
                 forgotten += sorted(expired)

@@ -22,6 +22,7 @@ import bisect
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 import structlog
@@ -160,6 +161,8 @@ class ShardPipeline:
         self._fenced: InternalError | None = None
         self._busy = False  # a group is being committed
         self._progress = trio.Event()  # set after every group commit, then replaced
+        self._disk_reads = 0  # reads in a worker thread now (close_log waits for them)
+        self._reads_done = trio.Event()
         self._stopped = trio.Event()
         self._retention_cutoff_ms: int | None = None
         self._dirty = False
@@ -543,10 +546,10 @@ class ShardPipeline:
         batches, last_ms, next_offset = self._read_tail(offset, max_bytes, hwm)
         if batches is None:
             try:
-                data = await trio.to_thread.run_sync(self.log.read, offset, max_bytes, hwm)
+                data = await self._read_disk(offset, max_bytes, hwm)
             except OffsetTrimmedError:  # retention ran meanwhile: go on from the new horizon
                 offset = self.log.start_offset
-                data = await trio.to_thread.run_sync(self.log.read, offset, max_bytes, hwm)
+                data = await self._read_disk(offset, max_bytes, hwm)
             batches, last_ms, next_offset = data, 0, offset
             for raw in data:
                 header = batchfmt.parse_header(raw)
@@ -577,6 +580,26 @@ class ShardPipeline:
             size += len(cached.data)
             last_ms, next_offset = cached.last_arrival_ms, cached.next_offset
         return out, last_ms, next_offset
+
+    async def _read_disk(self, offset: int, max_bytes: int, hwm: int) -> list[bytes]:
+        """Read from the log in a worker thread; counted, so ``close_log`` waits for it."""
+        if self._closing:
+            raise ShuttingDownError(f"shard {self.shard.shard_id} is closing")
+        self._disk_reads += 1
+        try:
+            return await trio.to_thread.run_sync(self.log.read, offset, max_bytes, hwm)
+        finally:
+            self._disk_reads -= 1
+            if not self._disk_reads:
+                self._reads_done.set()
+                self._reads_done = trio.Event()
+
+    async def close_log(self, timeout_s: float = 5.0) -> None:
+        """After ``close``: let disk reads in flight finish (bounded), then close the log."""
+        with trio.move_on_after(timeout_s):
+            while self._disk_reads:
+                await self._reads_done.wait()
+        await trio.to_thread.run_sync(partial(self.log.close, clean=True))
 
     def sequence_of(self, offset: int) -> str:
         return make_sequence(self.shard.index, offset)
