@@ -54,6 +54,7 @@ from .consumers import (
     parse_consumer_arn,
 )
 from .errors import kinesis_error_of
+from .records import child_shard_doc
 from .streams import resolve_stream
 from .types import GatewayContext, KinesisError, Operation, Streaming
 
@@ -525,7 +526,7 @@ def render_events(
         doc = _records_event(records, shard_index, result.next_offset - 1, result.millis_behind)
         if at_end:
             del doc["ContinuationSequenceNumber"]
-            doc["ChildShards"] = [_child_doc(c) for c in result.child_shards]
+            doc["ChildShards"] = [child_shard_doc(c) for c in result.child_shards]
         events.append(codec.event(doc))
     return events, at_end
 
@@ -537,17 +538,6 @@ def _records_event(
         "Records": records,
         "ContinuationSequenceNumber": make_sequence(shard_index, max(0, last_offset)),
         "MillisBehindLatest": behind_ms,
-    }
-
-
-def _child_doc(child: Any) -> dict[str, Any]:
-    return {
-        "ShardId": child.shard_id,
-        "ParentShards": list(child.parent_shard_ids),
-        "HashKeyRange": {
-            "StartingHashKey": str(child.hash_key_start),
-            "EndingHashKey": str(child.hash_key_end),
-        },
     }
 
 

@@ -31,7 +31,7 @@ from streamd_client.model import (
     parse_sequence,
     shard_id_of,
 )
-from streamd_client.results import RawRead
+from streamd_client.results import ChildShard, RawRead
 
 from ..catalog import ShardMeta, StreamMeta
 from ..engine import RecordIn
@@ -159,6 +159,18 @@ async def put_records(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, An
     }
 
 
+def child_shard_doc(child: ChildShard) -> dict[str, Any]:
+    """A ChildShards entry (GetRecords at a shard's end, SubscribeToShard's last event)."""
+    return {
+        "ShardId": child.shard_id,
+        "ParentShards": list(child.parent_shard_ids),
+        "HashKeyRange": {
+            "StartingHashKey": str(child.hash_key_start),
+            "EndingHashKey": str(child.hash_key_end),
+        },
+    }
+
+
 # -- iterators ------------------------------------------------------------------------------------
 
 
@@ -271,17 +283,7 @@ async def get_records(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, An
         "MillisBehindLatest": page.millis_behind,
     }
     if page.shard_end:  # no NextShardIterator: the shard has ended
-        answer["ChildShards"] = [
-            {
-                "ShardId": c.shard_id,
-                "ParentShards": list(c.parent_shard_ids),
-                "HashKeyRange": {
-                    "StartingHashKey": str(c.hash_key_start),
-                    "EndingHashKey": str(c.hash_key_end),
-                },
-            }
-            for c in page.child_shards
-        ]
+        answer["ChildShards"] = [child_shard_doc(c) for c in page.child_shards]
         return answer
     next_offset = page.next_position.offset
     assert next_offset is not None
