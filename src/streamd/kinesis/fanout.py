@@ -53,7 +53,15 @@ from .consumers import (
     check_consumer_name,
     parse_consumer_arn,
 )
-from .errors import kinesis_error_of
+from .errors import (
+    EXPIRED_NEXT_TOKEN,
+    INTERNAL_FAILURE,
+    INVALID_ARGUMENT,
+    RESOURCE_IN_USE,
+    RESOURCE_NOT_FOUND,
+    VALIDATION,
+    kinesis_error_of,
+)
 from .records import child_shard_doc
 from .streams import resolve_stream
 from .types import GatewayContext, KinesisError, Operation, Streaming
@@ -138,7 +146,7 @@ def _stream_id(ctx: GatewayContext, name: str) -> str:
 
 def _stream_of_arn(ctx: GatewayContext, body: dict[str, Any]) -> str:
     if "StreamARN" not in body:
-        raise KinesisError("ValidationException", "StreamARN is required")
+        raise KinesisError(VALIDATION, "StreamARN is required")
     return resolve_stream(ctx, {"StreamARN": body["StreamARN"]})
 
 
@@ -148,9 +156,7 @@ async def _find_consumer(ctx: GatewayContext, body: dict[str, Any]) -> StreamCon
     arn = body.get("ConsumerARN")
     if arn is None:
         if "ConsumerName" not in body:
-            raise KinesisError(
-                "InvalidArgumentException", "give ConsumerARN, or StreamARN and ConsumerName"
-            )
+            raise KinesisError(INVALID_ARGUMENT, "give ConsumerARN, or StreamARN and ConsumerName")
         name = _stream_of_arn(ctx, body)
         consumer_name = check_consumer_name(body["ConsumerName"])
         return await store.get(name, _stream_id(ctx, name), consumer_name)
@@ -159,9 +165,9 @@ async def _find_consumer(ctx: GatewayContext, body: dict[str, Any]) -> StreamCon
         parsed.stream_name, _stream_id(ctx, parsed.stream_name), parsed.consumer_name
     )
     if _consumer_arn(ctx, consumer) != arn:  # another region/account, or an older registration
-        raise KinesisError("ResourceNotFoundException", f"Consumer {arn} not found")
+        raise KinesisError(RESOURCE_NOT_FOUND, f"Consumer {arn} not found")
     if "StreamARN" in body and _stream_of_arn(ctx, body) != parsed.stream_name:
-        raise KinesisError("InvalidArgumentException", "ConsumerARN is not of that StreamARN")
+        raise KinesisError(INVALID_ARGUMENT, "ConsumerARN is not of that StreamARN")
     return consumer
 
 
@@ -169,7 +175,7 @@ async def register_stream_consumer(ctx: GatewayContext, body: dict[str, Any]) ->
     name = _stream_of_arn(ctx, body)
     consumer_name = check_consumer_name(body.get("ConsumerName"))
     if body.get("Tags"):
-        raise KinesisError("InvalidArgumentException", "tags on stream consumers are not supported")
+        raise KinesisError(INVALID_ARGUMENT, "tags on stream consumers are not supported")
     state = _fanout(ctx)
     with trio.fail_after(30):
         async with state.registration_lock:  # the 20-consumer limit is checked, then written
@@ -191,25 +197,25 @@ async def deregister_stream_consumer(ctx: GatewayContext, body: dict[str, Any]) 
     state = _fanout(ctx)
     await state.store.deregister(consumer)
     arn = _consumer_arn(ctx, consumer)
-    state.subscriptions.end_consumer(arn, "ResourceNotFoundException", f"{arn} was deregistered")
+    state.subscriptions.end_consumer(arn, RESOURCE_NOT_FOUND, f"{arn} was deregistered")
     return {}
 
 
 async def list_stream_consumers(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
     limit = body.get("MaxResults", LIST_RESULTS_MAX)
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
-        raise KinesisError("InvalidArgumentException", "MaxResults must be 1..10000")
+        raise KinesisError(INVALID_ARGUMENT, "MaxResults must be 1..10000")
     limit = min(limit, LIST_RESULTS_MAX)
     token = body.get("NextToken")
     if token is not None:
         if "StreamCreationTimestamp" in body:
             raise KinesisError(
-                "InvalidArgumentException",
+                INVALID_ARGUMENT,
                 "NextToken and StreamCreationTimestamp exclude each other",
             )
         name, stream_id, after = _parse_next_token(token)
         if _stream_id(ctx, name) != stream_id:
-            raise KinesisError("ExpiredNextTokenException", "the stream changed; list again")
+            raise KinesisError(EXPIRED_NEXT_TOKEN, "the stream changed; list again")
     else:
         name = _stream_of_arn(ctx, body)
         stream_id, after = _stream_id(ctx, name), ""
@@ -229,10 +235,10 @@ def _check_creation_timestamp(ctx: GatewayContext, name: str, stamp: object) -> 
     if stamp is None:
         return
     if not isinstance(stamp, datetime):
-        raise KinesisError("ValidationException", "StreamCreationTimestamp must be a timestamp")
+        raise KinesisError(VALIDATION, "StreamCreationTimestamp must be a timestamp")
     created_s = ctx.engine.stream_meta(name).created_ms // 1000
     if int(stamp.timestamp()) != created_s:
-        raise KinesisError("ResourceNotFoundException", f"no stream {name} created at {stamp}")
+        raise KinesisError(RESOURCE_NOT_FOUND, f"no stream {name} created at {stamp}")
 
 
 def _make_next_token(name: str, stream_id: str, after: str) -> str:
@@ -248,9 +254,9 @@ def _parse_next_token(token: object) -> tuple[str, str, str]:
         assert all(isinstance(v, str) for v in (name, stream_id, after))
         assert isinstance(expires_ms, int)
     except (AssertionError, ValueError, KeyError, TypeError):
-        raise KinesisError("InvalidArgumentException", "malformed NextToken") from None
+        raise KinesisError(INVALID_ARGUMENT, "malformed NextToken") from None
     if expires_ms < _now_ms():
-        raise KinesisError("ExpiredNextTokenException", "NextToken expired; list again")
+        raise KinesisError(EXPIRED_NEXT_TOKEN, "NextToken expired; list again")
     return name, stream_id, after
 
 
@@ -260,7 +266,7 @@ def _parse_next_token(token: object) -> tuple[str, str, str]:
 def _position_of(start: object) -> Position:
     """StartingPosition -> Position. Raises KinesisError."""
     if not isinstance(start, dict) or not isinstance(start.get("Type"), str):
-        raise KinesisError("ValidationException", "StartingPosition.Type is required")
+        raise KinesisError(VALIDATION, "StartingPosition.Type is required")
     kind, sequence, stamp = start["Type"], start.get("SequenceNumber"), start.get("Timestamp")
     try:
         if kind == "TRIM_HORIZON":
@@ -269,7 +275,7 @@ def _position_of(start: object) -> Position:
             return Position.latest()
         if kind in ("AT_SEQUENCE_NUMBER", "AFTER_SEQUENCE_NUMBER"):
             if sequence is None:
-                raise KinesisError("InvalidArgumentException", f"{kind} needs a SequenceNumber")
+                raise KinesisError(INVALID_ARGUMENT, f"{kind} needs a SequenceNumber")
             if kind == "AT_SEQUENCE_NUMBER":
                 return Position.at_sequence(sequence)
             return Position.after_sequence(sequence)
@@ -280,13 +286,13 @@ def _position_of(start: object) -> Position:
             return Position.at_timestamp(int(stamp.timestamp() * 1000))
         if isinstance(stamp, int | float) and not isinstance(stamp, bool):
             return Position.at_timestamp(int(stamp * 1000))
-        raise KinesisError("InvalidArgumentException", "AT_TIMESTAMP needs a Timestamp")
-    raise KinesisError("ValidationException", f"unknown StartingPosition.Type {kind!r:.40}")
+        raise KinesisError(INVALID_ARGUMENT, "AT_TIMESTAMP needs a Timestamp")
+    raise KinesisError(VALIDATION, f"unknown StartingPosition.Type {kind!r:.40}")
 
 
 async def subscribe_to_shard(ctx: GatewayContext, body: dict[str, Any]) -> Streaming:
     if "ConsumerARN" not in body:
-        raise KinesisError("ValidationException", "ConsumerARN is required")
+        raise KinesisError(VALIDATION, "ConsumerARN is required")
     consumer = await _find_consumer(ctx, {"ConsumerARN": body["ConsumerARN"]})
     shard_id = body.get("ShardId")
     try:
@@ -328,10 +334,10 @@ class Subscriptions:
         if current is not None and current.ended_by is None:
             if now - current.started_at < TAKEOVER_AFTER_S:
                 raise KinesisError(
-                    "ResourceInUseException",
+                    RESOURCE_IN_USE,
                     f"Another active subscription exists for consumer {arn} on shard {shard_id}",
                 )
-            current.end("ResourceInUseException", "a newer subscription took over this shard")
+            current.end(RESOURCE_IN_USE, "a newer subscription took over this shard")
         sub = self._live[(arn, shard_id)] = _Subscription(arn, shard_id, now)
         return sub
 
@@ -447,7 +453,7 @@ async def _events(
         last_sent = -HEARTBEAT_S  # the first event goes out at once, records or not
         while True:
             if sub.ended_by is not None or result is None:
-                kind, message = sub.ended_by or ("InternalFailureException", "subscription ended")
+                kind, message = sub.ended_by or (INTERNAL_FAILURE, "subscription ended")
                 yield codec.exception(kind, message)
                 return
             now = trio.current_time()
