@@ -23,6 +23,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from streamd_client.model import SHARD_COUNT_MAX
+
 EXIT_OK: Final = 0
 RESIZE_TIMEOUT_S_DEFAULT: Final = 600.0
 
@@ -96,19 +98,39 @@ async def _resize(args: argparse.Namespace) -> int:
     from .cli import _connect
 
     async with _connect(args) as client:
-        operations = await client.resize_stream(args.name, args.shards)
-        print(f"resize {args.name}: started, {operations} operation(s) to {args.shards} shards")
-        sys.stdout.flush()
-        if args.no_wait:
-            return EXIT_OK
+        current = len((await client.describe_stream(args.name)).open_shards)
+        steps = resize_hops(current, args.shards)
+        if len(steps) > 1:
+            route = " -> ".join(map(str, [current, *steps]))
+            print(f"resize {args.name}: {route} (one call goes at most to half or double)")
+        for step in steps:
+            operations = await client.resize_stream(args.name, step)
+            print(f"resize {args.name}: started, {operations} operation(s) to {step} shards")
+            sys.stdout.flush()
+            if args.no_wait:
+                if step != args.shards:
+                    print(f"resize {args.name}: --no-wait: run it again for the next hop")
+                return EXIT_OK
 
-        def report(description: Any) -> None:
-            if description.reshard is not None:  # the ACTIVE end gets the "done" line below
-                print(progress_line(args.name, description), flush=True)
+            def report(description: Any) -> None:
+                if description.reshard is not None:  # the ACTIVE end gets the "done" line
+                    print(progress_line(args.name, description), flush=True)
 
-        final = await client.wait_for_active(args.name, args.timeout_s, on_progress=report)
-    print(f"resize {args.name}: done, {len(final.open_shards)} open shards")
+            final = await client.wait_for_active(args.name, args.timeout_s, on_progress=report)
+            print(f"resize {args.name}: done, {len(final.open_shards)} open shards")
     return EXIT_OK
+
+
+def resize_hops(current: int, target: int) -> list[int]:
+    """The shard counts a resize from ``current`` to ``target`` passes through, one call
+    each: Kinesis's bounds allow at most double or half (rounded up) per call."""
+    hops: list[int] = []
+    if not 1 <= target <= SHARD_COUNT_MAX:
+        return [target]  # the server says what is wrong with it
+    while not (current + 1) // 2 <= target <= 2 * current:
+        current = 2 * current if target > current else (current + 1) // 2
+        hops.append(current)
+    return [*hops, target]
 
 
 def progress_line(name: str, description: Any) -> str:

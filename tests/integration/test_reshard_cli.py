@@ -74,6 +74,19 @@ def test_split_merge_resize_and_describe_the_lineage(
     assert out.startswith(f"resize {stream_name}: started") and "done" not in out
 
 
+def test_resize_beyond_one_call_goes_in_hops(server: ServerProcess, stream_name: str) -> None:
+    ok(streamd(server, "stream", "create", stream_name, "--shards", "8"))
+    lines = ok(streamd(server, "stream", "resize", stream_name, "--shards", "3")).splitlines()
+    assert (
+        lines[0] == f"resize {stream_name}: 8 -> 4 -> 3 (one call goes at most to half or double)"
+    )
+    done = [line for line in lines if ": done, " in line]
+    assert done == [
+        f"resize {stream_name}: done, 4 open shards",
+        f"resize {stream_name}: done, 3 open shards",
+    ]
+
+
 def test_resharding_errors_are_one_line_and_exit_1(server: ServerProcess, stream_name: str) -> None:
     ok(streamd(server, "stream", "create", stream_name, "--shards", "3"))
     cases = [
@@ -81,7 +94,7 @@ def test_resharding_errors_are_one_line_and_exit_1(server: ServerProcess, stream
         (["shard", "split", stream_name, shard_id_of(0), "--at", "0"], "INVALID_ARGUMENT"),
         (["shard", "split", stream_name, shard_id_of(0), "--at", "x"], "INVALID_HASH_KEY"),
         (["shard", "split", stream_name, shard_id_of(7)], "SHARD_NOT_FOUND"),
-        (["stream", "resize", stream_name, "--shards", "7"], "INVALID_ARGUMENT"),
+        (["stream", "resize", stream_name, "--shards", "0"], "INVALID_ARGUMENT"),
     ]
     for argv, code in cases:
         result = streamd(server, *argv)

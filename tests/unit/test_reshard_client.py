@@ -287,3 +287,19 @@ def test_a_merged_child_whose_first_parent_expired_hangs_under_the_other() -> No
     shards = [_doc(S[1], closed=True), _doc(S[4], S[2], S[1])]  # S2 is gone (retention)
     heads = [line for line in lineage_lines(shards) if line.strip().startswith("shardId-")]
     assert heads == [f"  {S[1]}  closed", f"    {S[4]}  open"]
+
+
+def test_resize_hops_stay_within_half_and_double() -> None:
+    from streamd.cli_reshard import resize_hops
+
+    assert resize_hops(8, 3) == [4, 3]
+    assert resize_hops(4, 8) == [8]
+    assert resize_hops(1, 10) == [2, 4, 8, 10]
+    assert resize_hops(5, 2) == [3, 2]
+    assert resize_hops(3, 0) == [0]  # invalid: one call, and the server's error
+    for current, target in ((8, 1), (1, 1024), (7, 3), (1000, 1)):
+        previous = current
+        for hop in resize_hops(current, target):
+            assert (previous + 1) // 2 <= hop <= 2 * previous
+            previous = hop
+        assert previous == target
