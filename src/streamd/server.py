@@ -38,6 +38,7 @@ from streamd_client.errors import (
 )
 
 from . import __version__, metrics
+from .admission import ConnectionSlots
 from .api import HANDLERS
 from .config import ServerConfig, parse_host_port
 from .engine import Engine
@@ -185,30 +186,13 @@ class Server:
     def __init__(self, config: ServerConfig, engine: Engine) -> None:
         self.config = config
         self.engine = engine
-        self.connections = 0
+        self.slots = ConnectionSlots(config.connections_max, metrics.CONNECTIONS, "connection")
 
     async def handle(self, stream: trio.SocketStream) -> None:
-        try:
-            peer = "{}:{}".format(*stream.socket.getpeername()[:2])
-        except OSError:
-            return
-        if self.connections >= self.config.connections_max:
-            log.warning("connection.refused", peer=peer, reason="connections_max")
-            await stream.aclose()
-            return
-        self.connections += 1
-        metrics.CONNECTIONS.inc()
-        log.debug("connection.opened", peer=peer)
-        try:
+        async def run(peer: str) -> None:
             await _Connection(stream, self.engine, self.config, peer).run()
-        except Exception:  # one connection's bug must never take the server down
-            log.exception("connection.failed", peer=peer)
-        finally:
-            self.connections -= 1
-            metrics.CONNECTIONS.dec()
-            with trio.move_on_after(1.0):
-                await stream.aclose()
-            log.debug("connection.closed", peer=peer)
+
+        await self.slots.serve(stream, run)
 
 
 def _lock_data_dir(config: ServerConfig) -> int:

@@ -18,7 +18,8 @@ jittered exponential backoff, giving up after ``retries_max`` failures in a row.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Final
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Final, Self
 
 import anyio
 
@@ -92,7 +93,33 @@ def _append_records(
         out.append(Record(shard_id, sequence, keys[i], datas[i], arrival_ms, offset))
 
 
-class ShardReader:
+class PagedRecords(ABC):
+    """Record-by-record async iteration over the pages ``read_page`` returns (None: the end).
+    Shared by the shard reader and the whole-stream reader."""
+
+    def __init__(self) -> None:
+        self._page: list[Record] = []
+        self._page_index = 0  # Invariant: 0 <= _page_index <= len(_page)
+
+    @abstractmethod
+    async def read_page(self) -> list[Record] | None:
+        """The next non-empty page, or None when iteration ends."""
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Record:
+        if self._page_index >= len(self._page):
+            page = await self.read_page()
+            if page is None:
+                raise StopAsyncIteration
+            self._page, self._page_index = page, 0
+        record = self._page[self._page_index]
+        self._page_index += 1
+        return record
+
+
+class ShardReader(PagedRecords):
     """Iterates one shard's records: ``async for record in reader``. Not shared between tasks.
 
     ``position`` is where iteration would continue (right after the last record yielded).
@@ -115,6 +142,7 @@ class ShardReader:
         max_bytes: int,
         retries_max: int = READ_RETRIES_MAX_DEFAULT,
     ) -> None:
+        super().__init__()
         self.stream = stream
         self.shard_id = shard_id
         self.follow = follow
@@ -127,8 +155,6 @@ class ShardReader:
         self.child_shards: tuple[ChildShard, ...] = ()
         self._client = client
         self._next_position = start  # where the next read starts
-        self._page: list[Record] = []
-        self._page_index = 0  # Invariant: 0 <= _page_index <= len(_page)
         self._finished = False
 
     @property
@@ -136,19 +162,6 @@ class ShardReader:
         if self._page_index < len(self._page):
             return Position.at_offset(self._page[self._page_index].offset)
         return self._next_position
-
-    def __aiter__(self) -> ShardReader:
-        return self
-
-    async def __anext__(self) -> Record:
-        if self._page_index >= len(self._page):
-            page = await self.read_page()
-            if page is None:
-                raise StopAsyncIteration
-            self._page, self._page_index = page, 0
-        record = self._page[self._page_index]
-        self._page_index += 1
-        return record
 
     async def read_page(self) -> list[Record] | None:
         """The next non-empty page of records, or None once caught up (when not following).

@@ -22,6 +22,7 @@ last checkpoint).
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
 import anyio
@@ -155,8 +156,9 @@ class Batch:
         )
 
 
-class RecordProcessor:
-    """The KCL-style callbacks; subclass and override ``process_records`` (others optional).
+class RecordProcessor(ABC):
+    """The KCL-style callbacks; subclass and implement ``process_records`` (the others are
+    optional; a subclass without it cannot be instantiated).
 
     One processor instance per lease; its calls never overlap. Exceptions from
     ``process_records`` stop the whole worker (and are re-raised by it).
@@ -164,20 +166,24 @@ class RecordProcessor:
 
     async def initialize(self, lease: ShardLease) -> None:
         """The lease was granted; records from ``lease.start`` follow."""
+        return  # optional: nothing to do by default
 
+    @abstractmethod
     async def process_records(self, batch: Batch) -> None:
         """Process one batch; checkpoint with ``batch.checkpoint()`` or ``batch.checkpointer``."""
-        raise NotImplementedError
 
     async def lease_lost(self) -> None:
         """The lease is gone (fenced or expired): no checkpoint is possible; just clean up."""
+        return  # optional: nothing to do by default
 
     async def shard_ended(self, checkpointer: Checkpointer) -> None:
         """The closed shard is fully processed; SHARD_END is checkpointed after this returns
         (children of the shard are leased only then)."""
+        return  # optional: nothing to do by default
 
     async def shutdown_requested(self, checkpointer: Checkpointer) -> None:
         """The lease is being given up (rebalance or shutdown): checkpoint what is done."""
+        return  # optional: nothing to do by default
 
 
 class _Lost(Exception):

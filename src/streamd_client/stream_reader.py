@@ -33,7 +33,7 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .consumer import ShardReader
+from .consumer import PagedRecords, ShardReader
 from .errors import InvalidArgumentError, ShardNotFoundError
 from .model import Position
 from .results import ChildShard, Record, ShardDescription
@@ -117,7 +117,7 @@ def child_start(start: Position) -> Position:
     return start if start.kind == "at_timestamp" else Position.trim_horizon()
 
 
-class StreamReader:
+class StreamReader(PagedRecords):
     """Records of every shard of a stream, children after their parents; an async context
     manager (its reading tasks live inside it). Get one from ``Client.stream_reader``.
 
@@ -141,6 +141,7 @@ class StreamReader:
         wait_ms: int,
         max_bytes: int,
     ) -> None:
+        super().__init__()
         self.stream = stream
         self.start = start
         self.follow = follow
@@ -153,8 +154,6 @@ class StreamReader:
         self._send: MemoryObjectSendStream[list[Record]]
         self._receive: MemoryObjectReceiveStream[list[Record]]
         self._send, self._receive = anyio.create_memory_object_stream[list[Record]](0)
-        self._page: list[Record] = []
-        self._page_index = 0
 
     @property
     def ended_shards(self) -> list[str]:
@@ -240,19 +239,6 @@ class StreamReader:
             return await self._receive.receive()
         except anyio.EndOfStream:
             return None
-
-    def __aiter__(self) -> StreamReader:
-        return self
-
-    async def __anext__(self) -> Record:
-        if self._page_index >= len(self._page):
-            page = await self.read_page()
-            if page is None:
-                raise StopAsyncIteration
-            self._page, self._page_index = page, 0
-        record = self._page[self._page_index]
-        self._page_index += 1
-        return record
 
 
 def _parents_of(shard: ShardDescription) -> tuple[str, ...]:

@@ -30,6 +30,7 @@ from typing import Final
 import structlog
 import trio
 
+from ..admission import ConnectionSlots
 from ..config import ServerConfig, parse_host_port
 from ..engine import Engine
 from . import metrics
@@ -222,29 +223,18 @@ class Gateway:
             ctx, dict(config.kinesis_credentials), limits.operation_timeout_s
         )
         self.signed = bool(config.kinesis_credentials)
-        self.connections = 0
+        self.slots = ConnectionSlots(
+            limits.connections_max,
+            metrics.CONNECTIONS,
+            "kinesis.connection",
+            on_refused=metrics.BAD_REQUESTS.labels("connections_max").inc,
+        )
 
     async def handle(self, stream: trio.SocketStream) -> None:
-        try:
-            peer = "{}:{}".format(*stream.socket.getpeername()[:2])
-        except OSError:
-            return
-        if self.connections >= self.limits.connections_max:
-            log.warning("kinesis.connection_refused", peer=peer, reason="connections_max")
-            metrics.BAD_REQUESTS.labels("connections_max").inc()
-            await stream.aclose()
-            return
-        self.connections += 1
-        metrics.CONNECTIONS.inc()
-        try:
+        async def run(peer: str) -> None:
             await HttpConnection(stream, self.dispatcher, self.limits, peer).run()
-        except Exception:  # one connection's bug must never take the gateway down
-            log.exception("kinesis.connection_failed", peer=peer)
-        finally:
-            self.connections -= 1
-            metrics.CONNECTIONS.dec()
-            with trio.move_on_after(1.0):
-                await stream.aclose()
+
+        await self.slots.serve(stream, run)
 
 
 def _iterator_key(data_dir: Path) -> bytes:
