@@ -106,6 +106,18 @@ class ReadResult:
     # The shard is closed and this read reached its ending offset: no record will ever follow.
     shard_end: bool = False
     child_shards: tuple[ChildShard, ...] = ()
+    # Arrival time of the shard's newest committed record when the read was answered (the one
+    # at ``high_watermark - 1``; 0 for an empty shard). A front end that returns fewer records
+    # than the read holds (a Kinesis Limit, events split by size) computes its own lag from it.
+    tip_arrival_ms: int = 0
+
+
+def millis_behind(tip_arrival_ms: int, last_arrival_ms: int, next_offset: int, hwm: int) -> int:
+    """How far, in ms of arrival time, the last record returned (``last_arrival_ms``; the
+    read continues at ``next_offset``) is behind the shard's newest one: 0 only at the tip."""
+    if next_offset >= hwm:
+        return 0
+    return max(0, tip_arrival_ms - last_arrival_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -542,7 +554,7 @@ class ShardPipeline:
             with trio.move_on_after(wait_ms / 1000):
                 while offset >= self.high_watermark and not self._closing and self.shard.is_open:
                     await self._committed.wait()
-        hwm = self.high_watermark
+        hwm, tip_ms = self.high_watermark, self.last_arrival_ms  # moved together by _publish
         batches, last_ms, next_offset = self._read_tail(offset, max_bytes, hwm)
         if batches is None:
             try:
@@ -554,11 +566,13 @@ class ShardPipeline:
             for raw in data:
                 header = batchfmt.parse_header(raw)
                 next_offset, last_ms = header.next_offset, header.last_arrival_ms
-        behind = 0 if next_offset >= hwm else max(0, self.last_arrival_ms - last_ms)
+        behind = millis_behind(tip_ms, last_ms, next_offset, hwm)
         next_offset = max(next_offset, offset)
         ending = self.shard.ending_offset
         shard_end = ending is not None and next_offset >= ending
-        return ReadResult(batches, offset, next_offset, hwm, behind, shard_end)
+        return ReadResult(
+            batches, offset, next_offset, hwm, behind, shard_end, tip_arrival_ms=tip_ms
+        )
 
     def _read_tail(
         self, offset: int, max_bytes: int, hwm: int

@@ -304,6 +304,27 @@ def test_a_large_read_is_split_into_bounded_events() -> None:
     assert ends == [make_sequence(0, n - 1) for n in (counts[0], counts[0] + counts[1], 50)]
 
 
+def test_each_event_of_a_split_read_carries_its_own_millis_behind() -> None:
+    from streamd.kinesis.fanout import render_events
+
+    # Two batches a second apart, 1.5 MB each: one read, two events (2 MiB per event at most).
+    older, newer = 1_700_000_000_000, 1_700_000_001_000
+    batches = [_batch(0, [bytes(1_500_000)], older), _batch(1, [bytes(1_500_000)], newer)]
+    result = ReadResult(batches, 0, 2, 2, 0, tip_arrival_ms=newer)
+    events, _ = render_events(result, 0, JSON)
+    parsed = [
+        e["SubscribeToShardEvent"]
+        for e in _boto_event_stream(JSON.initial_response() + b"".join(events))
+    ]
+    assert [len(p["Records"]) for p in parsed] == [1, 1]
+    assert [p["MillisBehindLatest"] for p in parsed] == [1000, 0]
+    # A read short of the tip: its last event is as far behind as its last record.
+    short = ReadResult(batches[:1], 0, 1, 2, 1000, tip_arrival_ms=newer)
+    (event,), _ = render_events(short, 0, JSON)
+    (doc,) = _boto_event_stream(JSON.initial_response() + event)
+    assert doc["SubscribeToShardEvent"]["MillisBehindLatest"] == 1000
+
+
 def test_an_exception_event_raises_in_boto3_with_its_code() -> None:
     data = JSON.initial_response() + JSON.exception("ResourceInUseException", "taken over")
     with pytest.raises(BotocoreEventStreamError) as caught:

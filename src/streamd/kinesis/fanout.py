@@ -44,6 +44,7 @@ from streamd_client import batch as batchfmt
 from streamd_client.errors import StreamdError
 from streamd_client.model import Position, make_sequence, shard_index_of
 
+from ..shard import millis_behind
 from . import eventstream
 from .codec import Protocol as BodyProtocol
 from .codec import encode_response
@@ -497,11 +498,22 @@ def render_events(
 ) -> tuple[list[bytes], bool]:
     """Encoded SubscribeToShardEvents for one read (empty if it has no records and is not the
     shard's end), and whether the shard's end was reached. Raises KinesisError on a corrupt
-    stored batch."""
+    stored batch.
+
+    Each event's MillisBehindLatest is its own last record's lag behind the shard's newest
+    record (``result.tip_arrival_ms``): a read split into several events is not all at the lag
+    of its last batch, and only an event that reaches the tip says 0."""
     events: list[bytes] = []
     records: list[dict[str, Any]] = []
     size = 0
     last_offset = result.start_offset - 1
+    last_ms = 0
+
+    def behind() -> int:
+        if not records:
+            return result.millis_behind
+        return millis_behind(result.tip_arrival_ms, last_ms, last_offset + 1, result.high_watermark)
+
     for raw in result.batches:
         try:
             header = batchfmt.parse_header(raw)
@@ -514,7 +526,7 @@ def render_events(
             if offset < result.start_offset or offset >= result.next_offset:
                 continue  # a stored batch may start before the position asked for
             if records and size + len(data) + len(key) > EVENT_DATA_BYTES_MAX:
-                doc = _records_event(records, shard_index, last_offset, result.millis_behind)
+                doc = _records_event(records, shard_index, last_offset, behind())
                 events.append(codec.event(doc))
                 records, size = [], 0
             records.append(
@@ -526,10 +538,10 @@ def render_events(
                 }
             )
             size += len(data) + len(key)
-            last_offset = offset
+            last_offset, last_ms = offset, header.last_arrival_ms
     at_end = result.shard_end
     if records or at_end:
-        doc = _records_event(records, shard_index, result.next_offset - 1, result.millis_behind)
+        doc = _records_event(records, shard_index, result.next_offset - 1, behind())
         if at_end:
             del doc["ContinuationSequenceNumber"]
             doc["ChildShards"] = [child_shard_doc(c) for c in result.child_shards]

@@ -35,7 +35,7 @@ from streamd_client.results import ChildShard, RawRead
 
 from ..catalog import ShardMeta, StreamMeta
 from ..engine import RecordIn
-from ..shard import now_ms
+from ..shard import millis_behind, now_ms
 from .args import opt_int, opt_str, req_str
 from .errors import (
     EXPIRED_ITERATOR,
@@ -270,6 +270,12 @@ async def get_records(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, An
         read.child_shards,
     )
     page = decode_read(raw, shard_id, it.shard_index, limit)
+    next_offset = page.next_position.offset
+    assert next_offset is not None
+    behind = read.millis_behind  # right for the whole read; a Limit may return less of it
+    if page.records:
+        last_ms = page.records[-1].arrival_ms
+        behind = millis_behind(read.tip_arrival_ms, last_ms, next_offset, read.high_watermark)
     answer: dict[str, Any] = {
         "Records": [
             {
@@ -280,13 +286,11 @@ async def get_records(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, An
             }
             for r in page.records
         ],
-        "MillisBehindLatest": page.millis_behind,
+        "MillisBehindLatest": behind,
     }
     if page.shard_end:  # no NextShardIterator: the shard has ended
         answer["ChildShards"] = [child_shard_doc(c) for c in page.child_shards]
         return answer
-    next_offset = page.next_position.offset
-    assert next_offset is not None
     following = ShardIterator(it.stream, it.stream_id, it.shard_index, next_offset, now_ms())
     answer["NextShardIterator"] = encode_iterator(ctx.iterator_key, following)
     return answer
