@@ -3,7 +3,8 @@
     streamd serve [--data-dir D] [--listen HOST:PORT] [--fsync always|interval|never]
                   [--log-format console|json] [--log-level LEVEL] [--metrics-listen HOST:PORT]
                   [--kinesis-listen HOST:PORT|off] [--kinesis-region R]
-                  [--kinesis-access-key K --kinesis-secret-key S | --kinesis-credentials FILE]
+                  [--kinesis-access-key K (secret in $STREAMD_KINESIS_SECRET_KEY)]
+                  [--kinesis-credentials FILE]
     streamd stream create NAME --shards N [--retention-hours H]
     streamd stream list | describe NAME [--json] | delete NAME | retention NAME --hours H
     streamd stream resize NAME --shards N [--no-wait]      (see streamd/cli_reshard.py)
@@ -125,8 +126,14 @@ def _add_serve_kinesis(serve: argparse.ArgumentParser) -> None:
         help="Kinesis API (boto3, aws CLI) address (default 127.0.0.1:4567; 'off' disables it)",
     )
     serve.add_argument("--kinesis-region", default="us-east-1", metavar="REGION")
-    serve.add_argument("--kinesis-access-key", default=None, metavar="KEY_ID")
-    serve.add_argument("--kinesis-secret-key", default=None, metavar="SECRET")
+    serve.add_argument(
+        "--kinesis-access-key",
+        default=None,
+        metavar="KEY_ID",
+        help="one key pair; its secret comes from $STREAMD_KINESIS_SECRET_KEY",
+    )
+    # Refused with a clear message (a secret on a command line shows in ps), not just unknown.
+    serve.add_argument("--kinesis-secret-key", default=None, help=argparse.SUPPRESS)
     serve.add_argument(
         "--kinesis-credentials",
         type=Path,
@@ -300,7 +307,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _serve_kinesis_options(args: argparse.Namespace) -> dict[str, Any]:
     """ServerConfig fields for the Kinesis gateway. Raises ValueError on a bad combination."""
     from .config import parse_host_port
-    from .kinesis.credentials import load_credentials_file
+    from .kinesis.credentials import SECRET_ENV, load_credentials_file, secret_from_environment
 
     listen = None if args.kinesis_listen == "off" else args.kinesis_listen
     if listen is not None:
@@ -308,11 +315,14 @@ def _serve_kinesis_options(args: argparse.Namespace) -> dict[str, Any]:
             parse_host_port(listen, 4567)
         except ValueError as exc:
             raise ValueError(f"--kinesis-listen: {exc}") from None
-    if (args.kinesis_access_key is None) != (args.kinesis_secret_key is None):
-        raise ValueError("--kinesis-access-key and --kinesis-secret-key go together")
+    if args.kinesis_secret_key is not None:
+        raise ValueError(
+            "--kinesis-secret-key is not accepted: a secret on the command line shows in ps; "
+            f"set ${SECRET_ENV} (with --kinesis-access-key) or use --kinesis-credentials FILE"
+        )
     credentials: tuple[tuple[str, str], ...] = ()
     if args.kinesis_access_key is not None:
-        credentials = ((args.kinesis_access_key, args.kinesis_secret_key),)
+        credentials = ((args.kinesis_access_key, secret_from_environment(os.environ)),)
     if args.kinesis_credentials is not None:
         credentials += load_credentials_file(args.kinesis_credentials)
     return {

@@ -6,6 +6,8 @@ botocore's own parsers), error mapping, shard iterators and SigV4 (against botoc
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,7 +40,7 @@ from streamd.kinesis.iterators import (
     decode_iterator,
     encode_iterator,
 )
-from streamd.kinesis.sigv4 import SignatureError, verify
+from streamd.kinesis.sigv4 import SignatureError, signing_key, verify
 from streamd_client.errors import ERRORS_BY_CODE, StreamNotFoundError, ThrottledError
 
 KINESIS_ERROR_NAMES = {
@@ -255,27 +257,42 @@ def test_iterator_tampering_is_detected() -> None:
 SECRETS = {"AKID": "secret/key+1"}
 
 
-def signed(secret: str, body: bytes = b"{}", region: str = "us-east-1") -> AWSRequest:
+def signed(
+    secret: str,
+    body: bytes = b"{}",
+    region: str = "us-east-1",
+    target: str = "Kinesis_20131202.ListStreams",
+    extra: dict[str, str] | None = None,
+) -> AWSRequest:
     request = AWSRequest(
         method="POST",
         url="http://127.0.0.1:4567/",
         data=body,
         headers={
-            "X-Amz-Target": "Kinesis_20131202.ListStreams",
+            "X-Amz-Target": target,
             "Content-Type": "application/x-amz-json-1.1",
+            **(extra or {}),
         },
     )
     SigV4Auth(Credentials("AKID", secret), "kinesis", region).add_auth(request)
     return request
 
 
-def check(request: AWSRequest, *, body: bytes | None = None, now: datetime | None = None) -> str:
-    headers = [(k.lower(), v) for k, v in request.headers.items()]
-    headers.append(("host", "127.0.0.1:4567"))
+def headers_of(request: AWSRequest) -> list[tuple[str, str]]:
+    return [(k.lower(), v) for k, v in request.headers.items()] + [("host", "127.0.0.1:4567")]
+
+
+def check(
+    request: AWSRequest,
+    *,
+    body: bytes | None = None,
+    now: datetime | None = None,
+    headers: list[tuple[str, str]] | None = None,
+) -> str:
     return verify(
         method="POST",
         target="/",
-        headers=headers,
+        headers=headers_of(request) if headers is None else headers,
         body=request.body if body is None else body,
         credentials=SECRETS,
         region="us-east-1",
@@ -283,26 +300,146 @@ def check(request: AWSRequest, *, body: bytes | None = None, now: datetime | Non
     )
 
 
+def replace_header(headers: list[tuple[str, str]], name: str, value: str) -> list[tuple[str, str]]:
+    return [(k, value if k == name else v) for k, v in headers]
+
+
+def sign_by_hand(
+    headers: dict[str, str], signed_names: list[str], body: bytes, amz_date: str | None = None
+) -> list[tuple[str, str]]:
+    """A correct signature over only ``signed_names`` (what a hostile or sloppy signer sends)."""
+    lines = [f"{name}:{headers[name]}" for name in signed_names]
+    canonical = "\n".join(
+        ["POST", "/", "", *lines, "", ";".join(signed_names), hashlib.sha256(body).hexdigest()]
+    )
+    amz_date = amz_date or headers["x-amz-date"]
+    scope = f"{amz_date[:8]}/us-east-1/kinesis/aws4_request"
+    to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
+    )
+    signature = hmac.new(
+        signing_key("secret/key+1", amz_date[:8], "us-east-1"), to_sign.encode(), hashlib.sha256
+    ).hexdigest()
+    authorization = (
+        f"AWS4-HMAC-SHA256 Credential=AKID/{scope}, SignedHeaders={';'.join(signed_names)}, "
+        f"Signature={signature}"
+    )
+    return [*headers.items(), ("authorization", authorization)]
+
+
 def test_sigv4_accepts_botocores_signature() -> None:
     assert check(signed("secret/key+1")) == "AKID"
 
 
+def test_sigv4_accepts_a_signed_date_header_instead_of_x_amz_date() -> None:
+    now = datetime.now(UTC)
+    base = {
+        "host": "127.0.0.1:4567",
+        "date": now.strftime("%a, %d %b %Y %H:%M:%S GMT"),
+        "x-amz-target": "Kinesis_20131202.ListStreams",
+        "content-type": "application/x-amz-json-1.1",
+    }
+    names = ["content-type", "date", "host", "x-amz-target"]
+    headers = sign_by_hand(base, names, b"{}", amz_date=now.strftime("%Y%m%dT%H%M%SZ"))
+    assert (
+        verify(
+            method="POST",
+            target="/",
+            headers=headers,
+            body=b"{}",
+            credentials=SECRETS,
+            region="us-east-1",
+            now=now,
+        )
+        == "AKID"
+    )
+
+
 @pytest.mark.parametrize(
-    ("request_", "kwargs", "expected"),
+    ("request_", "kwargs", "expected", "status"),
     [
-        (lambda: signed("wrong"), {}, "InvalidSignatureException"),
-        (lambda: signed("secret/key+1"), {"body": b'{"x": 1}'}, "InvalidSignatureException"),
-        (lambda: signed("secret/key+1", region="eu-west-1"), {}, "InvalidSignatureException"),
-        (lambda: signed("secret/key+1"), {"skew": timedelta(minutes=16)}, "InvalidSignatureException"),
-        (lambda: AWSRequest(method="POST", url="http://h/", data=b"", headers={}), {}, "MissingAuthenticationTokenException"),
+        (lambda: signed("wrong"), {}, "InvalidSignatureException", 403),
+        (lambda: signed("secret/key+1"), {"body": b'{"x": 1}'}, "InvalidSignatureException", 403),
+        (lambda: signed("secret/key+1", region="eu-west-1"), {}, "InvalidSignatureException", 403),
+        (lambda: signed("secret/key+1"), {"skew": timedelta(minutes=6)}, "InvalidSignatureException", 400),
+        (lambda: signed("secret/key+1"), {"skew": timedelta(minutes=-6)}, "InvalidSignatureException", 400),
+        (lambda: AWSRequest(method="POST", url="http://h/", data=b"", headers={}), {}, "MissingAuthenticationTokenException", 403),
     ],
 )  # fmt: skip
-def test_sigv4_refusals(request_: Any, kwargs: dict[str, Any], expected: str) -> None:
+def test_sigv4_refusals(request_: Any, kwargs: dict[str, Any], expected: str, status: int) -> None:
     if "skew" in kwargs:  # the server's clock, taken when the test runs (not when collected)
         kwargs = {"now": datetime.now(UTC) + kwargs["skew"]}
     with pytest.raises(SignatureError) as exc:
         check(request_(), **kwargs)
     assert exc.value.type_name == expected
+    assert exc.value.status == status
+
+
+def test_sigv4_a_request_older_than_five_minutes_is_expired() -> None:
+    request = signed("secret/key+1")
+    assert check(request, now=datetime.now(UTC) + timedelta(minutes=4)) == "AKID"
+    with pytest.raises(SignatureError) as exc:
+        check(request, now=datetime.now(UTC) + timedelta(minutes=5, seconds=30))
+    assert exc.value.message.startswith("Signature expired: ")
+    assert "- 5 min.)" in exc.value.message
+    with pytest.raises(SignatureError) as exc:
+        check(request, now=datetime.now(UTC) - timedelta(minutes=5, seconds=30))
+    assert exc.value.message.startswith("Signature not yet current: ")
+
+
+def test_sigv4_a_signed_put_record_replayed_as_delete_stream_is_refused() -> None:
+    body = b'{"StreamName":"victim","Data":"eA==","PartitionKey":"k"}'
+    request = signed("secret/key+1", body, target="Kinesis_20131202.PutRecord")
+    assert check(request) == "AKID"
+    forged = replace_header(headers_of(request), "x-amz-target", "Kinesis_20131202.DeleteStream")
+    with pytest.raises(SignatureError) as exc:
+        check(request, headers=forged, body=b'{"StreamName":"victim"}')
+    assert exc.value.type_name == "InvalidSignatureException"
+
+
+@pytest.mark.parametrize("unsigned", ["x-amz-target", "content-type", "x-amz-date", "host"])
+def test_sigv4_required_headers_must_be_signed(unsigned: str) -> None:
+    """A signature that leaves out X-Amz-Target (or the others) would let a captured request be
+    re-aimed at another operation: refused even though the signature over the rest is right."""
+    headers = {
+        "host": "127.0.0.1:4567",
+        "x-amz-date": datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"),
+        "x-amz-target": "Kinesis_20131202.DeleteStream",
+        "content-type": "application/x-amz-json-1.1",
+    }
+    names = sorted(name for name in headers if name != unsigned)
+    with pytest.raises(SignatureError) as exc:
+        verify(
+            method="POST",
+            target="/",
+            headers=sign_by_hand(headers, names, b"{}"),
+            body=b"{}",
+            credentials=SECRETS,
+            region="us-east-1",
+            now=datetime.now(UTC),
+        )
+    assert exc.value.type_name == "IncompleteSignatureException"
+    assert exc.value.status == 400
+    assert "must be a 'SignedHeader'" in exc.value.message
+
+
+def test_sigv4_the_body_hash_is_always_checked() -> None:
+    body = b'{"StreamName":"s","Data":"eA==","PartitionKey":"k"}'
+    swapped = b'{"StreamName":"s","Data":"ZXZpbA==","PartitionKey":"k"}'
+    unsigned = signed("secret/key+1", body, extra={"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"})
+    with pytest.raises(SignatureError) as exc:
+        check(unsigned, body=swapped)
+    assert exc.value.type_name == "InvalidSignatureException"
+    assert "UNSIGNED-PAYLOAD" in exc.value.message
+    with pytest.raises(SignatureError):
+        check(unsigned)  # refused even with the original body
+    claimed = signed(
+        "secret/key+1", body, extra={"X-Amz-Content-SHA256": hashlib.sha256(body).hexdigest()}
+    )
+    assert check(claimed) == "AKID"
+    with pytest.raises(SignatureError) as exc:
+        check(claimed, body=swapped)
+    assert "x-amz-content-sha256" in exc.value.message
 
 
 def test_sigv4_malformed_authorization_headers() -> None:

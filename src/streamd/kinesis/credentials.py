@@ -1,15 +1,22 @@
 """Gateway credentials: the access-key pairs SigV4 requests are checked against.
 
-Read from the command line (one pair) or from a file in the AWS shared-credentials format
-(``~/.aws/credentials``: INI sections with ``aws_access_key_id`` and ``aws_secret_access_key``),
-so an operator can point the gateway at the very file their SDKs already use. Every section that
-has both keys adds a pair; a file with none is an error, not a silently open gateway.
+A secret is read from a file or from the environment, never from the command line (a command
+line shows in ``ps`` and in shell history): one pair is ``--kinesis-access-key KEY_ID`` with the
+secret in ``$STREAMD_KINESIS_SECRET_KEY``; any number come from a file in the AWS
+shared-credentials format (``~/.aws/credentials``: INI sections with ``aws_access_key_id`` and
+``aws_secret_access_key``), so an operator can point the gateway at the very file their SDKs
+already use. Every section that has both keys adds a pair; a file with none is an error, not a
+silently open gateway.
 """
 
 from __future__ import annotations
 
 import configparser
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Final
+
+SECRET_ENV: Final = "STREAMD_KINESIS_SECRET_KEY"
 
 
 class CredentialsError(ValueError):
@@ -36,3 +43,15 @@ def load_credentials_file(path: Path) -> tuple[tuple[str, str], ...]:
             "aws_secret_access_key"
         )
     return tuple(pairs)
+
+
+def secret_from_environment(environ: Mapping[str, str]) -> str:
+    """The secret for ``--kinesis-access-key`` from ``$STREAMD_KINESIS_SECRET_KEY``.
+    Raises CredentialsError when it is unset or blank."""
+    secret = environ.get(SECRET_ENV, "").strip()
+    if not secret:
+        raise CredentialsError(
+            f"--kinesis-access-key needs its secret in ${SECRET_ENV} "
+            "(or use --kinesis-credentials FILE)"
+        )
+    return secret

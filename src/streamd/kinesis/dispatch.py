@@ -158,12 +158,8 @@ class Dispatcher:
                 now=datetime.now(UTC),
             )
         except SignatureError as exc:
-            status = _SIGNATURE_STATUS.get(exc.type_name, 400)
-            raise KinesisError(exc.type_name, exc.message, status) from None
-
-
-# As AWS answers them: a forged or missing signature is "forbidden", a malformed one "bad".
-_SIGNATURE_STATUS = {"InvalidSignatureException": 403, "MissingAuthenticationTokenException": 403}
+            log.info("kinesis.signature_refused", error=exc.type_name, reason=exc.message[:200])
+            raise KinesisError(exc.type_name, exc.message, exc.status) from None
 
 
 # Operations that read ``ctx.extra["protocol"]`` (the request's body protocol).

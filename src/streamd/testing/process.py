@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Final
@@ -81,7 +81,7 @@ class ServerProcess:
     """One ``streamd serve`` child process over a data dir that outlives restarts.
 
     ``data_dir`` None makes a temporary one, removed by ``close()``. ``extra_args`` are appended
-    to the serve command line (e.g. ``["--fsync", "never"]``).
+    to the serve command line (e.g. ``["--fsync", "never"]``); ``env`` adds environment variables.
     """
 
     def __init__(
@@ -97,6 +97,7 @@ class ServerProcess:
         start_timeout_s: float = START_TIMEOUT_S_DEFAULT,
         kinesis: bool = False,
         kinesis_port: int = 0,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self._owns_dir = data_dir is None
         if data_dir is None:
@@ -112,6 +113,7 @@ class ServerProcess:
         self.start_timeout_s = start_timeout_s
         self.kinesis = kinesis
         self.kinesis_port = kinesis_port  # like ``port``: kept for restarts once known
+        self.env = dict(env or {})  # added to this process's environment for the server
         self.starts = 0
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.server.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -188,7 +190,7 @@ class ServerProcess:
         self._log_file = open(self.log_path, "ab")  # closed in _reap
         self._log_file.write(f"--- start {self.starts + 1}: {self.command()}\n".encode())
         self._log_file.flush()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self._process = subprocess.Popen(
             self.command(),
             stdin=subprocess.DEVNULL,
