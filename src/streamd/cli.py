@@ -24,7 +24,7 @@ Exit status (stable, for scripts):
 |------|------------------------------------------------------------------------------|
 | 0    | success                                                                      |
 | 1    | the request failed with a typed error (``error: CODE: message`` on stderr)   |
-| 2    | bad command line (argparse)                                                  |
+| 2    | bad command line; ``serve``: the server could not start (streamd/startup.py)  |
 | 3    | the server could not be reached, or the connection broke or timed out       |
 | 4    | ``put``: some records failed (the counts say how many; the rest are stored) |
 | 130  | interrupted (Ctrl-C)                                                         |
@@ -272,22 +272,40 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    """``streamd serve``. A server that cannot start says why in one line and exits 2."""
+    from .startup import StartupError
+
+    try:
+        config = _serve_config(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     from . import log
+    from .server import run_server
+
+    log.configure(args.log_format, args.log_level)
+    try:
+        run_server(config)
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _serve_config(args: argparse.Namespace) -> Any:
+    """The ServerConfig ``serve``'s flags describe. Raises ValueError naming the flag."""
     from .config import ServerConfig, parse_host_port
 
     try:
         host, port = parse_host_port(args.listen)
-        if args.metrics_listen:
+    except ValueError as exc:
+        raise ValueError(f"--listen: {exc}") from None
+    if args.metrics_listen:
+        try:
             parse_host_port(args.metrics_listen, 9464)
-    except ValueError as exc:
-        print(f"error: --listen: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        kinesis = _serve_kinesis_options(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    config = ServerConfig(
+        except ValueError as exc:
+            raise ValueError(f"--metrics-listen: {exc}") from None
+    return ServerConfig(
         data_dir=args.data_dir,
         listen_host=host,
         listen_port=port,
@@ -295,13 +313,8 @@ def _serve(args: argparse.Namespace) -> int:
         log_format=args.log_format,
         log_level=args.log_level,
         metrics_listen=args.metrics_listen,
-        **kinesis,
+        **_serve_kinesis_options(args),
     )
-    log.configure(args.log_format, args.log_level)
-    from .server import run_server
-
-    run_server(config)
-    return EXIT_OK
 
 
 def _serve_kinesis_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -59,7 +59,9 @@ def parse_host_port(value: str, default_port: int = 7070) -> tuple[str, int]:
         host, sep, port = value.rpartition(":")
         if not sep:
             host, port = value, ""
+    if port and not (port.isascii() and port.isdigit()):
+        raise ValueError(f"expected HOST:PORT with a numeric port, got {value!r}")
     port_number = int(port) if port else default_port
     if not 0 <= port_number <= 65535:
-        raise ValueError(f"port out of range: {value!r}")
+        raise ValueError(f"port out of range (0..65535): {value!r}")
     return host or "127.0.0.1", port_number

@@ -16,10 +16,9 @@ hold (bounded by ``shutdown_grace_ms``), close the logs cleanly, then drop the c
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import signal
+import sqlite3
 import sys
 from functools import partial
 from typing import Any
@@ -44,6 +43,7 @@ from .config import ServerConfig, parse_host_port
 from .engine import Engine
 from .kinesis.http import Gateway, open_gateway_listeners
 from .meta import SqliteMetaStore
+from .startup import StartupError, bind_error, lock_data_dir, prepare_data_dir
 
 log = structlog.get_logger(__name__)
 
@@ -195,47 +195,37 @@ class Server:
         await self.slots.serve(stream, run)
 
 
-def _lock_data_dir(config: ServerConfig) -> int:
-    """Hold an exclusive lock on the data dir for the process's life: one server per dir."""
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(config.data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
-            raise SystemExit(
-                f"error: data dir {config.data_dir} is in use by another server"
-            ) from None
-        raise
-    return fd
-
-
 async def serve(
     config: ServerConfig,
     *,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the server until SIGINT/SIGTERM (or cancellation), then shut down cleanly."""
-    lock_fd = _lock_data_dir(config)
-    store = SqliteMetaStore(config.data_dir / "meta.sqlite3")
+    """Run the server until SIGINT/SIGTERM (or cancellation), then shut down cleanly.
+
+    Raises StartupError (streamd/startup.py) for what stops it before it is ready.
+    """
+    prepare_data_dir(config.data_dir)
+    lock_fd = lock_data_dir(config.data_dir)
+    try:
+        store = _open_meta_store(config)
+    except BaseException:
+        os.close(lock_fd)
+        raise
     engine = Engine(config, store)
-    log.info(
-        "server.starting", data_dir=str(config.data_dir), listen=config.listen, fsync=config.fsync
-    )
-    if config.metrics_listen:
-        metrics_host, metrics_port = parse_host_port(config.metrics_listen, 9464)
-        metrics.serve_metrics(metrics_host, metrics_port)
-        log.info("server.metrics", listen=f"{metrics_host}:{metrics_port}")
+    started = False  # a start-up error is its one line, no log lines around it
     try:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as root:
-                gateway = await _open_kinesis(config, engine)  # before any stream is opened
+                listeners, gateway = await _bind_all(config, engine)
+                started = True
+                log.info(
+                    "server.starting",
+                    data_dir=str(config.data_dir),
+                    listen=config.listen,
+                    fsync=config.fsync,
+                )
                 await root.start(engine.run)
                 server = Server(config, engine)
-                listeners = await trio.open_tcp_listeners(
-                    config.listen_port, host=config.listen_host
-                )
                 host, port = listeners[0].socket.getsockname()[:2]
                 async with trio.open_nursery() as connections:
                     async with trio.open_nursery() as accept:
@@ -261,22 +251,72 @@ async def serve(
     finally:
         await store.aclose()
         os.close(lock_fd)
-        log.info("server.stopped")
+        if started:
+            log.info("server.stopped")
+
+
+def _open_meta_store(config: ServerConfig) -> SqliteMetaStore:
+    path = config.data_dir / "meta.sqlite3"
+    try:
+        return SqliteMetaStore(path)
+    except sqlite3.Error as exc:  # not a database, or damaged: nothing we should repair blindly
+        raise StartupError(
+            f"--data-dir {config.data_dir}: cannot open {path}: {exc} (restore it from a backup, "
+            "or start with another --data-dir)"
+        ) from None
+
+
+async def _bind_all(
+    config: ServerConfig, engine: Engine
+) -> tuple[list[trio.SocketListener], tuple[Gateway, list[trio.SocketListener]] | None]:
+    """Bind every address before any stream is opened, so that a taken port is said at once
+    and not after a long recovery. Raises StartupError; nothing stays bound then."""
+    listeners = await _open_native(config)
+    gateway = None
+    try:
+        gateway = await _open_kinesis(config, engine)
+        _serve_metrics(config)  # last: its thread cannot be stopped
+    except BaseException:
+        for listener in listeners + (gateway[1] if gateway else []):
+            await listener.aclose()
+        raise
+    return listeners, gateway
+
+
+async def _open_native(config: ServerConfig) -> list[trio.SocketListener]:
+    try:
+        return await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
+    except OSError as exc:
+        raise bind_error("--listen", config.listen, exc) from None
+
+
+def _serve_metrics(config: ServerConfig) -> None:
+    if not config.metrics_listen:
+        return
+    host, port = parse_host_port(config.metrics_listen, 9464)
+    try:
+        metrics.serve_metrics(host, port)
+    except OSError as exc:
+        raise bind_error("--metrics-listen", config.metrics_listen, exc) from None
+    log.info("server.metrics", listen=f"{host}:{port}")
 
 
 async def _open_kinesis(
     config: ServerConfig, engine: Engine
 ) -> tuple[Gateway, list[trio.SocketListener]] | None:
-    """Bind the Kinesis gateway's listener, if configured. Exits with a clear error if the
-    address is taken (kinesalite runs on 4567 too): ``--kinesis-listen off`` or another port."""
+    """Bind the Kinesis gateway's listener, if configured. Raises StartupError if the address
+    is taken (kinesalite runs on 4567 too): ``--kinesis-listen off`` or another port."""
     if config.kinesis_listen is None:
         return None
     try:
         return await open_gateway_listeners(config, engine)
     except OSError as exc:
-        raise SystemExit(
-            f"error: --kinesis-listen {config.kinesis_listen}: {exc.strerror or exc} "
-            "(use --kinesis-listen off, or another HOST:PORT)"
+        raise bind_error(
+            "--kinesis-listen",
+            config.kinesis_listen,
+            exc,
+            hint="choose another with --kinesis-listen HOST:PORT, or turn the gateway off "
+            "with --kinesis-listen off",
         ) from None
 
 
@@ -295,8 +335,26 @@ def _serve_kinesis(
 
 
 def run_server(config: ServerConfig) -> None:
-    """Blocking entry point for ``streamd serve``."""
+    """Blocking entry point for ``streamd serve``. Raises StartupError (the server did not
+    start: the CLI prints it and exits 2), whether it came from a task or from ``serve``."""
     try:
         trio.run(serve, config)
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown
         sys.exit(130)
+    except BaseExceptionGroup as group:
+        startup = _startup_error_in(group)
+        if startup is None:
+            raise
+        raise startup from None
+
+
+def _startup_error_in(group: BaseExceptionGroup[BaseException]) -> StartupError | None:
+    """The StartupError a nursery wrapped (with nothing but cancellations beside it)."""
+    matched, rest = group.split(StartupError)
+    if matched is None or (rest is not None and rest.split(trio.Cancelled)[1] is not None):
+        return None
+    leaf: BaseException = matched
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    assert isinstance(leaf, StartupError)
+    return leaf
