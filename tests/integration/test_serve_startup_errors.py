@@ -191,7 +191,7 @@ def test_a_damaged_metadata_file(tmp_path: Path) -> None:
         (("--listen", "127.0.0.1:70000"), "--listen: port out of range"),
         (("--metrics-listen", "x:y"), "--metrics-listen: expected HOST:PORT"),
         (("--kinesis-listen", "127.0.0.1:-1"), "--kinesis-listen: expected HOST:PORT"),
-        (("--kinesis-access-key", "k"), "--kinesis-access-key and --kinesis-secret-key go"),
+        (("--kinesis-access-key", "k"), "--kinesis-access-key needs its secret in"),
     ],
 )
 def test_bad_values_are_one_line_and_exit_2(
