@@ -38,6 +38,7 @@ from streamd_client.errors import (
     ResourceInUseError,
     ShardClosedError,
     ShardNotFoundError,
+    StorageFullError,
     StreamdError,
     StreamNotFoundError,
 )
@@ -139,6 +140,9 @@ class Engine:
         self._nursery: trio.Nursery | None = None
         self._admin_lock = trio.Lock()
         self._resize_scopes: set[trio.CancelScope] = set()
+        # Streams whose files a full-disk delete removed but whose metadata it could not: a
+        # retried delete finishes them (``_delete_on_full_disk``).
+        self._half_deleted: dict[str, StreamMeta] = {}
         self._log_config = LogConfig(
             segment_bytes_max=config.segment_bytes_max,
             segment_age_ms_max=config.segment_age_ms_max,
@@ -231,7 +235,11 @@ class Engine:
             await pipeline.close_log()
 
     async def _move_to_trash(self, directory: Path) -> None:
-        await trio.to_thread.run_sync(_remove_dir, directory, self.config.data_dir / "trash")
+        try:
+            await trio.to_thread.run_sync(_remove_dir, directory, self.config.data_dir / "trash")
+        except OSError as exc:  # a full disk may refuse the trash's directory entry
+            log.warning("stream.trash_failed", directory=str(directory), error=str(exc))
+            await trio.to_thread.run_sync(partial(shutil.rmtree, directory, ignore_errors=True))
 
     async def _finish_delete(self, meta: StreamMeta) -> None:
         await self._move_to_trash(self._stream_dir(meta))
@@ -327,15 +335,47 @@ class Engine:
         log.info("stream.created", stream=name, shards=shard_count, retention_hours=retention_hours)
 
     async def delete_stream(self, name: str) -> None:
-        """Raises StreamNotFoundError, InvalidStreamNameError."""
+        """Raises StreamNotFoundError, InvalidStreamNameError, StorageFullError (the disk is
+        so full that even after the stream's files were removed the metadata store cannot
+        record the delete; the stream is then gone from this process, and a retry finishes)."""
+        if name in self._half_deleted:
+            async with self._admin_lock:
+                await self.catalog.remove(name)
+                self._half_deleted.pop(name, None)
+            log.info("stream.deleted", stream=name)
+            return
         stream = self._stream(name)
         async with self._admin_lock, stream.lock:
             stream = self._stream(name)
-            stream.meta = await self.catalog.update(name, lambda m: replace(m, status="DELETING"))
+            try:
+                stream.meta = await self.catalog.update(
+                    name, lambda m: replace(m, status="DELETING")
+                )
+            except StorageFullError as exc:
+                await self._delete_on_full_disk(stream, exc)
+                return
             await self._close_stream(stream)
             del self.streams[name]
             stream.signal_reshaped()
             await self._finish_delete(stream.meta)
+
+    async def _delete_on_full_disk(self, stream: _Stream, exc: StorageFullError) -> None:
+        """Deleting is how an operator frees space, so a full disk must not refuse it: the
+        intent (DELETING) could not be recorded, so the stream's files go first (freeing the
+        space), then its metadata in one transaction. A crash in between leaves the stream
+        listed and empty: the delete was not acknowledged, and a retry completes it."""
+        name = stream.meta.name
+        log.warning("stream.delete_freeing_space_first", stream=name, error=exc.message)
+        await self._close_stream(stream)
+        del self.streams[name]
+        stream.signal_reshaped()
+        await self._move_to_trash(stream.directory)
+        try:
+            await self.catalog.remove(name)
+        except StorageFullError:
+            self._half_deleted[name] = stream.meta
+            raise
+        log.info("stream.deleted", stream=name)
 
     def list_streams(self) -> list[str]:
         return sorted(n for n, s in self.streams.items() if s.meta.status != "DELETING")

@@ -47,7 +47,7 @@ from . import metrics
 from .catalog import ShardMeta
 from .iothread import IoThread
 from .replication import Committer
-from .storage import OffsetTrimmedError
+from .storage import OffsetTrimmedError, SyncFailedError
 
 if TYPE_CHECKING:
     from .storage import ShardLog
@@ -167,10 +167,16 @@ class ShardPipeline:
         self._tail_bytes = 0
         self._closing = False
         self._sealed = False  # resharding: refuse new writes while the parent is switched
-        # Set after an fsync failure: the kernel may have dropped the dirty pages and a later
-        # fsync could report success for data that is gone, so the shard takes no more writes
-        # until a restart recovers its log from what is really on disk.
+        # Set after an fsync failure that cannot be undone here (a device error, or records
+        # already acknowledged in fsync=interval mode): the kernel may have dropped the dirty
+        # pages and a later fsync could report success for data that is gone, so the shard
+        # takes no more writes until a restart recovers its log from what is really on disk.
         self._fenced: InternalError | None = None
+        # Set after an fsync failed for lack of space in fsync=always mode: only batches past
+        # the high watermark (never acknowledged, never served) are in doubt. The next group
+        # commit first cuts them (``ShardLog.truncate_to``) and reopens the log; until that
+        # succeeds, writes get STORAGE_FULL. docs/operations.md ("Full disk") says why.
+        self._unsynced: SyncFailedError | None = None
         self._busy = False  # a group is being committed
         self._progress = trio.Event()  # set after every group commit, then replaced
         self._disk_reads = 0  # reads in a worker thread now (close_log waits for them)
@@ -289,13 +295,16 @@ class ShardPipeline:
         shard lies below it, every later one goes to a child. ``unseal`` undoes it.
 
         Raises RequestTimeoutError (the queue did not drain in time), InternalError (the shard
-        is fenced, or the sync failed, which fences it); the shard stays sealed either way, so
-        the caller must unseal.
+        is fenced, or the sync failed, which fences it), StorageFullError (an fsync failed for
+        lack of space and the shard has not recovered yet); the shard stays sealed either way,
+        so the caller must unseal.
         """
         assert self.shard.is_open
         self._sealed = True
         if self._fenced is not None:
             raise InternalError(self._fenced.message)
+        if self._unsynced is not None:
+            raise StorageFullError(f"shard {self.shard.shard_id} is recovering from a full disk")
         try:
             with trio.fail_after(timeout_s):
                 while self._queue or self._busy:
@@ -306,20 +315,63 @@ class ShardPipeline:
             ) from None
         try:
             await self._io.run(self.log.sync)
-        except OSError as exc:
-            self._fence(exc)
-            raise InternalError(f"sync before closing shard failed: {exc}") from exc
+        except SyncFailedError as exc:
+            raise self._sync_failed(exc) from exc
         if self._fenced is not None:  # a commit failed its fsync while we waited
             raise InternalError(self._fenced.message)
+        if self._unsynced is not None:
+            raise StorageFullError(f"shard {self.shard.shard_id} is recovering from a full disk")
         assert self.high_watermark == self.log.next_offset
         return self.high_watermark
 
-    def _fence(self, exc: OSError) -> None:
-        self._log.error("shard.fsync_failed", error=str(exc))
+    def _sync_failed(self, exc: SyncFailedError) -> StreamdError:
+        """Decide what a failed fsync means (the decision table in docs/operations.md).
+
+        ENOSPC/EDQUOT in fsync=always mode: every batch past the high watermark is in doubt but
+        was never acknowledged nor served, so cutting it loses nothing promised; the shard
+        recovers by itself (``_recover_unsynced``) once space is back. Anything else (EIO, or
+        fsync=interval, where acknowledged records may be gone): fenced until a restart.
+        Returns the error to answer the writers with. Called from the appender's thread.
+        """
+        if exc.full_disk and self.config.fsync == "always":
+            self._unsynced = exc
+            self._log.error("shard.fsync_failed", error=exc.message, recoverable=True)
+            return StorageFullError(
+                f"shard {self.shard.shard_id}: {exc.message}; records past the last "
+                "acknowledged one are discarded and the shard goes on once space is freed"
+            )
+        self._fence(exc)
+        assert self._fenced is not None
+        return InternalError(self._fenced.message)
+
+    def _fence(self, exc: OSError | SyncFailedError) -> None:
+        self._log.error("shard.fsync_failed", error=str(exc), recoverable=False)
         self._fenced = InternalError(
             f"shard {self.shard.shard_id} refuses writes after an fsync failure ({exc}); "
             "restart the server to recover it"
         )
+
+    def _recover_unsynced(self) -> StreamdError | None:
+        """Appender's thread, after a recoverable fsync failure: cut the log back to the high
+        watermark, reopen it from the files, and go on. None on success, else the error that
+        the writers waiting now get (the next group commit tries again)."""
+        hwm = self.high_watermark
+        try:
+            if not self.log.closed:
+                self.log.truncate_to(hwm)
+            fresh = type(self.log).open(self.log.directory, self.log.config, verify_all=False)
+        except (OSError, SyncFailedError, StreamdError) as exc:
+            return StorageFullError(
+                f"shard {self.shard.shard_id} cannot recover from a failed fsync yet: {exc}"
+            )
+        if fresh.next_offset != hwm:  # acknowledged records missing: never go on silently
+            fresh.close(clean=False)
+            self._fence(OSError(f"log holds {fresh.next_offset} records after the cut, not {hwm}"))
+            assert self._fenced is not None
+            return InternalError(self._fenced.message)
+        self.log, self._unsynced = fresh, None
+        self._log.warning("shard.fsync_recovered", next_offset=hwm)
+        return None
 
     def unseal(self) -> None:
         self._sealed = False
@@ -341,7 +393,14 @@ class ShardPipeline:
         """Wait for work; meanwhile run due background chores (interval fsync, retention)."""
         if self._retention_cutoff_ms is not None:
             cutoff, self._retention_cutoff_ms = self._retention_cutoff_ms, None
-            deleted = await self._io.run(self.log.delete_segments_before, cutoff)
+            try:
+                deleted = await self._io.run(self.log.delete_segments_before, cutoff)
+            except SyncFailedError as exc:  # rolling the active segment synced it
+                self._sync_failed(exc)
+                return
+            except OSError as exc:  # the next round tries again
+                self._log.warning("shard.retention_failed", error=str(exc))
+                return
             if deleted:
                 self._log.info(
                     "shard.retention", segments_deleted=deleted, start_offset=self.log.start_offset
@@ -353,7 +412,10 @@ class ShardPipeline:
         self._work = trio.Event()
         if scope.cancelled_caught and self._dirty:
             self._dirty = False
-            await self._io.run(self.log.sync)
+            try:
+                await self._io.run(self.log.sync)
+            except SyncFailedError as exc:  # acknowledged records may be lost: fenced
+                self._sync_failed(exc)
 
     def _take_group(self) -> list[PendingWrite]:
         group: list[PendingWrite] = []
@@ -395,6 +457,12 @@ class ShardPipeline:
         return plan
 
     async def _commit_group(self, group: list[PendingWrite]) -> None:
+        if self._unsynced is not None:
+            failure = await self._io.run(self._recover_unsynced)
+            if failure is not None:
+                metrics.WRITES_REJECTED.labels(failure.code).inc()
+                self._finish(group, set(), failure)
+                return
         plan = self._plan(group)
         stamp_ms = max(now_ms(), self.last_arrival_ms)
         started = time.perf_counter()
@@ -425,6 +493,12 @@ class ShardPipeline:
             group = group + list(self._queue)
             self._queue.clear()
             self._queued_bytes = 0
+        self._finish(group, committed, error)
+
+    def _finish(
+        self, group: list[PendingWrite], committed: set[int], error: StreamdError | None
+    ) -> None:
+        """Answer every writer of ``group``: committed ones by id, the others with ``error``."""
         for write in group:
             if id(write) not in committed:
                 write.error = error or InternalError(
@@ -455,6 +529,8 @@ class ShardPipeline:
             except StorageFullError as exc:
                 error = exc
                 break
+            except SyncFailedError as exc:  # rolling synced the sealed segment
+                return [], self._sync_failed(exc)
             except OSError as exc:
                 error = InternalError(f"write failed: {exc}")
                 break
@@ -463,9 +539,8 @@ class ShardPipeline:
             if self.config.fsync == "always":
                 try:
                     self.log.sync()
-                except OSError as exc:  # an fsync failure is never retried: data may be lost
-                    self._fence(exc)
-                    return [], InternalError(f"fsync failed: {exc}")
+                except SyncFailedError as exc:  # never retried as if nothing happened
+                    return [], self._sync_failed(exc)
             elif self.config.fsync == "interval":
                 self._dirty = True
         return written, error

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from streamd.meta import Compare, MetaStore, SqliteMetaStore
+from streamd_client.errors import StorageFullError
 
 
 @pytest.fixture(params=["sqlite"])
@@ -83,3 +84,21 @@ async def test_catalog_remove_drops_the_streams_group_state(tmp_path: Path) -> N
     left = [kv.key for kv in await store.range("")]
     await store.aclose()
     assert left == ["groups/s2/g"]
+
+
+async def test_sqlite_full_disk_is_typed_and_the_store_stays_usable(tmp_path: Path) -> None:
+    """SQLITE_FULL rolls the transaction back inside SQLite; the store must not try a second
+    ROLLBACK (which answered INTERNAL "cannot rollback") and must work again once there is room.
+    ``max_page_count`` makes the database "full" exactly as ENOSPC does (both are SQLITE_FULL)."""
+    store = SqliteMetaStore(tmp_path / "meta.sqlite3")
+    await store.txn([], puts=[("kept", b"1")])
+    (pages,) = store._db.execute("PRAGMA page_count").fetchone()
+    store._db.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(StorageFullError):
+        await store.txn([], puts=[(f"big{i}", bytes(4096)) for i in range(50)])
+    kv = await store.get("kept")
+    assert kv is not None and kv.value == b"1" and await store.get("big0") is None
+    store._db.execute("PRAGMA max_page_count = 1073741823")  # space is back
+    assert await store.txn([], puts=[("after", b"2")])
+    assert (await store.get("after")) is not None
+    await store.aclose()

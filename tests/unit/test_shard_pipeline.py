@@ -4,8 +4,11 @@ integration tests run both together.)"""
 
 from __future__ import annotations
 
+import errno
+import os
 from collections import deque
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import trio
@@ -13,11 +16,13 @@ import trio
 from streamd.catalog import ShardMeta
 from streamd.replication import LocalCommitter
 from streamd.shard import PipelineConfig, ShardPipeline
+from streamd.storage import LogConfig, ShardLog, SyncFailedError
 from streamd_client import batch as batchfmt
 from streamd_client.errors import (
     InternalError,
     InvalidSequenceNumberError,
     OutOfOrderSequenceError,
+    StorageFullError,
     ThrottledError,
 )
 from streamd_client.model import HASH_KEY_MAX, Position, hash_bytes_of, make_sequence
@@ -160,7 +165,7 @@ async def test_read_positions(pipeline: ShardPipeline) -> None:
 async def test_fsync_failure_fences_the_shard(nursery: trio.Nursery) -> None:
     class FailingSyncLog(MemoryLog):
         def sync(self) -> None:
-            raise OSError(5, "Input/output error")
+            raise SyncFailedError("seg.log", OSError(errno.EIO, "Input/output error"))
 
     p = ShardPipeline("s", SHARD, FailingSyncLog(), PipelineConfig(), LocalCommitter())  # type: ignore[arg-type]
     nursery.start_soon(p.run)
@@ -176,3 +181,48 @@ async def test_fsync_failure_fences_the_shard(nursery: trio.Nursery) -> None:
         await p.seal(1.0)
     p.unseal()
     await p.close()
+
+
+async def test_fsync_out_of_space_discards_the_unacknowledged_and_recovers_without_restart(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC from fsync (delayed allocation) is not EIO: what it may have lost lies past the
+    high watermark, never acknowledged nor served, so the shard cuts it and goes on by itself
+    once space is back: no fence, no restart; the log on disk holds exactly what was acked."""
+    p = ShardPipeline(
+        "s", SHARD, ShardLog.open(tmp_path, LogConfig()), PipelineConfig(), LocalCommitter()
+    )
+    nursery.start_soon(p.run)
+    assert await p.enqueue_records(*records(3)).wait() == (0, 3, False)
+    full = True
+    real_fdatasync, real_fsync = os.fdatasync, os.fsync
+
+    def no_space(real: object) -> object:
+        def sync(fd: int) -> None:
+            if full:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real(fd)  # type: ignore[operator]
+
+        return sync
+
+    monkeypatch.setattr(os, "fdatasync", no_space(real_fdatasync))
+    monkeypatch.setattr(os, "fsync", no_space(real_fsync))
+    lost = p.enqueue_records(*records(2, "lost"))
+    with pytest.raises(StorageFullError, match="fsync"):
+        await lost.wait()
+    with pytest.raises(StorageFullError, match="cannot recover"):  # still full: typed, again
+        await p.enqueue_records(*records(1, "still")).wait()
+    assert p.high_watermark == 3  # nothing unsynced became readable
+    full = False
+    base, count, _ = await p.enqueue_records(*records(2, "after")).wait()
+    assert (base, count) == (3, 2)  # the cut offsets are reused: nobody ever saw them
+    read = await p.read(Position.trim_horizon(), 1 << 20, 0)
+    keys = [
+        k for b in read.batches for k in batchfmt.decode_records(b, batchfmt.parse_header(b))[0]
+    ]
+    assert keys == ["k0", "k1", "k2", "after0", "after1"]
+    await p.close()
+    await p.close_log()
+    reopened = ShardLog.open(tmp_path, LogConfig())
+    assert reopened.next_offset == 5 and reopened.recovery.corrupt_ranges == []
+    reopened.close()

@@ -6,10 +6,13 @@ absent from the table (a newer engine) fall back by family: an InvalidArgumentEr
 an InvalidArgumentException, anything else InternalFailureException. The gateway's own errors
 (unknown operation, bad signature, bad body) are raised directly as ``KinesisError``.
 
-STORAGE_FULL answers ProvisionedThroughputExceededException: the SDKs and the KCL treat it as
-retryable with backoff, which is what a writer should do until space is freed
-(InternalFailureException would also be retried, but tells operators nothing).
-docs/kinesis.md has the table.
+STORAGE_FULL answers ServiceUnavailable (503), Kinesis' "temporary failure of the server":
+botocore retries every 500/502/503/504 in both its legacy and standard retry modes, and the KPL
+retries the per-record InternalFailure that PutRecords reports for it; that is what a writer
+should do until space is freed. DATA_CORRUPT (a stored range failed its CRC) answers
+InternalFailureException (500), the one server-fault exception botocore's Kinesis model has
+(SubscribeToShard's event stream models it too); its message names the stream, the shard and
+the damaged sequence range, and how to quarantine it. docs/kinesis.md has the table.
 """
 
 from __future__ import annotations
@@ -55,9 +58,10 @@ _BY_CODE: Final[dict[str, tuple[str, int]]] = {
     "SHARD_CLOSED": (INVALID_ARGUMENT, 400),
     "THROTTLED": (THROUGHPUT_EXCEEDED, 400),
     "LIMIT_EXCEEDED": (LIMIT_EXCEEDED, 400),
-    "STORAGE_FULL": (THROUGHPUT_EXCEEDED, 400),
+    "STORAGE_FULL": (SERVICE_UNAVAILABLE, 503),
     "OUT_OF_ORDER_SEQUENCE": (INVALID_ARGUMENT, 400),
     "CORRUPT_DATA": (INTERNAL_FAILURE, 500),
+    "DATA_CORRUPT": (INTERNAL_FAILURE, 500),
     "SHUTTING_DOWN": (SERVICE_UNAVAILABLE, 503),
     "TIMEOUT": (SERVICE_UNAVAILABLE, 503),
     "CONNECTION_LOST": (SERVICE_UNAVAILABLE, 503),

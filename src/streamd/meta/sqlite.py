@@ -3,6 +3,11 @@
 WAL journal with ``synchronous=FULL`` so a committed transaction survives kill -9 and power
 loss. SQLite calls block, so they run in a worker thread; a lock serialises them because one
 connection is shared (metadata traffic is admin-rate, not data-rate).
+
+A full disk: SQLite rolls a transaction back by itself when its write fails with SQLITE_FULL
+(the WAL could not grow), so ``txn`` rolls back only if a transaction is still open, and answers
+``StorageFullError`` (typed, retryable). The connection stays usable: the next transaction
+succeeds as soon as space is back, with no restart.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import threading
 from pathlib import Path
 
 import trio
+
+from streamd_client.errors import StorageFullError
 
 from .store import Compare, KeyValue
 
@@ -92,6 +99,16 @@ class SqliteMetaStore:
                 db.executemany("DELETE FROM kv WHERE key = ?", [(k,) for k in deletes])
                 db.execute("COMMIT")
                 return True
-            except BaseException:
-                db.execute("ROLLBACK")
+            except BaseException as exc:
+                if db.in_transaction:  # SQLite already rolled back after SQLITE_FULL
+                    db.execute("ROLLBACK")
+                if _is_full_disk(exc):
+                    raise StorageFullError(f"metadata store {self.path.name}: {exc}") from exc
                 raise
+
+
+def _is_full_disk(exc: BaseException) -> bool:
+    """SQLITE_FULL (13): the database or its WAL could not grow (ENOSPC, EDQUOT)."""
+    return isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == (
+        sqlite3.SQLITE_FULL
+    )

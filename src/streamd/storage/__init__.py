@@ -8,7 +8,7 @@ docs/storage-format.md.
 from __future__ import annotations
 
 from .config import LogConfig, RecoveryReport
-from .errors import OffsetTrimmedError
+from .errors import OffsetTrimmedError, SyncFailedError
 from .log import ShardLog
 
-__all__ = ["LogConfig", "OffsetTrimmedError", "RecoveryReport", "ShardLog"]
+__all__ = ["LogConfig", "OffsetTrimmedError", "RecoveryReport", "ShardLog", "SyncFailedError"]

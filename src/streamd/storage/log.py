@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import errno
 import itertools
+import os
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,12 +34,12 @@ from streamd_client import batch as batchfmt
 from streamd_client.errors import CorruptDataError, StorageFullError
 
 from .config import LogConfig, RecoveryReport
-from .errors import OffsetTrimmedError
+from .errors import FULL_DISK_ERRNOS, OffsetTrimmedError, SyncFailedError
 from .files import fsync_dir, index_path, write_marker
 from .index_file import summarize, write_index
 from .producers import ProducerBatch
 from .recovery import Recovered, recover
-from .segment import FULL_DISK_ERRNOS, Segment
+from .segment import Segment
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +66,7 @@ class ShardLog:
         self.next_offset = segments[-1].next_offset
         self.last_arrival_ms = next((s.last_batch_ms for s in reversed(segments) if s.batches), 0)
         self._closed = False
+        self._cut: tuple[int, int, int] | None = None  # truncate_to's (offset, segment, byte)
         self._log = log.bind(directory=str(directory))
 
     @classmethod
@@ -74,6 +76,10 @@ class ShardLog:
         Raises OSError if the directory or its files cannot be read.
         """
         return cls(directory, config, recover(directory, config, verify_all=verify_all))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def size_bytes(self) -> int:
@@ -230,25 +236,78 @@ class ShardLog:
         )
 
     def close(self, *, clean: bool = True) -> None:
-        """Close every file; when ``clean``, sync and leave the marker for a fast next open."""
+        """Close every file; when ``clean``, sync and leave the marker for a fast next open.
+
+        Never raises for a full disk or a failed sync: the marker is then left out, so the
+        next open verifies everything (``clean`` in the log line says which happened).
+        """
         if self._closed:
             return
         self._closed = True
         active = self._segments[-1]
         try:
             if clean:
-                if self.config.fsync:
-                    active.sync()
-                state = {
-                    "active_base_offset": active.base_offset,
-                    "active_size_bytes": active.size_bytes,
-                    "next_offset": self.next_offset,
-                }
-                write_marker(self.directory, state, fsync=self.config.fsync)
+                clean = self._leave_marker(active)
         finally:
             for segment in self._segments:
                 segment.retire()
         self._log.info("storage.closed", clean=clean, next_offset=self.next_offset)
+
+    def _leave_marker(self, active: Segment) -> bool:
+        try:
+            if self.config.fsync:
+                active.sync()
+            state = {
+                "active_base_offset": active.base_offset,
+                "active_size_bytes": active.size_bytes,
+                "next_offset": self.next_offset,
+            }
+            write_marker(self.directory, state, fsync=self.config.fsync)
+        except (OSError, SyncFailedError) as exc:
+            self._log.warning("storage.close.unclean", error=str(exc))
+            return False
+        return True
+
+    def truncate_to(self, offset: int) -> None:
+        """Cut every batch at or after ``offset`` (a batch boundary), make the cut durable, and
+        close the log; open it again with ``ShardLog.open`` (which recovers from the files).
+
+        The shard pipeline calls it after a failed fsync, with the high watermark: what lies
+        past it was never acknowledged nor served, and may or may not be on disk (fsyncgate),
+        so it is removed rather than trusted. Later segments are deleted; the segment holding
+        ``offset`` is cut at that batch, fsynced, and named in a clean-shutdown marker so the
+        next open only scans its headers. Raises OSError or SyncFailedError (the disk is still
+        full or failing; nothing is closed then, and the call may be repeated).
+        """
+        assert not self._closed and self.start_offset <= offset <= self.next_offset
+        segments = self._segments
+        if self._cut is None or self._cut[0] != offset:  # a repeated call keeps its first plan
+            keep = _segment_for(segments, offset) or segments[0]
+            self._cut = (offset, segments.index(keep), keep.position_of(offset))
+        _, at, position = self._cut
+        keep = segments[at]
+        for segment in segments[at + 1 :]:
+            segment.path.unlink(missing_ok=True)
+            index_path(self.directory, segment.base_offset).unlink(missing_ok=True)
+        index_path(self.directory, keep.base_offset).unlink(missing_ok=True)
+        os.truncate(keep.path, position)  # by path: a sealed segment's fd is read-only
+        if self.config.fsync:
+            try:
+                os.fsync(keep.fd)
+            except OSError as exc:
+                raise SyncFailedError(keep.path.name, exc) from exc
+            fsync_dir(self.directory)
+        marker = {"active_base_offset": keep.base_offset, "active_size_bytes": position}
+        write_marker(self.directory, {**marker, "next_offset": offset}, fsync=self.config.fsync)
+        self._log.warning(
+            "storage.truncated",
+            offset=offset,
+            cut_from=self.next_offset,
+            segments_deleted=len(segments) - at - 1,
+        )
+        self._closed = True
+        for segment in segments:
+            segment.retire()
 
     # -- readers (any thread) -------------------------------------------------------------------
 

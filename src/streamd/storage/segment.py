@@ -21,7 +21,6 @@ descriptor number could otherwise be reused by another file and a pread would re
 from __future__ import annotations
 
 import bisect
-import errno
 import os
 import threading
 from operator import itemgetter
@@ -33,13 +32,13 @@ import structlog
 from streamd_client import batch as batchfmt
 from streamd_client.errors import CorruptDataError, StorageFullError
 
+from .errors import FULL_DISK_ERRNOS, SyncFailedError
 from .files import pread_exact, segment_path, write_all
 from .producers import ProducerTable
 
 log = structlog.get_logger(__name__)
 
 TIME_NONE_MS = -1
-FULL_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class IndexEntry(NamedTuple):
@@ -153,7 +152,11 @@ class Segment:
         os.lseek(self.fd, position, os.SEEK_SET)
 
     def sync(self) -> None:
-        os.fdatasync(self.fd)
+        """fdatasync. Raises SyncFailedError (never retried as if nothing happened)."""
+        try:
+            os.fdatasync(self.fd)
+        except OSError as exc:
+            raise SyncFailedError(self.path.name, exc) from exc
 
     # -- readers --------------------------------------------------------------------------------
 
@@ -282,6 +285,19 @@ class Segment:
 
     def _header_at(self, position: int) -> batchfmt.BatchHeader:
         return batchfmt.parse_header(pread_exact(self.fd, batchfmt.HEADER_BYTES, position))
+
+    def position_of(self, offset: int) -> int:
+        """Byte position of the batch starting at ``offset``, or the end for ``next_offset``.
+
+        Raises CorruptDataError if no batch starts there (mid-batch, or an unreadable stretch).
+        """
+        if offset >= self.next_offset:
+            assert offset == self.next_offset, (offset, self.next_offset)
+            return self.size_bytes
+        found = self._seek(offset, self.size_bytes)
+        if found is None or found[1].base_offset != offset:
+            raise CorruptDataError(f"no batch of {self.path.name} starts at offset {offset}")
+        return found[0]
 
     def find_time(self, timestamp_ms: int, end_offset: int) -> int | None:
         """Base offset of the first batch below ``end_offset`` with last_arrival_ms >= it."""
