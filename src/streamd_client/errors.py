@@ -193,6 +193,16 @@ class RequestTimeoutError(StreamdError):
     retryable = True
 
 
+class MetadataUnavailableError(StreamdError):
+    """The metadata store (etcd in cluster mode) could not be reached or did not answer in time.
+
+    A write may or may not have applied: callers that compare-and-swap re-read and retry.
+    """
+
+    code = "METADATA_UNAVAILABLE"
+    retryable = True
+
+
 class ShuttingDownError(StreamdError):
     """The server is shutting down and takes no new work."""
 

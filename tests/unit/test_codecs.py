@@ -131,6 +131,7 @@ def test_retryable_codes_match_the_protocol() -> None:
         "STORAGE_FULL",
         "LIMIT_EXCEEDED",
         "SHUTTING_DOWN",
+        "METADATA_UNAVAILABLE",
         "CONNECTION_LOST",
         "TIMEOUT",
     }
