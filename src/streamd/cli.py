@@ -4,7 +4,9 @@
                   [--log-format console|json] [--log-level LEVEL] [--metrics-listen HOST:PORT]
                   [--kinesis-listen HOST:PORT|off] [--kinesis-region R]
                   [--kinesis-access-key K (secret in $STREAMD_KINESIS_SECRET_KEY)]
-                  [--kinesis-credentials FILE]
+                  [--kinesis-credentials FILE] [--connections-max N]
+                  [--connections-per-address-max N] [--handshake-timeout-s S]
+                  [--idle-timeout-s S] [--kinesis-idle-timeout-s S]
     streamd stream create NAME --shards N [--retention-hours H]
     streamd stream list | describe NAME [--json] | delete NAME | retention NAME --hours H
     streamd stream resize NAME --shards N [--no-wait]      (see streamd/cli_reshard.py)
@@ -114,6 +116,7 @@ def _add_serve(commands: Any) -> None:
         "--metrics-listen", default=None, metavar="HOST:PORT", help="serve Prometheus /metrics"
     )
     _add_serve_kinesis(serve)
+    _add_serve_limits(serve)
     serve.set_defaults(handler=_serve)
 
 
@@ -141,6 +144,55 @@ def _add_serve_kinesis(serve: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="AWS credentials file (INI); with any credentials, requests must be SigV4-signed",
     )
+
+
+def _add_serve_limits(serve: argparse.ArgumentParser) -> None:
+    """Connection bounds and timeouts, for each listener (docs/operations.md, "Connections")."""
+    serve.add_argument(
+        "--connections-max", type=_positive_int, default=1024, metavar="N",
+        help="open connections per listener (native, Kinesis); more are refused (default 1024)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--connections-per-address-max", type=_positive_int, default=None, metavar="N",
+        help="open connections from one client address (default: a quarter of --connections-max)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--handshake-timeout-s", type=_positive_float, default=10.0, metavar="S",
+        help="a new connection's time to send its hello (Kinesis: its first request; default 10)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--idle-timeout-s", type=_positive_float, default=600.0, metavar="S",
+        help="close a native connection with no request in flight for S seconds (default 600)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--kinesis-idle-timeout-s", type=_positive_float, default=120.0, metavar="S",
+        help="close an idle Kinesis keep-alive connection after S seconds (default 120)",
+    )  # fmt: skip
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def _serve_limit_options(args: argparse.Namespace) -> dict[str, Any]:
+    """ServerConfig fields for the connection bounds and timeouts."""
+    return {
+        "connections_max": args.connections_max,
+        "connections_per_address_max": args.connections_per_address_max,
+        "handshake_timeout_ms": round(args.handshake_timeout_s * 1000),
+        "idle_timeout_ms": round(args.idle_timeout_s * 1000),
+        "kinesis_idle_timeout_ms": round(args.kinesis_idle_timeout_s * 1000),
+    }
 
 
 def _add_stream(commands: Any) -> None:
@@ -314,6 +366,7 @@ def _serve_config(args: argparse.Namespace) -> Any:
         log_level=args.log_level,
         metrics_listen=args.metrics_listen,
         **_serve_kinesis_options(args),
+        **_serve_limit_options(args),
     )
 
 

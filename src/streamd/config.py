@@ -31,8 +31,12 @@ class ServerConfig:
     tail_cache_bytes_max: int = 8 * 1024 * 1024
     frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT
     requests_in_flight_max: int = 1024
+    # Admission (src/streamd/admission.py), for each listener (native and Kinesis) on its own.
     connections_max: int = 1024
-    handshake_timeout_ms: int = 10_000
+    connections_per_address_max: int | None = None  # None: a quarter of connections_max
+    handshake_timeout_ms: int = 10_000  # native: until hello; gateway: until a first request
+    idle_timeout_ms: int = 600_000  # native: no request in flight (long-polls are) this long
+    kinesis_idle_timeout_ms: int = 120_000  # gateway: keep-alive between two requests
     shutdown_grace_ms: int = 5_000
     metrics_listen: str | None = None  # HOST:PORT for Prometheus /metrics; off when None
     # Kinesis-compatible HTTP gateway (docs/kinesis.md): HOST:PORT, off when None. The CLI's

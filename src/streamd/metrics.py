@@ -23,6 +23,21 @@ WRITES_REJECTED = Counter(
 )
 REQUESTS = Counter("streamd_requests_total", "Native protocol requests", ["op", "code"])
 CONNECTIONS = Gauge("streamd_connections", "Open client connections")
+CONNECTIONS_REFUSED = Counter(
+    "streamd_connections_refused_total",
+    "Connections refused at accept, by listener (native, kinesis) and the bound that refused",
+    ["listener", "reason"],
+)
+CONNECTIONS_IDLE_CLOSED = Counter(
+    "streamd_connections_idle_closed_total",
+    "Connections closed by the server for idling (after the handshake or before it)",
+    ["listener", "phase"],
+)
+ACCEPT_ERRORS = Counter(
+    "streamd_accept_errors_total",
+    "accept() failures for lack of resources (EMFILE, ENFILE, ...), each followed by a backoff",
+    ["listener", "errno"],
+)
 RECOVERY_TRUNCATED_BYTES = Counter(
     "streamd_recovery_truncated_bytes_total", "Bytes cut from torn tails at start"
 )

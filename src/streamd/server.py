@@ -6,6 +6,12 @@ must be ``hello``, and every later request runs in its own task (bounded by
 Responses go to an outbox that one writer task drains, joining whatever queued up into a single
 ``send_all`` (fewer syscalls under load, no interleaved frames).
 
+Idle connections are closed (``idle_timeout_ms``): once the hello is done, a connection with no
+request in flight (a long-poll read is one) for that long gets an error frame with request id 0
+and code TIMEOUT, then the close; the client library opens a new connection on its next call.
+Before the hello, ``handshake_timeout_ms`` applies. Admission (connection bounds, per-address
+bounds, the typed LIMIT_EXCEEDED refusal, accept() under fd exhaustion) is ``admission.py``'s.
+
 Malformed framing (a bad length, a body that is not a CBOR map) is a protocol error: the client
 gets an error frame with request id 0 and the connection closes, since its framing can no longer
 be trusted. A bad request inside a good frame gets a typed error and the connection stays.
@@ -31,13 +37,14 @@ from streamd_client.errors import (
     InternalError,
     LimitExceededError,
     ProtocolError,
+    RequestTimeoutError,
     StreamdError,
     UnknownOperationError,
     UnsupportedVersionError,
 )
 
 from . import __version__, metrics
-from .admission import ConnectionSlots
+from .admission import ConnectionSlots, admission_limits, serve_listeners
 from .api import HANDLERS
 from .config import ServerConfig, parse_host_port
 from .engine import Engine
@@ -63,6 +70,10 @@ class _Connection:
         self.outbox_ready = trio.Event()
         self.in_flight = 0
         self.closing = False
+        # Idle tracking: when a whole request last arrived or an answer was last queued.
+        self.last_active = trio.current_time()
+        self.idle_closed = False
+        self.writing = False  # the writer is inside send_all (a frame may be half sent)
 
     async def run(self) -> None:
         error: ProtocolError | None = None
@@ -70,17 +81,43 @@ class _Connection:
             nursery.start_soon(self._writer)
             try:
                 await self._handshake()
+                nursery.start_soon(self._close_when_idle, nursery.cancel_scope)
                 await self._read_loop(nursery)
             except ProtocolError as exc:
                 error = exc
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             nursery.cancel_scope.cancel()
-        if error is not None:
+        if self.idle_closed:
+            await self._close_idle()
+        elif error is not None:
             # The writer task is gone now, so this is the only sender on the stream.
             log.info("connection.protocol_error", peer=self.peer, error=error.message)
             self.outbox.append(wire.encode_message(wire.error_response(0, error.to_wire())))
             await self._flush_and_close()
+
+    async def _close_when_idle(self, scope: trio.CancelScope) -> None:
+        """Cancel ``scope`` once no request has been in flight for ``idle_timeout_ms``."""
+        idle_s = self.config.idle_timeout_ms / 1000
+        while True:
+            await trio.sleep_until(self.last_active + idle_s)
+            if self.in_flight > 0:  # a long-poll or a slow request: not idle
+                self.last_active = trio.current_time()
+            elif trio.current_time() >= self.last_active + idle_s:
+                self.idle_closed = True
+                scope.cancel()
+                return
+
+    async def _close_idle(self) -> None:
+        idle_s = self.config.idle_timeout_ms / 1000
+        log.info("connection.idle_closed", peer=self.peer, idle_s=idle_s)
+        metrics.CONNECTIONS_IDLE_CLOSED.labels("native", "after_hello").inc()
+        if self.writing:  # cancelled mid-frame: the stream is no longer framed, just close
+            self.outbox.clear()
+        else:
+            error = RequestTimeoutError(f"connection idle for {idle_s:g} s: closed by the server")
+            self.outbox.append(wire.encode_message(wire.error_response(0, error.to_wire())))
+        await self._flush_and_close()
 
     async def _receive_message(self) -> dict[str, Any] | None:
         while True:
@@ -98,6 +135,7 @@ class _Connection:
             message = await self._receive_message()
             if message is None:
                 raise trio.BrokenResourceError
+            self.last_active = trio.current_time()
             request_id, op, args = wire.check_request(message)
             if op != wire.OP_HELLO:
                 raise ProtocolError(f"first request must be hello, got {op!r:.40}")
@@ -117,10 +155,12 @@ class _Connection:
                 )
             )
             return
+        metrics.CONNECTIONS_IDLE_CLOSED.labels("native", "before_hello").inc()
         raise ProtocolError("no hello within the handshake timeout")
 
     async def _read_loop(self, nursery: trio.Nursery) -> None:
         while (message := await self._receive_message()) is not None:
+            self.last_active = trio.current_time()
             try:
                 request_id, op, args = wire.check_request(message)
             except ProtocolError as exc:  # the frame was whole: answer it, keep the connection
@@ -154,6 +194,7 @@ class _Connection:
             )
         finally:
             self.in_flight -= 1
+            self.last_active = trio.current_time()
         metrics.REQUESTS.labels(op if op in HANDLERS else "unknown", code).inc()
         self._send(reply)
 
@@ -167,10 +208,13 @@ class _Connection:
             self.outbox_ready = trio.Event()
             data = b"".join(self.outbox)
             self.outbox.clear()
+            self.writing = True
             try:
                 await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
+            finally:
+                self.writing = False
 
     async def _flush_and_close(self) -> None:
         with trio.move_on_after(1.0):
@@ -186,13 +230,22 @@ class Server:
     def __init__(self, config: ServerConfig, engine: Engine) -> None:
         self.config = config
         self.engine = engine
-        self.slots = ConnectionSlots(config.connections_max, metrics.CONNECTIONS, "connection")
+        self.slots = ConnectionSlots(
+            admission_limits(config), metrics.CONNECTIONS, "connection", "native", _refusal
+        )
 
     async def handle(self, stream: trio.SocketStream) -> None:
         async def run(peer: str) -> None:
             await _Connection(stream, self.engine, self.config, peer).run()
 
         await self.slots.serve(stream, run)
+
+
+def _refusal(reason: str, message: str) -> bytes:
+    """What a connection over a bound is sent before the close: a LIMIT_EXCEEDED error frame
+    with request id 0 (the whole connection), naming the bound in ``details.limit``."""
+    error = LimitExceededError(message, limit=reason)
+    return wire.encode_message(wire.error_response(0, error.to_wire()))
 
 
 async def serve(
@@ -230,7 +283,12 @@ async def serve(
                 async with trio.open_nursery() as connections:
                     async with trio.open_nursery() as accept:
                         accept.start_soon(
-                            partial(trio.serve_listeners, handler_nursery=connections),
+                            partial(
+                                serve_listeners,
+                                handler_nursery=connections,
+                                events="connection",
+                                listener="native",
+                            ),
                             server.handle,
                             listeners,
                         )
@@ -327,7 +385,14 @@ def _serve_kinesis(
     listeners: list[trio.SocketListener],
 ) -> None:
     accept.start_soon(
-        partial(trio.serve_listeners, handler_nursery=connections), gateway.handle, listeners
+        partial(
+            serve_listeners,
+            handler_nursery=connections,
+            events="kinesis.connection",
+            listener="kinesis",
+        ),
+        gateway.handle,
+        listeners,
     )
     host, port = listeners[0].socket.getsockname()[:2]
     print(f"streamd kinesis ready: listening on {host}:{port}", flush=True)

@@ -5,11 +5,13 @@ other on it (HTTP/1.1 keep-alive; pipelined requests are parsed as they arrive a
 order, and the socket is read again only when no whole request is waiting). HTTP/1.0 and
 ``Connection: close`` close after the answer. Everything is bounded: header block
 (``header_bytes_max``: 400 if over), body (``body_bytes_max``: 413, checked against
-Content-Length before reading and while reading chunked bodies), connections
-(``connections_max``: new ones are closed at once), and every wait has a timeout: idle
-keep-alive, reading a request (from its first byte to its last: 408), sending an answer, running
-the operation. Bytes that are not HTTP get a 400 and the connection closes, since its framing is
-lost.
+Content-Length before reading and while reading chunked bodies), connections (``admission.py``:
+per listener and per client address; a connection over a bound gets a 503 ServiceUnavailable
+with a Kinesis error body, then the close), and every wait has a timeout: a new connection's
+first request (``first_request_timeout_s``), idle keep-alive between requests
+(``idle_timeout_s``), reading a request (from its first byte to its last: 408), sending an
+answer, running the operation. Bytes that are not HTTP get a 400 and the connection closes,
+since its framing is lost.
 
 A ``Streaming`` answer (SubscribeToShard) is sent chunked, one chunk per event as the iterator
 yields it; a watcher task reads the socket meanwhile so that a client hanging up cancels the
@@ -30,12 +32,14 @@ from typing import Final
 import structlog
 import trio
 
-from ..admission import ConnectionSlots
+from .. import metrics as server_metrics
+from ..admission import ConnectionSlots, admission_limits
 from ..config import ServerConfig, parse_host_port
 from ..engine import Engine
 from . import metrics
 from .codec import Protocol
 from .dispatch import Dispatcher, Reply, Request, error_reply
+from .errors import SERVICE_UNAVAILABLE
 from .http_wire import (
     CHUNKED_END,
     CLOSED,
@@ -62,8 +66,8 @@ class HttpLimits:
     # PutRecords: 5 MiB of data is 6.7 MiB in base64, plus keys and JSON framing; the headroom
     # lets a request somewhat over the limit get Kinesis's own error, not a bare 413.
     body_bytes_max: int = 12 * 1024 * 1024
-    connections_max: int = 1024
     idle_timeout_s: float = 120.0  # keep-alive: longer than the SDKs' pool idle times
+    first_request_timeout_s: float = 10.0  # a new connection's first byte (as a native hello)
     read_timeout_s: float = 30.0  # from a request's first byte to its last
     send_timeout_s: float = 30.0
     operation_timeout_s: float = 60.0
@@ -82,6 +86,7 @@ class HttpConnection:
         self.limits = limits
         self.peer = peer
         self.parser = RequestParser(limits.header_bytes_max, limits.body_bytes_max)
+        self.requests_served = 0
 
     async def run(self) -> None:
         try:
@@ -95,6 +100,7 @@ class HttpConnection:
                     await self._send_streaming(reply, chunked=parsed.http_11)
                     return
                 await self._send_reply(reply, parsed)
+                self.requests_served += 1
                 if not parsed.keep_alive:
                     return
         except HttpParseError as exc:
@@ -107,7 +113,9 @@ class HttpConnection:
     async def _receive_request(self) -> ParsedRequest | None:
         """The next whole request; None when the client closed or stayed idle between requests.
         Raises HttpParseError, _Closed (after a 408 when a request is not received in time)."""
-        deadline = trio.current_time() + self.limits.idle_timeout_s
+        first = self.requests_served == 0
+        wait_s = self.limits.first_request_timeout_s if first else self.limits.idle_timeout_s
+        deadline = trio.current_time() + wait_s
         idle = True
         while True:
             event = self.parser.next_event()
@@ -123,8 +131,11 @@ class HttpConnection:
                 deadline = trio.current_time() + self.limits.read_timeout_s
             data = await self._receive(deadline)
             if data is None:
-                if idle:
-                    return None  # idle keep-alive connection: close quietly
+                if idle:  # idle keep-alive connection (or one that never sent): close quietly
+                    phase = "before_first_request" if first else "keep_alive"
+                    server_metrics.CONNECTIONS_IDLE_CLOSED.labels("kinesis", phase).inc()
+                    log.debug("kinesis.connection.idle_closed", peer=self.peer, phase=phase)
+                    return None
                 await self._reject(408, "request not received in time", "timeout")
                 raise _Closed
             self.parser.receive_data(data)
@@ -224,10 +235,7 @@ class Gateway:
         )
         self.signed = bool(config.kinesis_credentials)
         self.slots = ConnectionSlots(
-            limits.connections_max,
-            metrics.CONNECTIONS,
-            "kinesis.connection",
-            on_refused=metrics.BAD_REQUESTS.labels("connections_max").inc,
+            admission_limits(config), metrics.CONNECTIONS, "kinesis.connection", "kinesis", _refusal
         )
 
     async def handle(self, stream: trio.SocketStream) -> None:
@@ -235,6 +243,21 @@ class Gateway:
             await HttpConnection(stream, self.dispatcher, self.limits, peer).run()
 
         await self.slots.serve(stream, run)
+
+
+def _refusal(reason: str, message: str) -> bytes:
+    """A connection over an admission bound: 503 ServiceUnavailable (the SDKs back off and
+    retry it) with the Kinesis error body, before the close."""
+    reply = error_reply(Protocol.JSON, SERVICE_UNAVAILABLE, message, 503)
+    headers = [*reply.headers, ("retry-after", "1")]
+    return encode_answer(reply.status, headers, reply.body, close=True)
+
+
+def http_limits(config: ServerConfig) -> HttpLimits:
+    return HttpLimits(
+        idle_timeout_s=config.kinesis_idle_timeout_ms / 1000,
+        first_request_timeout_s=config.handshake_timeout_ms / 1000,
+    )
 
 
 def _iterator_key(data_dir: Path) -> bytes:
@@ -266,7 +289,7 @@ async def open_gateway_listeners(
     assert config.kinesis_listen is not None
     host, port = parse_host_port(config.kinesis_listen, KINESIS_PORT_DEFAULT)
     gateway = await trio.to_thread.run_sync(
-        partial(Gateway, config, engine, limits or HttpLimits())
+        partial(Gateway, config, engine, limits or http_limits(config))
     )
     listeners = await trio.open_tcp_listeners(port, host=host)
     return gateway, listeners
