@@ -3,8 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# `make run` serves with these; change any on the command line, e.g.
+#   make run LISTEN=127.0.0.1:7171 KINESIS_LISTEN=127.0.0.1:4568 DATA_DIR=/tmp/streamd-2
+# (KINESIS_LISTEN=off turns the Kinesis API off; SERVE_ARGS adds any other serve flag).
 DATA_DIR ?= ./streamd-data
 LISTEN ?= 127.0.0.1:7070
+KINESIS_LISTEN ?= 127.0.0.1:4567
+SERVE_ARGS ?=
 
 .PHONY: run test test-slow lint fmt bench clean etcd
 
@@ -15,7 +20,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/streamd serve --data-dir $(DATA_DIR) --listen $(LISTEN)
+	$(BIN)/streamd serve --data-dir $(DATA_DIR) --listen $(LISTEN) \
+		--kinesis-listen $(KINESIS_LISTEN) $(SERVE_ARGS)
 
 # The metadata-store tests need a real etcd (Debian package etcd-server): installed here when
 # missing and we are root; otherwise say how, and those tests fail with the same hint.

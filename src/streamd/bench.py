@@ -62,8 +62,13 @@ def add_parser(commands: Any, add_endpoint: Callable[[argparse.ArgumentParser], 
     produce = kinds.add_parser("produce", help="bulk produce rate and single-put ack latency")
     consume = kinds.add_parser("consume", help="caught-up read rate and tailing latency")
     for sub, records, samples in ((produce, 500_000, 5_000), (consume, 1_000_000, 2_000)):
+        # Suppressed, not None: a None here would erase an --endpoint given before ``bench``
+        # (streamd/cli_endpoint.py); resolve() sets None when it is given nowhere.
         sub.add_argument(
-            "--endpoint", default=None, metavar="HOST:PORT", help="default: start a server"
+            "--endpoint",
+            default=argparse.SUPPRESS,
+            metavar="HOST:PORT",
+            help="default: start a server",
         )
         sub.add_argument("--server-pid", type=int, default=None, help="for CPU with --endpoint")
         sub.add_argument("--fsync", default="always", choices=["always", "interval", "never"])

@@ -16,9 +16,10 @@
     streamd bench produce|consume [--json] ...              (see streamd/bench.py)
     streamd group consume|list|describe|reset|delete ...    (see streamd/cli_groups.py)
 
-Client commands take ``--endpoint HOST:PORT`` (default: $STREAMD_ENDPOINT, else 127.0.0.1:7070)
-and run the async client (streamd_client) on trio; the server is imported only by ``serve``,
-so client commands start fast.
+Client commands take ``--endpoint HOST:PORT``, before or after the command (default:
+$STREAMD_ENDPOINT, else 127.0.0.1:7070; see streamd/cli_endpoint.py), and run the async client
+(streamd_client) on trio; the server is imported only by ``serve``, so client commands start
+fast.
 
 Exit status (stable, for scripts):
 
@@ -49,6 +50,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final
 
+from . import __version__, cli_endpoint
+
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
 EXIT_USAGE: Final = 2
@@ -56,8 +59,8 @@ EXIT_UNREACHABLE: Final = 3
 EXIT_PARTIAL: Final = 4
 EXIT_INTERRUPTED: Final = 130
 
-ENDPOINT_ENV: Final = "STREAMD_ENDPOINT"
-ENDPOINT_DEFAULT: Final = "127.0.0.1:7070"
+ENDPOINT_ENV: Final = cli_endpoint.ENDPOINT_ENV
+ENDPOINT_DEFAULT: Final = cli_endpoint.ENDPOINT_DEFAULT
 _STDIN_CHUNK_BYTES: Final = 256 * 1024
 _PENDING_WINDOW_MAX: Final = 200_000  # put: acks awaited in order once this many are pending
 _FAILURE_EXAMPLES_MAX: Final = 5
@@ -77,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="streamd",
         description="streamd: a durable, sharded, Kinesis-style log service.",
     )
+    parser.add_argument("--version", action="version", version=f"streamd {__version__}")
+    cli_endpoint.add_global(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(commands)
     _add_stream(commands)
@@ -91,12 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_endpoint(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--endpoint",
-        default=os.environ.get(ENDPOINT_ENV) or ENDPOINT_DEFAULT,
-        metavar="HOST:PORT",
-        help=f"server address (default: ${ENDPOINT_ENV}, else {ENDPOINT_DEFAULT})",
-    )
+    cli_endpoint.add_to(parser)  # also before the command; then $STREAMD_ENDPOINT, the default
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line as ``main`` runs it, ``endpoint`` resolved (streamd/cli_endpoint.py)."""
+    args = build_parser().parse_args(argv)
+    cli_endpoint.resolve(args)
+    return args
 
 
 def _add_serve(commands: Any) -> None:
@@ -309,8 +316,7 @@ def iso_time(ms: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
@@ -405,6 +411,11 @@ def _run_client_command(args: argparse.Namespace) -> int:
     from streamd_client import errors
 
     command: AsyncCommand = args.run
+    try:
+        cli_endpoint.check(args)
+    except cli_endpoint.EndpointError as bad_endpoint:
+        _print_error(str(bad_endpoint))
+        return EXIT_USAGE
     try:
         # trio: its worker threads are daemons, so a stdin read abandoned on Ctrl-C cannot hold
         # the process open at exit (asyncio's would).

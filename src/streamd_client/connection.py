@@ -43,6 +43,7 @@ from .results import field
 CLIENT_NAME: Final = "streamd-client/0.1"
 REQUESTS_IN_FLIGHT_MAX_DEFAULT: Final = 1024  # the server's per-connection bound
 RECEIVE_BYTES_MAX: Final = 256 * 1024  # per receive call
+ANSWER_HEAD_BYTES_MAX: Final = 80  # the first bytes received, kept to say what the peer speaks
 SEND_COALESCE_BYTES_MAX: Final = 1024 * 1024  # stop joining queued frames past this
 FRAME_BYTES_MAX_CEILING: Final = 64 * 1024 * 1024  # never trust a larger announced limit
 CLOSE_TIMEOUT_S: Final = 5.0
@@ -58,6 +59,13 @@ _FOREIGN_ERRORS: Final = (
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
     """Split ``"host:port"`` (or ``"[v6addr]:port"``). Raises InvalidArgumentError."""
+    scheme, sep, _ = endpoint.partition("://")
+    if sep:
+        raise InvalidArgumentError(
+            f"endpoint {endpoint!r:.100} is a URL ({scheme:.20}://); the native protocol takes "
+            "host:port, the server's --listen address (127.0.0.1:7070 by default); http:// URLs "
+            "are for its Kinesis API (boto3, aws --endpoint-url)"
+        )
     host, sep, port = endpoint.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -106,6 +114,7 @@ class Connection:
             2 * requests_in_flight_max
         )
         self._broken: ConnectionLostError | None = None
+        self._answer_head = b""  # the first bytes the peer sent (ANSWER_HEAD_BYTES_MAX)
         self._scope = anyio.CancelScope()
         self._finished = anyio.Event()
 
@@ -211,6 +220,8 @@ class Connection:
         try:
             while True:
                 data = await self._stream.receive(RECEIVE_BYTES_MAX)
+                if len(self._answer_head) < ANSWER_HEAD_BYTES_MAX:
+                    self._answer_head += data[: ANSWER_HEAD_BYTES_MAX - len(self._answer_head)]
                 self._decoder.receive_data(data)
                 while isinstance(message := self._decoder.next_message(), dict):
                     self._dispatch(message)
@@ -263,6 +274,13 @@ class Connection:
             size += len(frame)
         return first if len(frames) == 1 else b"".join(frames)
 
+    def http_status_line(self) -> str | None:
+        """The peer's first line if it answered in HTTP (it is an HTTP server), else None."""
+        if not self._answer_head.startswith(b"HTTP/"):
+            return None
+        line = self._answer_head.split(b"\r\n", 1)[0].split(b"\n", 1)[0]
+        return line.decode("ascii", "replace")
+
     def _mark_broken(self, error: ConnectionLostError, cause: BaseException | None = None) -> None:
         if self._broken is None:
             error.__cause__ = cause
@@ -295,7 +313,8 @@ async def open_connection(
 
     ``connect_timeout_s`` bounds the TCP connect and the hello together.
     Raises: InvalidArgumentError (endpoint), ConnectionLostError (cannot connect, or lost during
-    the handshake), RequestTimeoutError, UnsupportedVersionError, ProtocolError.
+    the handshake), RequestTimeoutError, UnsupportedVersionError, ProtocolError (also when the
+    peer answered in HTTP: the message says so and what to connect to).
     """
     host, port = parse_endpoint(endpoint)
     deadline = anyio.current_time() + connect_timeout_s
@@ -317,7 +336,22 @@ async def open_connection(
     await task_group.start(connection.run)
     try:
         await connection.hello(max(deadline - anyio.current_time(), 0.001))
+    except StreamdError as exc:
+        await connection.aclose()
+        status_line = connection.http_status_line()
+        if status_line is not None:  # not retryable: it will answer in HTTP every time
+            raise ProtocolError(_http_peer_message(endpoint, status_line)) from exc
+        raise
     except BaseException:
         await connection.aclose()
         raise
     return connection
+
+
+def _http_peer_message(endpoint: str, status_line: str) -> str:
+    return (
+        f"{endpoint} answered in HTTP ({status_line!r:.60}), not in streamd's native protocol: "
+        "it is an HTTP server, such as streamd's Kinesis API (--kinesis-listen, 127.0.0.1:4567 "
+        "by default); connect to the server's --listen address instead (127.0.0.1:7070 by "
+        "default), and use that HTTP port with boto3 or aws --endpoint-url"
+    )

@@ -276,3 +276,51 @@ def test_bench_starts_its_own_server_when_no_endpoint(server: ServerProcess) -> 
     text = ok(result)
     assert "bulk produce" in text and "records/CPU-s" in text
     assert "starting a server" in result.stderr.decode()
+
+
+def test_endpoint_before_the_command_and_from_the_environment(
+    server: ServerProcess, stream_name: str
+) -> None:
+    bare = {k: v for k, v in os.environ.items() if k != "STREAMD_ENDPOINT"}
+    command = [sys.executable, "-m", "streamd"]
+    created = subprocess.run(
+        [*command, "--endpoint", server.endpoint, "stream", "create", stream_name, "--shards", "1"],
+        capture_output=True,
+        env=bare,
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
+    assert created.returncode == 0, created.stderr.decode()
+    listed = subprocess.run(
+        [*command, "stream", "list"],
+        capture_output=True,
+        env=dict(bare, STREAMD_ENDPOINT=server.endpoint),
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
+    assert stream_name in listed.stdout.decode().split()
+
+
+def test_the_kinesis_port_or_an_http_url_says_what_to_use(tmp_path: object) -> None:
+    with ServerProcess(kinesis=True) as gateway:
+        kinesis_host_port = gateway.kinesis_endpoint.removeprefix("http://")
+        # The Kinesis port answers the native hello in HTTP: said, with what to connect to.
+        result = streamd(gateway, "stream", "list", "--endpoint", kinesis_host_port)
+        err = result.stderr.decode()
+        assert result.returncode == 1, err
+        assert err.startswith(f"error: PROTOCOL_ERROR: {kinesis_host_port} answered in HTTP")
+        assert "--listen address" in err and "Traceback" not in err and err.count("\n") == 1
+        # A URL is refused before connecting (a bad command line).
+        result = streamd(gateway, "--endpoint", gateway.kinesis_endpoint, "stream", "list")
+        err = result.stderr.decode()
+        assert result.returncode == 2, err
+        assert f"'{gateway.kinesis_endpoint}' is a URL (http://)" in err
+        assert "boto3, aws --endpoint-url" in err
+        # The native port still works, of course.
+        assert ok(streamd(gateway, "stream", "list")) == ""
+
+
+def test_version(server: ServerProcess) -> None:
+    from streamd import __version__
+
+    assert ok(streamd(server, "--version")) == f"streamd {__version__}\n"

@@ -28,6 +28,7 @@ def serve(*args: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if k != "STREAMD_KINESIS_SECRET_KEY"},
         timeout=SERVE_TIMEOUT_S,
         check=False,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ SEQ = make_sequence(3, 42)
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    return cli.build_parser().parse_args(list(argv))
+    return cli.parse_args(list(argv))
 
 
 def test_serve_defaults_are_the_embedded_default() -> None:
@@ -40,6 +41,47 @@ def test_endpoint_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -
     assert parse("stream", "list", "--endpoint", "h:1").endpoint == "h:1"
     monkeypatch.delenv("STREAMD_ENDPOINT")
     assert parse("stream", "list").endpoint == "127.0.0.1:7070"
+
+
+def test_endpoint_is_accepted_before_or_after_the_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STREAMD_ENDPOINT", "10.0.0.1:9999")
+    assert parse("--endpoint", "a:1", "stream", "list").endpoint == "a:1"
+    assert parse("--endpoint", "a:1", "read", "s", "--limit", "1").endpoint == "a:1"
+    assert parse("--endpoint", "a:1", "group", "list", "s").endpoint == "a:1"
+    assert parse("--endpoint", "a:1", "shard", "split", "s", "x").endpoint == "a:1"
+    # Given twice: the last one (after the command) wins.
+    assert parse("--endpoint", "a:1", "stream", "list", "--endpoint", "b:2").endpoint == "b:2"
+    # bench: an --endpoint before it counts; without any it starts its own server (not $ENV).
+    assert parse("--endpoint", "a:1", "bench", "produce").endpoint == "a:1"
+    assert parse("bench", "consume").endpoint is None
+
+
+def test_endpoint_check_refuses_urls_and_values_without_a_port(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv, needle in [
+        (["--endpoint", "http://127.0.0.1:4567", "stream", "list"], "--endpoint: endpoint "),
+        (["stream", "list", "--endpoint", "https://h:1"], "is a URL (https://)"),
+        (["stream", "list", "--endpoint", "localhost"], "must look like host:port"),
+    ]:
+        assert cli.main(argv) == cli.EXIT_USAGE
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1 and "Traceback" not in err
+    monkeypatch.setenv("STREAMD_ENDPOINT", "http://127.0.0.1:4567")
+    assert cli.main(["stream", "list"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("error: $STREAMD_ENDPOINT: endpoint 'http://127.0.0.1:4567' is a URL")
+    assert "--listen address (127.0.0.1:7070 by default)" in err
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    with pytest.raises(SystemExit) as exit_info:
+        parse("--version")
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"streamd {pyproject['project']['version']}\n"
 
 
 def test_stream_create_requires_shards() -> None:

@@ -224,7 +224,7 @@ def test_describe_carries_the_reshard_progress() -> None:
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    return cli.build_parser().parse_args(list(argv))
+    return cli.parse_args(list(argv))
 
 
 def test_reshard_commands_parse() -> None:

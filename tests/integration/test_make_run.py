@@ -1,0 +1,82 @@
+"""``make run`` with the ports and the data dir changed from the command line (README), as a
+real process: ``LISTEN``, ``KINESIS_LISTEN`` and ``DATA_DIR`` reach ``streamd serve``.
+
+The venv is the one running the tests (``BIN``, ``STAMP`` overridden), so no install happens.
+The server runs in its own process group, stopped by SIGTERM to the group (make does not
+forward signals to its child), bounded by timeouts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).parents[2]
+READY_S_MAX = 30.0
+READY_RE = re.compile(r"^streamd (kinesis )?ready: listening on (\S+):(\d+)$")
+
+
+def _ready_lines(process: subprocess.Popen[str]) -> list[str]:
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + READY_S_MAX
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while len(lines) < 2 and time.monotonic() < deadline:
+            if selector.select(timeout=0.5):
+                line = process.stdout.readline()
+                if not line:
+                    break
+                if READY_RE.match(line.strip()):
+                    lines.append(line.strip())
+    return lines
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def test_make_run_takes_listen_kinesis_listen_and_data_dir(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    native, kinesis = _free_port(), _free_port()
+    bin_dir = Path(sys.executable).parent
+    process = subprocess.Popen(
+        [
+            "make",
+            "-s",
+            "-C",
+            str(REPO),
+            "run",
+            f"BIN={bin_dir}",
+            "STAMP=Makefile",
+            f"LISTEN=127.0.0.1:{native}",
+            f"KINESIS_LISTEN=127.0.0.1:{kinesis}",
+            f"DATA_DIR={data}",
+            "SERVE_ARGS=--log-level warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        lines = _ready_lines(process)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    assert len(lines) == 2, err
+    assert lines == [
+        f"streamd ready: listening on 127.0.0.1:{native}",
+        f"streamd kinesis ready: listening on 127.0.0.1:{kinesis}",
+    ]
+    assert (data / "meta.sqlite3").exists() and (data / ".lock").exists()
