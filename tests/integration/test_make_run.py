@@ -23,20 +23,22 @@ READY_S_MAX = 30.0
 READY_RE = re.compile(r"^streamd (kinesis )?ready: listening on (\S+):(\d+)$")
 
 
-def _ready_lines(process: subprocess.Popen[str]) -> list[str]:
+def _ready_lines(process: subprocess.Popen[bytes]) -> list[str]:
+    """The two ready lines, read straight from the pipe (a buffered readline could hold the
+    second one where select cannot see it)."""
     assert process.stdout is not None
-    lines: list[str] = []
+    buffered = b""
     deadline = time.monotonic() + READY_S_MAX
     with selectors.DefaultSelector() as selector:
         selector.register(process.stdout, selectors.EVENT_READ)
-        while len(lines) < 2 and time.monotonic() < deadline:
+        while buffered.count(b"\n") < 2 and time.monotonic() < deadline:
             if selector.select(timeout=0.5):
-                line = process.stdout.readline()
-                if not line:
+                chunk = os.read(process.stdout.fileno(), 4096)
+                if not chunk:
                     break
-                if READY_RE.match(line.strip()):
-                    lines.append(line.strip())
-    return lines
+                buffered += chunk
+    lines = buffered.decode().splitlines()
+    return [line for line in lines if READY_RE.match(line)]
 
 
 def _free_port() -> int:
@@ -66,7 +68,6 @@ def test_make_run_takes_listen_kinesis_listen_and_data_dir(tmp_path: Path) -> No
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
         start_new_session=True,
     )
     try:
@@ -74,7 +75,7 @@ def test_make_run_takes_listen_kinesis_listen_and_data_dir(tmp_path: Path) -> No
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         _, err = process.communicate(timeout=30)
-    assert len(lines) == 2, err
+    assert len(lines) == 2, err.decode()
     assert lines == [
         f"streamd ready: listening on 127.0.0.1:{native}",
         f"streamd kinesis ready: listening on 127.0.0.1:{kinesis}",
