@@ -11,8 +11,10 @@
     streamd stream list | describe NAME [--json] | delete NAME | retention NAME --hours H
     streamd stream resize NAME --shards N [--no-wait]      (see streamd/cli_reshard.py)
     streamd shard split NAME SHARD_ID [--at HASH_KEY] | merge NAME SHARD_ID ADJACENT_SHARD_ID
-    streamd put NAME [--partition-key K] [--json]          (one record per line of stdin)
-    streamd read NAME [--shard ID] [--from POS] [--limit N] [--follow] [--json]
+    streamd put NAME (--partition-key K | --random-key) [--json]   (a record per stdin line)
+    streamd read NAME [--shard ID] [--from POS] [--limit N] [--follow] [--json | --raw]
+                 [--binary base64|hex]                 (see streamd/cli_records.py)
+    streamd --version
     streamd bench produce|consume [--json] ...              (see streamd/bench.py)
     streamd group consume|list|describe|reset|delete ...    (see streamd/cli_groups.py)
 
@@ -38,11 +40,9 @@ Expected errors never print a traceback; anything else is a bug and does.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import sys
-import uuid
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from . import __version__, cli_endpoint
+from .cli_records import iso_time, plain_line, record_document
 
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
@@ -70,6 +71,10 @@ AsyncCommand = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 class CliError(Exception):
     """A user-facing failure that is not a server error (bad --from, malformed JSON input)."""
+
+
+class UsageError(CliError):
+    """A command line that cannot work, found after parsing (exit 2, like argparse's)."""
 
 
 # -- parsing -------------------------------------------------------------------------------------
@@ -241,13 +246,19 @@ def _add_stream(commands: Any) -> None:
 def _add_put(commands: Any) -> None:
     put = commands.add_parser("put", help="put one record per line of stdin")
     put.add_argument("name", metavar="STREAM")
-    put.add_argument(
-        "--partition-key", default=None, metavar="K", help="default: a random key per record"
+    keys = put.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--partition-key", default=None, metavar="K", help="the key of every record (or line)"
+    )
+    keys.add_argument(
+        "--random-key",
+        action="store_true",
+        help="a random key per record (lines without one, with --json)",
     )
     put.add_argument(
         "--json",
         action="store_true",
-        help='lines are {"partition_key": str, "data": str[, "encoding": "base64"]}',
+        help='lines are {"partition_key": str, "data": str[, "encoding": "base64"|"hex"]}',
     )
     _add_endpoint(put)
     put.set_defaults(handler=_run_client_command, run=_put)
@@ -266,7 +277,17 @@ def _add_read(commands: Any) -> None:
     )
     read.add_argument("--limit", type=int, default=None, metavar="N", help="stop after N")
     read.add_argument("--follow", action="store_true", help="keep waiting for new records")
-    read.add_argument("--json", action="store_true", help="one JSON object per record")
+    form = read.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="one JSON object per record")
+    form.add_argument(
+        "--raw", action="store_true", help="the data bytes as stored, binary too (for pipes)"
+    )
+    read.add_argument(
+        "--binary",
+        choices=["base64", "hex"],
+        default=None,
+        help="how data that is not text is printed (default base64; also in --json)",
+    )
     _add_endpoint(read)
     read.set_defaults(handler=_run_client_command, run=_read)
 
@@ -304,12 +325,6 @@ def parse_timestamp_ms(text: str) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
-
-
-def iso_time(ms: int) -> str:
-    """ms since the epoch -> ``2024-05-01T12:00:00.123Z``."""
-    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # -- entry point ---------------------------------------------------------------------------------
@@ -430,7 +445,7 @@ def _run_client_command(args: argparse.Namespace) -> int:
             return EXIT_ERROR
         if isinstance(exc, CliError):
             _print_error(str(exc))
-            return EXIT_ERROR
+            return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
         if isinstance(exc, KeyboardInterrupt | BrokenPipeError):
             raise exc from None
         raise
@@ -560,31 +575,6 @@ class _PutTally:
             self.examples.append(f"line {line_number}: {code}: {message}")
 
 
-def parse_put_line(line: bytes, as_json: bool, default_key: str | None) -> tuple[bytes, str]:
-    """One stdin line (without its newline) -> (data, partition key). Raises CliError."""
-    if not as_json:
-        return line, default_key or uuid.uuid4().hex
-    try:
-        item = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CliError(f"not JSON: {exc}") from None
-    if not isinstance(item, dict) or not isinstance(item.get("data"), str):
-        raise CliError('expected an object with a string "data"')
-    key = item.get("partition_key", default_key) or uuid.uuid4().hex
-    if not isinstance(key, str):
-        raise CliError('"partition_key" must be a string')
-    encoding = item.get("encoding", "text")
-    if encoding == "base64":
-        try:
-            return base64.b64decode(item["data"], validate=True), key
-        except ValueError:
-            raise CliError('"data" is not valid base64') from None
-    if encoding != "text":
-        raise CliError(f'unknown "encoding" {encoding!r} (text or base64)')
-    data: str = item["data"]
-    return data.encode(), key
-
-
 def split_lines(carry: bytes, chunk: bytes) -> tuple[list[bytes], bytes]:
     """Whole lines in ``carry + chunk`` (newline dropped) and the unfinished rest."""
     lines = (carry + chunk).split(b"\n")
@@ -596,6 +586,9 @@ async def _put(args: argparse.Namespace) -> int:
 
     from streamd_client import errors
 
+    from .cli_records import MissingKeyError, RecordInputError, parse_put_line
+
+    _check_put_keys(args)
     tally = _PutTally()
     stdin = sys.stdin.fileno()
     async with _connect(args) as client, client.producer(args.name) as producer:
@@ -612,11 +605,13 @@ async def _put(args: argparse.Namespace) -> int:
         async def put_line(line: bytes) -> None:
             tally.records += 1
             try:
-                data, key = parse_put_line(line, args.json, args.partition_key)
+                data, key = parse_put_line(line, args.json, args.partition_key, args.random_key)
                 window.append((tally.records, await producer.put(data, key)))
             except errors.StreamdError as exc:  # invalid record: nothing sent
                 tally.fail(tally.records, exc.code, exc.message)
-            except CliError as exc:
+            except MissingKeyError as exc:
+                tally.fail(tally.records, errors.InvalidPartitionKeyError.code, str(exc))
+            except RecordInputError as exc:
                 tally.fail(tally.records, "INVALID_INPUT", str(exc))
 
         carry = b""
@@ -643,6 +638,21 @@ async def _put(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if tally.failed else EXIT_OK
 
 
+def _check_put_keys(args: argparse.Namespace) -> None:
+    """Plain lines need a key from the command line; an empty one is Kinesis's error, and a
+    random one must be asked for. Raises UsageError (before any record is read)."""
+    if args.partition_key == "":
+        raise UsageError(
+            "--partition-key must not be empty (Kinesis refuses empty keys); "
+            "--random-key gives each record a random one"
+        )
+    if not args.json and args.partition_key is None and not args.random_key:
+        raise UsageError(
+            "put needs a partition key: --partition-key K (every line), or --random-key "
+            "(a random key per line, which spreads records over the shards)"
+        )
+
+
 def _read_some(fd: int) -> bytes:
     """Up to a chunk of whatever stdin has now (blocks only until some bytes arrive).
 
@@ -653,22 +663,6 @@ def _read_some(fd: int) -> bytes:
 
 
 # -- read ----------------------------------------------------------------------------------------
-
-
-def record_document(record: Any) -> dict[str, Any]:
-    """One record as the ``read --json`` object: data as text when it is UTF-8, else base64."""
-    document: dict[str, Any] = {
-        "shard_id": record.shard_id,
-        "sequence_number": record.sequence_number,
-        "partition_key": record.partition_key,
-    }
-    try:
-        document["data"] = record.data.decode("utf-8")
-    except UnicodeDecodeError:
-        document["data"] = base64.b64encode(record.data).decode("ascii")
-        document["encoding"] = "base64"
-    document["arrival_time"] = iso_time(record.arrival_ms)
-    return document
 
 
 def _shard_to_read(args: argparse.Namespace, description: Any, position: Any) -> str:
@@ -688,6 +682,8 @@ async def _read(args: argparse.Namespace) -> int:
     One shard (``--shard``, or a sequence-number position): that shard, to its end if closed."""
     if args.limit is not None and args.limit < 1:
         raise CliError("--limit must be at least 1")
+    if args.raw and args.binary is not None:
+        raise UsageError("--binary does not go with --raw (the bytes are printed as they are)")
     position = parse_position(args.start)
     out = sys.stdout.buffer
     printed = 0
@@ -704,7 +700,7 @@ async def _read(args: argparse.Namespace) -> int:
             if args.limit is not None:
                 page = page[: args.limit - printed]
             printed += len(page)
-            _write_records(out, page, args.json)
+            _write_records(out, page, args)
             out.flush()
             if args.limit is not None and printed >= args.limit:
                 break
@@ -716,11 +712,16 @@ async def _read(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _write_records(out: IO[bytes], records: Sequence[Any], as_json: bool) -> None:
-    if as_json:
-        out.write(b"".join(json.dumps(record_document(r)).encode() + b"\n" for r in records))
+def _write_records(out: IO[bytes], records: Sequence[Any], args: argparse.Namespace) -> None:
+    """One line per record: plain, --json or --raw (streamd/cli_records.py)."""
+    binary = args.binary or "base64"
+    if args.json:
+        lines = [json.dumps(record_document(r, binary)).encode() + b"\n" for r in records]
+    elif args.raw:
+        lines = [r.data + b"\n" for r in records]
     else:
-        out.write(b"".join(r.data + b"\n" for r in records))
+        lines = [plain_line(r.data, binary) for r in records]
+    out.write(b"".join(lines))
 
 
 if __name__ == "__main__":

@@ -152,13 +152,13 @@ async def _stop_on_signal(worker: Any) -> None:
 
 
 def _write(out: Any, records: list[Any], epoch: int, as_json: bool) -> None:
-    from .cli import record_document
+    from .cli_records import plain_line, record_document
 
     if as_json:
         lines = [json.dumps({**record_document(r), "lease_epoch": epoch}) for r in records]
         out.write("".join(line + "\n" for line in lines).encode())
-    else:
-        out.write(b"".join(r.data + b"\n" for r in records))
+    else:  # text, or base64 for data that is not (as streamd read prints it)
+        out.write(b"".join(plain_line(r.data) for r in records))
     out.flush()
 
 
@@ -183,7 +183,8 @@ async def _list(args: argparse.Namespace) -> int:
 async def _describe(args: argparse.Namespace) -> int:
     from streamd_client import group_admin
 
-    from .cli import _connect, iso_time
+    from .cli import _connect
+    from .cli_records import iso_time
 
     async with _connect(args) as client:
         view = await group_admin.describe_group(client, args.stream, args.group)

@@ -66,7 +66,9 @@ def test_stream_lifecycle(server: ServerProcess, stream_name: str) -> None:
 def test_put_then_read_json(server: ServerProcess, stream_name: str) -> None:
     ok(streamd(server, "stream", "create", stream_name, "--shards", "2"))
     lines = [f"line {i} ünïcode" for i in range(200)]
-    out = ok(streamd(server, "put", stream_name, stdin="\n".join(lines).encode() + b"\n"))
+    out = ok(
+        streamd(server, "put", stream_name, "--random-key", stdin="\n".join(lines).encode() + b"\n")
+    )
     assert "put 200 record(s): 200 acknowledged, 0 failed" in out
 
     records = [
@@ -108,6 +110,73 @@ def test_put_json_lines_and_binary_read(server: ServerProcess, stream_name: str)
     assert (first["partition_key"], first["data"]) == ("p1", "text")
     assert "encoding" not in first
     assert second["encoding"] == "base64" and base64.b64decode(second["data"]) == binary
+
+
+def test_put_refuses_missing_and_empty_keys_unless_random(
+    server: ServerProcess, stream_name: str
+) -> None:
+    ok(streamd(server, "stream", "create", stream_name, "--shards", "1"))
+    for args, needle in [
+        ((), "put needs a partition key"),
+        (("--partition-key", ""), "--partition-key must not be empty"),
+    ]:
+        result = streamd(server, "put", stream_name, *args, stdin=b"a\n")
+        assert result.returncode == 2 and needle in result.stderr.decode()
+    lines = b'{"data": "no key"}\n{"data": "empty", "partition_key": ""}\n'
+    refused = streamd(server, "put", stream_name, "--json", stdin=lines)
+    assert refused.returncode == 4
+    assert "put 2 record(s): 0 acknowledged, 2 failed (INVALID_PARTITION_KEY x2)" in (
+        refused.stdout.decode()
+    )
+    assert ok(streamd(server, "read", stream_name)) == ""  # nothing was stored
+    random = streamd(server, "put", stream_name, "--json", "--random-key", stdin=lines)
+    assert "2 acknowledged, 0 failed" in ok(random)
+    keys = {
+        json.loads(line)["partition_key"]
+        for line in ok(streamd(server, "read", stream_name, "--json")).splitlines()
+    }
+    assert len(keys) == 2 and all(len(key) == 32 for key in keys)
+
+
+def test_read_prints_text_else_base64_or_hex_and_raw_bytes(
+    server: ServerProcess, stream_name: str
+) -> None:
+    ok(streamd(server, "stream", "create", stream_name, "--shards", "1"))
+    binary = b"\x00\xff\x1b[2J"  # not UTF-8, and a terminal escape
+    escape = b"\x1b[31mred"  # UTF-8, but a terminal escape
+    stdin = b"".join(
+        json.dumps({"partition_key": "k", **item}).encode() + b"\n"
+        for item in (
+            {"data": "héllo"},
+            {"data": base64.b64encode(binary).decode(), "encoding": "base64"},
+            {"data": escape.hex(), "encoding": "hex"},
+        )
+    )
+    ok(streamd(server, "put", stream_name, "--json", stdin=stdin))
+    plain = streamd(server, "read", stream_name).stdout
+    assert plain == "héllo\n".encode() + base64.b64encode(binary) + b"\n" + (
+        base64.b64encode(escape) + b"\n"
+    )
+    assert ok(streamd(server, "read", stream_name, "--binary", "hex")).splitlines()[1:] == [
+        binary.hex(),
+        escape.hex(),
+    ]
+    raw = streamd(server, "read", stream_name, "--raw").stdout
+    assert raw == "héllo\n".encode() + binary + b"\n" + escape + b"\n"
+    documents = [
+        json.loads(line)
+        for line in ok(
+            streamd(server, "read", stream_name, "--json", "--binary", "hex")
+        ).splitlines()
+    ]
+    assert documents[1]["encoding"] == "hex" and bytes.fromhex(documents[1]["data"]) == binary
+    assert documents[2]["data"] == escape.decode() and "encoding" not in documents[2]
+    # What read --json prints, put --json takes back unchanged (hex included).
+    copy = f"{stream_name}-copy"
+    ok(streamd(server, "stream", "create", copy, "--shards", "1"))
+    lines = "".join(json.dumps(d) + "\n" for d in documents).encode()
+    ok(streamd(server, "put", copy, "--json", stdin=lines))
+    assert streamd(server, "read", copy, "--raw").stdout == raw
 
 
 def test_read_from_positions(server: ServerProcess, stream_name: str) -> None:

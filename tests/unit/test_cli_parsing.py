@@ -4,14 +4,13 @@ stdin line handling for ``put``, the ``read --json`` record shape, exit codes.""
 from __future__ import annotations
 
 import argparse
-import base64
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from streamd import cli
-from streamd_client import Position, Record
+from streamd_client import Position
 from streamd_client.model import make_sequence
 
 SEQ = make_sequence(3, 42)
@@ -139,53 +138,6 @@ def test_split_lines_keeps_the_unfinished_rest() -> None:
     lines, rest = cli.split_lines(b"par", b"tial\nsecond\n\nthi")
     assert lines == [b"partial", b"second", b""]
     assert rest == b"thi"
-
-
-def test_put_plain_line_uses_the_given_key_or_a_random_one() -> None:
-    assert cli.parse_put_line(b"hello", False, "k") == (b"hello", "k")
-    data, key = cli.parse_put_line(b"hello", False, None)
-    data2, key2 = cli.parse_put_line(b"hello", False, None)
-    assert data == data2 == b"hello" and key != key2 and len(key) == 32
-
-
-def test_put_json_line() -> None:
-    line = b'{"partition_key": "user-1", "data": "caf\\u00e9"}'
-    assert cli.parse_put_line(line, True, None) == ("café".encode(), "user-1")
-    binary = base64.b64encode(b"\x00\xff").decode()
-    line = f'{{"data": "{binary}", "encoding": "base64"}}'.encode()
-    assert cli.parse_put_line(line, True, "fallback") == (b"\x00\xff", "fallback")
-
-
-@pytest.mark.parametrize(
-    "line",
-    [
-        b"not json",
-        b'["data"]',
-        b'{"partition_key": "k"}',
-        b'{"data": 5}',
-        b'{"data": "x", "partition_key": 7}',
-        b'{"data": "***", "encoding": "base64"}',
-        b'{"data": "x", "encoding": "rot13"}',
-    ],
-)
-def test_put_json_line_rejects(line: bytes) -> None:
-    with pytest.raises(cli.CliError):
-        cli.parse_put_line(line, True, None)
-
-
-def test_record_document_text_and_binary() -> None:
-    text = Record("shardId-000000000000", SEQ, "k", "héllo".encode(), 1_714_521_600_000, 0)
-    assert cli.record_document(text) == {
-        "shard_id": "shardId-000000000000",
-        "sequence_number": SEQ,
-        "partition_key": "k",
-        "data": "héllo",
-        "arrival_time": "2024-05-01T00:00:00.000Z",
-    }
-    binary = Record("shardId-000000000000", SEQ, "k", b"\xff\x00", 0, 0)
-    document = cli.record_document(binary)
-    assert document["encoding"] == "base64"
-    assert base64.b64decode(document["data"]) == b"\xff\x00"
 
 
 def test_unreachable_endpoint_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
