@@ -3,7 +3,9 @@
 One handler per operation in one table (``HANDLERS``). Handlers check argument types and
 request-level limits, call the engine, and return the result map that goes on the wire
 (docs/protocol.md). They raise StreamdError subclasses only; the server turns anything else
-into INTERNAL.
+into INTERNAL. A handler that waits long (a long-poll read) drops ``args`` once parsed, so a
+request cannot pin whatever else its map held for the wait. Messages name values through
+``summary`` (bounded), never a full ``repr``.
 """
 
 from __future__ import annotations
@@ -27,19 +29,27 @@ from streamd_client.model import (
     hash_bytes_of,
     parse_explicit_hash_key,
 )
+from streamd_client.summary import summary
 
 from .api_groups import GROUP_HANDLERS
 from .engine import Engine, RecordIn
 
 Handler = Callable[[Engine, dict[str, Any]], Awaitable[dict[str, Any]]]
 
+# Integer arguments are 64-bit; a bignum (the decoder takes up to strict_cbor.BIGNUM_BYTES_MAX
+# for explicit hash keys) is refused here, before any arithmetic or formatting sees it.
+INT_ARG_MIN = -(2**63)
+INT_ARG_MAX = 2**64 - 1
+
 
 def _arg(args: dict[str, Any], name: str, kind: type, default: Any = ...) -> Any:
     value = args.get(name, default)
     if value is ...:
-        raise InvalidArgumentError(f"missing argument {name!r}")
+        raise InvalidArgumentError(f"missing argument {name!r}")  # our own names: short
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise InvalidArgumentError(f"argument {name!r} must be {kind.__name__}")
+    if isinstance(value, int) and not INT_ARG_MIN <= value <= INT_ARG_MAX:  # a bignum
+        raise InvalidArgumentError(f"argument {name!r} is out of range: {summary(value)}")
     return value
 
 
@@ -127,13 +137,11 @@ async def _read(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
         raise InvalidArgumentError(f"max_bytes must be 1..{READ_BYTES_MAX}")
     if not 0 <= wait_ms <= READ_WAIT_MS_MAX:
         raise InvalidArgumentError(f"wait_ms must be 0..{READ_WAIT_MS_MAX}")
-    result = await engine.read(
-        _arg(args, "stream", str),
-        _arg(args, "shard_id", str),
-        Position.from_wire(args.get("from")),
-        max_bytes,
-        wait_ms,
-    )
+    stream = _arg(args, "stream", str)
+    shard_id = _arg(args, "shard_id", str)
+    position = Position.from_wire(args.get("from"))
+    del args  # a long-poll holds what it parsed, not the request's map (whatever else it held)
+    result = await engine.read(stream, shard_id, position, max_bytes, wait_ms)
     return {
         "batches": result.batches,
         "start_offset": result.start_offset,

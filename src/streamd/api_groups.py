@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from streamd_client.errors import InvalidArgumentError
 from streamd_client.group_errors import GROUP_ERRORS
 from streamd_client.model import Position, check_stream_name
+from streamd_client.summary import summary
 
 from .groups.service import service_of
 from .groups.state import (
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 Handler = Callable[["Engine", dict[str, Any]], Awaitable[dict[str, Any]]]
+INT_ARG_MIN = -(2**63)  # as api.py: integer arguments are 64-bit
+INT_ARG_MAX = 2**64 - 1
 
 assert GROUP_ERRORS  # importing group_errors registers the codes for error_from_wire
 
@@ -42,6 +45,8 @@ def _arg(args: dict[str, Any], name: str, kind: type, default: Any = ...) -> Any
         raise InvalidArgumentError(f"missing argument {name!r}")
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise InvalidArgumentError(f"argument {name!r} must be {kind.__name__}")
+    if isinstance(value, int) and not INT_ARG_MIN <= value <= INT_ARG_MAX:  # a bignum
+        raise InvalidArgumentError(f"argument {name!r} is out of range: {summary(value)}")
     return value
 
 
@@ -50,7 +55,7 @@ def _names(args: dict[str, Any]) -> tuple[str, str]:
     group = args.get("group")
     if not isinstance(group, str) or not GROUP_NAME_RE.fullmatch(group):
         raise InvalidArgumentError(
-            f"group name must match [a-zA-Z0-9_.-]{{1,128}}, got {group!r:.140}"
+            f"group name must match [a-zA-Z0-9_.-]{{1,128}}, got {summary(group, 140)}"
         )
     return stream, group
 
@@ -76,6 +81,7 @@ def _owned(args: dict[str, Any]) -> list[tuple[str, int]]:
             or not isinstance(item[0], str)
             or not isinstance(item[1], int)
             or isinstance(item[1], bool)
+            or not 0 <= item[1] <= INT_ARG_MAX
         ):
             raise InvalidArgumentError("owned entries must be [shard_id, epoch]")
         owned.append((item[0], item[1]))

@@ -31,6 +31,12 @@ class ServerConfig:
     tail_cache_bytes_max: int = 8 * 1024 * 1024
     frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT
     requests_in_flight_max: int = 1024
+    # Answers queued for one connection (encoded, or reserved by requests in flight): while
+    # over it, the server reads no more of that client's requests (docs/operations.md, limits).
+    outbox_bytes_max: int = 32 * 1024 * 1024
+    # After a client's EOF (a half-close), how long requests received before it may take to be
+    # answered before the connection closes anyway.
+    eof_drain_ms: int = 35_000
     # Admission (src/streamd/admission.py), for each listener (native and Kinesis) on its own.
     connections_max: int = 1024
     connections_per_address_max: int | None = None  # None: a quarter of connections_max

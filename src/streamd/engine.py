@@ -50,6 +50,7 @@ from streamd_client.model import (
     check_stream_name,
 )
 from streamd_client.results import ChildShard
+from streamd_client.summary import summary
 
 from . import metrics, reshard
 from .catalog import Catalog, ShardMeta, StreamMeta, StreamMode
@@ -124,7 +125,7 @@ class _Stream:
         pipeline = self.pipelines.get(shard_id)
         if pipeline is None:
             raise ShardNotFoundError(
-                f"stream {self.meta.name!r} has no shard {shard_id!r}", shard_id=shard_id
+                f"stream {self.meta.name!r} has no shard {summary(shard_id)}", shard_id=shard_id
             )
         return pipeline
 
@@ -324,7 +325,9 @@ class Engine:
         check_shard_count(shard_count)
         check_retention_hours(retention_hours)
         if mode not in ("PROVISIONED", "ON_DEMAND"):
-            raise InvalidArgumentError(f"stream mode must be PROVISIONED or ON_DEMAND: {mode!r}")
+            raise InvalidArgumentError(
+                f"stream mode must be PROVISIONED or ON_DEMAND: {summary(mode)}"
+            )
         tags = _changed_tags({}, tags or {}, [])
         async with self._admin_lock:
             meta = replace(

@@ -23,6 +23,7 @@ from typing import Literal
 
 from streamd_client.errors import InvalidArgumentError, ShardNotFoundError
 from streamd_client.model import HASH_KEY_MAX, SHARD_COUNT_MAX, even_hash_ranges, shard_id_of
+from streamd_client.summary import summary
 
 from .catalog import ShardMeta, StreamMeta
 
@@ -41,7 +42,7 @@ def _open_shard(meta: StreamMeta, shard_id: str) -> ShardMeta:
     shard = meta.shard(shard_id)
     if shard is None:
         raise ShardNotFoundError(
-            f"stream {meta.name!r} has no shard {shard_id!r}", shard_id=shard_id
+            f"stream {meta.name!r} has no shard {summary(shard_id)}", shard_id=shard_id
         )
     if not shard.is_open:
         raise InvalidArgumentError(
@@ -96,7 +97,9 @@ def check_resize(meta: StreamMeta, target: int) -> None:
     """
     current = len(meta.open_shards())
     if isinstance(target, bool) or not isinstance(target, int) or not 1 <= target:
-        raise InvalidArgumentError(f"target shard count must be a positive integer: {target!r}")
+        raise InvalidArgumentError(
+            f"target shard count must be a positive integer: {summary(target)}"
+        )
     if target > SHARD_COUNT_MAX:
         raise InvalidArgumentError(f"target shard count {target} exceeds {SHARD_COUNT_MAX}")
     if target > 2 * current or 2 * target < current:

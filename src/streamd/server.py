@@ -3,8 +3,19 @@
 Per connection: a reader loop feeds bytes to the sans-I/O ``FrameDecoder``, the first message
 must be ``hello``, and every later request runs in its own task (bounded by
 ``requests_in_flight_max``) so a long-poll read never blocks a put on the same connection.
-Responses go to an outbox that one writer task drains, joining whatever queued up into a single
-``send_all`` (fewer syscalls under load, no interleaved frames).
+Responses go to an outbox that one writer task drains, joining small answers that queued up
+into one ``send_all`` (fewer syscalls under load, no interleaved frames).
+
+Memory per connection is bounded (invariant 8): the outbox holds at most ``outbox_bytes_max``
+of answers, counting what requests in flight reserved for theirs (a read reserves its
+max_bytes), and while it is full the reader reads no more of that client's requests, so a client
+that never reads its answers stops being read and TCP flow control stops it. A request's map is
+dropped once its handler has parsed it (a long-poll keeps only what it parsed). Frames decode
+strictly and to a bounded size (``streamd_client.strict_cbor``).
+
+EOF from the client (a half-close, or a close) ends reading, not answering: requests received
+before it are answered and flushed, then the connection closes (bounded by ``eof_drain_ms``).
+A put sent just before a half-close is therefore acknowledged, never applied in silence.
 
 Idle connections are closed (``idle_timeout_ms``): once the hello is done, a connection with no
 request in flight (a long-poll read is one) for that long gets an error frame with request id 0
@@ -26,6 +37,8 @@ import os
 import signal
 import sqlite3
 import sys
+from collections import deque
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -42,6 +55,7 @@ from streamd_client.errors import (
     UnknownOperationError,
     UnsupportedVersionError,
 )
+from streamd_client.summary import summary
 
 from . import __version__, metrics
 from .admission import ConnectionSlots, admission_limits, serve_listeners
@@ -55,6 +69,7 @@ from .startup import StartupError, bind_error, lock_data_dir, prepare_data_dir
 log = structlog.get_logger(__name__)
 
 _RECEIVE_BYTES = 256 * 1024
+_COALESCE_BYTES = 64 * 1024
 
 
 class _Connection:
@@ -66,14 +81,20 @@ class _Connection:
         self.config = config
         self.peer = peer
         self.decoder = wire.FrameDecoder(config.frame_bytes_max)
-        self.outbox: list[bytes] = []
+        self.outbox: deque[bytes] = deque()
         self.outbox_ready = trio.Event()
+        # Invariant: outbox_bytes == bytes queued in outbox + bytes the writer is sending.
+        self.outbox_bytes = 0
+        # Invariant: reserved_bytes == sum of the reservations of the requests in flight.
+        self.reserved_bytes = 0
         self.in_flight = 0
         self.closing = False
         # Idle tracking: when a whole request last arrived or an answer was last queued.
         self.last_active = trio.current_time()
         self.idle_closed = False
         self.writing = False  # the writer is inside send_all (a frame may be half sent)
+        self.broken = False  # the writer found the peer gone: nothing more can be answered
+        self.progress = trio.Event()  # set at each change of the counters above
 
     async def run(self) -> None:
         error: ProtocolError | None = None
@@ -83,6 +104,7 @@ class _Connection:
                 await self._handshake()
                 nursery.start_soon(self._close_when_idle, nursery.cancel_scope)
                 await self._read_loop(nursery)
+                await self._drain_after_eof()
             except ProtocolError as exc:
                 error = exc
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -138,11 +160,11 @@ class _Connection:
             self.last_active = trio.current_time()
             request_id, op, args = wire.check_request(message)
             if op != wire.OP_HELLO:
-                raise ProtocolError(f"first request must be hello, got {op!r:.40}")
+                raise ProtocolError(f"first request must be hello, got {summary(op, 40)}")
             versions = args.get("versions")
             if not isinstance(versions, list) or wire.PROTOCOL_VERSION not in versions:
                 raise UnsupportedVersionError(
-                    f"server speaks {wire.PROTOCOL_VERSION}; client offered {versions!r:.60}"
+                    f"server speaks {wire.PROTOCOL_VERSION}; client offered {summary(versions)}"
                 )
             self._send(
                 wire.response(
@@ -159,62 +181,121 @@ class _Connection:
         raise ProtocolError("no hello within the handshake timeout")
 
     async def _read_loop(self, nursery: trio.Nursery) -> None:
-        while (message := await self._receive_message()) is not None:
+        """Read and dispatch requests until EOF. Backpressure: no request is read while the
+        answers queued or reserved reach ``outbox_bytes_max`` (a client that does not read its
+        answers stops being read, and TCP then stops it)."""
+        while True:
+            await self._until(lambda: not self._outbox_full())
+            message = await self._receive_message()
+            if message is None:
+                return
             self.last_active = trio.current_time()
-            try:
-                request_id, op, args = wire.check_request(message)
-            except ProtocolError as exc:  # the frame was whole: answer it, keep the connection
-                self._send(wire.error_response(message["i"], exc.to_wire()))
-                continue
-            if self.in_flight >= self.config.requests_in_flight_max:
-                error = LimitExceededError(
-                    f"more than {self.config.requests_in_flight_max} requests in flight"
-                )
-                self._send(wire.error_response(request_id, error.to_wire()))
-                continue
-            self.in_flight += 1
-            nursery.start_soon(self._dispatch, request_id, op, args)
+            self._admit(message, nursery)
+            del message  # the request's task holds what it needs; the loop keeps nothing
 
-    async def _dispatch(self, request_id: int, op: str, args: dict[str, Any]) -> None:
+    def _admit(self, message: dict[str, Any], nursery: trio.Nursery) -> None:
+        try:
+            request_id, op, args = wire.check_request(message)
+        except ProtocolError as exc:  # the frame was whole: answer it, keep the connection
+            self._send(wire.error_response(message["i"], exc.to_wire()))
+            return
+        if self.in_flight >= self.config.requests_in_flight_max:
+            error = LimitExceededError(
+                f"more than {self.config.requests_in_flight_max} requests in flight"
+            )
+            self._send(wire.error_response(request_id, error.to_wire()))
+            return
+        reserve = _answer_reserve_bytes(op, args, self.config.frame_bytes_max)
+        self.reserved_bytes += reserve
+        self.in_flight += 1
+        nursery.start_soon(self._dispatch, request_id, op, args, reserve)
+
+    def _outbox_full(self) -> bool:
+        return self.outbox_bytes + self.reserved_bytes >= self.config.outbox_bytes_max
+
+    async def _drain_after_eof(self) -> None:
+        """The client closed its side (EOF): answer every request it sent before, then close.
+
+        A half-closed client still reads, and a put it sent just before is applied, so it gets
+        its answer. Bounded by ``eof_drain_ms``; ends early if the peer turns out to be gone.
+        """
+        with trio.move_on_after(self.config.eof_drain_ms / 1000) as scope:
+            await self._until(
+                lambda: self.broken or (self.in_flight == 0 and self.outbox_bytes == 0)
+            )
+        if scope.cancelled_caught:
+            log.info("connection.eof_drain_timeout", peer=self.peer, in_flight=self.in_flight)
+
+    async def _until(self, done: Callable[[], bool]) -> None:
+        """Wait until ``done()``; re-checked at each change of the connection's counters."""
+        while not done():
+            self.progress = trio.Event()
+            await self.progress.wait()
+
+    async def _dispatch(self, request_id: int, op: str, args: dict[str, Any], reserve: int) -> None:
         code = "OK"
         try:
             handler = HANDLERS.get(op)
             if handler is None:
-                raise UnknownOperationError(f"unknown operation {op!r:.60}")
-            reply = wire.response(request_id, await handler(self.engine, args))
+                raise UnknownOperationError(f"unknown operation {summary(op)}")
+            call = handler(self.engine, args)
+            del args  # a long-poll keeps what its handler parsed, not the request's map
+            reply = wire.response(request_id, await call)
         except StreamdError as exc:
             log.debug("request.failed", peer=self.peer, op=op, code=exc.code, error=exc.message)
             reply = wire.error_response(request_id, exc.to_wire())
             code = exc.code
         except Exception as exc:
             code = InternalError.code
-            log.exception("request.internal_error", peer=self.peer, op=op)
-            reply = wire.error_response(
-                request_id, InternalError(f"internal error: {exc!r:.200}").to_wire()
-            )
+            log.exception("request.internal_error", peer=self.peer, op=summary(op))
+            message = f"internal error: {type(exc).__name__}: {summary(str(exc), 200)}"
+            reply = wire.error_response(request_id, InternalError(message).to_wire())
         finally:
             self.in_flight -= 1
             self.last_active = trio.current_time()
         metrics.REQUESTS.labels(op if op in HANDLERS else "unknown", code).inc()
-        self._send(reply)
+        self._send(reply, reserve)
 
-    def _send(self, message: dict[str, Any]) -> None:
-        self.outbox.append(wire.encode_message(message))
+    def _send(self, message: dict[str, Any], reserve: int = 0) -> None:
+        """Queue an answer; ``reserve`` is what its request reserved (now replaced by the
+        answer's real size)."""
+        frame = wire.encode_message(message)
+        self.reserved_bytes -= reserve
+        self.outbox_bytes += len(frame)
+        self.outbox.append(frame)
         self.outbox_ready.set()
+        self.progress.set()
 
     async def _writer(self) -> None:
         while True:
             await self.outbox_ready.wait()
             self.outbox_ready = trio.Event()
-            data = b"".join(self.outbox)
-            self.outbox.clear()
-            self.writing = True
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
-            finally:
-                self.writing = False
+            while self.outbox:
+                data = self._next_chunk()
+                self.writing = True
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.broken = True
+                    self.progress.set()
+                    return
+                finally:
+                    self.writing = False
+                self.outbox_bytes -= len(data)
+                del data
+                self.progress.set()
+
+    def _next_chunk(self) -> bytes:
+        """The next bytes to send: small answers joined (fewer syscalls under load), a big one
+        alone (joining would copy it: two of each big answer in memory instead of one)."""
+        if len(self.outbox[0]) >= _COALESCE_BYTES or len(self.outbox) == 1:
+            return self.outbox.popleft()
+        parts: list[bytes] = []
+        size = 0
+        while self.outbox and size + len(self.outbox[0]) <= _COALESCE_BYTES:
+            size += len(self.outbox[0])
+            parts.append(self.outbox.popleft())
+        return b"".join(parts)
 
     async def _flush_and_close(self) -> None:
         with trio.move_on_after(1.0):
@@ -224,6 +305,22 @@ class _Connection:
                 pass
         self.outbox.clear()
         await self.stream.aclose()
+
+
+# What a request reserves of its connection's outbox until its answer is queued. A read's
+# answer holds up to max_bytes (at least one stored batch: it may exceed a small max_bytes),
+# so a read reserves max_bytes, at least READ_RESERVE_BYTES_MIN; other answers are small.
+READ_RESERVE_BYTES_MIN = 1024 * 1024
+ANSWER_RESERVE_BYTES = 16 * 1024
+
+
+def _answer_reserve_bytes(op: str, args: dict[str, Any], frame_bytes_max: int) -> int:
+    if op != wire.OP_READ:
+        return ANSWER_RESERVE_BYTES
+    wanted = args.get("max_bytes", READ_RESERVE_BYTES_MIN)
+    if type(wanted) is not int:  # the handler refuses it; its answer is small
+        return ANSWER_RESERVE_BYTES
+    return min(frame_bytes_max, max(READ_RESERVE_BYTES_MIN, wanted))
 
 
 class Server:

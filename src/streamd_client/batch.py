@@ -37,12 +37,13 @@ from __future__ import annotations
 import struct
 import threading
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import cbor2
 import crc32c
 import zstandard
 
+from . import strict_cbor
 from .errors import CorruptDataError, InvalidBatchError, WrongShardError
 from .model import PARTITION_KEY_CHARS_MAX, RECORD_DATA_BYTES_MAX
 
@@ -217,17 +218,45 @@ def decode_records(
         raise CorruptDataError(f"batch payload does not decompress: {exc}") from None
     if len(raw) != header.uncompressed_length:
         raise CorruptDataError("batch payload length differs from its header")
-    try:
-        columns = cbor2.loads(raw)
-    except Exception as exc:  # cbor2 raises several types on malformed input
-        raise CorruptDataError(f"batch payload is not valid CBOR: {exc}") from None
-    if (
-        not isinstance(columns, list)
-        or len(columns) != 3
-        or not all(isinstance(c, list) and len(c) == header.record_count for c in columns)
-    ):
-        raise CorruptDataError("batch payload does not hold three columns of record_count items")
+    columns = _columns(raw, header.record_count)
     return Records(columns[0], columns[1], columns[2])
+
+
+def _columns(raw: bytes, count: int) -> list[list[Any]]:
+    """The three columns of ``count`` items each, decoded strictly (``strict_cbor``: no tags,
+    no indefinite lengths, no containers inside a column, nothing after the third column).
+    Each column's head is checked to hold ``count`` items before it is decoded, so a payload
+    cannot make more than ``3 * count`` items whatever its bytes. Raises CorruptDataError."""
+    if raw[:1] != b"\x83":
+        raise CorruptDataError("batch payload is not an array of three columns")
+    columns: list[list[Any]] = []
+    at = 1
+    for _ in range(3):
+        if _array_length(raw, at) != count:
+            raise CorruptDataError(
+                "batch payload does not hold three columns of record_count items"
+            )
+        try:
+            column, at = strict_cbor.decode_at(raw, at, depth_max=1)
+        except strict_cbor.StrictCborError as exc:
+            raise CorruptDataError(f"batch payload refused: {exc}") from None
+        columns.append(column)
+    if at != len(raw):
+        raise CorruptDataError(f"{len(raw) - at} bytes after the batch payload's columns")
+    return columns
+
+
+def _array_length(raw: bytes, at: int) -> int:
+    """The item count of the definite-length array head at ``raw[at]``, or -1."""
+    if at >= len(raw) or raw[at] >> 5 != 4:
+        return -1
+    info = raw[at] & 0x1F
+    if info < 24:
+        return info
+    if info > 26:  # 8-byte lengths are beyond any record count; 31 is indefinite
+        return -1
+    width = 1 << (info - 24)
+    return int.from_bytes(raw[at + 1 : at + 1 + width], "big")
 
 
 def check_records(records: Records, hash_low: bytes, hash_high: bytes) -> None:

@@ -105,7 +105,9 @@ class Connection:
         self.frame_bytes_max = wire.FRAME_BYTES_MAX_DEFAULT  # the server's, from hello
         self.server_name = ""
         self._stream = stream
-        self._decoder = wire.FrameDecoder(wire.FRAME_BYTES_MAX_DEFAULT)
+        self._decoder = wire.FrameDecoder(
+            wire.FRAME_BYTES_MAX_DEFAULT, wire.ANSWER_ITEMS_MAX_DEFAULT
+        )
         self._pending: dict[int, _Pending] = {}
         self._next_id = 1  # id 0 is the server's "whole connection" error
         self._slots = anyio.Semaphore(requests_in_flight_max)

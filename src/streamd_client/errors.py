@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from .summary import summary
+
 
 class StreamdError(Exception):
     """Base of every streamd error. ``code`` is stable and travels on the wire."""
@@ -229,12 +231,12 @@ def error_from_wire(body: Any) -> StreamdError:
     Unknown codes (a newer server) become ``StreamdError`` with the code kept in ``details``.
     """
     if not isinstance(body, dict):
-        return ProtocolError(f"malformed error body: {body!r:.200}")
+        return ProtocolError(f"malformed error body: {summary(body, 200)}")
     code = body.get("code")
     message = body.get("message")
     details = body.get("details") or {}
     if not isinstance(code, str) or not isinstance(message, str) or not isinstance(details, dict):
-        return ProtocolError(f"malformed error body: {body!r:.200}")
+        return ProtocolError(f"malformed error body: {summary(body, 200)}")
     cls = ERRORS_BY_CODE.get(code)
     if cls is None:
         err = StreamdError(message, wire_code=code, **details)

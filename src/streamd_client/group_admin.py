@@ -14,6 +14,7 @@ from . import group_errors as _group_errors  # registers the group error codes
 from .errors import InvalidArgumentError, ProtocolError
 from .model import Position, check_stream_name
 from .results import field
+from .summary import summary
 
 if TYPE_CHECKING:
     from .client import Client
@@ -57,7 +58,7 @@ class Assignment(NamedTuple):
 def check_group_name(name: object) -> str:
     if not isinstance(name, str) or not GROUP_NAME_RE.fullmatch(name):
         raise InvalidArgumentError(
-            f"group name must match [a-zA-Z0-9_.-]{{1,128}}, got {name!r:.140}"
+            f"group name must match [a-zA-Z0-9_.-]{{1,128}}, got {summary(name, 140)}"
         )
     return name
 

@@ -24,6 +24,7 @@ from .errors import (
     InvalidStreamNameError,
     RecordTooLargeError,
 )
+from .summary import summary
 
 # Limits (units last in the names). Kinesis's where Kinesis has one.
 RECORD_DATA_BYTES_MAX = 1024 * 1024
@@ -36,6 +37,7 @@ RETENTION_HOURS_MAX = 8760
 RETENTION_HOURS_DEFAULT = 24
 READ_BYTES_MAX = 10 * 1024 * 1024
 READ_WAIT_MS_MAX = 30_000
+TIMESTAMP_MS_MAX = 2**64 - 1
 
 HASH_KEY_MAX = 2**128 - 1
 STREAM_NAME_RE = re.compile(r"[a-zA-Z0-9_.-]{1,128}")
@@ -44,14 +46,14 @@ _SEQ_MARK = 1 << 183
 _OFFSET_BITS = 64
 _OFFSET_MASK = (1 << _OFFSET_BITS) - 1
 _SHARD_INDEX_MAX = (1 << (183 - _OFFSET_BITS)) - 1
-_SHARD_ID_RE = re.compile(r"shardId-(\d{12})")
+_SHARD_ID_RE = re.compile(r"shardId-([0-9]{12})")  # ASCII digits only, not \\d
 
 
 def check_stream_name(name: object) -> str:
     """Return ``name`` if it is a valid stream name, else raise InvalidStreamNameError."""
     if not isinstance(name, str) or not STREAM_NAME_RE.fullmatch(name):
         raise InvalidStreamNameError(
-            f"stream name must match [a-zA-Z0-9_.-]{{1,128}}, got {name!r:.140}"
+            f"stream name must match [a-zA-Z0-9_.-]{{1,128}}, got {summary(name, 140)}"
         )
     return name
 
@@ -60,8 +62,15 @@ def check_partition_key(key: object) -> str:
     if not isinstance(key, str) or not 1 <= len(key) <= PARTITION_KEY_CHARS_MAX:
         raise InvalidPartitionKeyError(
             f"partition key must be 1..{PARTITION_KEY_CHARS_MAX} Unicode characters, "
-            f"got {key!r:.80}"
+            f"got {summary(key, 80)}"
         )
+    if not key.isascii():
+        try:
+            key.encode()
+        except UnicodeEncodeError:  # a lone surrogate: no UTF-8 form, so no MD5 to route by
+            raise InvalidPartitionKeyError(
+                f"partition key must be valid Unicode (no lone surrogates), got {summary(key, 80)}"
+            ) from None
     return key
 
 
@@ -84,14 +93,17 @@ def check_retention_hours(hours: object) -> int:
         or not RETENTION_HOURS_MIN <= hours <= RETENTION_HOURS_MAX
     ):
         raise InvalidArgumentError(
-            f"retention must be {RETENTION_HOURS_MIN}..{RETENTION_HOURS_MAX} hours, got {hours!r}"
+            f"retention must be {RETENTION_HOURS_MIN}..{RETENTION_HOURS_MAX} hours, "
+            f"got {summary(hours)}"
         )
     return hours
 
 
 def check_shard_count(count: object) -> int:
     if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= SHARD_COUNT_MAX:
-        raise InvalidArgumentError(f"shard count must be 1..{SHARD_COUNT_MAX}, got {count!r}")
+        raise InvalidArgumentError(
+            f"shard count must be 1..{SHARD_COUNT_MAX}, got {summary(count)}"
+        )
     return count
 
 
@@ -110,11 +122,12 @@ def parse_explicit_hash_key(value: object) -> int:
     if isinstance(value, bool):
         raise InvalidHashKeyError(f"explicit hash key must be a decimal integer, got {value!r}")
     if isinstance(value, str):
-        if not value.isdigit() or len(value) > 39:
-            raise InvalidHashKeyError(f"explicit hash key must be decimal, got {value!r:.60}")
+        # isascii: str.isdigit() also takes digits int() refuses ("²") and other scripts'
+        if not (value.isascii() and value.isdigit()) or len(value) > 39:
+            raise InvalidHashKeyError(f"explicit hash key must be decimal, got {summary(value)}")
         value = int(value)
     if not isinstance(value, int) or not 0 <= value <= HASH_KEY_MAX:
-        raise InvalidHashKeyError(f"explicit hash key must be in 0..2**128-1, got {value!r:.60}")
+        raise InvalidHashKeyError(f"explicit hash key must be in 0..2**128-1, got {summary(value)}")
     return value
 
 
@@ -133,10 +146,10 @@ def shard_id_of(index: int) -> str:
 
 def shard_index_of(shard_id: object) -> int:
     if not isinstance(shard_id, str):
-        raise InvalidArgumentError(f"shard id must be a string, got {shard_id!r:.60}")
+        raise InvalidArgumentError(f"shard id must be a string, got {summary(shard_id)}")
     m = _SHARD_ID_RE.fullmatch(shard_id)
     if m is None:
-        raise InvalidArgumentError(f"malformed shard id {shard_id!r:.60}")
+        raise InvalidArgumentError(f"malformed shard id {summary(shard_id)}")
     return int(m.group(1))
 
 
@@ -147,11 +160,15 @@ def make_sequence(shard_index: int, offset: int) -> str:
 
 def parse_sequence(sequence: object) -> tuple[int, int]:
     """``(shard_index, offset)`` of a sequence number, or raise InvalidSequenceNumberError."""
-    if not isinstance(sequence, str) or len(sequence) != 56 or not sequence.isdigit():
-        raise InvalidSequenceNumberError(f"malformed sequence number {sequence!r:.80}")
+    if (
+        not isinstance(sequence, str)
+        or len(sequence) != 56
+        or not (sequence.isascii() and sequence.isdigit())
+    ):
+        raise InvalidSequenceNumberError(f"malformed sequence number {summary(sequence, 80)}")
     value = int(sequence)
     if value >> 183 != 1:
-        raise InvalidSequenceNumberError(f"malformed sequence number {sequence!r:.80}")
+        raise InvalidSequenceNumberError(f"malformed sequence number {summary(sequence, 80)}")
     return (value >> _OFFSET_BITS) & _SHARD_INDEX_MAX, value & _OFFSET_MASK
 
 
@@ -220,12 +237,12 @@ class Position:
             return Position(kind, sequence=seq)
         if kind == "at_timestamp":
             ts = body.get("timestamp_ms")
-            if not isinstance(ts, int) or isinstance(ts, bool) or ts < 0:
-                raise InvalidArgumentError("at_timestamp needs a non-negative timestamp_ms")
+            if not isinstance(ts, int) or isinstance(ts, bool) or not 0 <= ts <= TIMESTAMP_MS_MAX:
+                raise InvalidArgumentError("at_timestamp needs a timestamp_ms in 0..2**64-1")
             return Position("at_timestamp", timestamp_ms=ts)
         if kind == "at_offset":
             off = body.get("offset")
             if not isinstance(off, int) or isinstance(off, bool) or not 0 <= off <= _OFFSET_MASK:
                 raise InvalidArgumentError("at_offset needs an offset in 0..2**64-1")
             return Position("at_offset", offset=off)
-        raise InvalidArgumentError(f"unknown position type {kind!r:.40}")
+        raise InvalidArgumentError(f"unknown position type {summary(kind, 40)}")

@@ -263,7 +263,11 @@ class Producer:
             and 0 < len(partition_key) <= PARTITION_KEY_CHARS_MAX
             and len(data) <= RECORD_DATA_BYTES_MAX
         ):
-            hash_bytes = _md5(partition_key.encode()).digest()
+            try:
+                hash_bytes = _md5(partition_key.encode()).digest()
+            except UnicodeEncodeError:  # a lone surrogate: check_partition_key names it
+                check_partition_key(partition_key)
+                raise
         else:
             partition_key, hash_bytes, data = self._prepare(data, partition_key, explicit_hash_key)
         if self._buffered >= self.buffer_records_max or self._state is not _State.OPEN:
@@ -298,7 +302,11 @@ class Producer:
             and 0 < len(partition_key) <= PARTITION_KEY_CHARS_MAX
             and len(data) <= RECORD_DATA_BYTES_MAX
         ):
-            hash_bytes = _md5(partition_key.encode()).digest()
+            try:
+                hash_bytes = _md5(partition_key.encode()).digest()
+            except UnicodeEncodeError:  # a lone surrogate: check_partition_key names it
+                check_partition_key(partition_key)
+                raise
         else:
             partition_key, hash_bytes, data = self._prepare(data, partition_key, explicit_hash_key)
         self._check_open()

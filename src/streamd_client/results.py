@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from .errors import ProtocolError, StreamdError, error_from_wire
 from .model import Position
+from .summary import summary
 
 _T = TypeVar("_T")
 
@@ -161,14 +162,14 @@ def field(body: Any, name: str, kind: type[_T], *, optional: bool = False) -> _T
     if value is None and optional:
         return value  # type: ignore[return-value]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ProtocolError(f"field {name!r} must be {kind.__name__}, got {value!r:.80}")
+        raise ProtocolError(f"field {name!r} must be {kind.__name__}, got {summary(value, 80)}")
     return value
 
 
 def _count(body: Any, name: str) -> int:
     value = field(body, name, int)
     if value < 0:
-        raise ProtocolError(f"field {name!r} must not be negative, got {value}")
+        raise ProtocolError(f"field {name!r} must not be negative, got {summary(value)}")
     return value
 
 
@@ -212,7 +213,7 @@ def _reshard_from_wire(body: dict[str, Any] | None) -> ReshardProgress | None:
 def child_shard_from_wire(body: Any) -> ChildShard:
     parents = field(body, "parent_shard_ids", list)
     if not parents or not all(isinstance(p, str) for p in parents):
-        raise ProtocolError(f"child shard parents must be shard ids, got {parents!r:.80}")
+        raise ProtocolError(f"child shard parents must be shard ids, got {summary(parents)}")
     child = ChildShard(
         shard_id=field(body, "shard_id", str),
         parent_shard_ids=tuple(parents),

@@ -14,6 +14,12 @@ concurrently; responses come in any order.
 Like h11, this module does no I/O: feed bytes with ``receive_data`` and pull messages with
 ``next_message`` (NEED_DATA when a frame is incomplete). Any malformed input raises
 ``ProtocolError`` and nothing else.
+
+A frame body is decoded by ``strict_cbor``: no tags but short bignums, no indefinite lengths,
+text or bytes map keys, at most ``FRAME_DEPTH_MAX`` levels and ``items_max`` items, and nothing
+after the one item. The server bounds requests to ``FRAME_ITEMS_MAX_DEFAULT`` items (a put of
+500 records is about 3,500), so a frame decodes to at most its own size plus a few MiB; the
+client allows more in answers (a read may return many small batches).
 """
 
 from __future__ import annotations
@@ -23,11 +29,16 @@ from typing import Any, Final
 
 import cbor2
 
+from . import strict_cbor
 from .errors import ProtocolError
 
 PROTOCOL_VERSION: Final = 1
 SUPPORTED_VERSIONS: Final = (1,)
 FRAME_BYTES_MAX_DEFAULT: Final = 8 * 1024 * 1024
+FRAME_ITEMS_MAX_DEFAULT: Final = 65_536  # requests, as the server reads them
+ANSWER_ITEMS_MAX_DEFAULT: Final = 1 << 20  # answers, as the client reads them
+FRAME_DEPTH_MAX: Final = 16
+REQUEST_ID_MAX: Final = 2**64 - 1
 _LEN = struct.Struct(">I")
 
 
@@ -69,11 +80,16 @@ def error_response(request_id: int, error: dict[str, Any]) -> dict[str, Any]:
 
 
 class FrameDecoder:
-    """Splits a byte stream into messages; bounded by ``frame_bytes_max``."""
+    """Splits a byte stream into messages; bounded by ``frame_bytes_max`` and ``items_max``."""
 
-    def __init__(self, frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT) -> None:
-        assert frame_bytes_max > 0
+    def __init__(
+        self,
+        frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT,
+        items_max: int = FRAME_ITEMS_MAX_DEFAULT,
+    ) -> None:
+        assert frame_bytes_max > 0 and items_max > 0
         self.frame_bytes_max = frame_bytes_max
+        self.items_max = items_max
         self._buf = bytearray()
         self._pos = 0
 
@@ -104,11 +120,13 @@ class FrameDecoder:
         body = bytes(self._buf[start : start + length])
         self._pos = start + length
         try:
-            message = cbor2.loads(body)
-        except Exception as exc:  # cbor2 raises several types on malformed input
-            raise ProtocolError(f"frame is not valid CBOR: {exc}") from None
-        if not isinstance(message, dict) or not isinstance(message.get("i"), int):
-            raise ProtocolError("message must be a map with an integer request id 'i'")
+            message = strict_cbor.loads(body, items_max=self.items_max, depth_max=FRAME_DEPTH_MAX)
+        except strict_cbor.StrictCborError as exc:
+            raise ProtocolError(f"frame refused: {exc}") from None
+        request_id = message.get("i") if isinstance(message, dict) else None
+        if type(request_id) is not int or not 0 <= request_id <= REQUEST_ID_MAX:
+            raise ProtocolError("message must be a map with a request id 'i' in 0..2**64-1")
+        assert isinstance(message, dict)
         return message
 
 

@@ -14,7 +14,10 @@ from hypothesis import strategies as st
 from streamd_client import wire
 from streamd_client.errors import ProtocolError
 
-_leaves = st.none() | st.booleans() | st.integers() | st.text(max_size=20) | st.binary(max_size=40)
+# The integers the protocol carries: CBOR's own (-2**64..2**64-1) and positive bignums up to 128
+# bits (explicit hash keys); larger ones and negative bignums are tags it refuses.
+_ints = st.integers(min_value=-(2**64), max_value=2**128 - 1)
+_leaves = st.none() | st.booleans() | _ints | st.text(max_size=20) | st.binary(max_size=40)
 _values = st.recursive(
     _leaves,
     lambda inner: (

@@ -41,6 +41,7 @@ from streamd_client.group_errors import (
     UnknownMemberError,
 )
 from streamd_client.model import Position, parse_sequence, shard_index_of
+from streamd_client.summary import summary
 
 from .assign import balanced_sticky
 from .state import (
@@ -586,4 +587,4 @@ class Coordinator:
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:
     if not low <= value <= high:
-        raise InvalidArgumentError(f"{name} must be {low}..{high}, got {value}")
+        raise InvalidArgumentError(f"{name} must be {low}..{high}, got {summary(value)}")

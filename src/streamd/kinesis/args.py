@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
+from streamd_client.summary import summary
+
+from .codec import OversizedNumber
 from .errors import validation
 
 
@@ -20,7 +23,7 @@ def _field(name: str) -> str:
 
 def _fail(name: str, value: Any, constraint: str) -> Exception:
     return validation(
-        f"1 validation error detected: Value {value!r:.120} at '{_field(name)}' failed to "
+        f"1 validation error detected: Value {summary(value, 120)} at '{_field(name)}' failed to "
         f"satisfy constraint: {constraint}"
     )
 
@@ -51,6 +54,10 @@ def opt_int(body: dict[str, Any], name: str, *, low: int, high: int) -> int | No
     value = body.get(name)
     if value is None:
         return None
+    if isinstance(value, OversizedNumber):  # more digits than int() takes: out of range
+        if value.negative:
+            raise _fail(name, str(value), f"Member must have value greater than or equal to {low}")
+        raise _fail(name, str(value), f"Member must have value less than or equal to {high}")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):

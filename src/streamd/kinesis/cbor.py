@@ -3,8 +3,11 @@
 Why not cbor2 here: tag 1 means "epoch seconds" to cbor2 (and to RFC 8949), which turns a value
 outside datetime's range into an exception deep inside the decoder; the AWS Java SDK puts epoch
 *milliseconds* under tag 1. This decoder hands tag 1 back as ``EpochTag(number)`` and lets the
-caller decide what the number means. It also bounds nesting depth and item counts, and raises
-only ``CborError`` for any input (the sans-I/O rule: one error type escapes a decoder).
+caller decide what the number means. It also bounds nesting depth, container lengths (against
+the bytes left) and the number of items in a body (``ITEMS_MAX``: a body of one-byte nulls or
+empty maps would otherwise decode to 8 to 72 times its size), and raises only ``CborError`` for
+any input (the sans-I/O rule: one error type escapes a decoder). Tags 28/29 (shared
+references), 25/256 (string references) and every tag but 1 are refused.
 
 Decoded types: int, bytes, str, list, dict (keys of any decoded scalar type), float, bool, None,
 ``EpochTag``. Indefinite-length strings, arrays and maps are accepted (the Jackson CBOR generator
@@ -19,6 +22,7 @@ from datetime import datetime
 from typing import Any, Final
 
 DEPTH_MAX: Final = 32
+ITEMS_MAX: Final = 65_536  # a PutRecords of 500 records is about 3,500
 _BREAK: Final = object()
 
 
@@ -37,6 +41,7 @@ class _Reader:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.at = 0
+        self.items = 0
 
     def take(self, count: int) -> bytes:
         end = self.at + count
@@ -62,6 +67,9 @@ class _Reader:
     def item(self, depth: int) -> Any:
         if depth > DEPTH_MAX:
             raise CborError(f"CBOR nesting deeper than {DEPTH_MAX}")
+        self.items += 1
+        if self.items > ITEMS_MAX:
+            raise CborError(f"more than {ITEMS_MAX} CBOR items in one body")
         initial = self.take(1)[0]
         major, info = initial >> 5, initial & 0x1F
         if major == 7:
@@ -99,9 +107,9 @@ class _Reader:
         return out
 
     def _tag(self, tag: int, depth: int) -> Any:
-        value = self.item(depth + 1)
-        if tag != 1:
+        if tag != 1:  # refused before its content is read: nothing of it is built
             raise CborError(f"CBOR tag {tag} is not supported")
+        value = self.item(depth + 1)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise CborError("CBOR tag 1 must wrap a number")
         return EpochTag(value)

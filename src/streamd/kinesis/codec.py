@@ -18,10 +18,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Final
+
+from streamd_client.summary import summary
 
 from . import cbor
 from .cbor import CborError, EpochTag
@@ -42,6 +46,29 @@ _EPOCH_SECONDS_MAX: Final = 253402300799  # 9999-12-31T23:59:59Z
 
 class CodecError(ValueError):
     """A body that cannot be decoded (answered as SerializationException)."""
+
+
+class InvalidTextError(CodecError):
+    """A string member that is not Unicode text: a lone surrogate, which JSON's ``\\ud800``
+    escape (or its raw UTF-8 form, which json.loads lets through) can carry. It has no UTF-8 form,
+    so it could not be hashed, stored or answered (answered as ValidationException)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OversizedNumber:
+    """A JSON integer of more than ``JSON_INT_DIGITS_MAX`` digits, kept as its length: Python's
+    ``int()`` refuses it (and ``str()`` of it raises), so member checks name it out of range."""
+
+    digits: int
+    negative: bool
+
+    def __str__(self) -> str:
+        return f"an integer of {self.digits} digits"
+
+
+JSON_INT_DIGITS_MAX: Final = 4300  # sys.get_int_max_str_digits()'s default
+# A lone surrogate's JSON escape, or its (invalid) UTF-8 bytes: only then are strings walked.
+_SURROGATE_HINT: Final = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
 
 class Protocol(Enum):
@@ -82,9 +109,11 @@ def decode_request(protocol: Protocol, body: bytes) -> dict[str, Any]:
         return {}
     if protocol is Protocol.JSON:
         try:
-            doc = json.loads(body)
+            doc = json.loads(body, parse_int=_parse_int)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, too deep
-            raise CodecError(f"body is not valid JSON: {exc}") from None
+            raise CodecError(f"body is not valid JSON: {summary(str(exc), 200)}") from None
+        if _SURROGATE_HINT.search(body) is not None:
+            _check_text(doc, 0)
     else:
         try:
             doc = cbor.loads(body)
@@ -93,6 +122,31 @@ def decode_request(protocol: Protocol, body: bytes) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise CodecError("request body must be an object")
     return _convert_map(doc, protocol, 0)
+
+
+def _parse_int(text: str) -> int | OversizedNumber:
+    negative = text.startswith("-")
+    digits = len(text) - negative
+    return int(text) if digits <= JSON_INT_DIGITS_MAX else OversizedNumber(digits, negative)
+
+
+def _check_text(value: Any, depth: int) -> None:
+    """Raise InvalidTextError if any string in ``value`` (keys too) holds a lone surrogate."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidTextError(
+                f"1 validation error detected: Value {summary(value)} is not valid Unicode "
+                "text (it holds a lone surrogate)"
+            ) from None
+    elif isinstance(value, dict) and depth <= cbor.DEPTH_MAX:
+        for key, item in value.items():
+            _check_text(key, depth + 1)
+            _check_text(item, depth + 1)
+    elif isinstance(value, list) and depth <= cbor.DEPTH_MAX:
+        for item in value:
+            _check_text(item, depth + 1)
 
 
 def _convert_map(doc: dict[Any, Any], protocol: Protocol, depth: int) -> dict[str, Any]:
@@ -163,14 +217,14 @@ def _timestamp(value: Any, key: str) -> datetime:
             try:
                 value = float(value)
             except ValueError:
-                raise CodecError(f"{key} is not a timestamp: {value!r:.40}") from None
+                raise CodecError(f"{key} is not a timestamp: {summary(value, 40)}") from None
         else:
             return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         raise CodecError(f"{key} must be a timestamp")
     seconds = value / 1000 if abs(value) >= _MILLIS_THRESHOLD else value
     if not 0 <= seconds <= _EPOCH_SECONDS_MAX:
-        raise CodecError(f"{key} is out of range: {value!r}")
+        raise CodecError(f"{key} is out of range: {summary(value)}")
     return datetime.fromtimestamp(seconds, UTC)
 
 

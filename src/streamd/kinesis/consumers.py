@@ -23,6 +23,8 @@ from typing import Any, Final
 
 import cbor2
 
+from streamd_client.summary import summary
+
 from ..meta import Compare, MetaStore
 from .types import KinesisError
 
@@ -31,7 +33,7 @@ CONSUMERS_PER_STREAM_MAX: Final = 20
 CONSUMER_NAME_RE: Final = re.compile(r"[a-zA-Z0-9_.-]{1,128}")
 _CONSUMER_ARN_RE: Final = re.compile(
     r"arn:aws[a-z-]*:kinesis:([a-z0-9-]*):(\d{12}):stream/([a-zA-Z0-9_.-]{1,128})"
-    r"/consumer/([a-zA-Z0-9_.-]{1,128}):(\d{1,20})"
+    r"/consumer/([a-zA-Z0-9_.-]{1,128}):([0-9]{1,20})"
 )
 
 
@@ -73,7 +75,7 @@ def check_consumer_name(name: object) -> str:
     if not isinstance(name, str) or CONSUMER_NAME_RE.fullmatch(name) is None:
         raise KinesisError(
             "ValidationException",
-            f"ConsumerName {name!r:.140} must be 1-128 characters of [a-zA-Z0-9_.-]",
+            f"ConsumerName {summary(name, 140)} must be 1-128 characters of [a-zA-Z0-9_.-]",
         )
     return name
 
@@ -84,7 +86,7 @@ def parse_consumer_arn(arn: object) -> ConsumerArn:
         raise KinesisError("ValidationException", "ConsumerARN must be a string")
     m = _CONSUMER_ARN_RE.fullmatch(arn)
     if m is None:
-        raise KinesisError("InvalidArgumentException", f"malformed ConsumerARN {arn!r:.300}")
+        raise KinesisError("InvalidArgumentException", f"malformed ConsumerARN {summary(arn, 300)}")
     region, account, stream, consumer, seconds = m.groups()
     return ConsumerArn(region, account, stream, consumer, int(seconds))
 

@@ -21,10 +21,12 @@ import structlog
 import trio
 
 from streamd_client.errors import StreamdError
+from streamd_client.summary import summary
 
 from . import metrics
 from .codec import (
     CodecError,
+    InvalidTextError,
     Protocol,
     decode_request,
     encode_error,
@@ -37,6 +39,7 @@ from .errors import (
     SERIALIZATION,
     SERVICE_UNAVAILABLE,
     UNKNOWN_OPERATION,
+    VALIDATION,
     kinesis_error_of,
     unsupported_operation,
 )
@@ -95,7 +98,12 @@ class Dispatcher:
             reply = error_reply(protocol, mapped.type_name, mapped.message, mapped.status)
         except Exception as exc:
             log.exception("kinesis.internal_error", operation=name)
-            reply = error_reply(protocol, INTERNAL_FAILURE, f"internal error: {exc!r:.200}", 500)
+            reply = error_reply(
+                protocol,
+                INTERNAL_FAILURE,
+                f"internal error: {type(exc).__name__}: {summary(str(exc), 200)}",
+                500,
+            )
         reply.operation, reply.started = label, started
         metrics.REQUESTS.labels(label, reply.outcome).inc()
         metrics.LATENCY.labels(label).observe(time.perf_counter() - started)
@@ -111,7 +119,7 @@ class Dispatcher:
         if protocol_of(request.header("content-type")) is None:
             raise KinesisError(
                 SERIALIZATION,
-                f"Content-Type {request.header('content-type')!r:.80} is not supported; use "
+                f"Content-Type {summary(request.header('content-type'), 80)} is not supported; use "
                 f"{Protocol.JSON.value} or {Protocol.CBOR.value}",
             )
         if self.credentials:
@@ -120,7 +128,7 @@ class Dispatcher:
             target = request.header("x-amz-target")
             raise KinesisError(
                 UNKNOWN_OPERATION,
-                f"X-Amz-Target {target!r:.120} names no Kinesis_20131202 operation",
+                f"X-Amz-Target {summary(target, 120)} names no Kinesis_20131202 operation",
             )
         operation = OPERATIONS.get(name)
         if operation is None:
@@ -129,6 +137,8 @@ class Dispatcher:
             raise KinesisError(UNKNOWN_OPERATION, f"unknown operation {name}")
         try:
             body = decode_request(protocol, request.body)
+        except InvalidTextError as exc:
+            raise KinesisError(VALIDATION, str(exc)) from None
         except CodecError as exc:
             raise KinesisError(SERIALIZATION, str(exc)) from None
         result: dict[str, Any] | Streaming | None = None

@@ -43,6 +43,7 @@ import trio
 from streamd_client import batch as batchfmt
 from streamd_client.errors import StreamdError
 from streamd_client.model import Position, make_sequence, shard_index_of
+from streamd_client.summary import summary
 
 from ..shard import millis_behind
 from . import eventstream
@@ -288,7 +289,7 @@ def _position_of(start: object) -> Position:
         if isinstance(stamp, int | float) and not isinstance(stamp, bool):
             return Position.at_timestamp(int(stamp * 1000))
         raise KinesisError(INVALID_ARGUMENT, "AT_TIMESTAMP needs a Timestamp")
-    raise KinesisError(VALIDATION, f"unknown StartingPosition.Type {kind!r:.40}")
+    raise KinesisError(VALIDATION, f"unknown StartingPosition.Type {summary(kind, 40)}")
 
 
 async def subscribe_to_shard(ctx: GatewayContext, body: dict[str, Any]) -> Streaming:

@@ -32,6 +32,7 @@ from streamd_client.model import (
     shard_id_of,
 )
 from streamd_client.results import ChildShard, RawRead
+from streamd_client.summary import summary
 
 from ..catalog import ShardMeta, StreamMeta
 from ..engine import RecordIn
@@ -95,8 +96,8 @@ def _record_in(entry: dict[str, Any], where: str) -> RecordIn:
     explicit = opt_str(entry, "ExplicitHashKey", max_len=39)
     if explicit is None:
         return RecordIn(key, hash_bytes_of(key), data)
-    if not explicit.isdigit():
-        raise validation(f"ExplicitHashKey {explicit!r} must match 0|([1-9]\\d{{0,38}})")
+    if not (explicit.isascii() and explicit.isdigit()):
+        raise validation(f"ExplicitHashKey {summary(explicit)} must match 0|([1-9]\\d{{0,38}})")
     try:
         hash_key = parse_explicit_hash_key(explicit)
     except StreamdError as exc:
@@ -127,8 +128,8 @@ async def put_records(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, An
     if not isinstance(entries, list) or not 1 <= len(entries) <= PUT_RECORDS_COUNT_MAX:
         count = len(entries) if isinstance(entries, list) else entries
         raise validation(
-            f"1 validation error detected: Value {count!r:.40} at 'records' failed to satisfy "
-            f"constraint: Member must have length between 1 and {PUT_RECORDS_COUNT_MAX}"
+            f"1 validation error detected: Value {summary(count, 40)} at 'records' failed to "
+            f"satisfy constraint: Member must have length between 1 and {PUT_RECORDS_COUNT_MAX}"
         )
     records = []
     for i, entry in enumerate(entries):
@@ -226,7 +227,7 @@ async def get_shard_iterator(ctx: GatewayContext, body: dict[str, Any]) -> dict[
     kind = body.get("ShardIteratorType")
     if kind not in _ITERATOR_TYPES:
         raise validation(
-            f"1 validation error detected: Value {kind!r:.60} at 'shardIteratorType' failed to "
+            f"1 validation error detected: Value {summary(kind)} at 'shardIteratorType' failed to "
             "satisfy constraint: Member must satisfy enum value set: "
             f"[{', '.join(_ITERATOR_TYPES)}]"
         )

@@ -22,6 +22,7 @@ from streamd_client.model import (
     make_sequence,
     parse_explicit_hash_key,
 )
+from streamd_client.summary import summary
 
 from ..catalog import ShardMeta, StreamMeta, StreamMode
 from .args import (
@@ -66,7 +67,7 @@ SHARD_FILTERS: Final = (
 def _name_of_arn(ctx: GatewayContext, arn: str, member: str) -> str:
     m = STREAM_ARN_RE.fullmatch(arn)
     if m is None:
-        raise invalid_argument(f"{member} {arn!r:.300} is not a Kinesis stream ARN")
+        raise invalid_argument(f"{member} {summary(arn, 300)} is not a Kinesis stream ARN")
     region, account, name = m.groups()
     if region != ctx.region or account != ctx.account_id:
         raise not_found(f"Stream {name} under account {account} not found.")
@@ -81,7 +82,8 @@ def resolve_stream(ctx: GatewayContext, body: dict[str, Any]) -> str:
         arn_name = _name_of_arn(ctx, arn, "StreamARN")
         if name is not None and name != arn_name:
             raise invalid_argument(
-                f"StreamName {name!r} and StreamARN {arn!r} name different streams"
+                f"StreamName {summary(name, 140)} and StreamARN {summary(arn, 300)} "
+                "name different streams"
             )
         return arn_name
     if name is None:
@@ -427,7 +429,7 @@ def _hash_key(body: dict[str, Any], member: str) -> int:
         return parse_explicit_hash_key(value)
     except Exception:
         raise invalid_argument(
-            f"{member} {value!r} must be a decimal integer in 0..{HASH_KEY_MAX}"
+            f"{member} {summary(value)} must be a decimal integer in 0..{HASH_KEY_MAX}"
         ) from None
 
 
