@@ -230,20 +230,24 @@ def _columns(raw: bytes, count: int) -> list[list[Any]]:
     if raw[:1] != b"\x83":
         raise CorruptDataError("batch payload is not an array of three columns")
     columns: list[list[Any]] = []
-    at = 1
+    reader = strict_cbor.ItemReader(raw, depth_max=1, read_size=_READ_CHUNK_BYTES, start=1)
     for _ in range(3):
-        if _array_length(raw, at) != count:
+        if _array_length(raw, reader.at) != count:
             raise CorruptDataError(
                 "batch payload does not hold three columns of record_count items"
             )
         try:
-            column, at = strict_cbor.decode_at(raw, at, depth_max=1)
+            columns.append(reader.next())
         except strict_cbor.StrictCborError as exc:
             raise CorruptDataError(f"batch payload refused: {exc}") from None
-        columns.append(column)
-    if at != len(raw):
-        raise CorruptDataError(f"{len(raw) - at} bytes after the batch payload's columns")
+    if reader.at != len(raw):
+        raise CorruptDataError(f"{len(raw) - reader.at} bytes after the batch payload's columns")
     return columns
+
+
+# cbor2 reads a payload in chunks of this and seeks back over what an item did not use: one
+# chunk per column beyond the payload itself, not a copy of the rest of it per column.
+_READ_CHUNK_BYTES = 256 * 1024
 
 
 def _array_length(raw: bytes, at: int) -> int:

@@ -64,36 +64,48 @@ def loads(body: bytes, *, items_max: int, depth_max: int) -> Any:
     assert items_max > 0
     if len(body) > items_max:
         count_items(body, items_max, depth_max)
-    value, end = decode_at(body, 0, depth_max=depth_max)
-    if end != len(body):
-        raise StrictCborError(f"{len(body) - end} bytes after the CBOR item")
+    reader = ItemReader(body, depth_max=depth_max, read_size=max(4096, len(body)))  # one read
+    value = reader.next()
+    if reader.at != len(body):
+        raise StrictCborError(f"{len(body) - reader.at} bytes after the CBOR item")
     return value
 
 
-def decode_at(body: bytes, at: int, *, depth_max: int) -> tuple[Any, int]:
-    """The item starting at ``body[at]`` and the offset just past it. Raises StrictCborError.
+class ItemReader:
+    """Successive items of one body, each decoded strictly; ``at`` is where the next starts.
 
     Counts no items: the caller bounds them (``loads`` by ``count_items``, the batch decoder by
-    checking each column's head before decoding it).
+    checking each column's head at ``at`` before decoding it). cbor2 reads the body in chunks
+    of ``read_size`` and gives back what it did not use, so ``at`` is exact.
     """
-    assert depth_max > 0 and 0 <= at
-    stream = io.BytesIO(body)
-    stream.seek(at)
-    decoder = cbor2.CBORDecoder(
-        stream,
-        read_size=max(4096, len(body) - at),  # one read: as fast as cbor2.loads
-        semantic_decoders=_SEMANTIC,
-        tag_hook=_refuse_tag,
-        allow_indefinite=False,
-        strict_hashable_types=True,
-        max_depth=depth_max,
-    )
-    try:
-        value = decoder.decode()
-    except Exception as exc:  # cbor2 raises several types on malformed input
-        cause = exc.__cause__ if isinstance(exc.__cause__, StrictCborError) else exc
-        raise StrictCborError(f"not a CBOR item we accept: {summary(str(cause), 160)}") from None
-    return value, stream.tell()
+
+    def __init__(self, body: bytes, *, depth_max: int, read_size: int, start: int = 0) -> None:
+        assert depth_max > 0 and read_size > 0 and 0 <= start
+        self._stream = io.BytesIO(body)
+        self._stream.seek(start)
+        self._decoder = cbor2.CBORDecoder(
+            self._stream,
+            read_size=read_size,
+            semantic_decoders=_SEMANTIC,
+            tag_hook=_refuse_tag,
+            allow_indefinite=False,
+            strict_hashable_types=True,
+            max_depth=depth_max,
+        )
+
+    @property
+    def at(self) -> int:
+        return self._stream.tell()
+
+    def next(self) -> Any:
+        """The next item. Raises StrictCborError."""
+        try:
+            return self._decoder.decode()
+        except Exception as exc:  # cbor2 raises several types on malformed input
+            cause = exc.__cause__ if isinstance(exc.__cause__, StrictCborError) else exc
+            raise StrictCborError(
+                f"not a CBOR item we accept: {summary(str(cause), 160)}"
+            ) from None
 
 
 def count_items(body: bytes, items_max: int, depth_max: int) -> int:
