@@ -7,6 +7,7 @@ InvalidArgumentException or SerializationException), never a 500, and the gatewa
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import uuid
@@ -84,6 +85,24 @@ def test_hostile_json_values_get_a_typed_400(
         {expected} if expected else {"ValidationException", "InvalidArgumentException"}
     )
     assert len(message) < 400
+
+
+@pytest.mark.parametrize("operation", ["ListStreams", "ListStreamConsumers"])
+def test_a_deeply_nested_next_token_is_invalid_argument(
+    gateway: ServerProcess, stream: str, operation: str
+) -> None:
+    token = base64.urlsafe_b64encode(b"[" * 3000).decode()
+    fields = (
+        {"NextToken": token}
+        if operation == "ListStreams"
+        else {"NextToken": token, "StreamARN": _arn(stream)}
+    )
+    status, type_name, _ = _error(gateway, operation, json.dumps(fields).encode())
+    assert (status, type_name) == (400, "InvalidArgumentException")  # main: 500 RecursionError
+
+
+def _arn(stream: str) -> str:
+    return f"arn:aws:kinesis:us-east-1:000000000000:stream/{stream}"
 
 
 def test_a_raw_utf8_surrogate_in_json_is_a_validation_error(

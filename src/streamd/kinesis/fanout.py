@@ -255,7 +255,7 @@ def _parse_next_token(token: object) -> tuple[str, str, str]:
         name, stream_id, after, expires_ms = doc["s"], doc["i"], doc["a"], doc["e"]
         assert all(isinstance(v, str) for v in (name, stream_id, after))
         assert isinstance(expires_ms, int)
-    except (AssertionError, ValueError, KeyError, TypeError):
+    except (AssertionError, ValueError, KeyError, TypeError, RecursionError):
         raise KinesisError(INVALID_ARGUMENT, "malformed NextToken") from None
     if expires_ms < _now_ms():
         raise KinesisError(EXPIRED_NEXT_TOKEN, "NextToken expired; list again")

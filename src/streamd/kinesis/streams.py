@@ -220,7 +220,7 @@ def _encode_token(doc: dict[str, Any]) -> str:
 def _decode_token(token: str) -> dict[str, Any]:
     try:
         doc = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, binascii.Error):
+    except (ValueError, binascii.Error, RecursionError):  # a client's bytes: "[[[[..." too
         raise invalid_argument("NextToken is malformed") from None
     if not isinstance(doc, dict):
         raise invalid_argument("NextToken is malformed")
