@@ -7,15 +7,15 @@ shards), the consumer-group expiry timer, and running resizes. Metadata changes 
 catalog (the metadata store) first and are applied to the running pipelines after; resharding
 is described in docs/design.md.
 
-Data directory layout: ``<data>/meta.sqlite3`` and ``<data>/streams/<stream>/<shard_id>/``
-holding the shard's segment files. A deleted stream's directory is first renamed into
-``<data>/trash/`` (atomic), then removed.
+Data directory layout (``layout.py``): ``<data>/meta.sqlite3`` and
+``<data>/streams-by-id/<stream_id>/<shard_id>/`` holding the shard's segment files: by the
+stream's immutable id, never its name, so no name can be a path. A deleted stream's directory is
+first renamed into ``<data>/trash/`` (atomic), then removed.
 """
 
 from __future__ import annotations
 
 import bisect
-import os
 import shutil
 import time
 from collections import defaultdict
@@ -52,7 +52,7 @@ from streamd_client.model import (
 from streamd_client.results import ChildShard
 from streamd_client.summary import summary
 
-from . import metrics, reshard
+from . import layout, metrics, reshard
 from .catalog import Catalog, ShardMeta, StreamMeta, StreamMode
 from .config import ServerConfig
 from .meta import MetaStore
@@ -164,7 +164,9 @@ class Engine:
         """Open every stream, run the shard appenders and retention until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for meta in await self.catalog.load_all():
+            metas = await self.catalog.load_all()
+            await trio.to_thread.run_sync(self._migrate_layout, metas)
+            for meta in metas:
                 if meta.status == "DELETING":
                     await self._finish_delete(meta)
                 else:
@@ -189,15 +191,24 @@ class Engine:
         self.streams.clear()
         log.info("engine.stopped")
 
+    def _migrate_layout(self, metas: list[StreamMeta]) -> None:
+        """Worker thread, at start: finish interrupted deletions, move by-name directories of
+        older versions to the by-id layout (layout.py)."""
+        data_dir = self.config.data_dir
+        layout.empty_trash(data_dir)
+        for meta in metas:
+            layout.adopt_by_name_dir(
+                data_dir, meta.name, meta.stream_id, [s.shard_id for s in meta.shards]
+            )
+        layout.retire_by_name_root(data_dir)
+
     def _stream_dir(self, meta: StreamMeta) -> Path:
-        return self.config.data_dir / "streams" / meta.name
+        return layout.stream_dir(self.config.data_dir, meta.stream_id)
 
     async def _open_stream(self, meta: StreamMeta) -> _Stream:
         assert self._nursery is not None
         stream = _Stream(meta, self._stream_dir(meta))
-        await trio.to_thread.run_sync(
-            _prepare_stream_dir, stream.directory, meta.stream_id, self.config.data_dir / "trash"
-        )
+        await trio.to_thread.run_sync(layout.make_dir, stream.directory)
         for shard in meta.shards:
             stream.pipelines[shard.shard_id] = await self._start_pipeline(stream, shard)
         self.streams[meta.name] = stream
@@ -205,7 +216,8 @@ class Engine:
 
     async def _start_pipeline(self, stream: _Stream, shard: ShardMeta) -> ShardPipeline:
         assert self._nursery is not None
-        shard_log = await trio.to_thread.run_sync(self._open_log, stream.directory / shard.shard_id)
+        directory = layout.shard_dir(stream.directory, shard.shard_id)
+        shard_log = await trio.to_thread.run_sync(self._open_log, directory)
         pipeline = ShardPipeline(
             stream.meta.name, shard, shard_log, self._pipeline_config, self.committer
         )
@@ -235,15 +247,16 @@ class Engine:
             await pipeline.close()
             await pipeline.close_log()
 
-    async def _move_to_trash(self, directory: Path) -> None:
+    async def _move_to_trash(self, directory: Path, label: str) -> None:
+        trash = self.config.data_dir / layout.TRASH_DIR
         try:
-            await trio.to_thread.run_sync(_remove_dir, directory, self.config.data_dir / "trash")
+            await trio.to_thread.run_sync(layout.remove_dir, directory, trash, label)
         except OSError as exc:  # a full disk may refuse the trash's directory entry
             log.warning("stream.trash_failed", directory=str(directory), error=str(exc))
             await trio.to_thread.run_sync(partial(shutil.rmtree, directory, ignore_errors=True))
 
     async def _finish_delete(self, meta: StreamMeta) -> None:
-        await self._move_to_trash(self._stream_dir(meta))
+        await self._move_to_trash(self._stream_dir(meta), meta.stream_id)
         await self.catalog.remove(meta.name)
         log.info("stream.deleted", stream=meta.name)
 
@@ -276,7 +289,10 @@ class Engine:
                     pipeline = stream.pipelines.pop(shard_id)
                     await pipeline.close()
                     await pipeline.close_log()
-                    await self._move_to_trash(stream.directory / shard_id)
+                    await self._move_to_trash(
+                        layout.shard_dir(stream.directory, shard_id),
+                        f"{stream.meta.stream_id}-{shard_id}",
+                    )
                     log.info("shard.expired", stream=name, shard_id=shard_id)
                 forgotten += sorted(expired)
         return forgotten
@@ -763,23 +779,3 @@ def _validate_batch(data: bytes, shard: ShardMeta) -> batchfmt.BatchHeader:
     high = min(shard.hash_key_end, HASH_KEY_MAX).to_bytes(16, "big")
     batchfmt.check_records(records, low, high)
     return header
-
-
-def _remove_dir(directory: Path, trash: Path) -> None:
-    """Rename into the trash (atomic, so a crash never leaves half a stream), then delete."""
-    if not directory.exists():
-        return
-    trash.mkdir(parents=True, exist_ok=True)
-    target = trash / f"{directory.name}-{now_ms()}-{os.getpid()}"
-    directory.rename(target)
-    shutil.rmtree(target, ignore_errors=True)
-
-
-def _prepare_stream_dir(directory: Path, stream_id: str, trash: Path) -> None:
-    """Create the stream's directory; files of an older incarnation of the name go to trash."""
-    marker = directory / "STREAM_ID"
-    if marker.exists() and marker.read_text() != stream_id:
-        _remove_dir(directory, trash)
-    directory.mkdir(parents=True, exist_ok=True)
-    if not marker.exists():
-        marker.write_text(stream_id)

@@ -65,7 +65,7 @@ def prepare_data_dir(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise StartupError(f"--data-dir {path}: exists and is not a directory")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)  # the records are the server's alone
     except OSError as exc:
         raise StartupError(f"--data-dir {path}: cannot create it: {exc.strerror or exc}") from None
     try:  # the real test: permissions, a read-only mount, ACLs (os.access knows only some)

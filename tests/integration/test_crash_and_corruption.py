@@ -26,8 +26,8 @@ SHARD_0 = "shardId-000000000000"
 
 
 def segment_files(server: ServerProcess, stream: str) -> list[Path]:
-    """``<data>/streams/<stream>/<shard_id>/NNNNNNNNNNNNNNNNNNNN.log``, in offset order."""
-    return sorted((server.data_dir / "streams" / stream).glob("shardId-*/[0-9]*.log"))
+    """``<data>/streams-by-id/<stream id>/<shard_id>/NNNNNNNNNNNNNNNNNNNN.log``, in offset order."""
+    return sorted(server.stream_dir(stream).glob("shardId-*/[0-9]*.log"))
 
 
 def batch_spans(segment: Path) -> list[tuple[int, int]]:

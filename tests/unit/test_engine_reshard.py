@@ -270,7 +270,7 @@ async def test_closed_shards_past_retention_are_forgotten(tmp_path: Path) -> Non
         meta = engine.stream_meta("s")
         assert [s.shard_id for s in meta.shards] == [left, right]
         assert meta.shards[0].parent_shard_id == "shardId-000000000000"  # lineage kept
-        assert not (tmp_path / "streams" / "s" / "shardId-000000000000").exists()
+        assert not (engine.streams["s"].directory / "shardId-000000000000").exists()
         with pytest.raises(ShardNotFoundError):
             await engine.read("s", "shardId-000000000000", Position.trim_horizon(), 1024, 0)
         assert sum([len(await read_all(engine, "s", sid)) for sid in (left, right)]) == 20

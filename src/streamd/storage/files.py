@@ -21,6 +21,8 @@ TMP_SUFFIX = ".tmp"
 MARKER_NAME = "clean-shutdown"
 OFFSET_DIGITS = 20  # 2**64 - 1 has 20 decimal digits: names sort like offsets
 MARKER_BYTES_MAX = 4096
+FILE_MODE = 0o600  # data files and directories are the server's alone (umask may narrow more)
+DIR_MODE = 0o700
 
 _SEGMENT_NAME = re.compile(r"(\d{20})\.log")
 _INDEX_NAME = re.compile(r"(\d{20})\.index")
@@ -79,7 +81,7 @@ def fsync_dir(directory: Path) -> None:
 def write_file_atomically(path: Path, data: bytes, *, fsync: bool) -> None:
     """Write ``path`` whole via a temporary name and a rename; fsync file and directory if asked."""
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         try:
             write_all(fd, data)

@@ -27,6 +27,7 @@ import structlog
 
 from .config import LogConfig, RecoveryReport
 from .files import (
+    DIR_MODE,
     MARKER_NAME,
     TMP_SUFFIX,
     fsync_dir,
@@ -54,7 +55,7 @@ class Recovered:
 def recover(directory: Path, config: LogConfig, *, verify_all: bool) -> Recovered:
     """Recover ``directory`` (created if missing). Raises OSError if files cannot be opened."""
     logger = log.bind(directory=str(directory))
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     marker = take_marker(directory, fsync=config.fsync)
     bases = _inventory(directory, logger)
     clean = _marker_matches(marker, directory, bases, logger)

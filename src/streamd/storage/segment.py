@@ -33,7 +33,7 @@ from streamd_client import batch as batchfmt
 from streamd_client.errors import CorruptDataError, StorageFullError
 
 from .errors import FULL_DISK_ERRNOS, SyncFailedError
-from .files import pread_exact, segment_path, write_all
+from .files import FILE_MODE, pread_exact, segment_path, write_all
 from .producers import ProducerTable
 
 log = structlog.get_logger(__name__)
@@ -83,7 +83,7 @@ class Segment:
         cls, directory: Path, base_offset: int, *, index_interval_bytes: int, producers_max: int
     ) -> Segment:
         path = segment_path(directory, base_offset)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)
         return cls(
             path,
             fd,

@@ -28,9 +28,11 @@ import contextlib
 import ctypes
 import os
 import re
+import resource
 import selectors
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -41,6 +43,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Final
+
+import cbor2
+
+from streamd import layout
 
 READY_RE: Final = re.compile(rb"^streamd ready: listening on (\S+):(\d+)\s*$")
 KINESIS_READY_RE: Final = re.compile(rb"^streamd kinesis ready: listening on (\S+):(\d+)\s*$")
@@ -77,11 +83,28 @@ def _death_signal_setter() -> Callable[[], None] | None:
     return set_death_signal
 
 
+def _preexec(rlimit_nofile: int | None) -> Callable[[], None] | None:
+    """The child's set-up between fork and exec: the death signal, and the open-files limit
+    (soft and hard, so the server cannot raise it) when ``rlimit_nofile`` is given."""
+    death = _death_signal_setter()
+    if rlimit_nofile is None:
+        return death
+    limit = rlimit_nofile
+
+    def set_up() -> None:
+        if death is not None:
+            death()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return set_up
+
+
 class ServerProcess:
     """One ``streamd serve`` child process over a data dir that outlives restarts.
 
     ``data_dir`` None makes a temporary one, removed by ``close()``. ``extra_args`` are appended
     to the serve command line (e.g. ``["--fsync", "never"]``); ``env`` adds environment variables.
+    ``rlimit_nofile`` runs the server under that open-files limit (``ulimit -n``).
     """
 
     def __init__(
@@ -98,6 +121,7 @@ class ServerProcess:
         kinesis: bool = False,
         kinesis_port: int = 0,
         env: Mapping[str, str] | None = None,
+        rlimit_nofile: int | None = None,
     ) -> None:
         self._owns_dir = data_dir is None
         if data_dir is None:
@@ -114,6 +138,7 @@ class ServerProcess:
         self.kinesis = kinesis
         self.kinesis_port = kinesis_port  # like ``port``: kept for restarts once known
         self.env = dict(env or {})  # added to this process's environment for the server
+        self.rlimit_nofile = rlimit_nofile
         self.starts = 0
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.server.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -197,7 +222,7 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=self._log_file,
             env=env,
-            preexec_fn=_death_signal_setter(),
+            preexec_fn=_preexec(self.rlimit_nofile),
         )
         self.starts += 1
         try:
@@ -306,6 +331,16 @@ class ServerProcess:
                     self.log_path.unlink()
 
     # -- diagnostics ---------------------------------------------------------------------------
+
+    def stream_dir(self, name: str) -> Path:
+        """The directory holding the shards of the stream named ``name`` (its by-id directory,
+        found through the metadata file; the server may be running or stopped)."""
+        uri = f"file:{self.data_dir / 'meta.sqlite3'}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            row = db.execute("SELECT value FROM kv WHERE key = ?", (f"streams/{name}",)).fetchone()
+        if row is None:
+            raise KeyError(f"no stream {name!r} in {self.data_dir}")
+        return layout.stream_dir(self.data_dir, cbor2.loads(row[0])["stream_id"])
 
     def log_text(self) -> str:
         """Everything the server wrote to stderr so far (all starts)."""
