@@ -224,7 +224,7 @@ def test_expired_iterator(kinesis: Any, gateway: ServerProcess, name: str) -> No
     from streamd.kinesis.iterators import ShardIterator, encode_iterator
 
     kinesis.create_stream(StreamName=name, ShardCount=1)
-    stream_id = (gateway.data_dir / "streams" / name / "STREAM_ID").read_text()
+    stream_id = gateway.stream_dir(name).name
     key = (gateway.data_dir / ITERATOR_KEY_FILE).read_bytes()
     old_ms = int(time.time() * 1000) - 6 * 60 * 1000
     token = encode_iterator(key, ShardIterator(name, stream_id, 0, 0, old_ms))
