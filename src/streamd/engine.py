@@ -388,7 +388,7 @@ class Engine:
         await self._close_stream(stream)
         del self.streams[name]
         stream.signal_reshaped()
-        await self._move_to_trash(stream.directory)
+        await self._move_to_trash(stream.directory, stream.meta.stream_id)
         try:
             await self.catalog.remove(name)
         except StorageFullError:

@@ -314,15 +314,15 @@ def test_full_disk_leaves_the_log_unchanged_and_raises_storage_full(
     log = ShardLog.open(tmp_path, FAST)
     batches = fill(log, 5)
     state = (log.next_offset, log.last_arrival_ms, log.size_bytes, dict(log.producers))
-    real_write = os.write
+    real_pwrite = os.pwrite
 
-    def half_then_full(fd: int, data: bytes | memoryview) -> int:
+    def half_then_full(fd: int, data: bytes | memoryview, position: int) -> int:
         if len(data) > 8:
-            real_write(fd, bytes(data[: len(data) // 2]))
+            real_pwrite(fd, bytes(data[: len(data) // 2]), position)
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(fd, data)
+        return real_pwrite(fd, data, position)
 
-    monkeypatch.setattr(os, "write", half_then_full)
+    monkeypatch.setattr(os, "pwrite", half_then_full)
     with pytest.raises(StorageFullError):
         log.append(make_batch(log, producer=(5, 0)))
     monkeypatch.undo()
@@ -345,10 +345,10 @@ def test_other_write_errors_are_reraised_with_the_log_unchanged(
     fill(log, 2)
     end = log.next_offset
 
-    def broken(fd: int, data: bytes | memoryview) -> int:
+    def broken(fd: int, data: bytes | memoryview, position: int) -> int:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(os, "write", broken)
+    monkeypatch.setattr(os, "pwrite", broken)
     with pytest.raises(OSError) as info:
         log.append(make_batch(log))
     assert info.value.errno == errno.EIO and not isinstance(info.value, StorageFullError)

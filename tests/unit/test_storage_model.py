@@ -18,7 +18,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from streamd.storage import LogConfig, ShardLog
+from streamd.storage import FdCache, LogConfig, ShardLog
 from streamd_client import batch as batchfmt
 
 CONFIG = LogConfig(
@@ -61,7 +61,8 @@ class ShardLogMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.directory = Path(tempfile.mkdtemp(prefix="streamd-storage-model-"))
-        self.log = ShardLog.open(self.directory, CONFIG)
+        self.fds = FdCache(2)  # fewer than the segments: files are closed and reopened all along
+        self.log = ShardLog.open(self.directory, CONFIG, fds=self.fds)
         self.model: list[bytes] = []  # the batches the log should hold, in order
         self.start = 0
         self.next = 0
@@ -134,7 +135,7 @@ class ShardLogMachine(RuleBasedStateMachine):
     @rule(clean=st.booleans(), verify_all=st.booleans())
     def reopen(self, clean: bool, verify_all: bool) -> None:
         self.log.close(clean=clean)
-        self.log = ShardLog.open(self.directory, CONFIG, verify_all=verify_all)
+        self.log = ShardLog.open(self.directory, CONFIG, verify_all=verify_all, fds=self.fds)
         report = self.log.recovery
         assert report.clean == clean
         assert report.truncated_bytes == 0 and report.corrupt_ranges == []
@@ -151,7 +152,7 @@ class ShardLogMachine(RuleBasedStateMachine):
         path = self.directory / f"{active:020d}.log"
         cut_bytes = min(cut_bytes, len(last))
         os.truncate(path, path.stat().st_size - cut_bytes)
-        self.log = ShardLog.open(self.directory, CONFIG, verify_all=False)
+        self.log = ShardLog.open(self.directory, CONFIG, verify_all=False, fds=self.fds)
         assert self.log.recovery.truncated_bytes == len(last) - cut_bytes
         self.model.pop()
         self.next = header(last).base_offset
@@ -163,6 +164,10 @@ class ShardLogMachine(RuleBasedStateMachine):
         last_ms = header(self.model[-1]).last_arrival_ms if self.model else 0
         assert self.log.last_arrival_ms == last_ms
         assert self.log.corrupt_ranges == []
+
+    @invariant()
+    def open_files_stay_within_the_cache_bound(self) -> None:
+        assert len(self.fds) <= self.fds.fds_max  # nothing pinned or unsynced between steps
 
 
 ShardLogMachine.TestCase.settings = settings(

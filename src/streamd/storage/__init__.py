@@ -9,6 +9,14 @@ from __future__ import annotations
 
 from .config import LogConfig, RecoveryReport
 from .errors import OffsetTrimmedError, SyncFailedError
+from .fdcache import FdCache
 from .log import ShardLog
 
-__all__ = ["LogConfig", "OffsetTrimmedError", "RecoveryReport", "ShardLog", "SyncFailedError"]
+__all__ = [
+    "FdCache",
+    "LogConfig",
+    "OffsetTrimmedError",
+    "RecoveryReport",
+    "ShardLog",
+    "SyncFailedError",
+]

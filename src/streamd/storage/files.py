@@ -56,6 +56,18 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
+def pwrite_all(fd: int, data: bytes | memoryview, position: int) -> None:
+    """``os.pwrite`` at ``position`` until every byte is written (no shared file position, so
+    a descriptor reopened by the fd cache needs no seek)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, position)
+        if written <= 0:
+            raise OSError(errno.EIO, "os.pwrite wrote nothing")
+        view = view[written:]
+        position += written
+
+
 def pread_exact(fd: int, size: int, position: int) -> bytes:
     """Up to ``size`` bytes at ``position``; shorter only at end of file."""
     chunks: list[bytes] = []

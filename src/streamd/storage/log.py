@@ -35,6 +35,7 @@ from streamd_client.errors import CorruptDataError, StorageFullError
 
 from .config import LogConfig, RecoveryReport
 from .errors import FULL_DISK_ERRNOS, OffsetTrimmedError, SyncFailedError
+from .fdcache import FdCache
 from .files import fsync_dir, index_path, write_marker
 from .index_file import summarize, write_index
 from .producers import ProducerBatch
@@ -65,17 +66,26 @@ class ShardLog:
         self.start_offset = segments[0].base_offset
         self.next_offset = segments[-1].next_offset
         self.last_arrival_ms = next((s.last_batch_ms for s in reversed(segments) if s.batches), 0)
+        self._fds = recovered.fds
         self._closed = False
         self._cut: tuple[int, int, int] | None = None  # truncate_to's (offset, segment, byte)
         self._log = log.bind(directory=str(directory))
 
     @classmethod
-    def open(cls, directory: Path, config: LogConfig, *, verify_all: bool = True) -> ShardLog:
+    def open(
+        cls,
+        directory: Path,
+        config: LogConfig,
+        *,
+        verify_all: bool = True,
+        fds: FdCache | None = None,
+    ) -> ShardLog:
         """Open (creating if missing) and recover a shard directory; see ``self.recovery``.
 
+        ``fds`` bounds open segment files across every log sharing it (default: this log's own).
         Raises OSError if the directory or its files cannot be read.
         """
-        return cls(directory, config, recover(directory, config, verify_all=verify_all))
+        return cls(directory, config, recover(directory, config, verify_all=verify_all, fds=fds))
 
     @property
     def closed(self) -> bool:
@@ -136,6 +146,7 @@ class ShardLog:
             )
             active = self._create_segment(self.next_offset)
         self._segments = (*self._segments, active)
+        sealed.writable = False  # never written again: a reopened descriptor is read-only
         sealed.producers.clear()  # its summary lives in the .index file now
         self._log.info(
             "storage.segment.rolled",
@@ -150,6 +161,8 @@ class ShardLog:
         segment = Segment.create(
             self.directory,
             base_offset,
+            fds=self._fds,
+            fsync=self.config.fsync,
             index_interval_bytes=self.config.index_interval_bytes,
             producers_max=self.config.producers_max,
         )
@@ -283,7 +296,8 @@ class ShardLog:
         segments = self._segments
         if self._cut is None or self._cut[0] != offset:  # a repeated call keeps its first plan
             keep = _segment_for(segments, offset) or segments[0]
-            self._cut = (offset, segments.index(keep), keep.position_of(offset))
+            with _pinned(keep):
+                self._cut = (offset, segments.index(keep), keep.position_of(offset))
         _, at, position = self._cut
         keep = segments[at]
         for segment in segments[at + 1 :]:
@@ -293,7 +307,8 @@ class ShardLog:
         os.truncate(keep.path, position)  # by path: a sealed segment's fd is read-only
         if self.config.fsync:
             try:
-                os.fsync(keep.fd)
+                with _pinned(keep):
+                    os.fsync(keep.fd)
             except OSError as exc:
                 raise SyncFailedError(keep.path.name, exc) from exc
             fsync_dir(self.directory)
@@ -382,6 +397,17 @@ class ShardLog:
 def _segment_for(segments: tuple[Segment, ...], offset: int) -> Segment | None:
     i = bisect.bisect_right(segments, offset, key=_segment_base) - 1
     return segments[i] if i >= 0 else None
+
+
+@contextmanager
+def _pinned(segment: Segment) -> Iterator[None]:
+    """Hold ``segment``'s descriptor open (the appender's own use; it is never retired here)."""
+    pinned = segment.pin()
+    assert pinned, f"{segment} was retired"
+    try:
+        yield
+    finally:
+        segment.unpin()
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 
 from .config import LogConfig, RecoveryReport
+from .fdcache import FdCache
 from .files import (
     DIR_MODE,
     MARKER_NAME,
@@ -50,17 +51,25 @@ class Recovered:
     segments: list[Segment]  # Invariant: non-empty, contiguous bases, the last is active
     producers: ProducerTable
     report: RecoveryReport
+    fds: FdCache  # where the segments' descriptors are counted
 
 
-def recover(directory: Path, config: LogConfig, *, verify_all: bool) -> Recovered:
-    """Recover ``directory`` (created if missing). Raises OSError if files cannot be opened."""
+def recover(
+    directory: Path, config: LogConfig, *, verify_all: bool, fds: FdCache | None = None
+) -> Recovered:
+    """Recover ``directory`` (created if missing). Raises OSError if files cannot be opened.
+
+    Each segment's file is open only while it is scanned (then the fd cache may close it), so
+    opening a shard with many segments needs one descriptor at a time."""
     logger = log.bind(directory=str(directory))
     directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     marker = take_marker(directory, fsync=config.fsync)
     bases = _inventory(directory, logger)
     clean = _marker_matches(marker, directory, bases, logger)
     report = RecoveryReport(clean=clean)
-    recovered = Recovered([], ProducerTable(config.producers_max), report)
+    recovered = Recovered(
+        [], ProducerTable(config.producers_max), report, FdCache() if fds is None else fds
+    )
     try:
         for i, base in enumerate(bases):
             limit = bases[i + 1] if i + 1 < len(bases) else None
@@ -68,7 +77,7 @@ def recover(directory: Path, config: LogConfig, *, verify_all: bool) -> Recovere
                 directory, base, limit, config, clean and not verify_all, recovered, logger
             )
         if not bases:
-            recovered.segments.append(_create_first(directory, config))
+            recovered.segments.append(_create_first(directory, config, recovered.fds))
     except BaseException:
         for segment in recovered.segments:
             segment.retire()
@@ -133,16 +142,34 @@ def _recover_one(
     recovered: Recovered,
     logger: Any,
 ) -> None:
-    path = segment_path(directory, base)
-    fd = os.open(path, os.O_RDWR if limit is None else os.O_RDONLY)
     segment = Segment(
-        path,
-        fd,
+        segment_path(directory, base),
         base,
+        fds=recovered.fds,
+        writable=limit is None,
+        fsync=config.fsync,
         index_interval_bytes=config.index_interval_bytes,
         producers_max=config.producers_max,
     )
-    recovered.segments.append(segment)  # closed by recover() if anything below raises
+    recovered.segments.append(segment)  # retired by recover() if anything below raises
+    pinned = segment.pin()
+    assert pinned
+    try:
+        _rebuild(directory, segment, limit, config, trust_index, recovered, logger)
+    finally:
+        segment.unpin()
+
+
+def _rebuild(
+    directory: Path,
+    segment: Segment,
+    limit: int | None,
+    config: LogConfig,
+    trust_index: bool,
+    recovered: Recovered,
+    logger: Any,
+) -> None:
+    """One segment's state from its index or a scan; the caller pins the segment."""
     if limit is not None and trust_index:
         summary = _usable_index(directory, segment, limit, logger)
         if summary is not None:
@@ -158,9 +185,7 @@ def _recover_one(
         logger=logger,
     )
     _account(recovered, segment, result)
-    if limit is None:
-        os.lseek(fd, segment.size_bytes, os.SEEK_SET)  # appends go at the end of whole batches
-    else:
+    if limit is not None:
         _rewrite_index(directory, segment, result, logger)
         _forget_summary(segment)
 
@@ -226,10 +251,12 @@ def _forget_summary(segment: Segment) -> None:
     segment.producers.clear()  # a sealed segment's summary lives in its .index file now
 
 
-def _create_first(directory: Path, config: LogConfig) -> Segment:
+def _create_first(directory: Path, config: LogConfig, fds: FdCache) -> Segment:
     segment = Segment.create(
         directory,
         0,
+        fds=fds,
+        fsync=config.fsync,
         index_interval_bytes=config.index_interval_bytes,
         producers_max=config.producers_max,
     )

@@ -13,9 +13,15 @@ the entry's batch in this segment (-1 for none), non-decreasing, so ``bisect`` a
 Threads: the appender alone mutates. Readers take a snapshot of ``size_bytes`` and only look at
 bytes below it; entries are whole tuples appended to a list (atomic under the GIL); fields are
 updated in the order index -> times -> size -> next_offset, so anything a reader can see through
-``size_bytes`` or an end offset is already written and indexed. ``pin``/``unpin`` count readers so
-that retention (``retire``) closes the descriptor only once the last reader is done: a closed
-descriptor number could otherwise be reused by another file and a pread would read its bytes.
+``size_bytes`` or an end offset is already written and indexed.
+
+Descriptors: the file is opened on first use, not held for the segment's life. ``pin`` opens it
+if needed and counts a user in, ``unpin`` counts it out; every use of ``fd`` sits between the two.
+The shared ``FdCache`` closes the least recently used idle descriptors beyond its bound
+(``close_if_idle``: none while pinned or while a write awaits its fsync), and retention
+(``retire``) closes the descriptor once the last user is done: a closed descriptor number could
+otherwise be reused by another file and a pread would read its bytes. Writes are positional
+(``pwrite`` at ``size_bytes``), so a reopened descriptor needs no seek.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ from streamd_client import batch as batchfmt
 from streamd_client.errors import CorruptDataError, StorageFullError
 
 from .errors import FULL_DISK_ERRNOS, SyncFailedError
-from .files import FILE_MODE, pread_exact, segment_path, write_all
+from .fdcache import FdCache
+from .files import FILE_MODE, pread_exact, pwrite_all, segment_path
 from .producers import ProducerTable
 
 log = structlog.get_logger(__name__)
@@ -56,14 +63,16 @@ class Segment:
     def __init__(
         self,
         path: Path,
-        fd: int,
         base_offset: int,
         *,
+        fds: FdCache,
+        writable: bool,
+        fsync: bool,
         index_interval_bytes: int,
         producers_max: int,
     ) -> None:
         self.path = path
-        self.fd = fd
+        self.writable = writable  # the active segment; sealed ones reopen read-only
         self.base_offset = base_offset
         self.size_bytes = 0  # Invariant: bytes [0, size_bytes) are batches (or known corruption)
         self.next_offset = base_offset  # Invariant: base_offset <= next_offset
@@ -74,23 +83,44 @@ class Segment:
         self.entries: list[IndexEntry] = []
         self.producers = ProducerTable(producers_max)  # this segment's summary, for its .index
         self._index_interval_bytes = index_interval_bytes
+        self._fds = fds
+        self._fsync = fsync  # whether unsynced writes are tracked (they keep the fd open)
         self._lock = threading.Lock()
-        self._readers = 0
+        self._fd: int | None = None  # Invariant: None, or open on ``path``
+        self._pins = 0  # threads using ``_fd`` now
+        self._unsynced = False  # written since the last fdatasync (only when ``_fsync``)
         self._retired = False
 
     @classmethod
     def create(
-        cls, directory: Path, base_offset: int, *, index_interval_bytes: int, producers_max: int
+        cls,
+        directory: Path,
+        base_offset: int,
+        *,
+        fds: FdCache,
+        fsync: bool,
+        index_interval_bytes: int,
+        producers_max: int,
     ) -> Segment:
-        path = segment_path(directory, base_offset)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        return cls(
-            path,
-            fd,
+        segment = cls(
+            segment_path(directory, base_offset),
             base_offset,
+            fds=fds,
+            writable=True,
+            fsync=fsync,
             index_interval_bytes=index_interval_bytes,
             producers_max=producers_max,
         )
+        segment._fd = os.open(segment.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        fds.used(segment, opened=True)
+        return segment
+
+    @property
+    def fd(self) -> int:
+        """The open descriptor; only between ``pin`` and ``unpin``."""
+        fd = self._fd
+        assert fd is not None and self._pins > 0, "pin the segment before using its fd"
+        return fd
 
     def __repr__(self) -> str:
         return f"Segment({self.path.name}, next_offset={self.next_offset}, bytes={self.size_bytes})"
@@ -128,13 +158,18 @@ class Segment:
         assert header.base_offset == self.next_offset, (header.base_offset, self.next_offset)
         assert header.length == len(data)
         position = self.size_bytes
+        pinned = self.pin()
+        assert pinned, "append to a retired segment"
         try:
-            write_all(self.fd, data)
+            self._unsynced = self._fsync
+            pwrite_all(self.fd, data, position)
         except OSError as exc:
             self._undo_partial_write(position, exc)
             if exc.errno in FULL_DISK_ERRNOS:
                 raise StorageFullError(f"disk full writing {self.path}: {exc}") from exc
             raise
+        finally:
+            self.unpin()
         self.add_batch(header, position)
 
     def _undo_partial_write(self, position: int, exc: OSError) -> None:
@@ -149,40 +184,75 @@ class Segment:
             log.error(
                 "storage.append.truncate_failed", segment=str(self.path), error=str(truncate_exc)
             )
-        os.lseek(self.fd, position, os.SEEK_SET)
 
     def sync(self) -> None:
-        """fdatasync. Raises SyncFailedError (never retried as if nothing happened)."""
+        """fdatasync. Raises SyncFailedError (never retried as if nothing happened); the write
+        stays unsynced, so the descriptor stays open."""
+        pinned = self.pin()
+        assert pinned, "sync of a retired segment"
         try:
             os.fdatasync(self.fd)
+            self._unsynced = False
         except OSError as exc:
             raise SyncFailedError(self.path.name, exc) from exc
+        finally:
+            self.unpin()
 
-    # -- readers --------------------------------------------------------------------------------
+    # -- descriptor -----------------------------------------------------------------------------
 
     def pin(self) -> bool:
-        """Count a reader in; False if retention already retired this segment."""
+        """Open the file if needed and count a user in; False if this segment was retired.
+        Raises OSError if the file cannot be opened (EMFILE, or it vanished)."""
         with self._lock:
             if self._retired:
                 return False
-            self._readers += 1
-            return True
+            opened = self._fd is None
+            if opened:
+                self._fd = os.open(self.path, os.O_RDWR if self.writable else os.O_RDONLY)
+            self._pins += 1
+        self._fds.used(self, opened=opened)  # after our lock: see fdcache.py on lock order
+        return True
 
     def unpin(self) -> None:
         with self._lock:
-            assert self._readers > 0
-            self._readers -= 1
-            if self._retired and self._readers == 0:
-                os.close(self.fd)
+            assert self._pins > 0
+            self._pins -= 1
+            closed = self._retired and self._pins == 0 and self._close()
+        if closed:
+            self._fds.forget(self)
+
+    def close_if_idle(self) -> bool:
+        """For the FdCache: close the descriptor unless in use or unsynced. Never blocks."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self._fd is None:
+                return True
+            if self._pins or self._unsynced:
+                return False
+            return self._close()
+        finally:
+            self._lock.release()
 
     def retire(self) -> None:
-        """No new readers; the descriptor closes now or when the last reader unpins."""
+        """No new users; the descriptor closes now or when the last user unpins."""
         with self._lock:
             if self._retired:
                 return
             self._retired = True
-            if self._readers == 0:
-                os.close(self.fd)
+            closed = self._pins == 0 and self._close()
+        if closed:
+            self._fds.forget(self)
+
+    def _close(self) -> bool:
+        """Close the descriptor (caller holds the lock); whether there was one."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return False
+        os.close(fd)
+        return True
+
+    # -- readers (the caller pins) --------------------------------------------------------------
 
     def read(
         self, offset: int, end_offset: int, budget_bytes: int, *, at_least_one: bool
