@@ -129,7 +129,37 @@ def _add_serve(commands: Any) -> None:
     )
     _add_serve_kinesis(serve)
     _add_serve_limits(serve)
+    _add_serve_node_limits(serve)
     serve.set_defaults(handler=_serve)
+
+
+def _add_serve_node_limits(serve: argparse.ArgumentParser) -> None:
+    """Per-node resource bounds (docs/operations.md, "Shards per node")."""
+    from .config import ServerConfig
+
+    defaults = ServerConfig()
+    serve.add_argument(
+        "--shards-max",
+        type=_positive_int,
+        default=defaults.shards_max,
+        metavar="N",
+        help="shards this node may hold (default %(default)s; the open-files limit may allow "
+        "fewer)",
+    )
+    serve.add_argument(
+        "--segment-fds-max",
+        type=_positive_int,
+        default=defaults.segment_fds_max,
+        metavar="N",
+        help="segment files kept open at once (default %(default)s)",
+    )
+    serve.add_argument(
+        "--io-threads-max",
+        type=_positive_int,
+        default=defaults.io_threads_max,
+        metavar="N",
+        help="threads for shard writes and syncs, shared by all shards (default %(default)s)",
+    )
 
 
 def _add_serve_kinesis(serve: argparse.ArgumentParser) -> None:
@@ -204,6 +234,9 @@ def _serve_limit_options(args: argparse.Namespace) -> dict[str, Any]:
         "handshake_timeout_ms": round(args.handshake_timeout_s * 1000),
         "idle_timeout_ms": round(args.idle_timeout_s * 1000),
         "kinesis_idle_timeout_ms": round(args.kinesis_idle_timeout_s * 1000),
+        "shards_max": args.shards_max,
+        "segment_fds_max": args.segment_fds_max,
+        "io_threads_max": args.io_threads_max,
     }
 
 

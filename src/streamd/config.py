@@ -44,6 +44,11 @@ class ServerConfig:
     idle_timeout_ms: int = 600_000  # native: no request in flight (long-polls are) this long
     kinesis_idle_timeout_ms: int = 120_000  # gateway: keep-alive between two requests
     shutdown_grace_ms: int = 5_000
+    # Per node (docs/operations.md): shards held (open or readable; the open-files limit may
+    # allow fewer, see node_limits.py), segment files open at once, I/O threads for all shards.
+    shards_max: int = 4096
+    segment_fds_max: int = 512
+    io_threads_max: int = 16
     metrics_listen: str | None = None  # HOST:PORT for Prometheus /metrics; off when None
     # Kinesis-compatible HTTP gateway (docs/kinesis.md): HOST:PORT, off when None. The CLI's
     # default is 127.0.0.1:4567 (kinesalite's port); a ServerConfig built in code has it off.

@@ -19,7 +19,8 @@ import bisect
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -52,13 +53,14 @@ from streamd_client.model import (
 from streamd_client.results import ChildShard
 from streamd_client.summary import summary
 
-from . import layout, metrics, reshard
+from . import layout, metrics, node_limits, reshard
 from .catalog import Catalog, ShardMeta, StreamMeta, StreamMode
 from .config import ServerConfig
+from .iothread import IoPool
 from .meta import MetaStore
 from .replication import Committer, LocalCommitter
 from .shard import PendingWrite, PipelineConfig, ReadResult, ShardPipeline, now_ms
-from .storage import LogConfig, ShardLog
+from .storage import FdCache, LogConfig, ShardLog
 
 log = structlog.get_logger(__name__)
 
@@ -132,12 +134,34 @@ class _Stream:
 
 class Engine:
     def __init__(
-        self, config: ServerConfig, store: MetaStore, committer: Committer | None = None
+        self,
+        config: ServerConfig,
+        store: MetaStore,
+        committer: Committer | None = None,
+        *,
+        budget: node_limits.ShardBudget | None = None,
     ) -> None:
+        """``budget``: how many shards this node may hold (default: from ``config`` and this
+        process's open-files limit, counting ``connections_max`` per listener)."""
         self.config = config
         self.catalog = Catalog(store)
         self.committer = committer or LocalCommitter()
         self.streams: dict[str, _Stream] = {}
+        listeners = 2 if config.kinesis_listen else 1
+        self.budget = budget or node_limits.ShardBudget(
+            config.shards_max,
+            node_limits.nofile_limit(),
+            config.connections_max * listeners,
+            config.segment_fds_max,
+            config.io_threads_max,
+        )
+        # Per node, not per shard: open segment files and I/O threads (docs/operations.md).
+        self._fds = FdCache(self.budget.segment_fds)
+        self._io_pool = IoPool(config.io_threads_max, name="streamd-io")
+        metrics.SEGMENT_FDS.set_function(lambda: len(self._fds))
+        metrics.IO_THREADS.set_function(lambda: self._io_pool.threads)
+        metrics.SHARDS.set_function(self.shards_held)
+        self._shards_reserved = 0  # shards of creates and reshards under way, not yet opened
         self._nursery: trio.Nursery | None = None
         self._admin_lock = trio.Lock()
         self._resize_scopes: set[trio.CancelScope] = set()
@@ -173,6 +197,7 @@ class Engine:
                     await self._resume(await self._open_stream(meta))
             nursery.start_soon(self._retention_loop)
             nursery.start_soon(self._groups_loop)
+            self._report_limits()
             log.info("engine.started", streams=len(self.streams))
             task_status.started()
             await trio.sleep_forever()
@@ -189,7 +214,40 @@ class Engine:
             async with stream.lock:
                 await self._close_stream(stream)
         self.streams.clear()
+        await trio.to_thread.run_sync(self._io_pool.close)
         log.info("engine.stopped")
+
+    # -- per-node limits ------------------------------------------------------------------------
+
+    def shards_held(self) -> int:
+        """Shards with a pipeline (open, or closed and readable), plus those being made."""
+        return sum(len(s.pipelines) for s in self.streams.values()) + self._shards_reserved
+
+    @contextmanager
+    def _reserve_shards(self, count: int, what: str) -> Iterator[None]:
+        """Check ``count`` more shards against the budget and hold them while ``what`` runs
+        (check and reservation are one step: no await between them). Raises
+        LimitExceededError before anything is changed."""
+        self.budget.check(self.shards_held(), count, what)
+        self._shards_reserved += count
+        try:
+            yield
+        finally:
+            self._shards_reserved -= count
+
+    def _report_limits(self) -> None:
+        budget, held = self.budget, self.shards_held()
+        log.info(
+            "engine.limits",
+            shards=held,
+            shards_allowed=budget.shards_allowed,
+            shards_max=budget.shards_max,
+            rlimit_nofile=budget.nofile,
+            segment_fds_max=budget.segment_fds,
+            io_threads_max=self.config.io_threads_max,
+        )
+        for problem in budget.startup_problems(held):
+            log.warning("engine.fd_limit_low", problem=problem)
 
     def _migrate_layout(self, metas: list[StreamMeta]) -> None:
         """Worker thread, at start: finish interrupted deletions, move by-name directories of
@@ -206,11 +264,18 @@ class Engine:
         return layout.stream_dir(self.config.data_dir, meta.stream_id)
 
     async def _open_stream(self, meta: StreamMeta) -> _Stream:
+        """Open every shard's log and start its pipeline. On failure what was opened is closed
+        again and the error raised; the files and metadata stay (the caller decides)."""
         assert self._nursery is not None
         stream = _Stream(meta, self._stream_dir(meta))
-        await trio.to_thread.run_sync(layout.make_dir, stream.directory)
-        for shard in meta.shards:
-            stream.pipelines[shard.shard_id] = await self._start_pipeline(stream, shard)
+        try:
+            await trio.to_thread.run_sync(layout.make_dir, stream.directory)
+            for shard in meta.shards:
+                stream.pipelines[shard.shard_id] = await self._start_pipeline(stream, shard)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._close_stream(stream)
+            raise
         self.streams[meta.name] = stream
         return stream
 
@@ -219,13 +284,18 @@ class Engine:
         directory = layout.shard_dir(stream.directory, shard.shard_id)
         shard_log = await trio.to_thread.run_sync(self._open_log, directory)
         pipeline = ShardPipeline(
-            stream.meta.name, shard, shard_log, self._pipeline_config, self.committer
+            stream.meta.name,
+            shard,
+            shard_log,
+            self._pipeline_config,
+            self.committer,
+            io_pool=self._io_pool,
         )
         self._nursery.start_soon(pipeline.run)
         return pipeline
 
     def _open_log(self, directory: Path) -> ShardLog:
-        shard_log = ShardLog.open(directory, self._log_config, verify_all=False)
+        shard_log = ShardLog.open(directory, self._log_config, verify_all=False, fds=self._fds)
         report = shard_log.recovery
         metrics.RECOVERY_TRUNCATED_BYTES.inc(report.truncated_bytes)
         metrics.CORRUPT_RANGES.inc(len(report.corrupt_ranges))
@@ -345,13 +415,26 @@ class Engine:
                 f"stream mode must be PROVISIONED or ON_DEMAND: {summary(mode)}"
             )
         tags = _changed_tags({}, tags or {}, [])
+        what = f"creating stream {name!r} with {shard_count} shards"
         async with self._admin_lock:
-            meta = replace(
-                StreamMeta.new(name, shard_count, retention_hours, now_ms()), tags=tags, mode=mode
-            )
-            await self.catalog.create(meta)
-            await self._open_stream(meta)
+            with self._reserve_shards(shard_count, what):
+                meta = replace(
+                    StreamMeta.new(name, shard_count, retention_hours, now_ms()),
+                    tags=tags,
+                    mode=mode,
+                )
+                await self.catalog.create(meta)
+                try:
+                    await self._open_stream(meta)
+                except BaseException as exc:  # nothing half-made: no ghost stream
+                    with trio.CancelScope(shield=True):
+                        await self._undo_create(meta, exc)
+                    raise
         log.info("stream.created", stream=name, shards=shard_count, retention_hours=retention_hours)
+
+    async def _undo_create(self, meta: StreamMeta, exc: BaseException) -> None:
+        log.error("stream.create_failed", stream=meta.name, error=repr(exc)[:200])
+        await self._finish_delete(meta)
 
     async def delete_stream(self, name: str) -> None:
         """Raises StreamNotFoundError, InvalidStreamNameError, StorageFullError (the disk is
@@ -439,8 +522,9 @@ class Engine:
         stream = self._busy_or(name)
         async with stream.lock:
             step = reshard.check_split(_active(self._stream(name).meta), shard_id, at)
-            await self._begin_reshard(stream, {"kind": "split", "target": None, "total": 1})
-            await self._apply_step_or_abort(stream, step, last=True)
+            with self._reserve_shards(2, f"splitting {shard_id} of {name!r}"):
+                await self._begin_reshard(stream, {"kind": "split", "target": None, "total": 1})
+                await self._apply_step_or_abort(stream, step, last=True)
         return [c.shard_id for c in stream.meta.children_of(shard_id)]
 
     async def merge_shards(self, name: str, shard_id: str, adjacent_shard_id: str) -> str:
@@ -454,8 +538,9 @@ class Engine:
             step = reshard.check_merge(
                 _active(self._stream(name).meta), shard_id, adjacent_shard_id
             )
-            await self._begin_reshard(stream, {"kind": "merge", "target": None, "total": 1})
-            await self._apply_step_or_abort(stream, step, last=True)
+            with self._reserve_shards(1, f"merging {shard_id} of {name!r}"):
+                await self._begin_reshard(stream, {"kind": "merge", "target": None, "total": 1})
+                await self._apply_step_or_abort(stream, step, last=True)
         (child,) = stream.meta.children_of(shard_id)
         return child.shard_id
 
@@ -473,6 +558,8 @@ class Engine:
             total = reshard.resize_step_count(meta, shard_count)
             if total == 0:
                 return 0
+            added = reshard.resize_shards_added(meta, shard_count)  # children; parents stay
+            self.budget.check(self.shards_held(), added, f"resizing {name!r} to {shard_count}")
             await self._begin_reshard(
                 stream, {"kind": "resize", "target": shard_count, "total": total}
             )

@@ -49,6 +49,9 @@ RESHARD_SECONDS = Histogram(
     "Time from sealing the parent shards to the new shard map being live",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
 )
+SHARDS = Gauge("streamd_shards", "Shards this node holds (open, or closed and readable)")
+SEGMENT_FDS = Gauge("streamd_segment_fds", "Segment files open now (bounded by the fd cache)")
+IO_THREADS = Gauge("streamd_io_threads", "Shard I/O pool threads alive now")
 CORRUPT_RANGES = Gauge("streamd_corrupt_ranges", "Stored batch ranges failing their CRC")
 
 

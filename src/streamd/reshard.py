@@ -174,6 +174,13 @@ def resize_step_count(meta: StreamMeta, target: int) -> int:
     return len(_boundaries(meta.open_shards()) ^ _target_boundaries(target))
 
 
+def resize_shards_added(meta: StreamMeta, target: int) -> int:
+    """How many shards a resize to ``target`` opens: two per split, one per merge (the closed
+    parents stay until their records pass retention)."""
+    current, wanted = _boundaries(meta.open_shards()), _target_boundaries(target)
+    return 2 * len(wanted - current) + len(current - wanted)
+
+
 def next_resize_step(meta: StreamMeta, target: int) -> Step | None:
     """The next split or merge towards ``target`` even ranges, or None when there."""
     shards = meta.open_shards()

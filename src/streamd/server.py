@@ -57,7 +57,7 @@ from streamd_client.errors import (
 )
 from streamd_client.summary import summary
 
-from . import __version__, metrics
+from . import __version__, metrics, node_limits
 from .admission import ConnectionSlots, admission_limits, serve_listeners
 from .api import HANDLERS
 from .config import ServerConfig, parse_host_port
@@ -356,6 +356,7 @@ async def serve(
     """
     prepare_data_dir(config.data_dir)
     lock_fd = lock_data_dir(config.data_dir)
+    node_limits.raise_nofile_limit()  # soft to hard: the shard budget is computed from it
     try:
         store = _open_meta_store(config)
     except BaseException:

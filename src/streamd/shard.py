@@ -45,7 +45,7 @@ from streamd_client.results import ChildShard  # the client's type: one definiti
 
 from . import metrics
 from .catalog import ShardMeta
-from .iothread import IoThread
+from .iothread import IoPool, IoThread
 from .replication import Committer
 from .storage import OffsetTrimmedError, SyncFailedError
 
@@ -150,7 +150,10 @@ class ShardPipeline:
         shard_log: ShardLog,
         config: PipelineConfig,
         committer: Committer,
+        *,
+        io_pool: IoPool | None = None,
     ) -> None:
+        """``io_pool``: the node's I/O threads (None: a thread of this shard's own)."""
         self.stream = stream
         self.shard = shard
         self.log = shard_log
@@ -188,7 +191,7 @@ class ShardPipeline:
         self._records_appended = metrics.RECORDS_APPENDED.labels(stream)
         self._bytes_appended = metrics.BYTES_APPENDED.labels(stream)
         self._group_commits = metrics.GROUP_COMMITS.labels(stream)
-        self._io = IoThread(f"streamd-{stream}-{shard.shard_id}")
+        self._io = IoThread(f"streamd-{stream}-{shard.shard_id}", pool=io_pool)
 
     # -- writers ------------------------------------------------------------------------------
 

@@ -4,11 +4,12 @@ idle and comes back on the next job."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import trio
 
-from streamd.iothread import IoThread
+from streamd.iothread import IoPool, IoThread
 
 
 def _threads(name: str) -> int:
@@ -48,3 +49,47 @@ async def test_idle_thread_ends_and_the_next_job_starts_one() -> None:
             await trio.sleep(0.05 if round_ % 2 else 0.049)
     finally:
         io.stop()
+
+
+async def test_a_shared_pool_bounds_threads_keeps_each_lanes_order_and_shrinks() -> None:
+    pool = IoPool(3, idle_s=0.05, name="test-io-pool")
+    lanes = [IoThread(f"lane-{i}", pool=pool) for i in range(20)]
+    seen: dict[int, list[int]] = {i: [] for i in range(len(lanes))}
+    busy = peak = 0
+    guard = threading.Lock()
+    in_lane: set[int] = set()
+
+    def job(lane: int, n: int) -> None:
+        nonlocal busy, peak
+        with guard:
+            assert lane not in in_lane, "two jobs of one lane at once"
+            in_lane.add(lane)
+            busy += 1
+            peak = max(peak, busy)
+        time.sleep(0.001)
+        with guard:
+            busy -= 1
+            in_lane.discard(lane)
+        seen[lane].append(n)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for n in range(10):
+                for i, lane in enumerate(lanes):
+                    nursery.start_soon(lane.run, job, i, n)
+                    await trio.lowlevel.checkpoint()
+        assert all(order == list(range(10)) for order in seen.values())
+        assert peak <= 3 and _pool_threads("test-io-pool") <= 3
+        with trio.fail_after(5):
+            while pool.threads:  # noqa: ASYNC110 (threads leave on their own)
+                await trio.sleep(0.01)
+        assert await lanes[0].run(lambda: 7) == 7  # and come back for new work
+    finally:
+        for lane in lanes:
+            lane.stop()
+        pool.close()
+    assert _pool_threads("test-io-pool") == 0
+
+
+def _pool_threads(prefix: str) -> int:
+    return sum(1 for t in threading.enumerate() if t.name.startswith(prefix))

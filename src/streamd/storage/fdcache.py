@@ -57,6 +57,13 @@ class FdCache:
             if len(self._open) > self.fds_max:
                 self._evict()
 
+    def released(self) -> None:
+        """A descriptor may have become idle: close the surplus now, so that at rest (nothing
+        in use, nothing unsynced) the open descriptors are within the bound."""
+        if len(self._open) > self.fds_max:  # a racy read is fine: it is only a hint
+            with self._lock:
+                self._evict()
+
     def forget(self, owner: Closable) -> None:
         """``owner`` closed its descriptor itself (retired)."""
         with self._lock:

@@ -220,6 +220,8 @@ class Segment:
             closed = self._retired and self._pins == 0 and self._close()
         if closed:
             self._fds.forget(self)
+        else:
+            self._fds.released()
 
     def close_if_idle(self) -> bool:
         """For the FdCache: close the descriptor unless in use or unsynced. Never blocks."""
