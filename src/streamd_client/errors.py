@@ -137,6 +137,17 @@ class ThrottledError(StreamdError):
     retryable = True
 
 
+class NotLeaderError(StreamdError):
+    """This replica does not lead the shard (any more): send the request to the current leader.
+
+    A write that got this may still have committed (its leader was deposed while it waited):
+    an idempotent producer retries it with the same sequence number and gets the original offset.
+    """
+
+    code = "NOT_LEADER"
+    retryable = True
+
+
 class OutOfOrderSequenceError(StreamdError):
     """An idempotent producer's batch skipped a sequence number for this shard."""
 

@@ -127,6 +127,7 @@ def test_retryable_codes_match_the_protocol() -> None:
     retryable = {code for code, cls in errors.ERRORS_BY_CODE.items() if cls.retryable}
     assert retryable == {
         "THROTTLED",
+        "NOT_LEADER",
         "SHARD_CLOSED",
         "STORAGE_FULL",
         "LIMIT_EXCEEDED",

@@ -1,0 +1,508 @@
+"""One simulated shard: replicas, network, disks, controller, clients, all in virtual time.
+
+Single-threaded and seeded: one ``random.Random(seed)`` decides every delay, loss, fault and
+choice, and one heap of timed actions (ties broken by insertion order) is the only scheduler,
+so a seed replays exactly. The world is the replicas' driver: it feeds each ``Replica`` its
+events and carries out the effects in order, as the trio driver will (messages through the
+simulated network, writes to the node's ``MemoryLog``, fsyncs that take time and may stall).
+
+A run has two phases. In the fault phase the schedule (faults.py) strikes while clients write
+and readers read. Then every fault heals (crashed replicas restart, partitions close, disks
+empty) and the run goes on until the cluster has converged (one leader serving, every replica
+whole and holding the same log up to the high watermark, every client's last write acked) or
+the liveness budget runs out, which fails the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import random
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...clock import VirtualClock
+from ...replication import messages as m
+from ...replication.errors import ReplicationBroken
+from ...replication.meta import ReplicaMeta
+from ...replication.replica import Replica, ReplicaConfig
+from ...replication.roles import Role
+from ...storage.logstore import StoreFullError
+from ...storage.memlog import MemoryLog
+from .checker import Checker, Violation
+from .faults import Fault, NetProfile, draw_net, draw_schedule
+from .workload import Client, Reader
+
+ReplicaFactory = Callable[[int, MemoryLog, ReplicaMeta, ReplicaConfig, int], Replica]
+TRACE_TAIL = 40
+TRACE_ALL = 1 << 20
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    replicas: int = 3
+    fault_phase_ms: int = 1_500
+    faults_max: int = 10
+    liveness_ms: int = 6_000
+    clients: int = 2
+    readers: int = 1
+    tick_ms: int = 20
+    failover_ms: int = 400  # the controller replaces a leader not serving for this long
+    fsync_ms_max: int = 5
+    replica: ReplicaConfig = field(default_factory=ReplicaConfig)
+    factory: ReplicaFactory | None = None
+    trace_tail: int = TRACE_TAIL
+
+
+@dataclass
+class SimResult:
+    seed: int
+    replicas: int
+    ok: bool
+    failure: str
+    trace_hash: str
+    trace_tail: list[str]
+    faults: list[str]
+    end_ms: int
+    steps: int
+    acks: int
+    reads: int
+    epochs: int
+
+    def replay_command(self) -> str:
+        return f"python -m streamd.testing.sim --seed {self.seed} --replicas {self.replicas} -v"
+
+
+class Node:
+    def __init__(self, node_id: int) -> None:
+        self.id = node_id
+        self.log = MemoryLog()
+        self.meta = ReplicaMeta()
+        self.replica: Replica | None = None
+        self.incarnation = 0
+        self.paused_until = 0
+        self.stall_until = 0
+        self.full_count = 0
+        self.sync_running = False
+        self.sync_again: int | None = None  # generation of a sync asked for while one ran
+
+    @property
+    def alive(self) -> bool:
+        return self.replica is not None
+
+
+class World:
+    def __init__(self, seed: int, config: SimConfig) -> None:
+        self.seed = seed
+        self.config = config
+        self.rng = random.Random(seed)
+        self.clock = VirtualClock()
+        self.nodes = [Node(i) for i in range(config.replicas)]
+        self.ids = tuple(range(config.replicas))
+        self.net: NetProfile = draw_net(self.rng)
+        self.schedule: list[Fault] = draw_schedule(
+            self.rng, config.replicas, config.fault_phase_ms, config.faults_max
+        )
+        self.blocked: Counter[tuple[int, int]] = Counter()
+        self.checker = Checker([n.log for n in self.nodes])
+        self._queue: list[tuple[int, int, str, tuple[Any, ...]]] = []
+        self._seq = 0
+        self.steps = 0
+        self._hash = hashlib.sha256()
+        self._tail: deque[str] = deque(maxlen=config.trace_tail)
+        self.epoch = 0  # the controller's: the newest epoch it has handed out
+        self.leader_hint: int | None = None
+        self.healed = False
+        self.last_serving_ms = 0
+        self.clients = [Client(self, c) for c in range(config.clients)]
+        self.readers = [Reader(self, r) for r in range(config.readers)]
+        self.write_owner: dict[int, Client] = {}
+        self.read_owner: dict[int, Reader] = {}
+        self._ids = 0
+
+    # -- scheduling and trace ----------------------------------------------------------------
+
+    @property
+    def now(self) -> int:
+        return self.clock.monotonic_ms()
+
+    def at(self, at_ms: int, action: str, *args: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (at_ms, self._seq, action, args))
+
+    def after(self, delay_ms: int, action: str, *args: Any) -> None:
+        self.at(self.now + delay_ms, action, *args)
+
+    def new_id(self) -> int:
+        self._ids += 1
+        return self._ids
+
+    def trace(self, line: str) -> None:
+        text = f"{self.now} {line}"
+        self._hash.update(text.encode())
+        self._hash.update(b"\n")
+        self._tail.append(text)
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def run(self) -> SimResult:
+        failure = ""
+        try:
+            self._start()
+            self._loop()
+        except (Violation, ReplicationBroken, AssertionError) as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+            self.trace(f"FAILED {failure}")
+        return SimResult(
+            seed=self.seed,
+            replicas=self.config.replicas,
+            ok=not failure,
+            failure=failure,
+            trace_hash=self._hash.hexdigest(),
+            trace_tail=list(self._tail),
+            faults=[f.describe() for f in self.schedule],
+            end_ms=self.now,
+            steps=self.steps,
+            acks=self.checker.acks,
+            reads=self.checker.reads,
+            epochs=self.epoch,
+        )
+
+    def _start(self) -> None:
+        for node in self.nodes:
+            self._boot(node)
+        for fault in self.schedule:
+            self.at(fault.at_ms, "fault", fault)
+        self.at(self.config.fault_phase_ms, "heal")
+        self.at(self.config.fault_phase_ms + self.config.liveness_ms, "deadline")
+        self.at(0, "tick")
+        self.at(0, "controller")
+        self._elect(self.rng.randrange(self.config.replicas))
+        for client in self.clients:
+            self.after(self.rng.randint(1, 30), "client", client, 0)
+        for reader in self.readers:
+            self.after(self.rng.randint(1, 60), "reader", reader)
+
+    def _loop(self) -> None:
+        while self._queue:
+            at_ms, _, action, args = heapq.heappop(self._queue)
+            self.clock.advance_to_ms(at_ms)
+            self.steps += 1
+            if action == "deadline":
+                self.checker.fail(f"liveness: not converged {self.config.liveness_ms} ms after heal")
+            getattr(self, "_do_" + action)(*args)
+            if self.healed and self._converged():
+                self._finish()
+                return
+
+    # -- replicas ----------------------------------------------------------------------------
+
+    def _boot(self, node: Node) -> None:
+        node.incarnation += 1
+        node.sync_running = False
+        node.sync_again = None
+        factory = self.config.factory or Replica
+        replica = factory(node.id, node.log, node.meta, self.config.replica, self.now)
+        node.replica = replica
+        self.trace(f"n{node.id} boot #{node.incarnation} end={node.log.log_end()} {node.meta}")
+        self._apply(node, replica.start())
+        damaged = node.log.first_damaged()
+        if damaged is not None:
+            self._feed(node, m.Damaged(damaged))
+
+    def _feed(self, node: Node, event: m.Event) -> None:
+        """Deliver ``event`` to a node's replica (later if paused; never if it is down)."""
+        replica = node.replica
+        if replica is None:
+            return
+        if node.paused_until > self.now:
+            self.at(node.paused_until, "feed", node.id, node.incarnation, event)
+            return
+        self._apply(node, replica.step(event))
+
+    def _do_feed(self, node_id: int, incarnation: int, event: m.Event) -> None:
+        node = self.nodes[node_id]
+        if node.incarnation == incarnation:
+            self._feed(node, event)
+
+    def _apply(self, node: Node, effects: list[m.Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, m.Send):
+                self._send(effect.message)
+            elif isinstance(effect, m.AppendBatches):
+                try:
+                    node.log.append(effect.batches)
+                except StoreFullError:
+                    self.trace(f"n{node.id} disk full")
+                    self._feed(node, m.StorageFailed("disk full"))
+                    return
+            elif isinstance(effect, m.TruncateTo):
+                self.checker.on_truncate(node, effect.offset, node.meta.repair_to is not None)
+                node.log.truncate_to(effect.offset)
+                self.trace(f"n{node.id} truncate {effect.offset}")
+            elif isinstance(effect, m.SyncLog):
+                self._sync(node, effect.generation)
+            elif isinstance(effect, m.PersistMeta):
+                node.meta = effect.meta
+            else:
+                self._outcome(node, effect)
+
+    def _outcome(self, node: Node, effect: m.Effect) -> None:
+        replica = node.replica
+        assert replica is not None
+        if isinstance(effect, m.HighWatermark):
+            self.checker.on_hw(node, effect.hw, replica.role is Role.LEADING)
+        elif isinstance(effect, m.WriteDone):
+            self.checker.on_ack(node, effect.base_offset)
+            self.trace(f"n{node.id} ack w{effect.write_id}@{effect.base_offset} e{effect.epoch}")
+            self._reply(self.write_owner.get(effect.write_id), effect)
+        elif isinstance(effect, m.WriteFailed):
+            self._reply(self.write_owner.get(effect.write_id), effect)
+        elif isinstance(effect, m.ReadDone):
+            self.checker.on_read(effect.batches)
+            self._reply(self.read_owner.get(effect.read_id), effect)
+        elif isinstance(effect, m.ReadFailed):
+            self._reply(self.read_owner.get(effect.read_id), effect)
+        elif isinstance(effect, m.RoleChanged):
+            self.trace(f"n{node.id} role {effect.role} e{effect.epoch} leader={effect.leader}")
+        elif isinstance(effect, m.LeadDeclined):
+            self.trace(f"n{node.id} declines e{effect.epoch}: {effect.reason}")
+            self.after(20, "controller_pick")
+
+    def _reply(self, owner: Client | Reader | None, effect: m.Effect) -> None:
+        if owner is None or self.rng.random() < self.net.drop:
+            return  # the answer is lost: the client's outcome is ambiguous
+        self.after(self._delay(), "answer", owner, effect)
+
+    def _do_answer(self, owner: Client | Reader, effect: m.Effect) -> None:
+        owner.answer(effect)
+
+    def _do_client(self, client: Client, attempt: int) -> None:
+        client.wake(attempt)
+
+    def _do_reader(self, reader: Reader) -> None:
+        reader.wake()
+
+    def _sync(self, node: Node, generation: int) -> None:
+        if node.sync_running:
+            node.sync_again = generation
+            return
+        node.sync_running = True
+        took = self.rng.randint(1, self.config.fsync_ms_max)
+        done = max(self.now + took, node.stall_until)
+        self.at(done, "synced", node.id, node.incarnation, generation)
+
+    def _do_synced(self, node_id: int, incarnation: int, generation: int) -> None:
+        node = self.nodes[node_id]
+        if node.incarnation != incarnation or node.replica is None:
+            return
+        end = node.log.sync()
+        node.sync_running = False
+        self._feed(node, m.Durable(end, generation))
+        if node.sync_again is not None and not node.sync_running:
+            again, node.sync_again = node.sync_again, None
+            self._sync(node, again)
+
+    def _do_tick(self) -> None:
+        for node in self.nodes:
+            if node.replica is not None and node.paused_until <= self.now:
+                self._apply(node, node.replica.step(m.Tick(self.now)))
+        self.after(self.config.tick_ms, "tick")
+
+    # -- network -----------------------------------------------------------------------------
+
+    def _delay(self) -> int:
+        return self.rng.randint(self.net.delay_ms_min, self.net.delay_ms_max)
+
+    def _send(self, message: m.Message) -> None:
+        if self.blocked[(message.src, message.dst)] or self.rng.random() < self.net.drop:
+            return
+        copies = 2 if self.rng.random() < self.net.duplicate else 1
+        for _ in range(copies):
+            self.after(self._delay(), "deliver", message)
+
+    def _do_deliver(self, message: m.Message) -> None:
+        if self.blocked[(message.src, message.dst)]:
+            return  # cut while in flight
+        self.steps += 1
+        self._feed(self.nodes[message.dst], m.Receive(message))
+
+    def to_node(self, node_id: int, event: m.Event) -> None:
+        """A client's request, through the network (lost with the drop rate)."""
+        if self.rng.random() < self.net.drop:
+            return
+        self.after(self._delay(), "request", node_id, event)
+
+    def _do_request(self, node_id: int, event: m.Event) -> None:
+        self._feed(self.nodes[node_id], event)
+
+    # -- the controller (a model of part 3's etcd-backed one) ---------------------------------
+
+    def _elect(self, node_id: int) -> None:
+        self.epoch += 1
+        self.leader_hint = node_id
+        self.last_serving_ms = self.now
+        self.trace(f"controller: n{node_id} leads e{self.epoch}")
+        self.after(self.rng.randint(1, 5), "feed_lead", node_id, m.Lead(self.epoch, self.ids))
+
+    def _do_feed_lead(self, node_id: int, lead: m.Lead) -> None:
+        self._feed(self.nodes[node_id], lead)
+
+    def _do_controller(self) -> None:
+        """Replace the named leader once it has not served its epoch for ``failover_ms`` (in
+        part 3: its etcd lease lapsed, or it reported trouble)."""
+        named = self.nodes[self.leader_hint] if self.leader_hint is not None else None
+        if named is not None and self._serving(named) and named.meta.epoch == self.epoch:
+            self.last_serving_ms = self.now
+        elif self.now - self.last_serving_ms >= self.config.failover_ms:
+            self._do_controller_pick()
+        self.after(100, "controller")
+
+    def _do_controller_pick(self) -> None:
+        alive = [n.id for n in self.nodes if n.alive] or list(self.ids)
+        self._elect(self.rng.choice(alive))
+
+    @staticmethod
+    def _serving(node: Node) -> bool:
+        return node.replica is not None and node.replica.serving()
+
+    # -- faults ------------------------------------------------------------------------------
+
+    def _do_fault(self, fault: Fault) -> None:
+        if self.healed:
+            return
+        self.trace(f"fault {fault.describe()}")
+        node = self.nodes[fault.node]
+        kind = fault.kind
+        if kind == "elect":
+            self._elect(fault.node)
+        elif kind == "crash":
+            self._crash(node)
+            self.after(fault.duration_ms, "restart", node.id)
+        elif kind == "pause":
+            node.paused_until = max(node.paused_until, self.now + fault.duration_ms)
+        elif kind == "fsync_stall":
+            node.stall_until = max(node.stall_until, self.now + fault.duration_ms)
+        elif kind == "disk_full":
+            node.full_count += 1
+            node.log.full = True
+            self.after(fault.duration_ms, "undo_full", node.id)
+        elif kind == "bitflip":
+            self._bitflip(node)
+        else:
+            self._cut(fault)
+
+    def _cut_pairs(self, fault: Fault) -> list[tuple[int, int]]:
+        n = fault.node
+        if fault.kind == "oneway":
+            return [(n, fault.other)]
+        if fault.kind == "split":
+            side = set(fault.group)
+            return [(a, b) for a in self.ids for b in self.ids if (a in side) != (b in side)]
+        return [(n, o) for o in self.ids if o != n] + [(o, n) for o in self.ids if o != n]
+
+    def _cut(self, fault: Fault) -> None:
+        pairs = self._cut_pairs(fault)
+        if fault.kind == "flap":
+            self._do_flap(pairs, self.now + fault.duration_ms, True)
+            return
+        for pair in pairs:
+            self.blocked[pair] += 1
+        self.after(fault.duration_ms, "uncut", pairs)
+
+    def _do_uncut(self, pairs: list[tuple[int, int]]) -> None:
+        for pair in pairs:
+            if self.blocked[pair] > 0:
+                self.blocked[pair] -= 1
+
+    def _do_flap(self, pairs: list[tuple[int, int]], until_ms: int, cut: bool) -> None:
+        if self.healed or self.now >= until_ms:
+            return
+        span = self.rng.randint(20, 120)
+        if cut:
+            for pair in pairs:
+                self.blocked[pair] += 1
+            self.after(span, "uncut", pairs)
+        self.after(span, "flap", pairs, until_ms, not cut)
+
+    def _crash(self, node: Node) -> None:
+        if node.replica is None:
+            return
+        node.replica = None
+        node.log.crash(self.rng)
+        node.paused_until = 0
+        self.trace(f"n{node.id} crash, log end now {node.log.log_end()}")
+
+    def _do_restart(self, node_id: int) -> None:
+        node = self.nodes[node_id]
+        if node.replica is not None:
+            return
+        if node.log.recover():
+            self.trace(f"n{node.id} recovery cut a torn tail at {node.log.log_end()}")
+        self.checker.on_restart(node)
+        self._boot(node)
+
+    def _do_undo_full(self, node_id: int) -> None:
+        node = self.nodes[node_id]
+        node.full_count -= 1
+        node.log.full = node.full_count > 0
+
+    def _bitflip(self, node: Node) -> None:
+        if any(not n.meta.whole or n.log.first_damaged() is not None for n in self.nodes):
+            return  # one damaged replica at a time keeps a whole majority for liveness
+        damaged = node.log.flip_bit(self.rng)
+        if damaged is None:
+            return
+        self.trace(f"n{node.id} bit flip in the batch at {damaged}")
+        self.after(self.rng.randint(5, 200), "scrub", node.id)
+
+    def _do_scrub(self, node_id: int) -> None:
+        node = self.nodes[node_id]
+        damaged = node.log.first_damaged()
+        if damaged is not None:
+            self._feed(node, m.Damaged(damaged))
+
+    # -- healing and the end -----------------------------------------------------------------
+
+    def _do_heal(self) -> None:
+        self.healed = True
+        self.trace("heal")
+        self.blocked.clear()
+        for node in self.nodes:
+            node.paused_until = min(node.paused_until, self.now)
+            node.stall_until = 0
+            node.full_count = 0
+            node.log.full = False
+            if node.replica is None:
+                self._do_restart(node.id)
+            else:
+                self._do_scrub(node.id)
+        for client in self.clients:
+            client.last_write()
+
+    def _converged(self) -> bool:
+        leaders = [n for n in self.nodes if self._serving(n)]
+        if len(leaders) != 1 or any(not c.done() for c in self.clients):
+            return False
+        leader = leaders[0].replica
+        assert leader is not None
+        for node in self.nodes:
+            replica = node.replica
+            if (
+                replica is None
+                or not node.meta.whole
+                or replica.hw != leader.log_end
+                or node.log.log_end() != leader.log_end
+                or node.log.durable_end() != leader.log_end
+            ):
+                return False
+        return True
+
+    def _finish(self) -> None:
+        leader = next(n for n in self.nodes if self._serving(n))
+        assert leader.replica is not None
+        ordered = [leader] + [n for n in self.nodes if n is not leader]
+        self.checker.final(ordered, leader.replica.hw)
+        self.trace(f"converged: leader n{leader.id} e{leader.replica.epoch} hw {leader.replica.hw}")
