@@ -306,6 +306,8 @@ class Replica:
             batches = self._read(point, self.config.batches_per_message_max)
             if batches is None:
                 return  # the read found damage: we no longer vouch for this log
+            if batches and batches[0].base_offset != point:
+                batches = []  # not a boundary of ours: cannot match (the epoch property)
             reply = m.FetchReply(
                 self.id, fetch.src, self.epoch, point, tuple(batches), self._log_end, None, 0
             )
@@ -582,7 +584,9 @@ class Replica:
             found = self._read(progress.next_offset, self.config.batches_per_message_max)
             if found is None:
                 return  # our own log is damaged: we stepped down
-            batches = found
+            # Not at one of our batch boundaries: the follower's hint came from a log that
+            # diverged inside a batch of ours. A bare probe at ``prev`` makes it back up.
+            batches = found if found and found[0].base_offset == progress.next_offset else []
         self._send_append(peer, progress, batches)
 
     def on_append_ack(self, ack: m.AppendAck) -> None:

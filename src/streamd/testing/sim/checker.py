@@ -47,7 +47,7 @@ class Checker:
     def __init__(self, logs: Sequence[MemoryLog]) -> None:
         self.logs = logs
         self.majority = majority_of(len(logs))
-        self.committed: dict[int, Ident] = {}
+        self.committed: dict[int, tuple[Ident, int]] = {}  # offset -> (batch, its base)
         self.committed_end = 0
         self.where: dict[Ident, int] = {}
         self.acked: dict[Ident, int] = {}
@@ -75,15 +75,25 @@ class Checker:
                 copies += lost.get(offset) == want
         return copies
 
-    def _commit(self, offset: int, batch_ident: Ident) -> None:
-        known = self.committed.get(offset)
-        if known is not None and known != batch_ident:
-            self.fail(f"offset {offset} committed as {known}, now as {batch_ident}")
+    def _commit(self, batch: StoredBatch) -> None:
+        """Every offset of ``batch`` now names it, for good."""
+        batch_ident = ident(batch)
+        offset = batch.base_offset
+        for at in range(offset, batch.next_offset):
+            known = self.committed.get(at)
+            if known is not None and known != (batch_ident, offset):
+                self.fail(f"offset {at} committed as {known}, now as {(batch_ident, offset)}")
+            self.committed[at] = (batch_ident, offset)
         placed = self.where.get(batch_ident)
         if placed is not None and placed != offset and batch_ident[0] > 0:
             self.fail(f"batch {batch_ident} committed at offsets {placed} and {offset}")
-        self.committed[offset] = batch_ident
         self.where[batch_ident] = offset
+
+    def committed_at(self, batch: StoredBatch) -> bool:
+        want = (ident(batch), batch.base_offset)
+        return all(
+            self.committed.get(at) == want for at in range(batch.base_offset, batch.next_offset)
+        )
 
     # -- effects -----------------------------------------------------------------------------
 
@@ -99,7 +109,7 @@ class Checker:
                 self.fail(f"n{node.id} published hw {hw} beyond its log end {node.log.log_end()}")
                 return
             batch = found[0]
-            self._commit(batch.base_offset, ident(batch))
+            self._commit(batch)
             offset = batch.next_offset
         last = node.log.batch_at(hw - 1)
         assert last is not None
@@ -122,15 +132,15 @@ class Checker:
         earlier = self.acked.get(batch_ident)
         if earlier is not None and earlier != base_offset:
             self.fail(f"{batch_ident} acked at offsets {earlier} and {base_offset}")
-        if self.committed.get(base_offset) != batch_ident:
+        if not self.committed_at(found[0]):
             self.fail(f"{batch_ident} acked at {base_offset} but not committed there")
         self.acked[batch_ident] = base_offset
         self.acks += 1
 
     def on_read(self, batches: Sequence[StoredBatch]) -> None:
         for batch in batches:
-            known = self.committed.get(batch.base_offset)
-            if known != ident(batch):
+            if not self.committed_at(batch):
+                known = self.committed.get(batch.base_offset)
                 self.fail(f"a reader got {ident(batch)}@{batch.base_offset}; committed: {known}")
             self.reads += 1
 
@@ -143,10 +153,11 @@ class Checker:
                 if batch.base_offset >= offset and found is not None and found[1]:
                     lost[batch.base_offset] = ident(batch)
             return
+        self.published[node.id] = min(self.published.get(node.id, 0), offset)
         found = node.log.batch_at(offset)
         if found is None or offset >= self.committed_end:
             return
-        if self.committed.get(offset) == ident(found[0]):
+        if self.committed_at(found[0]):
             self.fail(f"n{node.id} truncated committed batch {ident(found[0])}@{offset}")
 
     def on_restart(self, node: Node) -> None:
@@ -165,8 +176,8 @@ class Checker:
             found = node.log.batch_at(offset)
             assert found is not None
             batch = found[0]
-            want = self.committed.get(batch.base_offset)
-            if want != ident(batch):
+            if not self.committed_at(batch):
+                want = self.committed.get(batch.base_offset)
                 self.fail(
                     f"n{node.id} holds {ident(batch)}@{batch.base_offset} below its hw "
                     f"{replica.hw}; committed there: {want}"
@@ -200,9 +211,9 @@ class Checker:
                 (b.base_offset, b.identity()) for b in reference if b.base_offset < hw
             ]:
                 self.fail(f"n{node.id}'s log differs from n{nodes[0].id}'s below hw {hw}")
-        for offset, batch_ident in self.committed.items():
-            if offset < hw and final.get(offset) != batch_ident:
-                self.fail(f"committed {batch_ident}@{offset} is not in the final log")
+        for batch_ident, base in set(self.committed.values()):
+            if base < hw and final.get(base) != batch_ident:
+                self.fail(f"committed {batch_ident}@{base} is not in the final log")
         for batch_ident, offset in self.acked.items():
             if final.get(offset) != batch_ident:
                 self.fail(f"acked {batch_ident}@{offset} lost: final log has {final.get(offset)}")

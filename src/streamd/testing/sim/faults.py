@@ -22,6 +22,9 @@ KINDS = (
     "fsync_stall",  # fsync takes very long on one replica
     "disk_full",  # appends fail on one replica
     "bitflip",  # one stored durable batch on one replica changes
+    "isolate_leader",  # "partition" of whoever leads when it strikes (leaders draw the fire)
+    "crash_leader",  # "crash" of whoever leads when it strikes
+    "churn",  # for a while, every newly named leader is cut off soon after it starts
 )
 
 

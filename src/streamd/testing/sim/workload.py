@@ -55,7 +55,11 @@ class Client:
         target = world.leader_hint if world.leader_hint is not None else 0
         payload = f"p{self.producer_id}s{self.seq}".encode()
         batch = make_batch(
-            0, world.rng.randint(1, 3), 0, payload, producer_id=self.producer_id,
+            0,
+            world.rng.randint(1, 3),
+            0,
+            payload,
+            producer_id=self.producer_id,
             producer_seq=self.seq,
         )
         self.attempt = world.new_id()

@@ -20,7 +20,7 @@ import heapq
 import random
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ...clock import VirtualClock
@@ -54,6 +54,9 @@ class SimConfig:
     replica: ReplicaConfig = field(default_factory=ReplicaConfig)
     factory: ReplicaFactory | None = None
     trace_tail: int = TRACE_TAIL
+    # Hunting profile (mutant tests): churn leaders through the whole fault phase, and ship
+    # one batch per message.
+    hunt: bool = False
 
 
 @dataclass
@@ -71,8 +74,13 @@ class SimResult:
     reads: int
     epochs: int
 
+    flags: str = ""
+
     def replay_command(self) -> str:
-        return f"python -m streamd.testing.sim --seed {self.seed} --replicas {self.replicas} -v"
+        return (
+            f"python -m streamd.testing.sim --seed {self.seed} --replicas {self.replicas}"
+            f"{self.flags} -v"
+        )
 
 
 class Node:
@@ -87,6 +95,9 @@ class Node:
         self.full_count = 0
         self.sync_running = False
         self.sync_again: int | None = None  # generation of a sync asked for while one ran
+        # The role as of the effect being carried out (RoleChanged effects, in order): a step
+        # may commit and then step down, and its HighWatermark was a leader's.
+        self.role = Role.FOLLOWER.value
 
     @property
     def alive(self) -> bool:
@@ -102,6 +113,12 @@ class World:
         self.nodes = [Node(i) for i in range(config.replicas)]
         self.ids = tuple(range(config.replicas))
         self.net: NetProfile = draw_net(self.rng)
+        # Message size from the seed too: one batch per append splits what a leader ships over
+        # many messages, which is where the subtle interleavings live.
+        self.replica_config = replace(
+            config.replica,
+            batches_per_message_max=1 if config.hunt else self.rng.choice((1, 2, 8)),
+        )
         self.schedule: list[Fault] = draw_schedule(
             self.rng, config.replicas, config.fault_phase_ms, config.faults_max
         )
@@ -115,6 +132,8 @@ class World:
         self.epoch = 0  # the controller's: the newest epoch it has handed out
         self.leader_hint: int | None = None
         self.healed = False
+        self.churn_until = config.fault_phase_ms if config.hunt else 0
+        self._failover_ms = config.failover_ms // 3 if config.hunt else config.failover_ms
         self.last_serving_ms = 0
         self.clients = [Client(self, c) for c in range(config.clients)]
         self.readers = [Reader(self, r) for r in range(config.readers)]
@@ -168,7 +187,17 @@ class World:
             acks=self.checker.acks,
             reads=self.checker.reads,
             epochs=self.epoch,
+            flags=self._flags(),
         )
+
+    def _flags(self) -> str:
+        from .mutants import MUTANTS
+
+        flags = " --hunt" if self.config.hunt else ""
+        for name, cls in MUTANTS.items():
+            if self.config.factory is cls:
+                flags += f" --mutant {name}"
+        return flags
 
     def _start(self) -> None:
         for node in self.nodes:
@@ -191,7 +220,9 @@ class World:
             self.clock.advance_to_ms(at_ms)
             self.steps += 1
             if action == "deadline":
-                self.checker.fail(f"liveness: not converged {self.config.liveness_ms} ms after heal")
+                self.checker.fail(
+                    f"liveness: not converged {self.config.liveness_ms} ms after heal"
+                )
             getattr(self, "_do_" + action)(*args)
             if self.healed and self._converged():
                 self._finish()
@@ -203,8 +234,9 @@ class World:
         node.incarnation += 1
         node.sync_running = False
         node.sync_again = None
+        node.role = Role.FOLLOWER.value
         factory = self.config.factory or Replica
-        replica = factory(node.id, node.log, node.meta, self.config.replica, self.now)
+        replica = factory(node.id, node.log, node.meta, self.replica_config, self.now)
         node.replica = replica
         self.trace(f"n{node.id} boot #{node.incarnation} end={node.log.log_end()} {node.meta}")
         self._apply(node, replica.start())
@@ -253,7 +285,7 @@ class World:
         replica = node.replica
         assert replica is not None
         if isinstance(effect, m.HighWatermark):
-            self.checker.on_hw(node, effect.hw, replica.role is Role.LEADING)
+            self.checker.on_hw(node, effect.hw, node.role == Role.LEADING.value)
         elif isinstance(effect, m.WriteDone):
             self.checker.on_ack(node, effect.base_offset)
             self.trace(f"n{node.id} ack w{effect.write_id}@{effect.base_offset} e{effect.epoch}")
@@ -266,6 +298,7 @@ class World:
         elif isinstance(effect, m.ReadFailed):
             self._reply(self.read_owner.get(effect.read_id), effect)
         elif isinstance(effect, m.RoleChanged):
+            node.role = effect.role
             self.trace(f"n{node.id} role {effect.role} e{effect.epoch} leader={effect.leader}")
         elif isinstance(effect, m.LeadDeclined):
             self.trace(f"n{node.id} declines e{effect.epoch}: {effect.reason}")
@@ -319,9 +352,16 @@ class World:
     def _send(self, message: m.Message) -> None:
         if self.blocked[(message.src, message.dst)] or self.rng.random() < self.net.drop:
             return
+        hunting = self.config.hunt and not self.healed
+        if hunting and self._epoch_start_in(message) and self.rng.random() < 0.8:
+            return  # hunting: a new epoch's first batch often fails to reach a follower
         copies = 2 if self.rng.random() < self.net.duplicate else 1
         for _ in range(copies):
             self.after(self._delay(), "deliver", message)
+
+    @staticmethod
+    def _epoch_start_in(message: m.Message) -> bool:
+        return isinstance(message, m.Append) and any(b.control for b in message.batches)
 
     def _do_deliver(self, message: m.Message) -> None:
         if self.blocked[(message.src, message.dst)]:
@@ -346,6 +386,9 @@ class World:
         self.last_serving_ms = self.now
         self.trace(f"controller: n{node_id} leads e{self.epoch}")
         self.after(self.rng.randint(1, 5), "feed_lead", node_id, m.Lead(self.epoch, self.ids))
+        if self.now < self.churn_until:
+            cut = Fault(0, "partition", node_id, -1, (), self.rng.randint(30, 300))
+            self.after(self.rng.randint(5, 60), "fault", cut)
 
     def _do_feed_lead(self, node_id: int, lead: m.Lead) -> None:
         self._feed(self.nodes[node_id], lead)
@@ -356,7 +399,9 @@ class World:
         named = self.nodes[self.leader_hint] if self.leader_hint is not None else None
         if named is not None and self._serving(named) and named.meta.epoch == self.epoch:
             self.last_serving_ms = self.now
-        elif self.now - self.last_serving_ms >= self.config.failover_ms:
+        elif self.now - self.last_serving_ms >= (
+            self._failover_ms if not self.healed else self.config.failover_ms
+        ):
             self._do_controller_pick()
         self.after(100, "controller")
 
@@ -373,6 +418,10 @@ class World:
     def _do_fault(self, fault: Fault) -> None:
         if self.healed:
             return
+        if fault.kind.endswith("_leader"):
+            target = self.leader_hint if self.leader_hint is not None else fault.node
+            kind = "partition" if fault.kind == "isolate_leader" else "crash"
+            fault = replace(fault, kind=kind, node=target)
         self.trace(f"fault {fault.describe()}")
         node = self.nodes[fault.node]
         kind = fault.kind
@@ -391,6 +440,8 @@ class World:
             self.after(fault.duration_ms, "undo_full", node.id)
         elif kind == "bitflip":
             self._bitflip(node)
+        elif kind == "churn":
+            self.churn_until = max(self.churn_until, self.now + fault.duration_ms)
         else:
             self._cut(fault)
 
