@@ -140,3 +140,34 @@ async def test_many_shards_work_through_a_small_fd_cache_and_io_pool(tmp_path: P
             page = await client.read("wide", shards[0].shard_id, Position.trim_horizon())
             assert page.records
             assert open_segment_files(server.pid) <= 8
+
+
+async def test_a_node_restarted_under_a_lower_limit_starts_and_says_what_to_raise(
+    tmp_path: Path,
+) -> None:
+    """More shards stored than the new limit allows: the server still starts and serves them
+    (they hold no descriptor at rest), refuses new ones, and its log names ``ulimit -n``."""
+    with ServerProcess(tmp_path / "data") as server:
+        async with connect(server.endpoint) as client:
+            await client.create_stream("many", 600)  # on main: 600 fds, over the limit below
+            for half in range(2):
+                entries = [(f"r{half}-{i}".encode(), f"k{i}") for i in range(300)]
+                put = await client.put_records("many", entries)
+                assert all(isinstance(r, PutResult) for r in put.results)
+        assert await anyio.to_thread.run_sync(server.terminate) == 0
+        server.rlimit_nofile = NOFILE  # allows 136 shards: fewer than 600
+        await anyio.to_thread.run_sync(server.restart)
+        warnings = [
+            line for line in server.log_text().splitlines() if "engine.fd_limit_low" in line
+        ]
+        assert warnings and "ulimit -n" in warnings[0]
+        async with connect(server.endpoint) as client:
+            total = 0
+            for shard in (await client.describe_stream("many")).shards:
+                page = await client.read("many", shard.shard_id, Position.trim_horizon())
+                total += len(page.records)
+            assert total == 600
+            with pytest.raises(errors.LimitExceededError):
+                await client.create_stream("more", 1)
+            await client.put_record("many", b"still writable", "k1")
+        assert open_segment_files(server.pid) <= NOFILE // 4
