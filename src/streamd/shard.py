@@ -180,6 +180,11 @@ class ShardPipeline:
         # commit first cuts them (``ShardLog.truncate_to``) and reopens the log; until that
         # succeeds, writes get STORAGE_FULL. docs/operations.md ("Full disk") says why.
         self._unsynced: SyncFailedError | None = None
+        # Set when the commit step (the replication seam) failed after the group was appended:
+        # those batches are on the local disk but not committed ("appended locally" is never
+        # "committed"), so a later group must not publish them. The next group commit cuts
+        # them first, as after a full disk.
+        self._uncommitted: StreamdError | None = None
         self._busy = False  # a group is being committed
         self._progress = trio.Event()  # set after every group commit, then replaced
         self._disk_reads = 0  # reads in a worker thread now (close_log waits for them)
@@ -244,7 +249,11 @@ class ShardPipeline:
     def _check_producer(
         self, producer_id: int, seq: int, write: PendingWrite
     ) -> PendingWrite | None:
-        for committed_seq, base, count in self.log.producers.get(producer_id, ()):
+        # Only batches below the high watermark are committed: one past it was appended but its
+        # commit failed (or its fsync did), and it is cut before the next group is written.
+        hwm = self.high_watermark
+        stored = [e for e in self.log.producers.get(producer_id, ()) if e[1] + e[2] <= hwm]
+        for committed_seq, base, count in stored:
             if committed_seq == seq:
                 write.base_offset, write.duplicate = base, True
                 write.record_count = count
@@ -253,7 +262,7 @@ class ShardPipeline:
         in_flight = self._in_flight.get(producer_id, {})
         if seq in in_flight:
             return in_flight[seq]
-        known = [s for s, _, _ in self.log.producers.get(producer_id, ())] + list(in_flight)
+        known = [s for s, _, _ in stored] + list(in_flight)
         if known and seq != max(known) + 1:
             raise OutOfOrderSequenceError(
                 f"producer {producer_id} sent sequence {seq}; expected {max(known) + 1}",
@@ -324,6 +333,10 @@ class ShardPipeline:
             raise InternalError(self._fenced.message)
         if self._unsynced is not None:
             raise StorageFullError(f"shard {self.shard.shard_id} is recovering from a full disk")
+        if self._uncommitted is not None:  # the last commit failed: cut what it appended
+            failure = await self._io.run(self._recover_unsynced)
+            if failure is not None:
+                raise failure
         assert self.high_watermark == self.log.next_offset
         return self.high_watermark
 
@@ -355,9 +368,11 @@ class ShardPipeline:
         )
 
     def _recover_unsynced(self) -> StreamdError | None:
-        """Appender's thread, after a recoverable fsync failure: cut the log back to the high
-        watermark, reopen it from the files, and go on. None on success, else the error that
-        the writers waiting now get (the next group commit tries again)."""
+        """Appender's thread, after a recoverable fsync failure or a failed commit step: cut
+        the log back to the high watermark, reopen it from the files (the producer table with
+        it, so a retry of a cut batch is stored again, not answered from it), and go on. None
+        on success, else the error that the writers waiting now get (the next group commit
+        tries again)."""
         hwm = self.high_watermark
         try:
             if not self.log.closed:
@@ -372,8 +387,9 @@ class ShardPipeline:
             self._fence(OSError(f"log holds {fresh.next_offset} records after the cut, not {hwm}"))
             assert self._fenced is not None
             return InternalError(self._fenced.message)
-        self.log, self._unsynced = fresh, None
-        self._log.warning("shard.fsync_recovered", next_offset=hwm)
+        event = "shard.fsync_recovered" if self._unsynced is not None else "shard.uncommitted_cut"
+        self.log, self._unsynced, self._uncommitted = fresh, None, None
+        self._log.warning(event, next_offset=hwm)
         return None
 
     def unseal(self) -> None:
@@ -460,7 +476,7 @@ class ShardPipeline:
         return plan
 
     async def _commit_group(self, group: list[PendingWrite]) -> None:
-        if self._unsynced is not None:
+        if self._unsynced is not None or self._uncommitted is not None:
             failure = await self._io.run(self._recover_unsynced)
             if failure is not None:
                 metrics.WRITES_REJECTED.labels(failure.code).inc()
@@ -484,6 +500,8 @@ class ShardPipeline:
                 )
             except StreamdError as exc:
                 error, written = exc, []
+                self._uncommitted = exc
+                self._log.warning("shard.commit_failed", code=exc.code, error=exc.message)
             else:
                 self._publish(written)
         committed = {id(w) for p in written for w in p.writes}

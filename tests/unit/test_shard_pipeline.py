@@ -21,6 +21,7 @@ from streamd_client import batch as batchfmt
 from streamd_client.errors import (
     InternalError,
     InvalidSequenceNumberError,
+    NotLeaderError,
     OutOfOrderSequenceError,
     StorageFullError,
     ThrottledError,
@@ -225,4 +226,51 @@ async def test_fsync_out_of_space_discards_the_unacknowledged_and_recovers_witho
     await p.close_log()
     reopened = ShardLog.open(tmp_path, LogConfig())
     assert reopened.next_offset == 5 and reopened.recovery.corrupt_ranges == []
+    reopened.close()
+
+
+class FlakyCommitter:
+    """Refuses the next ``failures`` commits (a replication step that found no quorum)."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+
+    async def commit(
+        self, shard_key: str, leader_epoch: int, batches: list[bytes], end_offset: int
+    ) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise NotLeaderError("deposed while committing")
+
+
+async def test_appended_but_uncommitted_batches_are_never_published(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """ "Appended locally" is not "committed": a group whose commit step failed is cut before
+    the next group, so it is never served and its offsets go to the next writes."""
+    committer = FlakyCommitter(0)
+    p = ShardPipeline("s", SHARD, ShardLog.open(tmp_path, LogConfig()), PipelineConfig(), committer)
+    nursery.start_soon(p.run)
+    assert await p.enqueue_records(*records(3)).wait() == (0, 3, False)
+    committer.failures = 1
+    with pytest.raises(NotLeaderError):
+        await p.enqueue_records(*records(2, "lost")).wait()
+    assert p.high_watermark == 3
+    base, count, _ = await p.enqueue_records(*records(2, "after")).wait()
+    assert (base, count) == (3, 2)
+    read = await p.read(Position.trim_horizon(), 1 << 20, 0)
+    keys = [
+        k for b in read.batches for k in batchfmt.decode_records(b, batchfmt.parse_header(b))[0]
+    ]
+    assert keys == ["k0", "k1", "k2", "after0", "after1"]
+    data = client_batch(1, producer_id=9, seq=0)
+    committer.failures = 1
+    with pytest.raises(NotLeaderError):
+        await p.enqueue_batch(data, batchfmt.parse_header(data)).wait()
+    again = await p.enqueue_batch(data, batchfmt.parse_header(data)).wait()
+    assert again == (5, 1, False)  # stored anew: the cut batch is not remembered as committed
+    await p.close()
+    await p.close_log()
+    reopened = ShardLog.open(tmp_path, LogConfig())
+    assert reopened.next_offset == 6
     reopened.close()
