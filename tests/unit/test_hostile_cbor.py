@@ -5,6 +5,7 @@ bodies: CborError/CodecError), at once, and error messages stay short whatever t
 
 from __future__ import annotations
 
+import json
 import struct
 import time
 
@@ -224,3 +225,12 @@ def test_gateway_cbor_refuses_shared_references_and_many_items() -> None:
     many = b"\x9a" + struct.pack(">I", 100_000) + b"\xa0" * 100_000
     with pytest.raises(kinesis_cbor.CborError, match="items"):
         kinesis_cbor.loads(many)
+
+
+def test_gateway_json_bodies_of_many_tiny_values_are_refused_before_parsing() -> None:
+    many = b"[" + b"{}," * 300_000 + b"{}]"  # 900 kB that json.loads makes ~20 MiB of dicts
+    with pytest.raises(CodecError, match="JSON values"):
+        decode_request(Protocol.JSON, b'{"Records": ' + many + b"}")
+    entry = json.dumps({"PartitionKey": ",{[" * 85, "Data": "eA=="})
+    body = b'{"StreamName": "s", "Records": [' + ",".join([entry] * 500).encode() + b"]}"
+    assert len(decode_request(Protocol.JSON, body)["Records"]) == 500  # odd keys still pass
