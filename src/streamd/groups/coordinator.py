@@ -315,7 +315,7 @@ class Coordinator:
         info = self.shards.get(shard_id)
         if info is None:
             raise ShardNotFoundError(
-                f"stream {self.stream!r} has no shard {shard_id!r}", shard_id=shard_id
+                f"stream {self.stream!r} has no shard {summary(shard_id)}", shard_id=shard_id
             )
         lease = self.leases[shard_id]
         if lease.owner != member_id or lease.epoch != epoch:
