@@ -242,7 +242,8 @@ class _Connection:
             del args  # a long-poll keeps what its handler parsed, not the request's map
             reply = wire.response(request_id, await call)
         except StreamdError as exc:
-            log.debug("request.failed", peer=self.peer, op=op, code=exc.code, error=exc.message)
+            shown = op if op in HANDLERS else summary(op)  # a peer's text: bounded in logs
+            log.debug("request.failed", peer=self.peer, op=shown, code=exc.code, error=exc.message)
             reply = wire.error_response(request_id, exc.to_wire())
             code = exc.code
         except Exception as exc:
