@@ -1,0 +1,108 @@
+"""EtcdMetaStore beyond the conformance suite: what only a real etcd can do to a watch (the
+process dies under an open stream; the stream goes quiet), and refusals at connect."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from streamd.meta import Watch, WatchEvent
+from streamd.meta.etcd import EtcdMetaStore
+from streamd.meta.etcd_client import EtcdClient
+from streamd.testing.etcd import EtcdProcess
+from streamd_client.errors import MetadataUnavailableError
+
+WAIT_S = 15.0
+
+
+@pytest.fixture
+def own_etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
+    """An etcd of this test's own: it gets killed."""
+    with EtcdProcess(tmp_path / "etcd") as process:
+        yield process
+
+
+async def collect(watch: Watch, count: int) -> list[WatchEvent]:
+    events: list[WatchEvent] = []
+    with trio.fail_after(WAIT_S):
+        while len(events) < count:
+            events.extend((await anext(watch)).events)
+    return events
+
+
+async def test_watch_resumes_by_itself_when_etcd_dies_under_the_stream(
+    own_etcd: EtcdProcess,
+) -> None:
+    store = EtcdMetaStore(EtcdClient([own_etcd.endpoint], request_timeout_s=2.0))
+    try:
+        start = (await store.snapshot("n/")).revision + 1
+        async with store.watch("n/", start) as watch:
+            await store.txn([], puts=[("n/1", b"a")])
+            before = await collect(watch, 1)
+            own_etcd.kill9()  # the stream breaks mid-watch; etcd's data survives (fsync)
+            own_etcd.restart()
+            await store.txn([], puts=[("n/2", b"b")])
+            await store.txn([], deletes=["n/1"])
+            after = await collect(watch, 2)
+    finally:
+        await store.aclose()
+    assert [(e.type, e.key) for e in before + after] == [
+        ("put", "n/1"),
+        ("put", "n/2"),
+        ("delete", "n/1"),
+    ]
+    assert [e.revision for e in before + after] == [start, start + 1, start + 2]
+
+
+async def test_a_silent_stream_is_reopened_without_losing_or_repeating(etcd: EtcdProcess) -> None:
+    store = EtcdMetaStore(
+        EtcdClient([etcd.endpoint]),
+        namespace=f"idle/{uuid.uuid4().hex}/",
+        watch_idle_timeout_s=0.2,  # reopened about five times below
+    )
+    try:
+        start = (await store.snapshot("")).revision + 1
+        async with store.watch("", start) as watch:
+            await store.txn([], puts=[("a", b"1")])
+            first = await collect(watch, 1)
+            with trio.move_on_after(1.0):
+                batch = await anext(watch)
+                assert not batch.events
+            await store.txn([], puts=[("b", b"2")])
+            second = await collect(watch, 1)
+    finally:
+        await store.aclose()
+    assert [e.key for e in first + second] == ["a", "b"]
+
+
+async def test_watch_gives_up_when_etcd_stays_away(own_etcd: EtcdProcess) -> None:
+    store = EtcdMetaStore(
+        EtcdClient([own_etcd.endpoint], request_timeout_s=0.5), watch_reconnect_timeout_s=1.0
+    )
+    try:
+        async with store.watch("x/", 1) as watch:
+            own_etcd.kill9()
+            with trio.fail_after(WAIT_S), pytest.raises(MetadataUnavailableError, match="reopen"):
+                await anext(watch)
+    finally:
+        await store.aclose()
+
+
+async def test_connect_to_nothing_is_metadata_unavailable() -> None:
+    with trio.socket.socket() as unused:
+        await unused.bind(("127.0.0.1", 0))
+        endpoint = f"127.0.0.1:{unused.getsockname()[1]}"
+        with pytest.raises(MetadataUnavailableError, match="no etcd endpoint answers"):
+            await EtcdMetaStore.connect([endpoint], request_timeout_s=1.0)
+
+
+async def test_connect_checks_the_server(etcd: EtcdProcess) -> None:
+    store = await EtcdMetaStore.connect([etcd.endpoint], namespace="connect/")
+    try:
+        assert await store.get("nothing") is None
+    finally:
+        await store.aclose()
