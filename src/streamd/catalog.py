@@ -152,12 +152,10 @@ class Catalog:
     async def remove(self, name: str) -> None:
         """Delete the stream's document, its consumer groups' state (leases, checkpoints) and its
         registered fan-out consumers."""
-        owned = [
-            kv.key
-            for prefix in (f"groups/{name}/", f"group-checkpoints/{name}/", f"consumers/{name}/")
-            for kv in await self.store.range(prefix)
-        ]
-        await self.store.txn([], deletes=[_PREFIX + name, *owned])
+        # Prefix deletes: one txn op each however many groups and checkpoints there are (etcd
+        # refuses a txn of more than 128 operations).
+        owned = [f"groups/{name}/", f"group-checkpoints/{name}/", f"consumers/{name}/"]
+        await self.store.txn([], deletes=[_PREFIX + name], delete_prefixes=owned)
 
 
 def with_status(meta: StreamMeta, status: StreamStatus) -> StreamMeta:

@@ -54,6 +54,16 @@ SEGMENT_FDS = Gauge("streamd_segment_fds", "Segment files open now (bounded by t
 IO_THREADS = Gauge("streamd_io_threads", "Shard I/O pool threads alive now")
 CORRUPT_RANGES = Gauge("streamd_corrupt_ranges", "Stored batch ranges failing their CRC")
 
+ETCD_REQUESTS = Counter(
+    "streamd_etcd_requests_total",
+    "etcd gateway calls by path and outcome (ok, unavailable, lease_not_found, compacted, "
+    "refused, protocol)",
+    ["path", "outcome"],
+)
+ETCD_WATCH_REOPENS = Counter(
+    "streamd_etcd_watch_reopens_total", "etcd watch streams reopened (dropped, failed or silent)"
+)
+
 
 def serve_metrics(host: str, port: int) -> None:
     """Start the /metrics HTTP endpoint in a daemon thread (prometheus_client's own server)."""

@@ -106,3 +106,24 @@ async def test_connect_checks_the_server(etcd: EtcdProcess) -> None:
         assert await store.get("nothing") is None
     finally:
         await store.aclose()
+
+
+async def test_catalog_removes_a_stream_with_more_group_keys_than_a_txn_may_hold(
+    etcd: EtcdProcess,
+) -> None:
+    from streamd.catalog import Catalog, StreamMeta
+
+    store = EtcdMetaStore(EtcdClient([etcd.endpoint]), namespace=f"cat/{uuid.uuid4().hex}/")
+    try:
+        catalog = Catalog(store)
+        await catalog.create(StreamMeta.new("s", 2, 24, 0))
+        for batch in range(3):  # 300 checkpoints, more than etcd's 128 operations per txn
+            await store.txn(
+                [],
+                puts=[(f"group-checkpoints/s/g/shard-{batch}-{i}", b"c") for i in range(100)],
+            )
+        await store.txn([], puts=[("groups/s/g", b"x"), ("groups/s2/g", b"keep")])
+        await catalog.remove("s")
+        assert [kv.key for kv in await store.range("")] == ["groups/s2/g"]
+    finally:
+        await store.aclose()

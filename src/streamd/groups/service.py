@@ -315,9 +315,11 @@ class GroupService:
         }
 
     async def _forget(self, stream: str, group: str, revision: int) -> None:
-        keys = [kv.key for kv in await self.store.range(checkpoint_prefix(stream, group))]
         key = group_key(stream, group)
-        if not await self.store.txn([Compare(key, revision)], deletes=[key, *keys]):
+        prefix = checkpoint_prefix(stream, group)  # one txn op for all the checkpoints
+        if not await self.store.txn(
+            [Compare(key, revision)], deletes=[key], delete_prefixes=[prefix]
+        ):
             raise InternalError(f"group {stream}/{group} changed while being removed; retry")
 
     # -- whole-group operations ------------------------------------------------------------------

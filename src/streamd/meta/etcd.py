@@ -27,13 +27,16 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Final
 
 import anyio
+import structlog
 
 from streamd_client.errors import MetadataUnavailableError
 
+from ..metrics import ETCD_WATCH_REOPENS
 from . import etcd_codec as codec
 from .errors import CompactedError, EtcdProtocolError, LeaseNotFoundError
 from .etcd_client import EtcdClient, EtcdWatchStream
 from .store import (
+    ETCD_TXN_OPS_MAX,
     Compare,
     KeyValue,
     Lease,
@@ -53,6 +56,8 @@ _SNAPSHOT_ATTEMPTS_MAX: Final = 3
 _BACKOFF_S_MIN: Final = 0.05
 _BACKOFF_S_MAX: Final = 1.0
 
+log = structlog.get_logger(__name__)
+
 
 class EtcdMetaStore:
     """A MetaStore over etcd. Keys live under ``namespace`` (a cluster, or a test, of its own).
@@ -69,8 +74,10 @@ class EtcdMetaStore:
         range_page_keys: int = RANGE_PAGE_KEYS_DEFAULT,
         watch_idle_timeout_s: float = WATCH_IDLE_TIMEOUT_S_DEFAULT,
         watch_reconnect_timeout_s: float = WATCH_RECONNECT_TIMEOUT_S_DEFAULT,
+        txn_ops_max: int = ETCD_TXN_OPS_MAX,
     ) -> None:
         self.client = client
+        self.txn_ops_max: int | None = txn_ops_max  # the server's --max-txn-ops
         self.namespace = namespace
         self.range_page_keys = range_page_keys
         self.watch_idle_timeout_s = watch_idle_timeout_s
@@ -153,7 +160,7 @@ class EtcdMetaStore:
         lease: int = 0,
     ) -> TxnResult:
         puts, deletes, delete_prefixes = puts or [], deletes or [], delete_prefixes or []
-        check_txn(puts, deletes, delete_prefixes)
+        check_txn(puts, deletes, delete_prefixes, self.txn_ops_max)
         ops: list[codec.EtcdOp] = [codec.EtcdDelete(self._key(key)) for key in deletes]
         ops.extend(
             codec.EtcdDelete(self._key(p), codec.prefix_range_end(self._key(p)))
@@ -214,8 +221,15 @@ class _EtcdWatch:
             assert self._stream is not None
             try:
                 message = await self._stream.next(self._store.watch_idle_timeout_s)
-            except MetadataUnavailableError:  # dropped, failed or silent: resume elsewhere
+            except MetadataUnavailableError as exc:  # dropped, failed or silent: resume
                 await self.close()
+                ETCD_WATCH_REOPENS.inc()
+                log.info(
+                    "meta.watch_reopen",
+                    prefix=self._prefix,
+                    from_revision=self._next_revision,
+                    reason=str(exc)[:200],
+                )
                 continue
             batch = self._batch(message)
             if batch is not None:
@@ -257,6 +271,7 @@ class _EtcdWatch:
                     await anyio.sleep(backoff_s)
                     backoff_s = min(backoff_s * 2, _BACKOFF_S_MAX)
         assert scope.cancelled_caught
+        log.warning("meta.watch_lost", prefix=self._prefix, from_revision=self._next_revision)
         raise MetadataUnavailableError(
             f"could not reopen the watch on {self._prefix!r} within "
             f"{store.watch_reconnect_timeout_s} s"

@@ -33,11 +33,15 @@ from typing import Final, cast
 
 import anyio
 import httpx
+import structlog
 
 from streamd_client.errors import MetadataUnavailableError
 
+from ..metrics import ETCD_REQUESTS
 from . import etcd_codec as codec
-from .errors import CompactedError, EtcdProtocolError, EtcdRequestError
+from .errors import CompactedError, EtcdProtocolError, EtcdRequestError, LeaseNotFoundError
+
+log = structlog.get_logger(__name__)
 
 REQUEST_TIMEOUT_S_DEFAULT: Final = 5.0
 CONNECT_TIMEOUT_S_DEFAULT: Final = 2.0
@@ -187,12 +191,18 @@ class EtcdClient:
     async def _call(self, method: str, path: str, body: bytes, *, lease_id: int = 0) -> bytes:
         """One request within ``request_timeout_s``, failing over on connect errors."""
         try:
-            with anyio.fail_after(self.request_timeout_s):
-                return await self._call_any_endpoint(method, path, body, lease_id)
-        except TimeoutError:
-            raise MetadataUnavailableError(
-                f"etcd did not answer {path} within {self.request_timeout_s} s"
-            ) from None
+            try:
+                with anyio.fail_after(self.request_timeout_s):
+                    data = await self._call_any_endpoint(method, path, body, lease_id)
+            except TimeoutError:
+                raise MetadataUnavailableError(
+                    f"etcd did not answer {path} within {self.request_timeout_s} s"
+                ) from None
+        except Exception as exc:
+            ETCD_REQUESTS.labels(path, _outcome(exc)).inc()
+            raise
+        ETCD_REQUESTS.labels(path, "ok").inc()
+        return data
 
     async def _call_any_endpoint(self, method: str, path: str, body: bytes, lease_id: int) -> bytes:
         failures = []
@@ -203,6 +213,7 @@ class EtcdClient:
                     status, data = await self._send(method, url, body)
             except _ConnectFailed as exc:  # nothing was sent: the next endpoint may answer
                 failures.append(f"{url}: {exc.__cause__!r}")
+                log.warning("meta.etcd_connect_failed", url=url, error=repr(exc.__cause__)[:200])
                 self._current = (self._current + 1) % len(self.endpoints)
                 continue
             if status != 200:
@@ -359,6 +370,19 @@ class EtcdWatchStream:
     async def aclose(self) -> None:
         self.broken = True
         await self.body.close()
+
+
+def _outcome(exc: Exception) -> str:
+    """The metric label of a failed call."""
+    for kind, label in (
+        (MetadataUnavailableError, "unavailable"),
+        (LeaseNotFoundError, "lease_not_found"),
+        (CompactedError, "compacted"),
+        (EtcdRequestError, "refused"),
+    ):
+        if isinstance(exc, kind):
+            return label
+    return "protocol"
 
 
 def _canceled_error(message: codec.WatchMessage) -> Exception:

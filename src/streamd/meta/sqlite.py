@@ -55,6 +55,8 @@ INSERT OR IGNORE INTO revision (id, value) VALUES (0, 0);
 
 
 class SqliteMetaStore:
+    txn_ops_max: int | None = None  # SQLite needs no limit; a txn's size stays the caller's
+
     def __init__(self, path: Path, *, history_revisions_max: int = REVISIONS_MAX_DEFAULT) -> None:
         self.path = path
         self._lock = threading.Lock()
@@ -93,7 +95,7 @@ class SqliteMetaStore:
         lease: int = 0,
     ) -> TxnResult:
         puts, deletes, delete_prefixes = puts or [], deletes or [], delete_prefixes or []
-        check_txn(puts, deletes, delete_prefixes)
+        check_txn(puts, deletes, delete_prefixes, self.txn_ops_max)
         await self._expire_due_leases()
         token = trio.lowlevel.current_trio_token()
         result = await trio.to_thread.run_sync(

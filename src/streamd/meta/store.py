@@ -27,7 +27,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol
 
-TXN_OPS_MAX: Final = 128  # etcd's default --max-txn-ops; both backends refuse more (ValueError)
+ETCD_TXN_OPS_MAX: Final = 128  # etcd's default --max-txn-ops
 
 EventType = Literal["put", "delete"]
 
@@ -99,6 +99,11 @@ class Watch(Protocol):
 
 
 class MetaStore(Protocol):
+    # Operations one txn may hold (None: no limit). etcd's is its --max-txn-ops; the embedded
+    # store has none, so code meant for both keeps a txn's size bounded by other means (prefix
+    # deletes, one txn per bounded batch).
+    txn_ops_max: int | None
+
     async def get(self, key: str) -> KeyValue | None:
         """The key's value and revision, or None."""
         ...
@@ -125,8 +130,8 @@ class MetaStore(Protocol):
         without one detaches the key from any lease.
 
         A failed compare changes nothing (``succeeded`` False). Raises ValueError for a txn
-        etcd would refuse (a key put twice, put and deleted, more than TXN_OPS_MAX operations,
-        an empty key), LeaseNotFoundError for a dead lease.
+        etcd would refuse (a key put twice, put and deleted, more than ``txn_ops_max``
+        operations, an empty key), LeaseNotFoundError for a dead lease.
         """
         ...
 
@@ -154,12 +159,15 @@ class MetaStore(Protocol):
 
 
 def check_txn(
-    puts: list[tuple[str, bytes]], deletes: list[str], delete_prefixes: list[str]
+    puts: list[tuple[str, bytes]],
+    deletes: list[str],
+    delete_prefixes: list[str],
+    ops_max: int | None,
 ) -> None:
     """Refuse (ValueError) what etcd would refuse, identically on every backend."""
     ops = len(puts) + len(deletes) + len(delete_prefixes)
-    if ops > TXN_OPS_MAX:
-        raise ValueError(f"a txn has at most {TXN_OPS_MAX} operations, not {ops}")
+    if ops_max is not None and ops > ops_max:
+        raise ValueError(f"a txn has at most {ops_max} operations, not {ops}")
     put_keys = [key for key, _ in puts]
     if len(set(put_keys)) != len(put_keys):
         raise ValueError("a txn puts the same key twice")
