@@ -134,7 +134,7 @@ def test_older_epochs_are_answered_stale_and_change_nothing() -> None:
     scene = Scene()
     scene.step(1, m.Receive(m.Fence(0, 1, 5)))
     scene.wire.clear()
-    effects = scene.step(1, m.Receive(m.Append(2, 1, 4, 0, 0, (), 0)))
+    effects = scene.step(1, m.Receive(m.Append(2, 1, 4, 0, 0, (), 0, 0)))
     assert effects == [m.Send(m.Stale(1, 2, 5))]
     assert scene.logs[1].log_end() == 0
 
@@ -207,7 +207,7 @@ def test_follower_answers_a_mismatch_with_its_log_end_and_last_epoch() -> None:
     scene = Scene()
     scene.step(1, m.Receive(m.Fence(0, 1, 3)))
     scene.wire.clear()
-    effects = scene.step(1, m.Receive(m.Append(0, 1, 3, 10, 2, (), 0)))
+    effects = scene.step(1, m.Receive(m.Append(0, 1, 3, 10, 2, (), 0, 12)))
     nack = next(e.message for e in effects if isinstance(e, m.Send))
     assert isinstance(nack, m.AppendNack)
     assert (nack.log_end, nack.last_epoch) == (0, 0)
@@ -347,3 +347,28 @@ def test_a_write_waiting_too_long_times_out_as_an_ambiguous_outcome() -> None:
     scene.wire.clear()
     scene.step(0, m.Tick(scene.now + CONFIG.write_timeout_ms))
     assert scene.failed() == {1: "TIMEOUT"}
+
+
+def test_a_repair_point_past_the_new_leaders_log_end_does_not_block_the_repair() -> None:
+    """The damaged replica's uncommitted tail is gone for good: holding the leader's whole
+    log (which has every committed batch) makes it whole again, even on an idle shard."""
+    scene = Scene()
+    scene.lead(2, 1)
+    scene.deliver()
+    scene.write(2, 1, 1)
+    scene.deliver()
+    scene.write(2, 2, 2)
+    scene.write(2, 3, 3)  # on replica 2 only, never committed
+    scene.wire.clear()
+    scene.sync(2)
+    committed_end, written_end = scene.replicas[2].hw, scene.logs[2].log_end()
+    scene.step(2, m.Damaged(committed_end - 1))
+    assert scene.metas[2].repair_to == written_end == committed_end + 2
+    scene.lead(0, 2)
+    scene.deliver()
+    scene.tick(CONFIG.heartbeat_ms)
+    scene.deliver()
+    assert scene.logs[2].log_end() == scene.logs[0].log_end() < written_end
+    scene.tick(CONFIG.heartbeat_ms)
+    scene.deliver()
+    assert scene.metas[2].whole

@@ -58,6 +58,8 @@ class Append:
     """Batches following ``prev_offset`` (whose batch has ``prev_epoch``); empty = heartbeat.
 
     ``hw`` is the leader's high watermark: it travels with every append and heartbeat.
+    ``leader_end`` is the leader's log end (a repairing follower is whole again once it holds
+    the leader's log up to its repair point or up to this, whichever comes first).
     """
 
     src: int
@@ -67,6 +69,7 @@ class Append:
     prev_epoch: int
     batches: tuple[StoredBatch, ...]
     hw: int
+    leader_end: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,6 +89,7 @@ class Replica:
         self.hw = 0
         # Follower: the log is known to match the current leader's below this offset.
         self._matched_end = 0
+        self._leader_end = 0  # the leader's log end, as its last append said
         # FENCING: replica -> its FenceAck; CATCHING_UP: whom we fetch from.
         self._fence_acks: dict[int, m.FenceAck] = {}
         self._fence_sent_ms = 0
@@ -210,6 +211,7 @@ class Replica:
         self._persist(replace(self.meta, epoch=epoch))
         self.leader = leader
         self._matched_end = 0
+        self._leader_end = 0
         self._out.append(m.RoleChanged(self.role.value, epoch, leader))
 
     def _step_down(self, why: str) -> None:
@@ -361,6 +363,7 @@ class Replica:
             return  # damaged in flight: the leader sends it again
         end = self._take_batches(append.prev_offset, append.batches)
         self._matched_end = min(max(self._matched_end, end), self._log_end)
+        self._leader_end = max(self._leader_end, append.leader_end)  # only grows in an epoch
         self._set_hw(min(append.hw, self._matched_end))
         self._ack_leader()
         self._check_repaired()
@@ -456,7 +459,10 @@ class Replica:
         repair_to = self.meta.repair_to
         if repair_to is None:
             return
-        if min(self.durable_end, self._matched_end) >= repair_to:
+        # What we acknowledged and what got committed is below repair_to, and every committed
+        # batch is in the leader's log: holding the leader's log up to the first of the two
+        # ends holds all of it (a divergent suffix we had may have been cut since).
+        if min(self.durable_end, self._matched_end) >= min(repair_to, self._leader_end):
             self._persist(replace(self.meta, repair_to=None))
 
     # -- clients -----------------------------------------------------------------------------
@@ -567,6 +573,7 @@ class Replica:
                 epochs.epoch_at(self._epochs, prev - 1),
                 tuple(batches),
                 self.hw,
+                self._log_end,
             )
         )
         progress.sent_ms = self.now_ms
