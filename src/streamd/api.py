@@ -142,7 +142,7 @@ async def _read(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
     position = Position.from_wire(args.get("from"))
     del args  # a long-poll holds what it parsed, not the request's map (whatever else it held)
     result = await engine.read(stream, shard_id, position, max_bytes, wait_ms)
-    return {
+    answer: dict[str, Any] = {
         "batches": result.batches,
         "start_offset": result.start_offset,
         "next_offset": result.next_offset,
@@ -159,6 +159,18 @@ async def _read(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
             for c in result.child_shards
         ],
     }
+    if result.skipped is not None:  # began in a quarantined range: the gap it jumped, named
+        answer["skipped"] = {"base_offset": result.skipped[0], "next_offset": result.skipped[1]}
+    return answer
+
+
+async def _quarantine_range(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+    return await engine.quarantine_range(
+        _arg(args, "stream", str),
+        _arg(args, "shard_id", str),
+        _arg(args, "from_sequence", str),
+        _arg(args, "to_sequence", str),
+    )
 
 
 async def _split_shard(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
@@ -194,5 +206,6 @@ HANDLERS: dict[str, Handler] = {
     "split_shard": _split_shard,
     "merge_shards": _merge_shards,
     "resize_stream": _resize_stream,
+    "quarantine_range": _quarantine_range,
 }
 HANDLERS.update(GROUP_HANDLERS)

@@ -17,6 +17,7 @@
     streamd --version
     streamd bench produce|consume [--json] ...              (see streamd/bench.py)
     streamd group consume|list|describe|reset|delete ...    (see streamd/cli_groups.py)
+    streamd admin quarantine-range NAME SHARD_ID --from SEQ --to SEQ (see streamd/cli_admin.py)
 
 Client commands take ``--endpoint HOST:PORT``, before or after the command (default:
 $STREAMD_ENDPOINT, else 127.0.0.1:7070; see streamd/cli_endpoint.py), and run the async client
@@ -97,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_parser(commands, _add_endpoint)
     cli_groups.register(commands)  # streamd group ...: uses _add_endpoint, _run_client_command
     cli_reshard.register_shard(commands)  # streamd shard split|merge
+    from . import cli_admin
+
+    cli_admin.register(commands)  # streamd admin quarantine-range
     return parser
 
 

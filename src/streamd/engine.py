@@ -35,6 +35,7 @@ from streamd_client.errors import (
     InternalError,
     InvalidArgumentError,
     InvalidBatchError,
+    InvalidSequenceNumberError,
     LimitExceededError,
     ResourceInUseError,
     ShardClosedError,
@@ -49,6 +50,7 @@ from streamd_client.model import (
     check_retention_hours,
     check_shard_count,
     check_stream_name,
+    parse_sequence,
 )
 from streamd_client.results import ChildShard
 from streamd_client.summary import summary
@@ -710,6 +712,42 @@ class Engine:
                             raise InternalError(f"resize step {step} failed: {exc}") from exc
                         await trio.sleep(0.1 * attempt)
 
+    # -- repairs --------------------------------------------------------------------------------
+
+    async def quarantine_range(
+        self, name: str, shard_id: str, from_sequence: str, to_sequence: str
+    ) -> dict[str, Any]:
+        """Move a damaged range of a shard aside (records ``from_sequence`` to ``to_sequence``,
+        both included) so that reads skip it; docs/operations.md, "Damaged data".
+
+        Raises StreamNotFoundError, ShardNotFoundError, InvalidSequenceNumberError (malformed,
+        another shard's), InvalidArgumentError (not a wholly damaged range, past the tip),
+        StorageFullError.
+        """
+        pipeline = self._stream(name).pipeline(shard_id)
+        base, last = (_offset_in(pipeline.shard, s) for s in (from_sequence, to_sequence))
+        if last < base:
+            raise InvalidArgumentError(f"--to {to_sequence} comes before --from {from_sequence}")
+        known = pipeline.log.quarantined_at(base) == (base, last + 1)
+        entry = await pipeline.quarantine(base, last + 1)
+        answer = {
+            "stream": name,
+            "shard_id": shard_id,
+            "from_sequence": pipeline.sequence_of(base),
+            "to_sequence": pipeline.sequence_of(last),
+            "base_offset": entry.base_offset,
+            "next_offset": entry.next_offset,
+            "records": entry.next_offset - entry.base_offset,
+            "bytes": entry.size_bytes,
+            "file": str(pipeline.log.directory / entry.file),
+            "already": known,
+        }
+        if not known:
+            metrics.QUARANTINED_RANGES.labels(name).inc()
+            metrics.QUARANTINED_RECORDS.labels(name).inc(entry.next_offset - entry.base_offset)
+            log.warning("shard.quarantined", **answer)
+        return answer
+
     # -- data -----------------------------------------------------------------------------------
 
     async def put_records(self, name: str, records: Sequence[RecordIn]) -> list[PutOutcome]:
@@ -816,6 +854,16 @@ class Engine:
                 for c in children
             ),
         )
+
+
+def _offset_in(shard: ShardMeta, sequence: str) -> int:
+    """The offset a sequence number names in ``shard``. Raises InvalidSequenceNumberError."""
+    index, offset = parse_sequence(sequence)
+    if index != shard.index:
+        raise InvalidSequenceNumberError(
+            f"sequence number {sequence} belongs to another shard, not {shard.shard_id}"
+        )
+    return offset
 
 
 def _without(shard_ids: set[str], meta: StreamMeta) -> StreamMeta:

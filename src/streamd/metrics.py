@@ -53,6 +53,19 @@ SHARDS = Gauge("streamd_shards", "Shards this node holds (open, or closed and re
 SEGMENT_FDS = Gauge("streamd_segment_fds", "Segment files open now (bounded by the fd cache)")
 IO_THREADS = Gauge("streamd_io_threads", "Shard I/O pool threads alive now")
 CORRUPT_RANGES = Gauge("streamd_corrupt_ranges", "Stored batch ranges failing their CRC")
+CORRUPT_READS = Counter(
+    "streamd_corrupt_reads_total",
+    "Reads refused with DATA_CORRUPT (a damaged stored range)",
+    ["stream"],
+)
+QUARANTINED_RANGES = Counter(
+    "streamd_quarantined_ranges_total", "Damaged ranges moved aside by quarantine-range", ["stream"]
+)
+QUARANTINED_RECORDS = Counter(
+    "streamd_quarantined_records_total",
+    "Records in ranges moved aside by quarantine-range",
+    ["stream"],
+)
 
 ETCD_REQUESTS = Counter(
     "streamd_etcd_requests_total",

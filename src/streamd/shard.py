@@ -30,7 +30,10 @@ import trio
 
 from streamd_client import batch as batchfmt
 from streamd_client.errors import (
+    CorruptDataError,
+    DataCorruptError,
     InternalError,
+    InvalidArgumentError,
     InvalidSequenceNumberError,
     OutOfOrderSequenceError,
     RequestTimeoutError,
@@ -51,6 +54,7 @@ from .storage import OffsetTrimmedError, SyncFailedError
 
 if TYPE_CHECKING:
     from .storage import ShardLog
+    from .storage.quarantine import Quarantined
 
 log = structlog.get_logger(__name__)
 
@@ -110,6 +114,8 @@ class ReadResult:
     # at ``high_watermark - 1``; 0 for an empty shard). A front end that returns fewer records
     # than the read holds (a Kinesis Limit, events split by size) computes its own lag from it.
     tip_arrival_ms: int = 0
+    # The read began inside a quarantined range [base, next) and continues after it (the gap).
+    skipped: tuple[int, int] | None = None
 
 
 def millis_behind(tip_arrival_ms: int, last_arrival_ms: int, next_offset: int, hwm: int) -> int:
@@ -645,7 +651,12 @@ class ShardPipeline:
         return offset
 
     async def read(self, position: Position, max_bytes: int, wait_ms: int) -> ReadResult:
+        """Committed batches from ``position``. Raises InvalidSequenceNumberError,
+        ShuttingDownError, DataCorruptError (a damaged stored range: details name it)."""
         offset = max(self.resolve(position), self.log.start_offset)
+        skipped = self.log.quarantined_at(offset)
+        if skipped is not None:  # moved aside by an operator: go on after it, and say so
+            offset = skipped[1]
         if offset >= self.high_watermark and wait_ms > 0:
             with trio.move_on_after(wait_ms / 1000):
                 while offset >= self.high_watermark and not self._closing and self.shard.is_open:
@@ -667,7 +678,14 @@ class ShardPipeline:
         ending = self.shard.ending_offset
         shard_end = ending is not None and next_offset >= ending
         return ReadResult(
-            batches, offset, next_offset, hwm, behind, shard_end, tip_arrival_ms=tip_ms
+            batches,
+            offset,
+            next_offset,
+            hwm,
+            behind,
+            shard_end,
+            tip_arrival_ms=tip_ms,
+            skipped=skipped,
         )
 
     def _read_tail(
@@ -698,11 +716,50 @@ class ShardPipeline:
         self._disk_reads += 1
         try:
             return await trio.to_thread.run_sync(self.log.read, offset, max_bytes, hwm)
+        except CorruptDataError as exc:
+            raise self._damaged(offset, exc) from None
         finally:
             self._disk_reads -= 1
             if not self._disk_reads:
                 self._reads_done.set()
                 self._reads_done = trio.Event()
+
+    def _damaged(self, offset: int, exc: CorruptDataError) -> DataCorruptError:
+        base = exc.details.get("base_offset", offset)
+        end = max(exc.details.get("next_offset", offset + 1), base + 1)
+        first, last = self.sequence_of(base), self.sequence_of(end - 1)
+        metrics.CORRUPT_READS.labels(self.stream).inc()
+        return DataCorruptError(
+            f"stream {self.stream!r} shard {self.shard.shard_id}: records {first} to {last} "
+            f"(offsets [{base}, {end})) are damaged on disk ({exc.message}); records before "
+            f"and after are intact. To read past them: streamd admin quarantine-range "
+            f"{self.stream} {self.shard.shard_id} --from {first} --to {last}",
+            stream=self.stream,
+            shard_id=self.shard.shard_id,
+            base_offset=base,
+            next_offset=end,
+            from_sequence=first,
+            to_sequence=last,
+        )
+
+    async def quarantine(self, base: int, end: int) -> Quarantined:
+        """Move the damaged offsets [base, end) aside (``ShardLog.quarantine``); reads skip
+        them from now on. Raises InvalidArgumentError (beyond the high watermark, or not a
+        wholly damaged range), ShuttingDownError, StorageFullError."""
+        if self._closing:
+            raise ShuttingDownError(f"shard {self.shard.shard_id} is closing")
+        if end > self.high_watermark:
+            raise InvalidArgumentError(
+                f"offsets [{base}, {end}) reach past the shard's tip {self.high_watermark}"
+            )
+        try:
+            entry = await self._io.run(self.log.quarantine, base, end, now_ms())
+        except OSError as exc:
+            raise InternalError(f"quarantine failed: {exc}") from exc
+        # The tail cache holds in-memory copies that may span the range: serve from after it.
+        while self._tail and self._tail[0].base_offset < end:
+            self._tail_bytes -= len(self._tail.pop(0).data)
+        return entry
 
     async def close_log(self, timeout_s: float = 5.0) -> None:
         """After ``close``: let disk reads in flight finish (bounded), then close the log."""

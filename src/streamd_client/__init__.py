@@ -27,6 +27,7 @@ from .results import (
     RecordFailure,
     ReshardProgress,
     ShardDescription,
+    SkippedRange,
     StreamDescription,
 )
 from .stream_reader import StreamReader
@@ -48,6 +49,7 @@ __all__ = [
     "ReshardProgress",
     "ShardDescription",
     "ShardReader",
+    "SkippedRange",
     "StreamDescription",
     "StreamReader",
     "connect",

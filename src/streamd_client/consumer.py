@@ -17,8 +17,10 @@ jittered exponential backoff, giving up after ``retries_max`` failures in a row.
 
 from __future__ import annotations
 
+import logging
 import random
 from abc import ABC, abstractmethod
+from collections import deque
 from typing import TYPE_CHECKING, Final, Self
 
 import anyio
@@ -26,12 +28,15 @@ import anyio
 from . import batch
 from .errors import CorruptDataError, ProtocolError, StreamdError
 from .model import Position, make_sequence
-from .results import ChildShard, RawRead, ReadResult, Record
+from .results import ChildShard, RawRead, ReadResult, Record, SkippedRange
 
 if TYPE_CHECKING:
     from .client import Client
 
+log = logging.getLogger(__name__)
+
 READ_RETRIES_MAX_DEFAULT: Final = 10
+SKIPPED_KEPT_MAX: Final = 100  # ShardReader.skipped remembers the last this many gaps
 READ_BACKOFF_MS_INITIAL: Final = 50
 READ_BACKOFF_MS_MAX: Final = 2000
 
@@ -56,6 +61,11 @@ def decode_read(raw: RawRead, shard_id: str, shard_index: int, limit: int | None
         next_offset = max(raw.next_offset, offset_min)
     # A limit that cut the page short did not reach the end, whatever the server's page did.
     shard_end = raw.shard_end and next_offset >= raw.next_offset
+    skipped = None
+    if raw.skipped is not None:
+        base, end = raw.skipped
+        first, last = make_sequence(shard_index, base), make_sequence(shard_index, end - 1)
+        skipped = SkippedRange(shard_id, first, last, base, end)
     return ReadResult(
         records,
         Position.at_offset(next_offset),
@@ -63,6 +73,7 @@ def decode_read(raw: RawRead, shard_id: str, shard_index: int, limit: int | None
         raw.high_watermark,
         shard_end,
         raw.child_shards if shard_end else (),
+        skipped,
     )
 
 
@@ -125,7 +136,10 @@ class ShardReader(PagedRecords):
     ``position`` is where iteration would continue (right after the last record yielded).
     ``shard_end`` becomes True once a closed shard was read to its end (iteration then stops,
     following or not), and ``child_shards`` then name the shards that continue it.
-    Iteration raises: CorruptDataError (never skipped), StreamNotFoundError, ShardNotFoundError,
+    ``skipped`` lists the quarantined ranges iteration jumped (the last SKIPPED_KEPT_MAX), each
+    also logged as a warning: the gaps in the sequence numbers, named.
+    Iteration raises: CorruptDataError (never skipped; DataCorruptError names the damaged range
+    of the server's log, which an operator can quarantine), StreamNotFoundError, ShardNotFoundError,
     InvalidSequenceNumberError, and a retryable error once ``retries_max`` attempts in a row
     failed.
     """
@@ -153,6 +167,7 @@ class ShardReader(PagedRecords):
         self.high_watermark = 0
         self.shard_end = False
         self.child_shards: tuple[ChildShard, ...] = ()
+        self.skipped: deque[SkippedRange] = deque(maxlen=SKIPPED_KEPT_MAX)
         self._client = client
         self._next_position = start  # where the next read starts
         self._finished = False
@@ -175,6 +190,9 @@ class ShardReader(PagedRecords):
             self._next_position = result.next_position
             self.millis_behind = result.millis_behind
             self.high_watermark = result.high_watermark
+            if result.skipped is not None:
+                self.skipped.append(result.skipped)
+                log_skipped(self.stream, result.skipped)
             at_tip = (result.next_position.offset or 0) >= result.high_watermark
             stuck = not result.records and result.next_position == started_at
             if result.shard_end:
@@ -209,3 +227,14 @@ def backoff_s(attempt: int, backoff_ms_initial: int, backoff_ms_max: int) -> flo
     """Exponential backoff with full jitter (AWS's): uniform in [0, min(max, initial * 2**n)]."""
     ceiling_ms = min(backoff_ms_max, backoff_ms_initial * 2 ** min(attempt, 30))
     return random.uniform(0, ceiling_ms) / 1000
+
+
+def log_skipped(stream: str, gap: SkippedRange) -> None:
+    log.warning(
+        "%s/%s: records %s to %s (%d) were quarantined on the server; reading goes on after them",
+        stream,
+        gap.shard_id,
+        gap.from_sequence,
+        gap.to_sequence,
+        gap.next_offset - gap.base_offset,
+    )

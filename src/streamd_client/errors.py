@@ -174,6 +174,21 @@ class CorruptDataError(StreamdError):
     code = "CORRUPT_DATA"
 
 
+class DataCorruptError(CorruptDataError):
+    """A read reached a range of a shard's log that is damaged on the server's disk.
+
+    ``details`` name it: ``stream``, ``shard_id``, ``from_sequence`` and ``to_sequence`` (the
+    first and last sequence number of the damaged range, both included) and ``base_offset`` /
+    ``next_offset`` (the same range as offsets, end excluded). Records before and after it are
+    intact and readable; an operator moves the range aside with ``streamd admin
+    quarantine-range`` (docs/operations.md), after which reads skip it with a visible gap.
+    Not retryable: the same read fails the same way until then. (CORRUPT_DATA, its parent,
+    is bytes failing a check anywhere, e.g. on the client side after a transfer.)
+    """
+
+    code = "DATA_CORRUPT"
+
+
 class ProtocolError(StreamdError):
     """The peer sent bytes that are not a valid frame or message. The connection is closed."""
 

@@ -41,7 +41,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Final
 
@@ -50,7 +50,7 @@ import anyio.abc
 
 from . import group_admin
 from .consumer import backoff_s
-from .errors import InvalidArgumentError, StreamdError
+from .errors import DataCorruptError, InvalidArgumentError, StreamdError
 from .group_admin import LeaseGrant
 from .group_errors import UnknownMemberError
 from .group_lease import (
@@ -82,6 +82,9 @@ SHUTDOWN_TIMEOUT_S_DEFAULT: Final = 10.0
 LEAVE_TIMEOUT_S: Final = 5.0
 READ_WAIT_MS_DEFAULT: Final = 1_000
 READ_BYTES_MAX_DEFAULT: Final = 1 << 20
+CORRUPT_RETRY_S_DEFAULT: Final = 5.0
+
+CorruptCallback = Callable[[DataCorruptError], Awaitable[None]]
 
 ProcessorFactory = Callable[[ShardLease], RecordProcessor]
 
@@ -98,6 +101,10 @@ class _IteratorProcessor(RecordProcessor):
     async def shard_ended(self, checkpointer: Checkpointer) -> None:
         await self._worker._hand_over(Batch(checkpointer, [], 0, shard_end=True))
 
+    async def data_corrupt(self, error: DataCorruptError) -> None:
+        if self._worker.on_data_corrupt is not None:
+            await self._worker.on_data_corrupt(error)
+
 
 class GroupWorker:
     """One member of a consumer group (module docstring). Use as an async context manager.
@@ -107,7 +114,10 @@ class GroupWorker:
     ``checkpoint_every_records`` / ``checkpoint_every_s`` (automatic checkpoints when either is
     set, also when a lease is given up), ``session_timeout_ms``, ``rebalance_timeout_ms``,
     ``read_wait_ms`` (long-poll), ``read_max_bytes``, ``batch_records_max``,
-    ``shutdown_timeout_s``, ``member_id`` (random by default).
+    ``shutdown_timeout_s``, ``member_id`` (random by default), ``corrupt_retry_s`` (how often
+    a read stuck at a range damaged on the server is tried again; the lease is kept meanwhile)
+    and ``on_data_corrupt`` (the iterator style's callback for such a range; a processor has
+    ``RecordProcessor.data_corrupt``). A damaged range never stops the worker.
 
     Entering raises what joining raises: StreamNotFoundError, InvalidArgumentError, transport
     errors. Leaving re-raises a processor's exception or a fatal (non-retryable) error.
@@ -130,6 +140,8 @@ class GroupWorker:
         batch_records_max: int | None = None,
         shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S_DEFAULT,
         member_id: str | None = None,
+        corrupt_retry_s: float = CORRUPT_RETRY_S_DEFAULT,
+        on_data_corrupt: CorruptCallback | None = None,
     ) -> None:
         group_admin.check_group_name(group)
         group_admin.check_initial(initial or Position.trim_horizon())
@@ -155,6 +167,10 @@ class GroupWorker:
         self.read_max_bytes = read_max_bytes
         self.batch_records_max = batch_records_max
         self.shutdown_timeout_s = shutdown_timeout_s
+        if corrupt_retry_s <= 0:
+            raise InvalidArgumentError("corrupt_retry_s must be positive")
+        self.corrupt_retry_s = corrupt_retry_s
+        self.on_data_corrupt = on_data_corrupt
         self.closing = anyio.Event()
         self.leases: dict[str, LeaseTask] = {}  # shard -> the task holding it
         self.heartbeat_interval_ms = min(500, session_timeout_ms // 3)

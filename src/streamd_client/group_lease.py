@@ -12,6 +12,12 @@ to (every N records, every T seconds, and when it stops). It ends in one of four
 | lost        | fenced, expired, another epoch granted   | ``lease_lost``        | impossible   |
 | failed      | the processor (or a read) raised         | nothing               | none         |
 
+A read that reaches a range damaged on the server's disk (DATA_CORRUPT) ends none of these
+ways: the lease is kept, the processor hears ``data_corrupt`` once per range (and the worker
+logs it), and the task tries the read again every ``corrupt_retry_s``. Once an operator has
+quarantined the range (``streamd admin quarantine-range``) the read goes on after it, and
+processing continues with the intact records that follow; a stop or a loss ends the wait.
+
 A stop lets in-flight processing finish (only a pending long-poll read is cancelled, which is
 safe: reads have no effect); a loss cancels everything at once, because the records would be
 processed twice anyway and nothing can be checkpointed. A failure is handed to the worker, which
@@ -28,8 +34,8 @@ from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 import anyio
 
 from . import group_admin
-from .consumer import backoff_s
-from .errors import ShardNotFoundError, StreamdError
+from .consumer import backoff_s, log_skipped
+from .errors import DataCorruptError, ShardNotFoundError, StreamdError
 from .group_errors import LeaseLostError
 from .model import Position, parse_sequence
 from .results import ReadResult, Record
@@ -64,6 +70,7 @@ class WorkerHost(Protocol):
     group: str
     member_id: str
     closing: anyio.Event
+    corrupt_retry_s: float  # how often a read stuck at a damaged range is tried again
 
     @property
     def auto_checkpoint(self) -> bool: ...
@@ -176,6 +183,13 @@ class RecordProcessor(ABC):
         """The lease is gone (fenced or expired): no checkpoint is possible; just clean up."""
         return  # optional: nothing to do by default
 
+    async def data_corrupt(self, error: DataCorruptError) -> None:
+        """A read reached a range damaged on the server's disk; ``error.details`` name it
+        (``from_sequence``, ``to_sequence``). The lease is kept and the read retried, so
+        processing resumes by itself once an operator quarantines the range. Raising here
+        stops the worker like a failing ``process_records``."""
+        return  # optional: the worker logs it anyway
+
     async def shard_ended(self, checkpointer: Checkpointer) -> None:
         """The closed shard is fully processed; SHARD_END is checkpointed after this returns
         (children of the shard are leased only then)."""
@@ -222,6 +236,7 @@ class LeaseTask:
         self._read_scope: anyio.CancelScope | None = None
         self._uncheckpointed = 0
         self._checkpointed_at = anyio.current_time()
+        self._damage_reported: tuple[object, object] | None = None
 
     # -- control (from the worker) ----------------------------------------------------------------
 
@@ -319,10 +334,11 @@ class LeaseTask:
         max_bytes, wait_ms, limit = self.host.read_args()
         failures = 0
         while not self.stopping:
+            damaged: DataCorruptError | None = None
             with anyio.CancelScope() as scope:
                 self._read_scope = scope
                 try:
-                    return await self.host.client.read(
+                    result = await self.host.client.read(
                         self.host.stream,
                         self.shard_id,
                         self.position,
@@ -330,6 +346,11 @@ class LeaseTask:
                         wait_ms=wait_ms,
                         limit=limit,
                     )
+                    if result.skipped is not None:
+                        log_skipped(self.host.stream, result.skipped)
+                    return result
+                except DataCorruptError as exc:
+                    damaged = exc
                 except StreamdError as exc:
                     if not exc.retryable:
                         raise
@@ -337,7 +358,30 @@ class LeaseTask:
                     await anyio.sleep(backoff_s(failures, BACKOFF_MS_INITIAL, BACKOFF_MS_MAX))
                 finally:
                     self._read_scope = None
+            if damaged is not None:
+                await self._wait_out_damage(damaged)
         return None
+
+    async def _wait_out_damage(self, error: DataCorruptError) -> None:
+        """Report a damaged range once (log, processor), then wait to try again; a stop
+        request cancels the wait (the lease is then given up as usual)."""
+        seen = (error.details.get("from_sequence"), error.details.get("to_sequence"))
+        if seen != self._damage_reported:
+            self._damage_reported = seen
+            log.error(
+                "lease of %s: %s; the lease is kept and the read retried every %.1f s",
+                self.shard_id,
+                error.message,
+                self.host.corrupt_retry_s,
+            )
+            await self.processor.data_corrupt(error)
+        with anyio.CancelScope() as scope:
+            self._read_scope = scope
+            try:
+                if not self.stopping:
+                    await anyio.sleep(self.host.corrupt_retry_s)
+            finally:
+                self._read_scope = None
 
     # -- checkpoints ------------------------------------------------------------------------------
 

@@ -127,11 +127,24 @@ class ChildShard(NamedTuple):
     hash_key_end: int
 
 
+class SkippedRange(NamedTuple):
+    """Records an operator quarantined (damaged on the server's disk; docs/operations.md): a
+    read that began inside them went on after them. Both sequence numbers are included."""
+
+    shard_id: str
+    from_sequence: str
+    to_sequence: str
+    base_offset: int
+    next_offset: int  # excluded
+
+
 class ReadResult(NamedTuple):
     """A page of records; ``next_position`` is where the following read continues.
 
     ``shard_end``: the shard is closed (resharded) and this page reached its last record; no
     record will ever follow, and ``child_shards`` name the shards that continue it.
+    ``skipped``: the read began inside a quarantined range and continued after it (the gap in
+    the sequence numbers, named); None otherwise.
     """
 
     records: list[Record]
@@ -140,6 +153,7 @@ class ReadResult(NamedTuple):
     high_watermark: int
     shard_end: bool = False
     child_shards: tuple[ChildShard, ...] = ()
+    skipped: SkippedRange | None = None
 
 
 class RawRead(NamedTuple):
@@ -152,6 +166,7 @@ class RawRead(NamedTuple):
     millis_behind: int
     shard_end: bool = False
     child_shards: tuple[ChildShard, ...] = ()
+    skipped: tuple[int, int] | None = None  # [base, next) of a quarantined range jumped
 
 
 def field(body: Any, name: str, kind: type[_T], *, optional: bool = False) -> _T:
@@ -267,6 +282,12 @@ def raw_read_from_wire(body: Any) -> RawRead:
             child_shard_from_wire(c) for c in field(body, "child_shards", list, optional=True) or ()
         ),
     )
+    skipped = field(body, "skipped", dict, optional=True)  # absent: no gap (or older servers)
+    if skipped is not None:
+        gap = (_count(skipped, "base_offset"), _count(skipped, "next_offset"))
+        if not gap[0] < gap[1] <= raw.start_offset:
+            raise ProtocolError(f"read skipped {gap} but starts at {raw.start_offset}")
+        raw = raw._replace(skipped=gap)
     if raw.child_shards and not raw.shard_end:
         raise ProtocolError("read named child shards without reaching the shard's end")
     if raw.next_offset < raw.start_offset:

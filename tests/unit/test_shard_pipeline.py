@@ -71,6 +71,9 @@ class MemoryLog:
     def delete_segments_before(self, cutoff_ms: int) -> int:
         return 0
 
+    def quarantined_at(self, offset: int) -> tuple[int, int] | None:
+        return None  # nothing is ever damaged in memory
+
 
 SHARD = ShardMeta("shardId-000000000000", 0, 0, HASH_KEY_MAX)
 

@@ -31,16 +31,18 @@ from pathlib import Path
 import structlog
 
 from streamd_client import batch as batchfmt
-from streamd_client.errors import CorruptDataError, StorageFullError
+from streamd_client.errors import CorruptDataError, InvalidArgumentError, StorageFullError
 
+from . import quarantine as book
 from .config import LogConfig, RecoveryReport
 from .errors import FULL_DISK_ERRNOS, OffsetTrimmedError, SyncFailedError
 from .fdcache import FdCache
 from .files import fsync_dir, index_path, write_marker
 from .index_file import summarize, write_index
 from .producers import ProducerBatch
+from .quarantine import Quarantined
 from .recovery import Recovered, recover
-from .segment import Segment
+from .segment import Segment, Stretch
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +64,12 @@ class ShardLog:
         self._producers = recovered.producers
         self.producers: dict[int, deque[ProducerBatch]] = self._producers.entries
         self.corrupt_ranges: list[tuple[int, int]] = list(recovered.report.corrupt_ranges)
+        # Ranges an operator moved aside (quarantine.py): readers skip them. Replaced, never
+        # mutated, so readers in other threads see one whole list.
+        self._book: list[Quarantined] = book.load(directory)
+        self.quarantined: list[tuple[int, int]] = [
+            (q.base_offset, q.next_offset) for q in self._book
+        ]
         # Invariant: start_offset <= next_offset; both only grow.
         self.start_offset = segments[0].base_offset
         self.next_offset = segments[-1].next_offset
@@ -203,6 +211,7 @@ class ShardLog:
         self._segments = remaining
         self.start_offset = remaining[0].base_offset
         self.corrupt_ranges = [r for r in self.corrupt_ranges if r[1] > self.start_offset]
+        self.quarantined = [r for r in self.quarantined if r[1] > self.start_offset]
         if self.start_offset == self.next_offset:
             self.last_arrival_ms = 0
         for segment in victims:
@@ -281,6 +290,66 @@ class ShardLog:
             return False
         return True
 
+    def quarantine(self, base: int, end: int, now_ms: int) -> Quarantined:
+        """Move the damaged offsets [base, end) aside: copy their bytes to the quarantine
+        folder, record the range durably, and skip it in reads from now on (quarantine.py).
+        Repeating a done quarantine returns it again. Appender's thread only.
+
+        Raises InvalidArgumentError (outside the log, overlapping another quarantined range,
+        not starting and ending at the edges of damaged stretches, or holding an intact
+        batch: nothing intact is ever moved aside), OSError, StorageFullError.
+        """
+        assert not self._closed
+        for done in self._book:
+            if (done.base_offset, done.next_offset) == (base, end):
+                return done
+            if done.base_offset < end and base < done.next_offset:
+                raise InvalidArgumentError(
+                    f"offsets [{base}, {end}) overlap the quarantined range "
+                    f"[{done.base_offset}, {done.next_offset})"
+                )
+        if not self.start_offset <= base < end <= self.next_offset:
+            raise InvalidArgumentError(
+                f"offsets [{base}, {end}) are not in the log [{self.start_offset}, "
+                f"{self.next_offset})"
+            )
+        stretches = self._damaged_stretches(base, end)
+        chunks = [segment.read_bytes(st.position, st.end_position) for segment, st in stretches]
+        with _full_disk_is_typed(self.directory / book.BOOK_NAME):
+            name = book.keep_bytes(self.directory, base, end, chunks, fsync=self.config.fsync)
+            entry = Quarantined(base, end, name, sum(map(len, chunks)), now_ms)
+            entries = sorted([*self._book, entry], key=attrgetter("base_offset"))
+            book.save(self.directory, entries, fsync=self.config.fsync)
+        self._book = entries
+        self.quarantined = [(q.base_offset, q.next_offset) for q in entries]
+        return entry
+
+    def _damaged_stretches(self, base: int, end: int) -> list[tuple[Segment, Stretch]]:
+        found: list[tuple[Segment, Stretch]] = []
+        offset = base
+        while offset < end:
+            segment = _segment_for(self._segments, offset)
+            assert segment is not None  # offset >= start_offset
+            try:
+                stretch = segment.stretch_at(offset)
+            except CorruptDataError as exc:
+                raise InvalidArgumentError(
+                    f"cannot locate offset {offset}: {exc.message}"
+                ) from None
+            if stretch.intact:
+                raise InvalidArgumentError(
+                    f"offsets [{stretch.base_offset}, {stretch.next_offset}) hold an intact "
+                    "batch: only damaged records can be quarantined"
+                )
+            if stretch.base_offset != offset or stretch.next_offset > end:
+                raise InvalidArgumentError(
+                    f"the damaged stretch at offset {offset} is [{stretch.base_offset}, "
+                    f"{stretch.next_offset}): quarantine whole damaged stretches"
+                )
+            found.append((segment, stretch))
+            offset = stretch.next_offset
+        return found
+
     def truncate_to(self, offset: int) -> None:
         """Cut every batch at or after ``offset`` (a batch boundary), make the cut durable, and
         close the log; open it again with ``ShardLog.open`` (which recovers from the files).
@@ -351,7 +420,10 @@ class ShardLog:
                 raise OffsetTrimmedError(offset, self.start_offset)
             try:
                 got, offset, at_end = segment.read(
-                    offset, end_offset, budget_bytes, at_least_one=not batches
+                    offset,
+                    self._stop_before(offset, end_offset),
+                    budget_bytes,
+                    at_least_one=not batches,
                 )
             except CorruptDataError:
                 if batches:  # serve what came before; the next read reports the damage
@@ -365,8 +437,29 @@ class ShardLog:
                 break
         return batches
 
+    def _stop_before(self, offset: int, end_offset: int) -> int:
+        """``end_offset``, or the start of the next known damaged or quarantined range."""
+        for ranges in (self.corrupt_ranges, self.quarantined):
+            i = bisect.bisect_right(ranges, offset, key=_range_base)
+            if i < len(ranges):
+                end_offset = min(end_offset, ranges[i][0])
+        return end_offset
+
+    def quarantined_at(self, offset: int) -> tuple[int, int] | None:
+        """The quarantined range [base, next) holding ``offset``, if any (any thread)."""
+        ranges = self.quarantined
+        i = bisect.bisect_right(ranges, offset, key=_range_base) - 1
+        return ranges[i] if i >= 0 and ranges[i][0] <= offset < ranges[i][1] else None
+
     def _readable(self, offset: int, batches: list[bytes]) -> bool:
         """False (stop here) or CorruptDataError if ``offset`` lies in a known corrupt range."""
+        if self.quarantined_at(offset) is not None:
+            if batches:
+                return False
+            base, end = self.quarantined_at(offset) or (offset, offset + 1)
+            raise CorruptDataError(
+                f"offsets [{base}, {end}) are quarantined", base_offset=base, next_offset=end
+            )
         ranges = self.corrupt_ranges
         i = bisect.bisect_right(ranges, offset, key=_range_base) - 1
         if i < 0 or not ranges[i][0] <= offset < ranges[i][1]:

@@ -40,6 +40,8 @@ from .files import (
 )
 from .index_file import SegmentSummary, read_index, restore, summarize, write_index
 from .producers import ProducerTable
+from .quarantine import BOOK_NAME as QUARANTINE_BOOK
+from .quarantine import DIR_NAME as QUARANTINE_DIR
 from .scan import ScanResult, scan_segment
 from .segment import Segment
 
@@ -106,7 +108,7 @@ def _inventory(directory: Path, logger: Any) -> list[int]:
             indexes.append((base, path))
         elif path.name.endswith(TMP_SUFFIX):
             _remove_stray(path, "interrupted write", logger)
-        elif path.name != MARKER_NAME:
+        elif path.name not in (MARKER_NAME, QUARANTINE_BOOK, QUARANTINE_DIR):
             logger.warning("storage.recovery.unknown_file", file=path.name)
     present = set(bases)
     for base, path in indexes:

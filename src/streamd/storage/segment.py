@@ -48,6 +48,16 @@ log = structlog.get_logger(__name__)
 TIME_NONE_MS = -1
 
 
+class Stretch(NamedTuple):
+    """What holds an offset: a batch, or a damaged stretch, as offsets and as bytes."""
+
+    base_offset: int
+    next_offset: int  # end excluded
+    position: int  # first byte in the segment file
+    end_position: int  # end excluded
+    intact: bool  # a whole batch whose header and payload CRCs pass
+
+
 class IndexEntry(NamedTuple):
     offset: int  # base offset of the batch at ``position``
     position: int  # byte position of that batch's header in the segment file
@@ -370,6 +380,52 @@ class Segment:
         if found is None or found[1].base_offset != offset:
             raise CorruptDataError(f"no batch of {self.path.name} starts at offset {offset}")
         return found[0]
+
+    def stretch_at(self, offset: int) -> Stretch:
+        """The batch or damaged stretch holding ``offset``, read from the file (not trusted from
+        memory): for quarantining, which must move aside damaged bytes only.
+
+        An unreadable header's stretch runs to the next index entry (recovery forces one after
+        every stretch it skipped); a payload that fails its CRC is one damaged batch.
+        """
+        size, entries = self.size_bytes, self.entries
+        i = bisect.bisect_right(entries, offset, key=_entry_offset) - 1
+        if not self.base_offset <= offset < self.next_offset or i < 0:
+            raise CorruptDataError(f"offset {offset} is not in {self.path.name}")
+        position, expected = entries[i].position, entries[i].offset
+        while position < size:
+            try:
+                header = self._header_at(position)
+                if header.base_offset != expected or position + header.length > size:
+                    raise CorruptDataError("batch does not continue the log here")
+            except CorruptDataError:
+                j = bisect.bisect_right(entries, position, key=_entry_position)
+                end_position, resume = (
+                    (entries[j].position, entries[j].offset)
+                    if j < len(entries)
+                    else (size, self.next_offset)
+                )
+                if resume > offset:
+                    return Stretch(expected, resume, position, end_position, False)
+                position, expected = end_position, resume
+                continue
+            if header.next_offset > offset:
+                window = pread_exact(self.fd, header.length, position)
+                try:
+                    batchfmt.verify_payload(window, header)
+                except CorruptDataError:
+                    return Stretch(
+                        expected, header.next_offset, position, position + header.length, False
+                    )
+                return Stretch(
+                    expected, header.next_offset, position, position + header.length, True
+                )
+            position += header.length
+            expected = header.next_offset
+        return Stretch(expected, self.next_offset, size, size, False)  # offsets with no bytes
+
+    def read_bytes(self, position: int, end_position: int) -> bytes:
+        return pread_exact(self.fd, end_position - position, position)
 
     def find_time(self, timestamp_ms: int, end_offset: int) -> int | None:
         """Base offset of the first batch below ``end_offset`` with last_arrival_ms >= it."""
