@@ -46,7 +46,7 @@ def anyio_backend() -> str:
 
 def flip_a_byte_of_batch(server: ServerProcess, batch: int) -> bytes:
     """Flip one payload byte of the ``batch``-th stored batch; returns that batch's bytes."""
-    (segment,) = sorted((server.data_dir / "streams").glob(f"**/{SHARD_0}/[0-9]*.log"))
+    (segment,) = sorted(server.data_dir.glob(f"**/{SHARD_0}/[0-9]*.log"))
     data = segment.read_bytes()
     position = 0
     for _ in range(batch):
@@ -187,7 +187,7 @@ async def test_a_damaged_batch_is_reported_quarantined_and_read_past(
             await check_read_past(client, kinesis, puts)
             await client.put_record(STREAM, b"later", "k")  # the log goes on after it all
 
-        quarantine_files = list((server.data_dir / "streams").glob("**/quarantine/*.bin"))
+        quarantine_files = list(server.data_dir.glob("**/quarantine/*.bin"))
         assert [f.read_bytes() for f in quarantine_files] == [damaged_bytes]
 
         await anyio.to_thread.run_sync(server.terminate)

@@ -314,7 +314,10 @@ class ShardLog:
                 f"{self.next_offset})"
             )
         stretches = self._damaged_stretches(base, end)
-        chunks = [segment.read_bytes(st.position, st.end_position) for segment, st in stretches]
+        chunks: list[bytes] = []
+        for segment, stretch in stretches:
+            with _pinned(segment):
+                chunks.append(segment.read_bytes(stretch.position, stretch.end_position))
         with _full_disk_is_typed(self.directory / book.BOOK_NAME):
             name = book.keep_bytes(self.directory, base, end, chunks, fsync=self.config.fsync)
             entry = Quarantined(base, end, name, sum(map(len, chunks)), now_ms)
@@ -331,7 +334,8 @@ class ShardLog:
             segment = _segment_for(self._segments, offset)
             assert segment is not None  # offset >= start_offset
             try:
-                stretch = segment.stretch_at(offset)
+                with _pinned(segment):
+                    stretch = segment.stretch_at(offset)
             except CorruptDataError as exc:
                 raise InvalidArgumentError(
                     f"cannot locate offset {offset}: {exc.message}"
