@@ -79,3 +79,16 @@ async def test_a_dead_endpoint_in_the_list_is_skipped(etcd: EtcdProcess) -> None
         dead = f"127.0.0.1:{unused.getsockname()[1]}"  # bound, never listening: refused
         async with EtcdClient([dead, etcd.endpoint]) as client:
             assert (await client.range(b"nothing-here")).kvs == ()
+
+
+@pytest.mark.anyio
+async def test_the_client_runs_on_asyncio_and_trio(etcd: EtcdProcess, anyio_backend: str) -> None:
+    p = _prefix()
+    async with EtcdClient([etcd.endpoint]) as client:
+        revision = await client.put(p + b"k", anyio_backend.encode())
+        async with client.watch(p, codec.prefix_range_end(p), revision) as watch:
+            message = await watch.next(5.0)
+        assert [e.kv.value for e in message.events] == [anyio_backend.encode()]
+        lease = await client.lease_grant(2)
+        assert await client.lease_keepalive(lease.lease_id) >= 2
+        await client.lease_revoke(lease.lease_id)
