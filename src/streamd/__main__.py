@@ -4,4 +4,7 @@ import sys
 
 from .cli import main
 
-sys.exit(main())
+# Guarded: the gateway's decode workers (multiprocessing spawn) import this module as
+# ``__mp_main__``, and must not run the command line again.
+if __name__ == "__main__":
+    sys.exit(main())

@@ -377,6 +377,8 @@ async def serve(
                     fsync=config.fsync,
                 )
                 await root.start(engine.run)
+                if gateway is not None:  # its body decoder's workers, before its listener
+                    await root.start(gateway[0].run)
                 server = Server(config, engine)
                 host, port = listeners[0].socket.getsockname()[:2]
                 async with trio.open_nursery() as connections:

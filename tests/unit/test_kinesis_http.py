@@ -15,6 +15,7 @@ import trio.testing
 
 from streamd.kinesis.dispatch import Reply, Request
 from streamd.kinesis.http import HttpConnection, HttpLimits
+from streamd.kinesis.inflight import ByteBudget
 from streamd.kinesis.types import Streaming
 
 
@@ -283,3 +284,66 @@ async def test_hangup_cancels_the_stream_and_closes_the_iterator() -> None:
                 received += await client.receive_some(65536)
             await client.send_eof()
             await dispatcher.closed.wait()
+
+
+# -- large bodies: refused from their Content-Length, bounded in flight (issue 10, item 8) ----
+
+
+def kinesis_head(
+    operation: str, length: int, content_type: str = "application/x-amz-json-1.1"
+) -> bytes:
+    return (
+        f"POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: Kinesis_20131202.{operation}\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+async def test_a_body_over_its_operation_bound_is_refused_before_it_is_read() -> None:
+    """The answer comes while the client has sent only the head; the dispatcher never runs."""
+    client, server = trio.testing.memory_stream_pair()
+    dispatcher = EchoDispatcher()
+    reader = ResponseReader()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve, dispatcher, server, None)
+        await client.send_all(kinesis_head("PutRecords", 8 * 1024 * 1024))
+        with trio.fail_after(5):
+            reader.parser.feed_data(await client.receive_some(65536))
+        await client.send_all(b"x" * 100_000)  # what the client was still sending is drained
+        await client.send_eof()
+        reader.parser.feed_data(await reader.read_until_closed(client))
+    (response,) = reader.responses
+    assert response.status == 400
+    assert b"Records size exceeds 5 MB limit" in response.body
+    assert b"InvalidArgumentException" in response.body
+    assert dispatcher.requests == []
+
+
+async def test_bodies_in_flight_share_a_byte_budget(autojump_clock: Any) -> None:
+    """With room for one large body, a second connection's large body waits; when the first is
+    answered, it goes on. A third that cannot get room in time gets 503 before its body is read."""
+    limits = HttpLimits(bodies_in_flight_bytes_max=300_000, body_wait_timeout_s=5.0)
+    budget = ByteBudget(limits.bodies_in_flight_bytes_max)
+    pairs = [trio.testing.memory_stream_pair() for _ in range(3)]
+    body = b"{" + b" " * 199_998 + b"}"
+    readers = [ResponseReader() for _ in pairs]
+    async with trio.open_nursery() as nursery:
+        for _, server in pairs:
+            connection = HttpConnection(server, EchoDispatcher(), limits, "test", budget)
+            nursery.start_soon(connection.run)
+        first, second, third = (client for client, _ in pairs)
+        await first.send_all(kinesis_head("PutRecords", len(body)))
+        await trio.sleep(0.1)
+        assert budget.used == len(body)
+        await second.send_all(kinesis_head("PutRecords", len(body)))
+        await trio.sleep(0.1)
+        assert budget.waiting == 1
+        await first.send_all(body)  # answered: its bytes go back, the second is admitted
+        await trio.sleep(0.1)
+        assert (budget.used, budget.waiting) == (len(body), 0)
+        await third.send_all(kinesis_head("PutRecords", len(body)))
+        await trio.sleep(6)  # the second never sends its body: the third times out waiting
+        readers[2].parser.feed_data(await third.receive_some(65536))
+        assert readers[2].responses[0].status == 503
+        assert b"ServiceUnavailable" in readers[2].responses[0].body
+        nursery.cancel_scope.cancel()
+    assert budget.used == 0  # every reservation was given back, the cancelled one too

@@ -34,6 +34,7 @@ from .codec import (
     operation_of,
     protocol_of,
 )
+from .decoding import BodyDecoder
 from .errors import (
     INTERNAL_FAILURE,
     SERIALIZATION,
@@ -79,10 +80,12 @@ class Dispatcher:
         ctx: GatewayContext,
         credentials: Mapping[str, str],
         operation_timeout_s: float,
+        decoder: BodyDecoder | None = None,
     ) -> None:
         self.ctx = ctx
         self.credentials = dict(credentials)
         self.operation_timeout_s = operation_timeout_s
+        self.decoder = decoder  # None: every body is decoded inline (tests, small embeddings)
 
     async def answer(self, request: Request) -> Reply:
         started = time.perf_counter()
@@ -136,7 +139,10 @@ class Dispatcher:
                 raise unsupported_operation(name)
             raise KinesisError(UNKNOWN_OPERATION, f"unknown operation {name}")
         try:
-            body = decode_request(protocol, request.body)
+            if self.decoder is None:
+                body = decode_request(protocol, request.body)
+            else:  # large bodies off the event loop (decoding.py)
+                body = await self.decoder.decode(protocol, request.body)
         except InvalidTextError as exc:
             raise KinesisError(VALIDATION, str(exc)) from None
         except CodecError as exc:

@@ -32,12 +32,15 @@ from typing import Final
 import structlog
 import trio
 
+from .. import malloc
 from .. import metrics as server_metrics
 from ..admission import ConnectionSlots, admission_limits
 from ..config import ServerConfig, parse_host_port
 from ..engine import Engine
 from . import metrics
-from .codec import Protocol
+from .body_limits import body_bytes_max, too_large
+from .codec import Protocol, operation_of, protocol_of
+from .decoding import BodyDecoder
 from .dispatch import Dispatcher, Reply, Request, error_reply
 from .errors import SERVICE_UNAVAILABLE
 from .http_wire import (
@@ -46,11 +49,13 @@ from .http_wire import (
     CONTINUE,
     HttpParseError,
     ParsedRequest,
+    RequestHead,
     RequestParser,
     encode_answer,
     encode_chunk,
     encode_head,
 )
+from .inflight import ByteBudget
 from .types import GatewayContext
 
 log = structlog.get_logger(__name__)
@@ -58,14 +63,23 @@ log = structlog.get_logger(__name__)
 KINESIS_PORT_DEFAULT: Final = 4567
 ITERATOR_KEY_FILE: Final = "kinesis-iterator.key"
 _RECEIVE_BYTES: Final = 64 * 1024
+# While an admitted large body arrives: fewer, larger reads (its bytes are reserved already).
+_RECEIVE_BODY_BYTES: Final = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class HttpLimits:
     header_bytes_max: int = 16 * 1024
-    # PutRecords: 5 MiB of data is 6.7 MiB in base64, plus keys and JSON framing; the headroom
-    # lets a request somewhat over the limit get Kinesis's own error, not a bare 413.
+    # Any body, whatever its operation: past it, a bare 413 (as Kinesis' front end answers).
+    # Each operation's own bound is lower (body_limits.py: PutRecords in JSON, 7.2 MiB, is the
+    # largest) and answers the error Kinesis gives for that operation.
     body_bytes_max: int = 12 * 1024 * 1024
+    # All connections together: bodies larger than body_reserve_min_bytes reserve their size
+    # here before they are read, and wait at most body_wait_timeout_s for room (then 503).
+    bodies_in_flight_bytes_max: int = 64 * 1024 * 1024
+    body_reserve_min_bytes: int = 64 * 1024
+    body_wait_timeout_s: float = 5.0
+    refusal_linger_s: float = 5.0  # reading (and dropping) a refused body, so the answer lands
     idle_timeout_s: float = 120.0  # keep-alive: longer than the SDKs' pool idle times
     first_request_timeout_s: float = 10.0  # a new connection's first byte (as a native hello)
     read_timeout_s: float = 30.0  # from a request's first byte to its last
@@ -79,14 +93,25 @@ class _Closed(Exception):
 
 class HttpConnection:
     def __init__(
-        self, stream: trio.abc.Stream, dispatcher: Dispatcher, limits: HttpLimits, peer: str
+        self,
+        stream: trio.abc.Stream,
+        dispatcher: Dispatcher,
+        limits: HttpLimits,
+        peer: str,
+        budget: ByteBudget | None = None,
     ) -> None:
         self.stream = stream
         self.dispatcher = dispatcher
         self.limits = limits
         self.peer = peer
         self.parser = RequestParser(limits.header_bytes_max, limits.body_bytes_max)
+        self.budget = budget or ByteBudget(limits.bodies_in_flight_bytes_max)
         self.requests_served = 0
+        self.requests_received = 0
+        # The budget's bytes this connection holds, and the request (by receive count) they are
+        # for: pipelined requests complete in order, so it is the next one to complete.
+        self.reserved_bytes = 0
+        self.reserved_for = 0
 
     async def run(self) -> None:
         try:
@@ -94,19 +119,34 @@ class HttpConnection:
                 parsed = await self._receive_request()
                 if parsed is None:
                     return
+                http_11, keep_alive = parsed.http_11, parsed.keep_alive
+                head_only = parsed.method == "HEAD"
                 request = Request(parsed.method, parsed.target, parsed.headers, parsed.body)
+                del parsed  # the body goes with the request: nothing holds it past the answer
                 reply = await self.dispatcher.answer(request)
+                del request
                 if reply.streaming is not None:
-                    await self._send_streaming(reply, chunked=parsed.http_11)
+                    self._release_body(self.requests_received)
+                    await self._send_streaming(reply, chunked=http_11)
                     return
-                await self._send_reply(reply, parsed)
+                await self._send_reply(reply, close=not keep_alive, head_only=head_only)
+                del reply
+                self._release_body(self.requests_received)
                 self.requests_served += 1
-                if not parsed.keep_alive:
+                if not keep_alive:
                     return
         except HttpParseError as exc:
             await self._reject(exc.status, exc.message, exc.reason)
         except _Closed:
             pass
+        finally:
+            self._release_body(None)
+
+    def _release_body(self, request_number: int | None) -> None:
+        """Give the budget back once request ``request_number`` is answered (None: all)."""
+        if self.reserved_bytes and request_number in (None, self.reserved_for):
+            self.budget.release(self.reserved_bytes)
+            self.reserved_bytes = 0
 
     # -- receiving -----------------------------------------------------------------------------
 
@@ -120,6 +160,7 @@ class HttpConnection:
         while True:
             event = self.parser.next_event()
             if isinstance(event, ParsedRequest):
+                self.requests_received += 1
                 return event
             if event is CLOSED:
                 return None
@@ -139,12 +180,70 @@ class HttpConnection:
                 await self._reject(408, "request not received in time", "timeout")
                 raise _Closed
             self.parser.receive_data(data)
+            head = self.parser.take_head()
+            if head is not None:
+                await self._admit_body(head)
+
+    async def _admit_body(self, head: RequestHead) -> None:
+        """Before a body is read: refuse it when its Content-Length is over what its operation
+        can take (400, the operation's Kinesis error); reserve a large one's bytes in the
+        gateway's budget (503 if they do not fit in time). Raises _Closed after a refusal."""
+        protocol = protocol_of(head.header("content-type")) or Protocol.JSON
+        operation = operation_of(head.header("x-amz-target"))
+        limit = body_bytes_max(operation, protocol)
+        size = head.content_length
+        if size is not None and size > limit:
+            type_name, message = too_large(operation, size, limit)
+            await self._refuse_body(400, type_name, message, protocol, size, "too_large")
+        self.parser.limit_body(limit)  # a chunked body: checked as it arrives
+        reserve = min(limit, self.limits.body_bytes_max) if size is None else size
+        if reserve < self.limits.body_reserve_min_bytes:
+            return
+        assert self.reserved_bytes == 0  # one body is received at a time
+        if not await self.budget.acquire(reserve, self.limits.body_wait_timeout_s):
+            message = (
+                f"too many request bytes in flight (server holds at most "
+                f"{self.limits.bodies_in_flight_bytes_max}); retry"
+            )
+            await self._refuse_body(503, SERVICE_UNAVAILABLE, message, protocol, size, "busy")
+        self.reserved_bytes = reserve
+        self.reserved_for = self.parser.completed + 1
+
+    async def _refuse_body(
+        self,
+        status: int,
+        type_name: str,
+        message: str,
+        protocol: Protocol,
+        size: int | None,
+        reason: str,
+    ) -> None:
+        """Answer before the body is read, then read and drop what the client still sends (at
+        most its Content-Length, for at most ``refusal_linger_s``) so that our close is not a
+        reset that could destroy the answer before the client reads it. Raises _Closed."""
+        metrics.BAD_REQUESTS.labels(reason).inc()
+        log.info("kinesis.body_refused", peer=self.peer, status=status, reason=message[:200])
+        reply = error_reply(protocol, type_name, message, status)
+        headers = [*reply.headers, ("retry-after", "1")] if status == 503 else reply.headers
+        await self._send(encode_answer(status, headers, reply.body, close=True))
+        left = self.limits.body_bytes_max if size is None else size
+        with trio.move_on_after(self.limits.refusal_linger_s):
+            while left > 0:
+                try:
+                    data = await self.stream.receive_some(_RECEIVE_BYTES)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    break
+                if not data:
+                    break
+                left -= len(data)
+        raise _Closed
 
     async def _receive(self, deadline: float) -> bytes | bytearray | None:
         """Bytes from the socket (b"" at end of file), or None at the deadline. Raises _Closed."""
         with trio.move_on_at(deadline):
             try:
-                return await self.stream.receive_some(_RECEIVE_BYTES)
+                size = _RECEIVE_BODY_BYTES if self.reserved_bytes else _RECEIVE_BYTES
+                return await self.stream.receive_some(size)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 raise _Closed from None
         return None
@@ -163,9 +262,7 @@ class HttpConnection:
             metrics.BAD_REQUESTS.labels("send_timeout").inc()
             raise _Closed
 
-    async def _send_reply(self, reply: Reply, request: ParsedRequest) -> None:
-        close = not request.keep_alive
-        head_only = request.method == "HEAD"
+    async def _send_reply(self, reply: Reply, *, close: bool, head_only: bool) -> None:
         answer = encode_answer(
             reply.status, reply.headers, reply.body, close=close, head_only=head_only
         )
@@ -220,7 +317,8 @@ class HttpConnection:
 
 
 class Gateway:
-    """The Kinesis HTTP listener's state: dispatcher, limits, the connection count."""
+    """The Kinesis HTTP listener's state: dispatcher, body decoder, limits, the bound on body
+    bytes in flight, the connection count."""
 
     def __init__(self, config: ServerConfig, engine: Engine, limits: HttpLimits) -> None:
         self.limits = limits
@@ -230,17 +328,31 @@ class Gateway:
             account_id=config.kinesis_account_id,
             iterator_key=_iterator_key(config.data_dir),
         )
+        self.decoder = BodyDecoder()
         self.dispatcher = Dispatcher(
-            ctx, dict(config.kinesis_credentials), limits.operation_timeout_s
+            ctx, dict(config.kinesis_credentials), limits.operation_timeout_s, self.decoder
         )
         self.signed = bool(config.kinesis_credentials)
+        self.budget = ByteBudget(limits.bodies_in_flight_bytes_max)
         self.slots = ConnectionSlots(
             admission_limits(config), metrics.CONNECTIONS, "kinesis.connection", "kinesis", _refusal
         )
 
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the body decoder's worker processes while the gateway serves (until cancelled),
+        and give memory back after bursts of large bodies; start it before the listener."""
+        async with self.decoder:
+            task_status.started()
+            trimmed_at = self.budget.granted_total
+            while True:
+                await trio.sleep(malloc.TRIM_INTERVAL_S)
+                if self.budget.used == 0 and self.budget.granted_total != trimmed_at:
+                    trimmed_at = self.budget.granted_total
+                    await trio.to_thread.run_sync(malloc.trim)
+
     async def handle(self, stream: trio.SocketStream) -> None:
         async def run(peer: str) -> None:
-            await HttpConnection(stream, self.dispatcher, self.limits, peer).run()
+            await HttpConnection(stream, self.dispatcher, self.limits, peer, self.budget).run()
 
         await self.slots.serve(stream, run)
 

@@ -15,7 +15,9 @@ Limits are enforced while parsing, before anything large is buffered: the header
 (``header_bytes_max``: 400, as the docs promise; httptools buffers a header line until it ends,
 so an unfinished head is bounded by the limit plus one ``receive_data`` call), the body
 (``body_bytes_max``: 413, checked against Content-Length when the head ends, and while chunked
-bodies arrive).
+bodies arrive). ``take_head`` hands out the head of a request whose body is still to come, so
+the caller can refuse or admit that body (by its Content-Length) before reading it, and
+``limit_body`` lowers the bound for that one request.
 
 The encoders write answers directly as bytes: status line, headers, Content-Length (or chunked
 Transfer-Encoding for streamed answers), ``connection: close`` when the connection ends after it.
@@ -53,6 +55,20 @@ class Event(Enum):
 
 NEED_DATA: Final = Event.NEED_DATA
 CLOSED: Final = Event.CLOSED
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """A request whose header block has ended and whose body is still to come: what the caller
+    needs to admit (or refuse) the body before reading it."""
+
+    method: str
+    target: str
+    headers: list[tuple[str, str]]  # lowercase names, values stripped
+    content_length: int | None  # None: chunked
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k == name), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +117,10 @@ class RequestParser:
         self._continue_due = False
         self._http_11 = False
         self._keep_alive = False
+        self._content_length: int | None = None
+        self._head: RequestHead | None = None  # set when a head ends, until taken or complete
+        self._request_body_max = body_bytes_max  # this request's bound (``limit_body``)
+        self.completed = 0  # requests parsed whole so far
 
     # -- the caller's side ----------------------------------------------------------------------
 
@@ -146,6 +166,16 @@ class RequestParser:
     def continue_sent(self) -> None:
         self._continue_due = False
 
+    def take_head(self) -> RequestHead | None:
+        """The head of the request being received, once, if its body has not all arrived yet
+        (a request complete within one ``receive_data`` call never shows here)."""
+        head, self._head = self._head, None
+        return head if self._error is None else None
+
+    def limit_body(self, body_bytes_max: int) -> None:
+        """Bound the body of the request being received (a chunked one: while it arrives)."""
+        self._request_body_max = min(body_bytes_max, self.body_bytes_max)
+
     def _bound_unfinished_head(self, fed_bytes: int) -> None:
         # When the head began in this feed, only what the callbacks saw is known to be head;
         # in later feeds, every byte is.
@@ -170,6 +200,9 @@ class RequestParser:
         self._head_bytes = self._head_fed_bytes = self._body_bytes = 0
         self._url, self._headers, self._body = [], [], []
         self._expect_continue = self._continue_due = False
+        self._content_length = None
+        self._head = None
+        self._request_body_max = self.body_bytes_max
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
@@ -189,6 +222,7 @@ class RequestParser:
                 raise self._fail(400, f"Content-Length {text!r:.40} is not a number")
             if len(text) > _CONTENT_LENGTH_DIGITS_MAX or int(text) > self.body_bytes_max:
                 raise self._fail(413, f"body over {self.body_bytes_max} bytes")
+            self._content_length = int(text)
         elif key == "expect":
             self._expect_continue = text.lower() == "100-continue"
 
@@ -202,12 +236,19 @@ class RequestParser:
             raise self._fail(400, "an HTTP/1.1 request needs exactly one Host header")
         self._keep_alive = self._http_11 and parser.should_keep_alive()
         self._continue_due = self._expect_continue and self._http_11
+        if self._content_length != 0:
+            self._head = RequestHead(
+                parser.get_method().decode("ascii", "replace"),
+                b"".join(self._url).decode("latin-1"),
+                self._headers,
+                self._content_length,
+            )
 
     def on_body(self, body: bytes) -> None:
         self._continue_due = False
         self._body_bytes += len(body)
-        if self._body_bytes > self.body_bytes_max:
-            raise self._fail(413, f"body over {self.body_bytes_max} bytes")
+        if self._body_bytes > self._request_body_max:
+            raise self._fail(413, f"body over {self._request_body_max} bytes")
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -223,6 +264,8 @@ class RequestParser:
             )
         )
         self._started = self._continue_due = False
+        self._head = None
+        self.completed += 1
         self._url, self._headers, self._body = [], [], []
 
 
