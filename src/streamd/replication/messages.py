@@ -275,9 +275,12 @@ class HighWatermark:
 
 @dataclass(frozen=True, slots=True)
 class RoleChanged:
+    """For logs and metrics: the replica's role, epoch and leader now, and why it changed."""
+
     role: str
     epoch: int
     leader: int | None
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)

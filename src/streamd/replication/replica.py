@@ -188,12 +188,12 @@ class Replica:
             self.hw = hw
             self._out.append(m.HighWatermark(hw))
 
-    def _set_role(self, role: Role) -> None:
+    def _set_role(self, role: Role, reason: str) -> None:
         if role is self.role:
             return
         require(role in TRANSITIONS[self.role], f"no transition {self.role} -> {role}")
         self.role = role
-        self._out.append(m.RoleChanged(role.value, self.epoch, self.leader))
+        self._out.append(m.RoleChanged(role.value, self.epoch, self.leader, reason))
 
     def _read(self, offset: int, batches_max: int) -> list[StoredBatch] | None:
         """Batches from the log, or None (and we step down) when one is damaged."""
@@ -212,7 +212,7 @@ class Replica:
         self.leader = leader
         self._matched_end = 0
         self._leader_end = 0
-        self._out.append(m.RoleChanged(self.role.value, epoch, leader))
+        self._out.append(m.RoleChanged(self.role.value, epoch, leader, f"epoch {epoch} began"))
 
     def _step_down(self, why: str) -> None:
         if self.role is Role.LEADING:
@@ -221,7 +221,7 @@ class Replica:
             self._producers = None
         self._fence_acks = {}
         self._source = None
-        self._set_role(Role.FOLLOWER)
+        self._set_role(Role.FOLLOWER, why)
 
     def on_lead(self, command: m.Lead) -> None:
         if command.epoch <= self.epoch:
@@ -234,7 +234,7 @@ class Replica:
         self._persist(replace(self.meta, epoch=command.epoch))
         self.leader = self.id
         self.replicas = command.replicas
-        self._set_role(Role.FENCING)
+        self._set_role(Role.FENCING, f"controller: lead epoch {command.epoch}")
         self.begin_fencing()
 
     def begin_fencing(self) -> None:
@@ -280,7 +280,7 @@ class Replica:
             return
         self._source = best.src
         self._fetch_heard_ms = self.now_ms
-        self._set_role(Role.CATCHING_UP)
+        self._set_role(Role.CATCHING_UP, f"replica {best.src} holds the most up-to-date log")
         self._send_fetch(self._log_end, self.last_epoch)
 
     def on_tick_fencing(self, tick: m.Tick) -> None:
@@ -344,7 +344,7 @@ class Replica:
 
     def on_tick_catching_up(self, tick: m.Tick) -> None:
         if self.now_ms - self._fetch_heard_ms >= self.config.retry_ms * FETCH_RETRIES_MAX:
-            self._set_role(Role.FENCING)  # the source is gone or damaged: choose again
+            self._set_role(Role.FENCING, "catch-up source went silent: fencing again")
             self.begin_fencing()
         elif self.now_ms - self._fetch_sent_ms >= self.config.retry_ms:
             self._send_fetch(self._log_end, self.last_epoch)
@@ -491,7 +491,7 @@ class Replica:
         """Our log is now the most up-to-date of a fenced majority: write the epoch-start batch
         and start replicating from it (followers back up from there as they need)."""
         self._source = None
-        self._set_role(Role.LEADING)
+        self._set_role(Role.LEADING, "fenced a majority and holds the most up-to-date log")
         self.epoch_start_offset = self._log_end
         self.progress = {
             peer: Progress(next_offset=self.epoch_start_offset, heard_ms=self.now_ms)

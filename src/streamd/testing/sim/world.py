@@ -299,7 +299,10 @@ class World:
             self._reply(self.read_owner.get(effect.read_id), effect)
         elif isinstance(effect, m.RoleChanged):
             node.role = effect.role
-            self.trace(f"n{node.id} role {effect.role} e{effect.epoch} leader={effect.leader}")
+            self.trace(
+                f"n{node.id} role {effect.role} e{effect.epoch} leader={effect.leader}: "
+                f"{effect.reason}"
+            )
         elif isinstance(effect, m.LeadDeclined):
             self.trace(f"n{node.id} declines e{effect.epoch}: {effect.reason}")
             self.after(20, "controller_pick")
