@@ -1,0 +1,296 @@
+"""The cluster's keyspace: every key the control plane writes, and the format of its value.
+
+One module names them all so that nobody invents a key elsewhere and every writer's compare is
+written down once (docs/cluster.md has the same table for operators). Keys live under the
+store's namespace (``EtcdMetaStore(namespace=...)``), so one etcd may hold several clusters.
+
+=====================================  =========================  ================================
+key                                    written by                 compare
+=====================================  =========================  ================================
+``cluster/id``                         the first node to start    absent (put once, never changed)
+``nodes/<node_id>``                    that node, on its lease    absent (a live duplicate refuses)
+``controller/active``                  the elected controller     absent, on the elector's lease
+``shards/<stream>/<shard_id>``         creator (unassigned); the  controller key == fencing token,
+                                       controller afterwards      and the document's mod_revision
+``coordinators/<stream>/<group>``      the controller             as for shards
+=====================================  =========================  ================================
+
+Values are JSON objects with a version field ``"v"`` (today 1). A decoder refuses a value of
+an unknown version or shape with ``KeyFormatError``: a newer node wrote it, or something that
+is not streamd did; guessing would be worse than stopping.
+
+The controller's fencing token is the ``mod_revision`` of ``controller/active``: the key is put
+once, if absent, and never rewritten while held, so its mod_revision *is* its create revision,
+and a holder that lost it (lease lapsed, someone else elected) fails every compare on it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from .errors import MetaError
+
+FORMAT_VERSION: Final = 1
+CLUSTER_ID_KEY: Final = "cluster/id"
+NODES_PREFIX: Final = "nodes/"
+CONTROLLER_KEY: Final = "controller/active"
+SHARDS_PREFIX: Final = "shards/"
+COORDINATORS_PREFIX: Final = "coordinators/"
+
+_NAME_RE: Final = re.compile(r"[a-zA-Z0-9_.-]{1,128}")
+_VALUE_BYTES_MAX: Final = 64 * 1024
+
+ShardStatus = Literal["unassigned", "ok", "unavailable"]
+_STATUSES: Final = ("unassigned", "ok", "unavailable")
+
+
+class KeyFormatError(MetaError):
+    """A key or value in the cluster keyspace is not in the format this version reads."""
+
+
+def check_name(kind: str, name: str) -> str:
+    """A node id, stream, shard id or group as a key part: ``[a-zA-Z0-9_.-]{1,128}``."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ValueError(f"{kind} {name!r:.80} is not [a-zA-Z0-9_.-]{{1,128}}")
+    return name
+
+
+def node_key(node_id: str) -> str:
+    return NODES_PREFIX + check_name("node id", node_id)
+
+
+def shard_key(stream: str, shard_id: str) -> str:
+    return f"{SHARDS_PREFIX}{check_name('stream', stream)}/{check_name('shard id', shard_id)}"
+
+
+def coordinator_key(stream: str, group: str) -> str:
+    return f"{COORDINATORS_PREFIX}{check_name('stream', stream)}/{check_name('group', group)}"
+
+
+# -- values ------------------------------------------------------------------------------------
+
+
+def _encode(doc: dict[str, Any]) -> bytes:
+    return json.dumps({"v": FORMAT_VERSION, **doc}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _decode(what: str, raw: bytes) -> dict[str, Any]:
+    if len(raw) > _VALUE_BYTES_MAX:
+        raise KeyFormatError(f"{what}: value of {len(raw)} bytes (at most {_VALUE_BYTES_MAX})")
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise KeyFormatError(f"{what}: not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise KeyFormatError(f"{what}: not a JSON object")
+    version = doc.get("v")
+    if type(version) is not int or version != FORMAT_VERSION:  # True == 1: not a version
+        raise KeyFormatError(f"{what}: format version {doc.get('v')!r}, this node reads 1")
+    return doc
+
+
+def _field(what: str, doc: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = doc.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise KeyFormatError(f"{what}: field {name!r} is {value!r:.80}")
+    return value
+
+
+def _node_list(what: str, doc: dict[str, Any], name: str) -> tuple[str, ...]:
+    value = _field(what, doc, name, list)
+    if not all(isinstance(n, str) and _NAME_RE.fullmatch(n) for n in value):
+        raise KeyFormatError(f"{what}: field {name!r} holds a bad node id")
+    return tuple(value)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterId:
+    cluster_id: str
+
+    def encode(self) -> bytes:
+        return _encode({"cluster_id": self.cluster_id})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> ClusterId:
+        doc = _decode(CLUSTER_ID_KEY, raw)
+        return cls(_field(CLUSTER_ID_KEY, doc, "cluster_id", str))
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRegistration:
+    """``nodes/<node_id>``: a live node (the key dies with the node's lease)."""
+
+    node_id: str
+    native_address: str  # HOST:PORT clients and peers reach the native protocol on
+    kinesis_address: str  # HOST:PORT of the Kinesis gateway ("" if it has none)
+    started_ms: int  # wall clock at registration
+    version: str  # streamd's version
+
+    def encode(self) -> bytes:
+        return _encode(
+            {
+                "node_id": self.node_id,
+                "native": self.native_address,
+                "kinesis": self.kinesis_address,
+                "started_ms": self.started_ms,
+                "version": self.version,
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> NodeRegistration:
+        doc = _decode("node registration", raw)
+        w = "node registration"
+        return cls(
+            check_name("node id", _field(w, doc, "node_id", str)),
+            _field(w, doc, "native", str),
+            _field(w, doc, "kinesis", str),
+            _field(w, doc, "started_ms", int),
+            _field(w, doc, "version", str),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerRecord:
+    """``controller/active``: who the controller is (the fencing token is the key's revision)."""
+
+    node_id: str
+    lease_id: int
+    elected_ms: int
+
+    def encode(self) -> bytes:
+        return _encode(
+            {"node_id": self.node_id, "lease_id": self.lease_id, "elected_ms": self.elected_ms}
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> ControllerRecord:
+        w = "controller record"
+        doc = _decode(w, raw)
+        return cls(
+            _field(w, doc, "node_id", str),
+            _field(w, doc, "lease_id", int),
+            _field(w, doc, "elected_ms", int),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ShardAssignment:
+    """``shards/<stream>/<shard_id>``: where a shard lives and who leads it.
+
+    Invariants: ``replicas`` has no duplicate; ``leader`` is None or one of ``replicas``;
+    ``leader_epoch`` only grows (every leader change, a return from unavailable included, is
+    epoch + 1); status "unassigned" iff ``replicas`` is empty; status "ok" iff a leader is set.
+    """
+
+    stream: str
+    shard_id: str
+    replication_factor: int
+    replicas: tuple[str, ...] = ()
+    leader: str | None = None
+    leader_epoch: int = 0
+    status: ShardStatus = "unassigned"
+    parents: tuple[str, ...] = field(default=())  # shard ids this one was split or merged from
+
+    def __post_init__(self) -> None:
+        problem = self.problem()
+        if problem:
+            raise ValueError(f"shard assignment {self.stream}/{self.shard_id}: {problem}")
+
+    def problem(self) -> str:
+        if self.replication_factor < 1:
+            return f"replication factor {self.replication_factor}"
+        if len(set(self.replicas)) != len(self.replicas):
+            return "a node holds two replicas"
+        if len(self.replicas) > self.replication_factor:
+            return "more replicas than the replication factor"
+        if self.leader is not None and self.leader not in self.replicas:
+            return "the leader is not a replica"
+        if self.leader_epoch < 0:
+            return "negative epoch"
+        if (self.status == "unassigned") != (not self.replicas):
+            return f"status {self.status} with replicas {list(self.replicas)}"
+        if (self.status == "ok") != (self.leader is not None):
+            return f"status {self.status} with leader {self.leader}"
+        return ""
+
+    @property
+    def key(self) -> str:
+        return shard_key(self.stream, self.shard_id)
+
+    def encode(self) -> bytes:
+        return _encode(
+            {
+                "stream": self.stream,
+                "shard_id": self.shard_id,
+                "rf": self.replication_factor,
+                "replicas": list(self.replicas),
+                "leader": self.leader,
+                "epoch": self.leader_epoch,
+                "status": self.status,
+                "parents": list(self.parents),
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> ShardAssignment:
+        w = "shard assignment"
+        doc = _decode(w, raw)
+        leader = doc.get("leader")
+        status = doc.get("status")
+        if leader is not None and not isinstance(leader, str):
+            raise KeyFormatError(f"{w}: field 'leader' is {leader!r:.80}")
+        if status not in _STATUSES:
+            raise KeyFormatError(f"{w}: field 'status' is {status!r:.80}")
+        parents = _field(w, doc, "parents", list)
+        if not all(isinstance(p, str) for p in parents):
+            raise KeyFormatError(f"{w}: field 'parents' holds a non-string")
+        try:
+            return cls(
+                check_name("stream", _field(w, doc, "stream", str)),
+                check_name("shard id", _field(w, doc, "shard_id", str)),
+                _field(w, doc, "rf", int),
+                _node_list(w, doc, "replicas"),
+                leader,
+                _field(w, doc, "epoch", int),
+                status,
+                tuple(parents),
+            )
+        except ValueError as exc:
+            raise KeyFormatError(str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorPlacement:
+    """``coordinators/<stream>/<group>``: the node that runs a consumer group's coordinator.
+
+    ``epoch`` grows on every move, so a coordinator can fence its writes on it.
+    """
+
+    stream: str
+    group: str
+    node_id: str
+    epoch: int
+
+    @property
+    def key(self) -> str:
+        return coordinator_key(self.stream, self.group)
+
+    def encode(self) -> bytes:
+        return _encode(
+            {"stream": self.stream, "group": self.group, "node": self.node_id, "epoch": self.epoch}
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> CoordinatorPlacement:
+        w = "coordinator placement"
+        doc = _decode(w, raw)
+        return cls(
+            _field(w, doc, "stream", str),
+            _field(w, doc, "group", str),
+            _field(w, doc, "node", str),
+            _field(w, doc, "epoch", int),
+        )

@@ -1,0 +1,132 @@
+"""The controller's decision table, one row at a time (table-driven), and decide() as a whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamd.controller.decisions import RULES, TABLE, Case, classify_shard, decide
+from streamd.meta.keys import CoordinatorPlacement, ShardAssignment
+
+
+def shard(
+    replicas: tuple[str, ...] = (),
+    leader: str | None = None,
+    epoch: int = 0,
+    status: str = "unassigned",
+    rf: int = 1,
+    shard_id: str = "shardId-000000000000",
+) -> ShardAssignment:
+    return ShardAssignment("s", shard_id, rf, replicas, leader, epoch, status)  # type: ignore[arg-type]
+
+
+# (name, live nodes, shard before, case, shard after or None for no write)
+ROWS = [
+    ("healthy rf1", {"a"}, shard(("a",), "a", 1, "ok"), Case.HEALTHY, None),
+    ("healthy rf3", {"a", "b", "c"}, shard(("a", "b", "c"), "b", 4, "ok", 3), Case.HEALTHY, None),
+    (
+        "follower down",
+        {"a", "b"},
+        shard(("a", "b", "c"), "a", 2, "ok", 3),
+        Case.UNDER_REPLICATED,
+        None,
+    ),
+    ("unassigned placed", {"a"}, shard(), Case.UNASSIGNED, shard(("a",), "a", 1, "ok")),
+    ("unassigned, too few nodes", {"a"}, shard(rf=2), Case.UNASSIGNED_WAIT, None),
+    ("unassigned, no node", set(), shard(), Case.UNASSIGNED_WAIT, None),
+    (
+        "rf1 leader lost",
+        {"b"},
+        shard(("a",), "a", 3, "ok"),
+        Case.NO_REPLICA_LIVE,
+        shard(("a",), None, 3, "unavailable"),
+    ),
+    ("rf1 still down", {"b"}, shard(("a",), None, 3, "unavailable"), Case.STILL_UNAVAILABLE, None),
+    (
+        "rf1 node back",
+        {"a", "b"},
+        shard(("a",), None, 3, "unavailable"),
+        Case.LEADER_LOST,
+        shard(("a",), "a", 4, "ok"),
+    ),
+    (
+        "rf3 leader lost",
+        {"b", "c"},
+        shard(("a", "b", "c"), "a", 7, "ok", 3),
+        Case.LEADER_LOST,
+        shard(("a", "b", "c"), "b", 8, "ok", 3),
+    ),
+    (
+        "rf3 all lost",
+        set(),
+        shard(("a", "b", "c"), "a", 7, "ok", 3),
+        Case.NO_REPLICA_LIVE,
+        shard(("a", "b", "c"), None, 7, "unavailable", 3),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("live", "before", "case", "after"), [r[1:] for r in ROWS], ids=[r[0] for r in ROWS]
+)
+def test_each_row_of_the_decision_table(
+    live: set[str], before: ShardAssignment, case: Case, after: ShardAssignment | None
+) -> None:
+    assert classify_shard(before, frozenset(live)) is case
+    decisions = decide(live, {before.key: before})
+    if after is None:
+        assert decisions == []
+    else:
+        assert [(d.case, d.key, d.after) for d in decisions] == [(case, before.key, after)]
+
+
+def test_every_case_has_exactly_one_rule_and_the_docs_show_it() -> None:
+    assert [rule.case for rule in TABLE] == list(Case)
+    doc = (Path(__file__).parents[2] / "docs" / "cluster.md").read_text()
+    for rule in TABLE:
+        assert f"`{rule.case}`" in doc, rule.case
+
+
+def test_a_new_leader_is_the_live_replica_leading_fewest() -> None:
+    busy = shard(("b",), "b", 1, "ok", shard_id="shardId-000000000009")
+    lost = shard(("a", "b", "c"), "a", 1, "ok", 3)
+    decisions = decide({"b", "c"}, {busy.key: busy, lost.key: lost})
+    assert [(d.after.leader, d.after.leader_epoch) for d in decisions] == [("c", 2)]  # type: ignore[union-attr]
+
+
+def test_a_twelve_shard_stream_is_placed_four_four_four_with_epoch_one() -> None:
+    shards = {s.key: s for s in (shard(shard_id=f"shardId-{i:012}") for i in range(12))}
+    decisions = decide({"a", "b", "c"}, shards)
+    assert {d.case for d in decisions} == {Case.UNASSIGNED}
+    leaders = [d.after.leader for d in decisions]  # type: ignore[union-attr]
+    assert sorted(leaders.count(n) for n in "abc") == [4, 4, 4]
+    assert {d.after.leader_epoch for d in decisions} == {1}  # type: ignore[union-attr]
+
+
+def test_deciding_again_on_the_result_decides_nothing() -> None:
+    shards = {s.key: s for s in (shard(shard_id=f"shardId-{i:012}", rf=2) for i in range(7))}
+    shards.update({k: d.after for d in decide({"a", "b", "c"}, shards) for k in [d.key]})  # type: ignore[misc]
+    assert decide({"a", "b", "c"}, shards) == []
+
+
+def test_half_placed_streams_are_finished_where_they_balance() -> None:
+    done = {
+        s.key: s
+        for s in (shard(("a",), "a", 1, "ok", shard_id=f"shardId-{i:012}") for i in range(4))
+    }
+    todo = {s.key: s for s in (shard(shard_id=f"shardId-{i:012}") for i in range(4, 12))}
+    decisions = decide({"a", "b", "c"}, {**done, **todo})
+    leaders = [d.after.leader for d in decisions]  # type: ignore[union-attr]
+    assert sorted(leaders) == ["b"] * 4 + ["c"] * 4
+
+
+def test_a_lost_coordinator_moves_with_epoch_plus_one() -> None:
+    lost = CoordinatorPlacement("s", "g1", "a", 3)
+    kept = CoordinatorPlacement("s", "g2", "b", 1)
+    decisions = decide({"b", "c"}, {}, {lost.key: lost, kept.key: kept})
+    assert [(d.case, d.after) for d in decisions] == [
+        (Case.COORDINATOR_LOST, CoordinatorPlacement("s", "g1", "c", 4))
+    ]
+    assert decide(set(), {}, {lost.key: lost}) == []
+    assert RULES[Case.COORDINATOR_WAIT].action == "none"

@@ -1,0 +1,87 @@
+"""The cluster keyspace: names, round trips, and refusal of values this version cannot read."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamd.meta.keys import (
+    ClusterId,
+    ControllerRecord,
+    CoordinatorPlacement,
+    KeyFormatError,
+    NodeRegistration,
+    ShardAssignment,
+    coordinator_key,
+    node_key,
+    shard_key,
+)
+
+
+def test_keys_are_named_in_one_place() -> None:
+    assert node_key("n1") == "nodes/n1"
+    assert shard_key("orders", "shardId-000000000003") == "shards/orders/shardId-000000000003"
+    assert coordinator_key("orders", "billing") == "coordinators/orders/billing"
+    for bad in ["", "a/b", "x" * 129, "é"]:
+        with pytest.raises(ValueError):
+            node_key(bad)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        ClusterId("c-1"),
+        NodeRegistration("n1", "127.0.0.1:7071", "127.0.0.1:4571", 1_700_000_000_000, "0.1.0"),
+        ControllerRecord("n1", 0x1234, 5),
+        ShardAssignment("s", "shardId-000000000001", 3, ("a", "b"), "b", 4, "ok", ("p",)),
+        ShardAssignment("s", "shardId-000000000001", 1),
+        CoordinatorPlacement("s", "g", "n2", 2),
+    ],
+)
+def test_values_round_trip(value: object) -> None:
+    assert type(value).decode(value.encode()) == value  # type: ignore[attr-defined]
+
+
+def test_the_format_is_pinned() -> None:
+    raw = ShardAssignment("s", "sh", 1, ("a",), "a", 1, "ok").encode()
+    assert raw == (
+        b'{"epoch":1,"leader":"a","parents":[],"replicas":["a"],"rf":1,'
+        b'"shard_id":"sh","status":"ok","stream":"s","v":1}'
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"[]",
+        b"\xff",
+        b'{"v":2,"cluster_id":"x"}',
+        b'{"cluster_id":"x"}',
+        b'{"v":1,"cluster_id":7}',
+        b'{"v":true,"cluster_id":"x"}',
+    ],
+)
+def test_an_unreadable_cluster_id_is_refused(raw: bytes) -> None:
+    with pytest.raises(KeyFormatError):
+        ClusterId.decode(raw)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"replicas": ["a", "a"]},
+        {"leader": "z"},
+        {"status": "ok", "leader": None},
+        {"status": "bogus"},
+        {"epoch": "1"},
+        {"rf": 0},
+        {"replicas": ["a/b"]},
+    ],
+)
+def test_a_shard_assignment_breaking_an_invariant_is_refused(change: dict[str, object]) -> None:
+    import json
+
+    doc = json.loads(ShardAssignment("s", "sh", 2, ("a",), "a", 1, "ok").encode())
+    doc.update(change)
+    with pytest.raises(KeyFormatError):
+        ShardAssignment.decode(json.dumps(doc).encode())
