@@ -121,3 +121,16 @@ async def test_a_decode_that_takes_too_long_is_killed() -> None:
     async with BodyDecoder(workers=1, timeout_s=0.001) as decoder:
         with pytest.raises(CodecError, match="longer than"):
             await decoder.decode(Protocol.JSON, body.encode())
+
+
+async def test_a_large_cbor_body_of_few_items_decodes_inline_one_of_many_items_does_not() -> None:
+    """Outside ``async with`` the decoder has no workers: what it decodes anyway was inline."""
+    decoder = BodyDecoder(workers=1)
+    few_large = cbor_put_records(400, 10_000)  # 4 MB, about 2,000 items
+    decoded = await decoder.decode(Protocol.CBOR, few_large)
+    assert len(decoded["Records"]) == 400
+    many_small = cbor.dumps({"StreamName": "s", "Records": [{"Data": b"x"}] * 5000})
+    with pytest.raises(RuntimeError, match="outside"):
+        await decoder.decode(Protocol.CBOR, many_small)
+    with pytest.raises(RuntimeError, match="outside"):
+        await decoder.decode(Protocol.JSON, json.dumps({"Records": [0] * 10_000}).encode())

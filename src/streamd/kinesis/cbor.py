@@ -37,8 +37,13 @@ class EpochTag:
     value: int | float
 
 
+class CborItemsError(CborError):
+    """The body holds more items than the decoder was allowed to make."""
+
+
 class _Reader:
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, items_max: int = ITEMS_MAX) -> None:
+        self.items_max = items_max
         self.data = data
         self.at = 0
         self.items = 0
@@ -68,8 +73,8 @@ class _Reader:
         if depth > DEPTH_MAX:
             raise CborError(f"CBOR nesting deeper than {DEPTH_MAX}")
         self.items += 1
-        if self.items > ITEMS_MAX:
-            raise CborError(f"more than {ITEMS_MAX} CBOR items in one body")
+        if self.items > self.items_max:
+            raise CborItemsError(f"more than {self.items_max} CBOR items in one body")
         initial = self.take(1)[0]
         major, info = initial >> 5, initial & 0x1F
         if major == 7:
@@ -173,9 +178,10 @@ def _check_key(key: Any) -> None:
         raise CborError("CBOR map key must be a scalar")
 
 
-def loads(data: bytes) -> Any:
-    """Decode exactly one CBOR item filling ``data``. Raises CborError."""
-    reader = _Reader(data)
+def loads(data: bytes, items_max: int = ITEMS_MAX) -> Any:
+    """Decode exactly one CBOR item filling ``data``, making at most ``items_max`` items.
+    Raises CborError (CborItemsError past ``items_max``)."""
+    reader = _Reader(data, items_max)
     try:
         value = reader.item(0)
     except RecursionError:

@@ -28,7 +28,7 @@ from typing import Any, Final
 from streamd_client.summary import summary
 
 from . import cbor
-from .cbor import CborError, EpochTag
+from .cbor import CborError, CborItemsError, EpochTag
 
 TARGET_PREFIX: Final = "Kinesis_20131202."
 BLOB_FIELDS: Final = frozenset({"Data"})
@@ -46,6 +46,10 @@ _EPOCH_SECONDS_MAX: Final = 253402300799  # 9999-12-31T23:59:59Z
 
 class CodecError(ValueError):
     """A body that cannot be decoded (answered as SerializationException)."""
+
+
+class CborTooManyItemsError(CodecError):
+    """A CBOR body with more items than the decoder was allowed to make."""
 
 
 class InvalidTextError(CodecError):
@@ -106,8 +110,11 @@ def operation_of(target: str | None) -> str | None:
 # -- decoding ------------------------------------------------------------------------------------
 
 
-def decode_request(protocol: Protocol, body: bytes) -> dict[str, Any]:
-    """The request map with blobs as bytes and timestamps as datetimes. Raises CodecError."""
+def decode_request(
+    protocol: Protocol, body: bytes, *, cbor_items_max: int = cbor.ITEMS_MAX
+) -> dict[str, Any]:
+    """The request map with blobs as bytes and timestamps as datetimes. Raises CodecError
+    (CborTooManyItemsError when a CBOR body holds more than ``cbor_items_max`` items)."""
     if not body.strip():
         return {}
     if protocol is Protocol.JSON:
@@ -125,7 +132,9 @@ def decode_request(protocol: Protocol, body: bytes) -> dict[str, Any]:
             _check_text(doc, 0)
     else:
         try:
-            doc = cbor.loads(body)
+            doc = cbor.loads(body, cbor_items_max)
+        except CborItemsError as exc:
+            raise CborTooManyItemsError(f"body is not valid CBOR: {exc}") from None
         except CborError as exc:
             raise CodecError(f"body is not valid CBOR: {exc}") from None
     if not isinstance(doc, dict):

@@ -8,18 +8,20 @@ switch interval (5 ms per loop iteration). Measured on this 2-core machine, the 
 when the decode ran inline; with a worker process it stays near 0.2 ms (p50), a few ms at p99.
 
 So a body of at most ``inline_bytes_max`` (16 KiB: a normal PutRecord, decoded in well under a
-millisecond even when hostile) is decoded on the loop; a larger one goes to a pool of
-``workers`` processes (trio-parallel; spawned lazily, kept while busy, retired when idle or when
-one grew past ``worker_rss_bytes_max``, so memory a hostile body made a worker take is given
-back to the system). The body goes to the worker, and the pickled result comes back, as files in
-a private spool directory on tmpfs (``/dev/shm``), not through trio-parallel's pipe: a 4.9 MiB
-body took 15 ms each way through the pipe (64 KiB at a time, a loop wake-up each), 1 to 2 ms as
-a file; the loop only unpickles the result (about a memcpy). At most ``workers`` decodes run at
-once (a CapacityLimiter); each is bounded by ``timeout_s`` and killed on timeout or
-cancellation. Workers run at a lower CPU priority (nice 10) than the event loop. The worker
-returns a bounded result: a decoded document with more than ``ITEMS_MAX`` members (no Kinesis
-request has more than a few thousand) is refused there, so the loop never unpickles millions of
-objects.
+millisecond even when hostile) is decoded on the loop, and so is a large CBOR body of at most
+``INLINE_CBOR_ITEMS_MAX`` items (a few hundred large records, as the KPL sends: 4.5 ms for 4.9
+MiB, mostly copying blobs; the attempt stops at that many items, 3.7 ms at worst, and hands the
+body on). Any other large body goes to a pool of ``workers`` processes (trio-parallel; spawned
+lazily, kept while busy, retired when idle or when one grew past ``worker_rss_bytes_max``, so
+memory a hostile body made a worker take is given back to the system). The body goes to the
+worker, and the pickled result comes back, as files in a private spool directory on tmpfs
+(``/dev/shm``), not through trio-parallel's pipe: a 4.9 MiB body took 15 ms each way through the
+pipe (64 KiB at a time, a loop wake-up each), 1 to 2 ms as a file; the loop only unpickles the
+result (about a memcpy). At most ``workers`` decodes run at once (a CapacityLimiter); each is
+bounded by ``timeout_s`` and killed on timeout or cancellation. Workers run at a lower CPU
+priority (nice 10) than the event loop. The worker returns a bounded result: a decoded document
+with more than ``ITEMS_MAX`` members (no Kinesis request has more than a few thousand) is
+refused there, so the loop never unpickles millions of objects.
 
 Only ``CodecError`` (answered as SerializationException) comes out of ``decode`` for a bad body;
 a worker that dies is an internal failure.
@@ -39,10 +41,14 @@ from typing import Any, Final
 import trio
 import trio_parallel
 
-from .codec import CodecError, Protocol, decode_request
+from .codec import CborTooManyItemsError, CodecError, Protocol, decode_request
 
 ITEMS_MAX: Final = 65_536  # members of all maps and lists in one request (PutRecords: ~3,500)
 INLINE_BYTES_MAX_DEFAULT: Final = 16 * 1024
+# A large CBOR body is first tried inline with this many items at most: a PutRecords of a few
+# hundred large records (what the KPL and the Java SDK send) has about 2,500 and decodes in a few
+# ms, mostly copying its blobs; one with more items goes to a worker.
+INLINE_CBOR_ITEMS_MAX: Final = 4096
 WORKER_RSS_BYTES_MAX: Final = 256 * 1024 * 1024
 WORKER_IDLE_TIMEOUT_S: Final = 300.0
 WORKER_NICENESS: Final = 10
@@ -96,6 +102,11 @@ class BodyDecoder:
         """The request map (as ``codec.decode_request``). Raises CodecError."""
         if len(body) <= self.inline_bytes_max:
             return decode_request(protocol, body)
+        if protocol is Protocol.CBOR:
+            try:
+                return decode_request(protocol, body, cbor_items_max=INLINE_CBOR_ITEMS_MAX)
+            except CborTooManyItemsError:
+                pass  # many small items: the costly kind, decoded by a worker
         context, spool = self._context, self._spool
         if context is None or spool is None:
             raise RuntimeError("BodyDecoder used outside 'async with'")
