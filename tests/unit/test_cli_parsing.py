@@ -154,3 +154,41 @@ def test_bad_from_exits_1_without_a_traceback(capsys: pytest.CaptureFixture[str]
     captured = capsys.readouterr()
     assert code == cli.EXIT_ERROR
     assert "--from 'oldest'" in captured.err and "Traceback" not in captured.err
+
+
+def test_serve_connection_limits_reach_the_config() -> None:
+    config = cli._serve_config(parse("serve", "--kinesis-listen", "off"))
+    assert (config.connections_max, config.connections_per_address_max) == (1024, None)
+    assert (config.handshake_timeout_ms, config.idle_timeout_ms) == (10_000, 600_000)
+    assert config.kinesis_idle_timeout_ms == 120_000
+    config = cli._serve_config(
+        parse(
+            "serve",
+            "--kinesis-listen",
+            "off",
+            "--connections-max",
+            "64",
+            "--connections-per-address-max",
+            "8",
+            "--handshake-timeout-s",
+            "2.5",
+            "--idle-timeout-s",
+            "30",
+            "--kinesis-idle-timeout-s",
+            "5",
+        )
+    )
+    assert (config.connections_max, config.connections_per_address_max) == (64, 8)
+    assert (config.handshake_timeout_ms, config.idle_timeout_ms) == (2500, 30_000)
+    assert config.kinesis_idle_timeout_ms == 5000
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--connections-max", "0"), ("--connections-per-address-max", "-1"),
+     ("--idle-timeout-s", "0"), ("--handshake-timeout-s", "inf")],
+)  # fmt: skip
+def test_serve_connection_limits_must_be_positive(flag: str, value: str) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse("serve", flag, value)
+    assert exit_info.value.code == cli.EXIT_USAGE

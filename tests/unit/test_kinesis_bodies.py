@@ -134,3 +134,13 @@ async def test_a_large_cbor_body_of_few_items_decodes_inline_one_of_many_items_d
         await decoder.decode(Protocol.CBOR, many_small)
     with pytest.raises(RuntimeError, match="outside"):
         await decoder.decode(Protocol.JSON, json.dumps({"Records": [0] * 10_000}).encode())
+
+
+def test_admission_per_address_default_is_a_quarter_of_the_global_bound() -> None:
+    from streamd.admission import admission_limits, per_address_default
+    from streamd.config import ServerConfig
+
+    assert per_address_default(1024) == 256 and per_address_default(3) == 1
+    assert admission_limits(ServerConfig()).connections_per_address_max == 256
+    limits = admission_limits(ServerConfig(connections_max=100, connections_per_address_max=7))
+    assert (limits.connections_max, limits.connections_per_address_max) == (100, 7)
