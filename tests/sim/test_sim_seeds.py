@@ -38,6 +38,19 @@ def test_no_seed_breaks_an_invariant(replicas: int, seeds: range, hunt: bool) ->
     assert acks > 5 * len(seeds) and reads > 5 * len(seeds)  # the workload did work
 
 
+# Seeds that once found a bug (outside the ranges above), kept as regression tests.
+FOUND_BUGS = [
+    (6963, 3, False),  # a repair point past the leader's log end kept a replica unwhole
+    (817, 3, True),  # a restarted damaged replica counted itself repaired before any leader
+]
+
+
+@pytest.mark.parametrize(("seed", "replicas", "hunt"), FOUND_BUGS)
+def test_seeds_that_once_found_bugs(seed: int, replicas: int, hunt: bool) -> None:
+    result = run_seed(seed, SimConfig(replicas=replicas, hunt=hunt))
+    assert result.ok, explain(result)
+
+
 def test_the_same_seed_gives_the_same_trace() -> None:
     for seed in (3, 77):
         first, second = run_seed(seed), run_seed(seed)

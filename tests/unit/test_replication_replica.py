@@ -372,3 +372,21 @@ def test_a_repair_point_past_the_new_leaders_log_end_does_not_block_the_repair()
     scene.tick(CONFIG.heartbeat_ms)
     scene.deliver()
     assert scene.metas[2].whole
+
+
+def test_a_damaged_replica_stays_unwhole_across_a_restart_until_a_leader_refills_it() -> None:
+    """Found by the simulator (hunting seed 817): after a restart, before any leader had
+    spoken, the replica counted itself repaired and vouched for a log it had lost."""
+    scene = started()
+    for i in range(1, 4):
+        scene.write(0, i, i)
+    scene.deliver()
+    scene.step(2, m.Damaged(1))
+    assert not scene.metas[2].whole
+    scene.replicas[2] = Replica(2, scene.logs[2], scene.metas[2], CONFIG)  # restart
+    scene.apply(2, scene.replicas[2].start())
+    scene.sync(2)
+    effects = scene.step(2, m.Receive(m.Fence(1, 2, 7)))
+    ack = next(e.message for e in effects if isinstance(e, m.Send))
+    assert isinstance(ack, m.FenceAck) and not ack.whole
+    assert not scene.metas[2].whole

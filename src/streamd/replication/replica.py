@@ -89,7 +89,7 @@ class Replica:
         self.hw = 0
         # Follower: the log is known to match the current leader's below this offset.
         self._matched_end = 0
-        self._leader_end = 0  # the leader's log end, as its last append said
+        self._leader_end: int | None = None  # the leader's log end, as its appends said
         # FENCING: replica -> its FenceAck; CATCHING_UP: whom we fetch from.
         self._fence_acks: dict[int, m.FenceAck] = {}
         self._fence_sent_ms = 0
@@ -211,7 +211,7 @@ class Replica:
         self._persist(replace(self.meta, epoch=epoch))
         self.leader = leader
         self._matched_end = 0
-        self._leader_end = 0
+        self._leader_end = None
         self._out.append(m.RoleChanged(self.role.value, epoch, leader, f"epoch {epoch} began"))
 
     def _step_down(self, why: str) -> None:
@@ -363,7 +363,7 @@ class Replica:
             return  # damaged in flight: the leader sends it again
         end = self._take_batches(append.prev_offset, append.batches)
         self._matched_end = min(max(self._matched_end, end), self._log_end)
-        self._leader_end = max(self._leader_end, append.leader_end)  # only grows in an epoch
+        self._leader_end = max(self._leader_end or 0, append.leader_end)  # grows in an epoch
         self._set_hw(min(append.hw, self._matched_end))
         self._ack_leader()
         self._check_repaired()
@@ -457,8 +457,8 @@ class Replica:
 
     def _check_repaired(self) -> None:
         repair_to = self.meta.repair_to
-        if repair_to is None:
-            return
+        if repair_to is None or self._leader_end is None:
+            return  # nothing to repair, or no leader has told us its log yet
         # What we acknowledged and what got committed is below repair_to, and every committed
         # batch is in the leader's log: holding the leader's log up to the first of the two
         # ends holds all of it (a divergent suffix we had may have been cut since).
