@@ -1,0 +1,25 @@
+"""Prometheus metrics of the control plane (membership, election, the controller's loop)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+LEASE_RENEWALS = Counter(
+    "streamd_node_lease_renewals_total",
+    "Node lease keepalives by outcome (ok, unavailable, lost)",
+    ["outcome"],
+)
+NODE_LOST = Counter("streamd_node_lost_total", "Times this node declared its lease lost")
+CONTROLLER_ELECTED = Counter(
+    "streamd_controller_elected_total", "Times this node was elected the active controller"
+)
+CONTROLLER_ACTIVE = Gauge("streamd_controller_active", "1 while this node is the controller")
+CONTROLLER_DECISIONS = Counter(
+    "streamd_controller_decisions_total",
+    "Controller writes by decision case and outcome (applied, stale)",
+    ["case", "outcome"],
+)
+CLUSTER_NODES_LIVE = Gauge("streamd_cluster_nodes_live", "Live nodes the controller sees")
+SHARDS_UNAVAILABLE = Gauge(
+    "streamd_cluster_shards_unavailable", "Shards with no live replica, as the controller sees"
+)

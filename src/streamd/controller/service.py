@@ -1,0 +1,232 @@
+"""The active controller's loop: read the cluster, decide (decisions.py), write fenced CAS txns.
+
+Level-triggered, so that a takeover needs no hand-over: each round reads ``nodes/``, ``shards/``
+and ``coordinators/`` afresh, computes the decisions from that state alone, and writes each new
+document in its own txn comparing the document's ``mod_revision`` as read and the controller's
+fencing token (``Leadership.txn``). A compare that fails means the state moved under us: the
+round ends and the next one reads again. A controller elected halfway through placing a stream
+places the rest; one deposed halfway has its next write refused and stops.
+
+Between rounds the loop waits for a change under any of those prefixes (one watch task per
+prefix sets ``_changed``) or ``resync_s`` seconds, whichever comes first; the periodic resync
+bounds the cost of any missed event. Values that do not decode (another version wrote them) are
+logged and left alone, never overwritten.
+
+``serve_as_controller`` is what a node runs: campaign, lead until deposed, campaign again; it
+ends (NodeLostError) when the node's own membership is lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, TypeVar
+
+import structlog
+import trio
+
+from streamd_client.errors import MetadataUnavailableError
+
+from ..meta.errors import CompactedError
+from ..meta.keys import (
+    COORDINATORS_PREFIX,
+    NODES_PREFIX,
+    SHARDS_PREFIX,
+    CoordinatorPlacement,
+    KeyFormatError,
+    ShardAssignment,
+)
+from ..meta.store import Compare, KeyValue, MetaStore
+from .decisions import Case, Decision, decide
+from .election import RECHECK_S_DEFAULT, Elector, Leadership
+from .errors import NodeLostError, NotControllerError
+from .membership import REQUEST_TIMEOUT_S_DEFAULT, Membership, bounded
+from .metrics import CLUSTER_NODES_LIVE, CONTROLLER_DECISIONS, SHARDS_UNAVAILABLE
+from .tasks import open_nursery
+
+RESYNC_S_DEFAULT: Final = 5.0
+_BACKOFF_S: Final = 0.2
+_WATCHED: Final = (NODES_PREFIX, SHARDS_PREFIX, COORDINATORS_PREFIX)
+
+log = structlog.get_logger(__name__)
+D = TypeVar("D")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterView:
+    """What one round read: live node ids, and the documents with their revisions."""
+
+    live_nodes: frozenset[str]
+    shards: dict[str, ShardAssignment]
+    coordinators: dict[str, CoordinatorPlacement]
+    revisions: dict[str, int]  # key -> mod_revision as read
+
+
+class ControllerService:
+    def __init__(
+        self,
+        store: MetaStore,
+        leadership: Leadership,
+        *,
+        resync_s: float = RESYNC_S_DEFAULT,
+        request_timeout_s: float = REQUEST_TIMEOUT_S_DEFAULT,
+    ) -> None:
+        self.store = store
+        self.leadership = leadership
+        self.resync_s = resync_s
+        self.request_timeout_s = request_timeout_s
+        self.rounds = 0  # rounds completed (tests and status read it)
+        self._changed = trio.Event()
+
+    async def run(self) -> None:
+        """Lead until deposed: then raise NotControllerError."""
+        log.info("controller.started", node=self.leadership.node_id, token=self.leadership.token)
+        async with open_nursery() as nursery:
+            for prefix in _WATCHED:
+                await nursery.start(self._watch_changes, prefix)
+            nursery.start_soon(self._until_deposed)
+            await self._rounds()
+
+    async def _until_deposed(self) -> None:
+        await self.leadership.watch_deposed()
+        raise NotControllerError(f"{self.leadership.node_id} was deposed")
+
+    async def _rounds(self) -> None:
+        while True:
+            self._changed = trio.Event()
+            try:
+                await self.round()
+            except MetadataUnavailableError as exc:
+                log.warning("controller.round_failed", error=str(exc))
+                await trio.sleep(_BACKOFF_S)
+                continue
+            with trio.move_on_after(self.resync_s):
+                await self._changed.wait()
+
+    async def round(self) -> list[Decision]:
+        """One read-decide-write round; returns the decisions it applied."""
+        view = await self.read()
+        decisions = decide(view.live_nodes, view.shards, view.coordinators)
+        applied: list[Decision] = []
+        for decision in decisions:
+            key = decision.key
+            result = await self.leadership.txn(
+                [Compare(key, view.revisions[key])], puts=[(key, decision.after.encode())]
+            )
+            outcome = "applied" if result else "stale"
+            CONTROLLER_DECISIONS.labels(decision.case.value, outcome).inc()
+            if not result:
+                log.info("controller.stale", key=key, case=decision.case.value)
+                self._changed.set()  # read again at once
+                break
+            applied.append(decision)
+            _log_decision(decision)
+        self.rounds += 1
+        return applied
+
+    async def read(self) -> ClusterView:
+        timeout_s = self.request_timeout_s
+        nodes = await bounded("the node list", timeout_s, self.store.range(NODES_PREFIX))
+        shard_kvs = await bounded("the shard list", timeout_s, self.store.range(SHARDS_PREFIX))
+        coord_kvs = await bounded(
+            "the coordinator list", timeout_s, self.store.range(COORDINATORS_PREFIX)
+        )
+        live = frozenset(kv.key[len(NODES_PREFIX) :] for kv in nodes)
+        shards = _decoded(shard_kvs, ShardAssignment.decode)
+        coordinators = _decoded(coord_kvs, CoordinatorPlacement.decode)
+        CLUSTER_NODES_LIVE.set(len(live))
+        SHARDS_UNAVAILABLE.set(sum(1 for s in shards.values() if s.status == "unavailable"))
+        revisions = {kv.key: kv.mod_revision for kv in [*shard_kvs, *coord_kvs]}
+        return ClusterView(live, shards, coordinators, revisions)
+
+    async def _watch_changes(
+        self, prefix: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Set ``_changed`` on every change under ``prefix``; started before the first read."""
+        snapshot = await bounded(
+            "a watch start", self.request_timeout_s, self.store.snapshot(prefix)
+        )
+        start = snapshot.revision + 1
+        task_status.started()
+        while True:
+            try:
+                async with self.store.watch(prefix, start) as watch:
+                    async for batch in watch:
+                        start = batch.revision + 1
+                        if batch.events:
+                            self._changed.set()
+            except CompactedError as exc:
+                start = exc.compact_revision
+                self._changed.set()  # history lost: the next round reads everything anyway
+            except MetadataUnavailableError as exc:
+                log.warning("controller.watch_failed", prefix=prefix, error=str(exc))
+                await trio.sleep(_BACKOFF_S)
+                self._changed.set()
+
+
+def _decoded(kvs: list[KeyValue], decode: Callable[[bytes], D]) -> dict[str, D]:
+    docs: dict[str, D] = {}
+    for kv in kvs:
+        try:
+            docs[kv.key] = decode(kv.value)
+        except KeyFormatError as exc:
+            log.warning("controller.unreadable", key=kv.key, error=str(exc)[:200])
+    return docs
+
+
+def _log_decision(decision: Decision) -> None:
+    after = decision.after
+    if isinstance(after, ShardAssignment):
+        event = (
+            "controller.unavailable"
+            if decision.case is Case.NO_REPLICA_LIVE
+            else ("controller.assigned")
+        )
+        log.info(
+            event,
+            case=decision.case.value,
+            key=decision.key,
+            leader=after.leader,
+            epoch=after.leader_epoch,
+            replicas=list(after.replicas),
+        )
+    else:
+        log.info(
+            "controller.coordinator_moved", key=decision.key, node=after.node_id, epoch=after.epoch
+        )
+
+
+async def serve_as_controller(
+    store: MetaStore,
+    membership: Membership,
+    *,
+    resync_s: float = RESYNC_S_DEFAULT,
+    recheck_s: float = RECHECK_S_DEFAULT,
+    request_timeout_s: float = REQUEST_TIMEOUT_S_DEFAULT,
+) -> None:
+    """Campaign, lead until deposed, campaign again; raise NodeLostError once the node is lost."""
+    elector = Elector(
+        store,
+        membership.node_id,
+        membership.lease_id,
+        request_timeout_s=request_timeout_s,
+        recheck_s=recheck_s,
+    )
+    async with open_nursery() as nursery:
+        nursery.start_soon(_until_lost, membership)
+        while True:
+            leadership = await elector.campaign()
+            try:
+                await ControllerService(
+                    store, leadership, resync_s=resync_s, request_timeout_s=request_timeout_s
+                ).run()
+            except NotControllerError:
+                continue
+            finally:
+                if membership.lease_valid():
+                    await leadership.resign()
+
+
+async def _until_lost(membership: Membership) -> None:
+    await membership.lost.wait()
+    raise NodeLostError(f"node {membership.node_id} lost its lease")
