@@ -1,0 +1,212 @@
+"""The active controller on a real etcd: places a 12-shard stream 4/4/4 over 3 registered
+nodes, reacts to a node's lease lapsing (RF 1: its shards unavailable; RF 3: leaders move with
+epoch + 1, then back when a node returns), and a controller elected mid-way carries on."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from streamd.controller.election import Elector
+from streamd.controller.membership import MembershipConfig, join_cluster
+from streamd.controller.service import ControllerService, serve_as_controller
+from streamd.meta import Compare
+from streamd.meta.etcd import EtcdMetaStore
+from streamd.meta.etcd_client import EtcdClient
+from streamd.meta.keys import SHARDS_PREFIX, NodeRegistration, ShardAssignment, node_key
+from streamd.testing.etcd import EtcdProcess
+
+WAIT_S = 15.0
+
+
+@pytest.fixture
+async def store(etcd: EtcdProcess) -> AsyncIterator[EtcdMetaStore]:
+    store = EtcdMetaStore(
+        EtcdClient([etcd.endpoint], request_timeout_s=2.0), namespace=f"ctl/{uuid.uuid4().hex}/"
+    )
+    yield store
+    await store.aclose()
+
+
+class RawNode:
+    """A registered node whose keepalive the test can stop (its lease then lapses, unrevoked)."""
+
+    def __init__(self, store: EtcdMetaStore, node_id: str) -> None:
+        self.store = store
+        self.node_id = node_id
+        self.alive = trio.CancelScope()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        lease = await self.store.grant_lease(2)
+        registration = NodeRegistration(self.node_id, "127.0.0.1:1", "", 0, "test")
+        key = node_key(self.node_id)
+        assert await self.store.txn(
+            [Compare(key, 0)], puts=[(key, registration.encode())], lease=lease.lease_id
+        )
+        task_status.started()
+        with self.alive:
+            while True:
+                await trio.sleep(0.5)
+                await self.store.keepalive(lease.lease_id)
+
+
+async def create_stream(store: EtcdMetaStore, stream: str, shards: int, rf: int) -> None:
+    docs = [ShardAssignment(stream, f"shardId-{i:012}", rf) for i in range(shards)]
+    assert await store.txn(
+        [Compare(d.key, 0) for d in docs], puts=[(d.key, d.encode()) for d in docs]
+    )
+
+
+async def assignments(store: EtcdMetaStore) -> list[ShardAssignment]:
+    return [ShardAssignment.decode(kv.value) for kv in await store.range(SHARDS_PREFIX)]
+
+
+async def wait_for(
+    store: EtcdMetaStore, done: Callable[[list[ShardAssignment]], bool]
+) -> list[ShardAssignment]:
+    with trio.fail_after(WAIT_S):
+        while True:
+            shards = await assignments(store)
+            if done(shards):
+                return shards
+            await trio.sleep(0.05)
+
+
+def leaders(shards: list[ShardAssignment]) -> Counter[str | None]:
+    return Counter(s.leader for s in shards)
+
+
+@asynccontextmanager
+async def cluster(
+    store: EtcdMetaStore, raw_ids: list[str]
+) -> AsyncIterator[tuple[dict[str, RawNode], trio.Nursery]]:
+    """Node "n1" runs the controller (a real member); the others are raw registrations."""
+    async with trio.open_nursery() as nursery:
+        raw = {node_id: RawNode(store, node_id) for node_id in raw_ids}
+        for node in raw.values():
+            await nursery.start(node.run)
+        async with join_cluster(store, MembershipConfig("n1", "127.0.0.1:1")) as member:
+            async with trio.open_nursery() as controller:
+                controller.start_soon(serve_as_controller, store, member)
+                yield raw, nursery
+                controller.cancel_scope.cancel()  # a clean stop: before the node leaves
+        nursery.cancel_scope.cancel()
+
+
+def all_ok(shards: list[ShardAssignment]) -> bool:
+    return bool(shards) and all(s.status == "ok" for s in shards)
+
+
+async def test_twelve_shards_spread_four_per_node_and_a_lost_node_s_shards_go_unavailable(
+    store: EtcdMetaStore,
+) -> None:
+    async with cluster(store, ["n2", "n3"]) as (raw, _):
+        await create_stream(store, "orders", 12, 1)
+        placed = await wait_for(store, all_ok)
+        assert leaders(placed) == {"n1": 4, "n2": 4, "n3": 4}
+        assert {s.leader_epoch for s in placed} == {1}
+        on_n3 = {s.shard_id for s in placed if s.leader == "n3"}
+
+        raw["n3"].alive.cancel()  # n3 stops renewing: its lease lapses within 2 s
+        after = await wait_for(
+            store, lambda shards: sum(s.status == "unavailable" for s in shards) == 4
+        )
+        assert {s.shard_id for s in after if s.status == "unavailable"} == on_n3
+        for s in after:
+            if s.shard_id in on_n3:
+                assert (s.leader, s.replicas, s.leader_epoch) == (None, ("n3",), 1)
+            else:
+                assert s.status == "ok" and s.leader_epoch == 1  # nothing else touched
+
+        revived = RawNode(store, "n3")  # n3 restarts and registers again
+        async with trio.open_nursery() as nursery:
+            await nursery.start(revived.run)
+            back = await wait_for(store, all_ok)
+            nursery.cancel_scope.cancel()
+        for s in back:
+            assert s.leader_epoch == (2 if s.shard_id in on_n3 else 1)
+        assert leaders(back) == {"n1": 4, "n2": 4, "n3": 4}
+
+
+async def test_with_three_replicas_a_lost_leader_s_shards_get_a_live_leader_at_epoch_plus_one(
+    store: EtcdMetaStore,
+) -> None:
+    async with cluster(store, ["n2", "n3", "n4"]) as (raw, _):
+        await create_stream(store, "orders", 12, 3)
+        placed = await wait_for(store, all_ok)
+        assert leaders(placed) == {"n1": 3, "n2": 3, "n3": 3, "n4": 3}
+        assert all(len(set(s.replicas)) == 3 for s in placed)
+        before = {s.shard_id: s for s in placed}
+
+        raw["n4"].alive.cancel()
+        moved = await wait_for(store, lambda shards: all_ok(shards) and "n4" not in leaders(shards))
+        for s in moved:
+            old = before[s.shard_id]
+            assert s.replicas == old.replicas  # no data moved
+            if old.leader == "n4":
+                assert s.leader in old.replicas and s.leader != "n4"
+                assert s.leader_epoch == old.leader_epoch + 1
+            else:
+                assert (s.leader, s.leader_epoch) == (old.leader, old.leader_epoch)
+        # n4's leaderships spread over the live replicas they could go to.
+        orphans = [s for s in moved if before[s.shard_id].leader == "n4"]
+        candidates = {n for s in orphans for n in s.replicas} - {"n4"}
+        successors = Counter({n: 0 for n in candidates})
+        successors.update(s.leader for s in orphans)
+        assert sum(successors.values()) == 3
+        assert max(successors.values()) - min(successors.values()) <= 1
+
+
+async def test_a_controller_elected_halfway_through_places_the_rest_where_they_balance(
+    store: EtcdMetaStore,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        for node_id in ["n1", "n2", "n3"]:
+            await nursery.start(RawNode(store, node_id).run)
+        lease = await store.grant_lease(10)
+        await create_stream(store, "orders", 12, 1)
+        # The first controller placed 4 shards, all on n1, then died.
+        old = await Elector(store, "old", lease.lease_id).campaign()
+        for s in (await assignments(store))[:4]:
+            placed = ShardAssignment(s.stream, s.shard_id, 1, ("n1",), "n1", 1, "ok")
+            assert await old.txn([], puts=[(s.key, placed.encode())])
+        await store.revoke_lease(lease.lease_id)
+
+        lease = await store.grant_lease(10)
+        new = await Elector(store, "new", lease.lease_id).campaign()
+        service = ControllerService(store, new)
+        applied = await service.round()
+        assert len(applied) == 8
+        assert leaders(await assignments(store)) == {"n1": 4, "n2": 4, "n3": 4}
+        assert await service.round() == []  # idempotent: nothing left to do
+        await store.revoke_lease(lease.lease_id)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_stale_document_write_ends_the_round_without_damage(store: EtcdMetaStore) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(RawNode(store, "n1").run)
+        await create_stream(store, "orders", 2, 1)
+        lease = await store.grant_lease(10)
+        leadership = await Elector(store, "c", lease.lease_id).campaign()
+        service = ControllerService(store, leadership)
+        view = await service.read()
+        first = sorted(view.shards)[0]
+        # Someone (a creator retrying) rewrites the document between the read and the write.
+        await store.txn([], puts=[(first, view.shards[first].encode())])
+        real_read = service.read
+
+        async def stale_read() -> object:
+            return view
+
+        service.read = stale_read  # type: ignore[method-assign, assignment]
+        assert await service.round() == []
+        service.read = real_read  # type: ignore[method-assign]
+        assert len(await service.round()) == 2
+        await store.revoke_lease(lease.lease_id)
+        nursery.cancel_scope.cancel()
