@@ -42,6 +42,7 @@ def test_no_seed_breaks_an_invariant(replicas: int, seeds: range, hunt: bool) ->
 FOUND_BUGS = [
     (6963, 3, False),  # a repair point past the leader's log end kept a replica unwhole
     (817, 3, True),  # a restarted damaged replica counted itself repaired before any leader
+    (4581, 5, False),  # "repaired" persisted after an append that hit a full disk: dropped
 ]
 
 

@@ -390,3 +390,15 @@ def test_a_damaged_replica_stays_unwhole_across_a_restart_until_a_leader_refills
     ack = next(e.message for e in effects if isinstance(e, m.Send))
     assert isinstance(ack, m.FenceAck) and not ack.whole
     assert not scene.metas[2].whole
+
+
+def test_a_failed_append_takes_the_persisted_meta_back() -> None:
+    """Found by the simulator (seed 4581, 5 replicas): a PersistMeta after an append that hit
+    a full disk was dropped by the driver, but the replica went on believing it."""
+    scene = started()
+    replica = scene.replicas[1]
+    persisted = scene.metas[1]
+    replica.meta = ReplicaMeta(persisted.epoch, persisted.generation, repair_to=None)
+    damaged = ReplicaMeta(persisted.epoch, persisted.generation, repair_to=9)
+    scene.step(1, m.StorageFailed("disk full", damaged))
+    assert replica.meta == damaged and not replica.meta.whole

@@ -181,9 +181,11 @@ class Durable:
 @dataclass(frozen=True, slots=True)
 class StorageFailed:
     """An append failed (a full disk): nothing of it was written, and the effects after it in
-    that step were not carried out."""
+    that step were not carried out. ``meta`` is what the driver has persisted (a PersistMeta
+    after the failed append was dropped with the rest)."""
 
     reason: str
+    meta: ReplicaMeta
 
 
 @dataclass(frozen=True, slots=True)

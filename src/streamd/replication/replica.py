@@ -435,7 +435,9 @@ class Replica:
             self.advance_commit()
 
     def on_storage_failed(self, failed: m.StorageFailed) -> None:
-        """The driver dropped the rest of the step: re-read our mirrors from the log."""
+        """The driver dropped the rest of the step: re-read our mirrors from the log, and take
+        the persisted meta back (a change after the failed append never reached the disk)."""
+        self.meta = failed.meta
         self._log_end = self.view.log_end()
         self._epochs = list(self.view.epoch_history())
         self.durable_end = min(self.durable_end, self._log_end)

@@ -268,7 +268,7 @@ class World:
                     node.log.append(effect.batches)
                 except StoreFullError:
                     self.trace(f"n{node.id} disk full")
-                    self._feed(node, m.StorageFailed("disk full"))
+                    self._feed(node, m.StorageFailed("disk full", node.meta))
                     return
             elif isinstance(effect, m.TruncateTo):
                 self.checker.on_truncate(node, effect.offset, node.meta.repair_to is not None)
