@@ -103,6 +103,33 @@ def test_rebalance_moves_the_fewest_replicas_and_ends_within_one(
     assert spread(final) <= 1
 
 
+def test_every_cluster_up_to_8_nodes_and_60_shards_places_within_one_exhaustively() -> None:
+    # From an empty start the placement depends only on (nodes, rf, count) up to renaming,
+    # and shards are placed one by one, so the prefixes of 60 cover every count below.
+    for n in range(1, 9):
+        nodes = [f"n{i}" for i in range(n)]
+        for rf in range(1, n + 1):
+            placed = list(place(nodes, [], [(f"s{i:03}", rf) for i in range(60)]).items())
+            for count in range(61):
+                load = Load.of(
+                    nodes,
+                    [
+                        ShardAssignment("s", k, rf, p.replicas, p.leader, 1, "ok")
+                        for k, p in placed[:count]
+                    ],
+                )
+                assert spread(load.replicas) <= 1, (n, rf, count)
+                assert spread(load.leaders) <= 1, (n, rf, count)
+
+
+def test_a_lost_leader_s_shards_have_many_successors() -> None:
+    nodes = ["n1", "n2", "n3", "n4", "n5"]
+    placed = place(nodes, [], [(f"s{i:03}", 3) for i in range(20)])
+    for node in nodes:
+        followers = {r for p in placed.values() if p.leader == node for r in p.replicas}
+        assert followers - {node} == set(nodes) - {node}
+
+
 def test_rebalance_of_a_balanced_cluster_moves_nothing() -> None:
     nodes = ["a", "b", "c"]
     assert rebalance(nodes, placed_assignments(nodes, 12, 2)) == []

@@ -27,7 +27,7 @@ import trio
 
 from streamd_client.errors import MetadataUnavailableError
 
-from ..meta.errors import CompactedError
+from ..meta.errors import CompactedError, LeaseNotFoundError
 from ..meta.keys import (
     COORDINATORS_PREFIX,
     NODES_PREFIX,
@@ -215,7 +215,10 @@ async def serve_as_controller(
     async with open_nursery() as nursery:
         nursery.start_soon(_until_lost, membership)
         while True:
-            leadership = await elector.campaign()
+            try:
+                leadership = await elector.campaign()
+            except LeaseNotFoundError:
+                raise NodeLostError(f"node {membership.node_id}'s lease is gone") from None
             try:
                 await ControllerService(
                     store, leadership, resync_s=resync_s, request_timeout_s=request_timeout_s
