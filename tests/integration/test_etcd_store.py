@@ -127,3 +127,32 @@ async def test_catalog_removes_a_stream_with_more_group_keys_than_a_txn_may_hold
         assert [kv.key for kv in await store.range("")] == ["groups/s2/g"]
     finally:
         await store.aclose()
+
+
+async def test_a_quiet_watch_waits_its_idle_timeout_not_the_request_timeout(
+    etcd: EtcdProcess,
+) -> None:
+    # The HTTP client's read timeout is the request timeout; a watch stream must not inherit
+    # it, or every quiet watch is torn down and reopened every request_timeout_s.
+    from prometheus_client import REGISTRY
+
+    def reopened() -> float:
+        return REGISTRY.get_sample_value("streamd_etcd_watch_reopens_total") or 0.0
+
+    store = EtcdMetaStore(
+        EtcdClient([etcd.endpoint], request_timeout_s=0.3),
+        namespace=f"quiet/{uuid.uuid4().hex}/",
+        watch_idle_timeout_s=30.0,
+    )
+    try:
+        start = (await store.snapshot("")).revision + 1
+        async with store.watch("", start) as watch:
+            reopens_before = reopened()
+            with trio.move_on_after(1.5):
+                await anext(watch)
+            reopens = reopened() - reopens_before
+            await store.txn([], puts=[("a", b"1")])
+            assert [e.key for e in await collect(watch, 1)] == ["a"]
+    finally:
+        await store.aclose()
+    assert reopens == 0

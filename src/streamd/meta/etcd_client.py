@@ -99,6 +99,9 @@ class EtcdClient:
         self.request_timeout_s = request_timeout_s
         self.response_bytes_max = response_bytes_max
         self._current = 0
+        # A watch's reads are bounded by its idle timeout (EtcdWatchStream.next), not by the
+        # request timeout: a quiet prefix must not tear its stream down every few seconds.
+        self._watch_timeout = httpx.Timeout(request_timeout_s, connect=connect_timeout_s, read=None)
         self._http = httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(request_timeout_s, connect=connect_timeout_s),
@@ -249,7 +252,9 @@ class EtcdClient:
         """
         url = self.endpoints[self._current] + "/v3/watch"
         body = codec.watch_create_request(key, range_end, start_revision)
-        request = self._http.build_request("POST", url, content=body, headers=_HEADERS)
+        request = self._http.build_request(
+            "POST", url, content=body, headers=_HEADERS, timeout=self._watch_timeout
+        )
         try:
             with anyio.fail_after(self.request_timeout_s):
                 with _map_transport_errors("opening a watch", url):
