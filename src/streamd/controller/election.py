@@ -31,8 +31,9 @@ from ..meta.errors import CompactedError
 from ..meta.keys import CONTROLLER_KEY, ControllerRecord, KeyFormatError
 from ..meta.store import Compare, KeyValue, MetaStore, TxnResult
 from .errors import NotControllerError
-from .membership import REQUEST_TIMEOUT_S_DEFAULT, bounded
+from .membership import REQUEST_TIMEOUT_S_DEFAULT
 from .metrics import CONTROLLER_ACTIVE, CONTROLLER_ELECTED
+from .tasks import bounded
 
 RECHECK_S_DEFAULT: Final = 2.0
 _BACKOFF_S: Final = 0.2

@@ -20,10 +20,10 @@ renewal, or etcd says the lease is gone, the node declares itself lost: ``lost``
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final
 
 import structlog
 import trio
@@ -37,7 +37,7 @@ from ..meta.keys import CLUSTER_ID_KEY, ClusterId, KeyFormatError, NodeRegistrat
 from ..meta.store import Compare, MetaStore
 from .errors import ClusterIdMismatchError, DuplicateNodeIdError, NodeLostError
 from .metrics import LEASE_RENEWALS, NODE_LOST
-from .tasks import open_nursery
+from .tasks import bounded, open_nursery
 
 LEASE_TTL_S_DEFAULT: Final = 2  # etcd's minimum
 LEASE_MARGIN_S_DEFAULT: Final = 0.5
@@ -46,7 +46,6 @@ _RETRY_S: Final = 0.1
 _REVOKE_TIMEOUT_S: Final = 1.0
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +57,6 @@ class MembershipConfig:
     lease_ttl_s: int = LEASE_TTL_S_DEFAULT
     lease_margin_s: float = LEASE_MARGIN_S_DEFAULT  # Invariant: < lease_ttl_s / 3
     request_timeout_s: float = REQUEST_TIMEOUT_S_DEFAULT  # each store call while joining
-
-
-async def bounded(what: str, timeout_s: float, call: Awaitable[T]) -> T:
-    """``await call`` within ``timeout_s``; over it, MetadataUnavailableError naming ``what``."""
-    with trio.move_on_after(timeout_s):
-        return await call
-    raise MetadataUnavailableError(f"the metadata store did not answer {what} in {timeout_s} s")
 
 
 class Membership:

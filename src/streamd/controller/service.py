@@ -40,9 +40,9 @@ from ..meta.store import Compare, KeyValue, MetaStore
 from .decisions import Case, Decision, decide
 from .election import RECHECK_S_DEFAULT, Elector, Leadership
 from .errors import NodeLostError, NotControllerError
-from .membership import REQUEST_TIMEOUT_S_DEFAULT, Membership, bounded
+from .membership import REQUEST_TIMEOUT_S_DEFAULT, Membership
 from .metrics import CLUSTER_NODES_LIVE, CONTROLLER_DECISIONS, SHARDS_UNAVAILABLE
-from .tasks import open_nursery
+from .tasks import bounded, open_nursery
 
 RESYNC_S_DEFAULT: Final = 5.0
 _BACKOFF_S: Final = 0.2
@@ -84,12 +84,15 @@ class ControllerService:
         async with open_nursery() as nursery:
             for prefix in _WATCHED:
                 await nursery.start(self._watch_changes, prefix)
-            nursery.start_soon(self._until_deposed)
-            await self._rounds()
-
-    async def _until_deposed(self) -> None:
-        await self.leadership.watch_deposed()
+            nursery.start_soon(self._stop_when_deposed, nursery.cancel_scope)
+            await self._rounds()  # raises NotControllerError when a write finds us deposed
+        # Only the deposition watch ends the rounds without an error (by cancelling them).
         raise NotControllerError(f"{self.leadership.node_id} was deposed")
+
+    async def _stop_when_deposed(self, scope: trio.CancelScope) -> None:
+        # Cancels rather than raises: one error leaves run(), never a group of two.
+        await self.leadership.watch_deposed()
+        scope.cancel()
 
     async def _rounds(self) -> None:
         while True:
@@ -213,12 +216,12 @@ async def serve_as_controller(
         recheck_s=recheck_s,
     )
     async with open_nursery() as nursery:
-        nursery.start_soon(_until_lost, membership)
+        nursery.start_soon(_stop_when_lost, membership, nursery.cancel_scope)
         while True:
             try:
                 leadership = await elector.campaign()
             except LeaseNotFoundError:
-                raise NodeLostError(f"node {membership.node_id}'s lease is gone") from None
+                break
             try:
                 await ControllerService(
                     store, leadership, resync_s=resync_s, request_timeout_s=request_timeout_s
@@ -228,8 +231,10 @@ async def serve_as_controller(
             finally:
                 if membership.lease_valid():
                     await leadership.resign()
-
-
-async def _until_lost(membership: Membership) -> None:
-    await membership.lost.wait()
+        nursery.cancel_scope.cancel()
     raise NodeLostError(f"node {membership.node_id} lost its lease")
+
+
+async def _stop_when_lost(membership: Membership, scope: trio.CancelScope) -> None:
+    await membership.lost.wait()
+    scope.cancel()
