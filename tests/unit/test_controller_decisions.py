@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streamd.controller.decisions import RULES, TABLE, Case, classify_shard, decide
 from streamd.meta.keys import CoordinatorPlacement, ShardAssignment
@@ -130,3 +132,54 @@ def test_a_lost_coordinator_moves_with_epoch_plus_one() -> None:
     ]
     assert decide(set(), {}, {lost.key: lost}) == []
     assert RULES[Case.COORDINATOR_WAIT].action == "none"
+
+
+NODES = ["a", "b", "c", "d", "e"]
+
+
+@st.composite
+def cluster_states(draw: st.DrawFn) -> tuple[set[str], dict[str, ShardAssignment]]:
+    live = set(draw(st.lists(st.sampled_from(NODES), unique=True)))
+    shards: dict[str, ShardAssignment] = {}
+    for i in range(draw(st.integers(0, 12))):
+        rf = draw(st.integers(1, 3))
+        replicas = tuple(
+            draw(st.lists(st.sampled_from(NODES), min_size=0, max_size=rf, unique=True))
+        )
+        epoch = draw(st.integers(0, 5))
+        if not replicas:
+            doc = ShardAssignment("s", f"shardId-{i:012}", rf, (), None, epoch, "unassigned")
+        elif draw(st.booleans()):
+            doc = ShardAssignment(
+                "s", f"shardId-{i:012}", rf, replicas, draw(st.sampled_from(replicas)), epoch, "ok"
+            )
+        else:
+            doc = ShardAssignment("s", f"shardId-{i:012}", rf, replicas, None, epoch, "unavailable")
+        shards[doc.key] = doc
+    return live, shards
+
+
+@given(cluster_states())
+def test_one_round_of_decisions_reaches_a_fixpoint_and_keeps_the_invariants(
+    state: tuple[set[str], dict[str, ShardAssignment]],
+) -> None:
+    live, shards = state
+    decisions = decide(live, shards)
+    assert len({d.key for d in decisions}) == len(decisions)  # one write per document
+    after = dict(shards)
+    for d in decisions:
+        old, new = shards[d.key], d.after
+        assert isinstance(new, ShardAssignment)
+        assert new.leader_epoch >= old.leader_epoch  # epochs only grow
+        if new.leader != old.leader and new.leader is not None:
+            assert new.leader_epoch == old.leader_epoch + 1  # a new leader is a new epoch
+            assert new.leader in live
+        if old.replicas:
+            assert new.replicas == old.replicas  # no data moves
+        after[d.key] = new
+    assert decide(live, after) == []  # idempotent: the next controller finds nothing to do
+    for doc in after.values():
+        if doc.status == "ok":  # nobody is routed to a dead leader
+            assert doc.leader in live
+        if any(n in live for n in doc.replicas):
+            assert doc.status == "ok" and doc.leader in live
