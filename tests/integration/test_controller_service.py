@@ -16,6 +16,7 @@ from streamd.controller.election import Elector
 from streamd.controller.errors import NodeLostError
 from streamd.controller.membership import Membership, MembershipConfig, join_cluster
 from streamd.controller.service import ControllerService, serve_as_controller
+from streamd.controller.status import read_status
 from streamd.meta import Compare
 from streamd.meta.etcd import EtcdMetaStore
 from streamd.meta.etcd_client import EtcdClient
@@ -125,6 +126,13 @@ async def test_twelve_shards_spread_four_per_node_and_a_lost_node_s_shards_go_un
             store, lambda shards: sum(s.status == "unavailable" for s in shards) == 4
         )
         assert {s.shard_id for s in after if s.status == "unavailable"} == on_n3
+        status = await read_status(store)
+        assert status.controller == "n1" and status.shards_unavailable == 4
+        assert [(n.node_id, n.live, n.replicas, n.leaders) for n in status.nodes] == [
+            ("n1", True, 4, 4),
+            ("n2", True, 4, 4),
+            ("n3", False, 4, 0),
+        ]
         for s in after:
             if s.shard_id in on_n3:
                 assert (s.leader, s.replicas, s.leader_epoch) == (None, ("n3",), 1)
