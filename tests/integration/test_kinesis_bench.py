@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from streamd.bench_kinesis import main
+from streamd.bench.kinesis import main
 
 
 def test_bench_against_streamd_prints_positive_figures(capsys: pytest.CaptureFixture[str]) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from streamd.kinesis import cbor
+from streamd.frontends.kinesis import cbor
 from streamd.testing import ServerProcess
 
 JSON_TYPE = "application/x-amz-json-1.1"

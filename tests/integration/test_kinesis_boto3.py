@@ -220,8 +220,8 @@ def test_record_and_iterator_errors(kinesis: Any, name: str) -> None:
 
 
 def test_expired_iterator(kinesis: Any, gateway: ServerProcess, name: str) -> None:
-    from streamd.kinesis.http import ITERATOR_KEY_FILE
-    from streamd.kinesis.iterators import ShardIterator, encode_iterator
+    from streamd.frontends.kinesis.http import ITERATOR_KEY_FILE
+    from streamd.frontends.kinesis.iterators import ShardIterator, encode_iterator
 
     kinesis.create_stream(StreamName=name, ShardCount=1)
     stream_id = gateway.stream_dir(name).name

@@ -325,8 +325,8 @@ def test_a_cbor_subscription_gets_cbor_events(
     import http.client
     from urllib.parse import urlparse
 
-    from streamd.kinesis import cbor
-    from streamd.kinesis.eventstream import EventStreamDecoder
+    from streamd.frontends.kinesis import cbor
+    from streamd.frontends.kinesis.eventstream import EventStreamDecoder
 
     name, stream_arn = stream
     arn = kinesis.register_stream_consumer(StreamARN=stream_arn, ConsumerName="c")["Consumer"][

@@ -53,7 +53,7 @@ def _error(
     finally:
         conn.close()
     if content_type == CBOR_TYPE:
-        from streamd.kinesis import cbor
+        from streamd.frontends.kinesis import cbor
 
         doc = cbor.loads(raw)
     else:

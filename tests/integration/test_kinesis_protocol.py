@@ -23,7 +23,7 @@ import pytest
 from botocore.model import ServiceModel
 from botocore.serialize import RpcV2CBORSerializer
 
-from streamd.kinesis import cbor
+from streamd.frontends.kinesis import cbor
 from streamd.testing import ServerProcess
 from streamd_client import Position
 from streamd_client.sync import connect

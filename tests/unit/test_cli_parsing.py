@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streamd import cli
+from streamd.cli import app as cli
 from streamd_client import Position
 from streamd_client.model import make_sequence
 

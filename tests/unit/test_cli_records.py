@@ -7,8 +7,8 @@ import base64
 
 import pytest
 
-from streamd import cli
-from streamd.cli_records import (
+from streamd.cli import app as cli
+from streamd.cli.records import (
     MissingKeyError,
     RecordInputError,
     parse_put_line,

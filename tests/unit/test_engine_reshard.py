@@ -215,7 +215,7 @@ async def test_concurrent_reshards_on_one_stream_are_refused(tmp_path: Path) -> 
 
 async def test_idle_group_members_expire_on_the_engine_timer(tmp_path: Path) -> None:
     """No request reaches the group after the join, yet the stored group drops the member."""
-    from streamd.api import HANDLERS
+    from streamd.frontends.native.api import HANDLERS
     from streamd.groups.service import group_key
 
     async with running_engine(tmp_path) as engine:

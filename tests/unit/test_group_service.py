@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from streamd.api_groups import GROUP_HANDLERS
+from streamd.frontends.native.api_groups import GROUP_HANDLERS
 from streamd.groups.service import GroupService, StreamView, group_key, service_of
 from streamd.meta import SqliteMetaStore
 from streamd_client.errors import (

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamd.kinesis import cbor as kinesis_cbor
-from streamd.kinesis.codec import CodecError, Protocol, decode_request
+from streamd.frontends.kinesis import cbor as kinesis_cbor
+from streamd.frontends.kinesis.codec import CodecError, Protocol, decode_request
 from streamd_client import batch, strict_cbor, wire
 from streamd_client.errors import CorruptDataError, ProtocolError
 from streamd_client.summary import summary

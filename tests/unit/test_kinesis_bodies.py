@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 import trio
 
-from streamd.kinesis import cbor
-from streamd.kinesis.body_limits import body_bytes_max, too_large
-from streamd.kinesis.codec import CodecError, Protocol, decode_request
-from streamd.kinesis.decoding import ITEMS_MAX, BodyDecoder, decode_bounded
-from streamd.kinesis.http_wire import ParsedRequest, RequestParser
-from streamd.kinesis.inflight import ByteBudget
+from streamd.frontends.kinesis import cbor
+from streamd.frontends.kinesis.body_limits import body_bytes_max, too_large
+from streamd.frontends.kinesis.codec import CodecError, Protocol, decode_request
+from streamd.frontends.kinesis.decoding import ITEMS_MAX, BodyDecoder, decode_bounded
+from streamd.frontends.kinesis.http_wire import ParsedRequest, RequestParser
+from streamd.frontends.kinesis.inflight import ByteBudget
 
 MIB = 1024 * 1024
 
@@ -137,7 +137,7 @@ async def test_a_large_cbor_body_of_few_items_decodes_inline_one_of_many_items_d
 
 
 def test_admission_per_address_default_is_a_quarter_of_the_global_bound() -> None:
-    from streamd.admission import admission_limits, per_address_default
+    from streamd.frontends.admission import admission_limits, per_address_default
     from streamd.config import ServerConfig
 
     assert per_address_default(1024) == 256 and per_address_default(3) == 1

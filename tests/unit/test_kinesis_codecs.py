@@ -22,8 +22,8 @@ from botocore.parsers import JSONParser
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamd.kinesis import cbor
-from streamd.kinesis.codec import (
+from streamd.frontends.kinesis import cbor
+from streamd.frontends.kinesis.codec import (
     CodecError,
     Protocol,
     decode_request,
@@ -32,15 +32,15 @@ from streamd.kinesis.codec import (
     operation_of,
     protocol_of,
 )
-from streamd.kinesis.errors import kinesis_error_of, kinesis_name_of
-from streamd.kinesis.iterators import (
+from streamd.frontends.kinesis.errors import kinesis_error_of, kinesis_name_of
+from streamd.frontends.kinesis.iterators import (
     IteratorError,
     IteratorExpiredError,
     ShardIterator,
     decode_iterator,
     encode_iterator,
 )
-from streamd.kinesis.sigv4 import SignatureError, signing_key, verify
+from streamd.frontends.kinesis.sigv4 import SignatureError, signing_key, verify
 from streamd_client.errors import ERRORS_BY_CODE, StreamNotFoundError, ThrottledError
 
 KINESIS_ERROR_NAMES = {

@@ -22,16 +22,16 @@ from botocore.parsers import create_parser  # type: ignore[import-untyped]
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamd.kinesis import eventstream as es
-from streamd.kinesis.codec import Protocol
-from streamd.kinesis.fanout import (
+from streamd.frontends.kinesis import eventstream as es
+from streamd.frontends.kinesis.codec import Protocol
+from streamd.frontends.kinesis.fanout import (
     HEARTBEAT_S,
     SUBSCRIPTION_S_MAX,
     EventCodec,
     Subscriptions,
     open_subscription,
 )
-from streamd.kinesis.types import KinesisError
+from streamd.frontends.kinesis.types import KinesisError
 from streamd.shard import ChildShard, ReadResult
 from streamd_client import batch as batchfmt
 from streamd_client.errors import InvalidSequenceNumberError
@@ -257,7 +257,7 @@ def _result(batches: list[bytes], start: int, next_offset: int, **extra: Any) ->
 
 
 def test_records_and_shard_end_parse_as_boto3_sees_them() -> None:
-    from streamd.kinesis.fanout import render_events
+    from streamd.frontends.kinesis.fanout import render_events
 
     # The stored batch starts before the position asked for: offsets 3 and 4 are skipped.
     result = _result([_batch(3, [b"a", b"b", b"c", b"d"])], start=5, next_offset=7)
@@ -288,7 +288,7 @@ def test_records_and_shard_end_parse_as_boto3_sees_them() -> None:
 
 
 def test_a_large_read_is_split_into_bounded_events() -> None:
-    from streamd.kinesis.fanout import EVENT_DATA_BYTES_MAX, render_events
+    from streamd.frontends.kinesis.fanout import EVENT_DATA_BYTES_MAX, render_events
 
     datas = [bytes(100_000)] * 50  # 5 MB of data in one read
     events, _ = render_events(_result([_batch(0, datas)], 0, 50), 0, JSON)
@@ -305,7 +305,7 @@ def test_a_large_read_is_split_into_bounded_events() -> None:
 
 
 def test_each_event_of_a_split_read_carries_its_own_millis_behind() -> None:
-    from streamd.kinesis.fanout import render_events
+    from streamd.frontends.kinesis.fanout import render_events
 
     # Two batches a second apart, 1.5 MB each: one read, two events (2 MiB per event at most).
     older, newer = 1_700_000_000_000, 1_700_000_001_000
@@ -336,8 +336,8 @@ def test_an_exception_event_raises_in_boto3_with_its_code() -> None:
 
 
 def test_cbor_events_carry_byte_strings_and_the_cbor_content_type() -> None:
-    from streamd.kinesis import cbor
-    from streamd.kinesis.fanout import render_events
+    from streamd.frontends.kinesis import cbor
+    from streamd.frontends.kinesis.fanout import render_events
 
     events, _ = render_events(_result([_batch(0, [b"\x00\x01"])], 0, 1), 0, CBOR)
     decoder = es.EventStreamDecoder()

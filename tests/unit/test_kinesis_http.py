@@ -13,10 +13,10 @@ import pytest
 import trio
 import trio.testing
 
-from streamd.kinesis.dispatch import Reply, Request
-from streamd.kinesis.http import HttpConnection, HttpLimits
-from streamd.kinesis.inflight import ByteBudget
-from streamd.kinesis.types import Streaming
+from streamd.frontends.kinesis.dispatch import Reply, Request
+from streamd.frontends.kinesis.http import HttpConnection, HttpLimits
+from streamd.frontends.kinesis.inflight import ByteBudget
+from streamd.frontends.kinesis.types import Streaming
 
 
 class StreamingDispatcher:

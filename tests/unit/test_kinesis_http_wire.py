@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamd.kinesis.http_wire import (
+from streamd.frontends.kinesis.http_wire import (
     CLOSED,
     NEED_DATA,
     HttpParseError,

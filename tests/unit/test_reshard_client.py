@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from streamd import cli
-from streamd.cli_reshard import lineage_lines, progress_line
+from streamd.cli import app as cli
+from streamd.cli.reshard import lineage_lines, progress_line
 from streamd_client import Position, batch
 from streamd_client.consumer import decode_read
 from streamd_client.errors import InvalidArgumentError, ProtocolError
@@ -290,7 +290,7 @@ def test_a_merged_child_whose_first_parent_expired_hangs_under_the_other() -> No
 
 
 def test_resize_hops_stay_within_half_and_double() -> None:
-    from streamd.cli_reshard import resize_hops
+    from streamd.cli.reshard import resize_hops
 
     assert resize_hops(8, 3) == [4, 3]
     assert resize_hops(4, 8) == [8]

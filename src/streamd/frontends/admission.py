@@ -33,8 +33,8 @@ import structlog
 import trio
 from prometheus_client import Gauge
 
-from . import metrics
-from .config import ServerConfig
+from .. import metrics
+from ..config import ServerConfig
 
 log = structlog.get_logger(__name__)
 

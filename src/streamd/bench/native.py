@@ -85,7 +85,7 @@ def add_parser(commands: Any, add_endpoint: Callable[[argparse.ArgumentParser], 
     consume.add_argument("--tail-interval-ms", type=float, default=1.0)
     produce.set_defaults(handler=run, bench=_produce_once)
     consume.set_defaults(handler=run, bench=_consume_once, shards=1)
-    from . import bench_kinesis  # stdlib only at import; boto3 is imported when it runs
+    from . import kinesis as bench_kinesis  # stdlib only at import; boto3 is imported when it runs
 
     kinesis = kinds.add_parser(
         "kinesis", help="boto3 workload: the Kinesis gateway vs kinesalite and kinesis-mock"
@@ -130,7 +130,7 @@ def _target(args: argparse.Namespace) -> Iterator[Target]:
     if args.endpoint is not None:
         yield Target(args.endpoint, args.server_pid)
         return
-    from .testing import ServerProcess
+    from ..testing import ServerProcess
 
     _progress(f"starting a server (--fsync {args.fsync}) on a temporary data dir")
     with ServerProcess(fsync=args.fsync, log_level="warning") as server:
@@ -145,7 +145,7 @@ def _progress(message: str) -> None:
 def _cpu_s(pid: int | None) -> float | None:
     if pid is None:
         return None
-    from .testing import process_cpu_seconds
+    from ..testing import process_cpu_seconds
 
     try:
         return process_cpu_seconds(pid)

@@ -45,7 +45,7 @@ from streamd_client.errors import StreamdError
 from streamd_client.model import Position, make_sequence, shard_index_of
 from streamd_client.summary import summary
 
-from ..shard import millis_behind
+from ...shard import millis_behind
 from . import eventstream
 from .codec import Protocol as BodyProtocol
 from .codec import encode_response
@@ -69,8 +69,8 @@ from .streams import resolve_stream
 from .types import GatewayContext, KinesisError, Operation, Streaming
 
 if TYPE_CHECKING:
-    from ..engine import Engine
-    from ..shard import ReadResult
+    from ...engine import Engine
+    from ...shard import ReadResult
 
 SUBSCRIPTION_S_MAX: Final = 300.0
 HEARTBEAT_S: Final = 5.0

@@ -32,7 +32,7 @@ EXIT_OK = 0
 
 def register(commands: Any) -> None:
     """Add the ``group`` command and its actions to the CLI's subparsers."""
-    from .cli import _add_endpoint, _run_client_command
+    from .app import _add_endpoint, _run_client_command
 
     group = commands.add_parser("group", help="consumer groups: consume, list, describe, reset")
     actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -91,7 +91,7 @@ def parse_group_position(text: str) -> Any:
     """``--from``/``--to`` -> Position (trim-horizon, latest, ts:ISO8601). Raises CliError."""
     from streamd_client import Position
 
-    from .cli import CliError, parse_timestamp_ms
+    from .app import CliError, parse_timestamp_ms
 
     if text == "trim-horizon":
         return Position.trim_horizon()
@@ -107,7 +107,7 @@ async def _consume(args: argparse.Namespace) -> int:
 
     from streamd_client.group import GroupWorker
 
-    from .cli import CliError, _connect
+    from .app import CliError, _connect
 
     if args.checkpoint_every < 1 or args.checkpoint_interval_s <= 0:
         raise CliError("--checkpoint-every must be >= 1 and --checkpoint-interval-s > 0")
@@ -152,7 +152,7 @@ async def _stop_on_signal(worker: Any) -> None:
 
 
 def _write(out: Any, records: list[Any], epoch: int, as_json: bool) -> None:
-    from .cli_records import plain_line, record_document
+    from .records import plain_line, record_document
 
     if as_json:
         lines = [json.dumps({**record_document(r), "lease_epoch": epoch}) for r in records]
@@ -165,7 +165,7 @@ def _write(out: Any, records: list[Any], epoch: int, as_json: bool) -> None:
 async def _list(args: argparse.Namespace) -> int:
     from streamd_client import group_admin
 
-    from .cli import _connect
+    from .app import _connect
 
     async with _connect(args) as client:
         groups = await group_admin.list_groups(client, args.stream)
@@ -183,8 +183,8 @@ async def _list(args: argparse.Namespace) -> int:
 async def _describe(args: argparse.Namespace) -> int:
     from streamd_client import group_admin
 
-    from .cli import _connect
-    from .cli_records import iso_time
+    from .app import _connect
+    from .records import iso_time
 
     async with _connect(args) as client:
         view = await group_admin.describe_group(client, args.stream, args.group)
@@ -217,7 +217,7 @@ async def _describe(args: argparse.Namespace) -> int:
 async def _reset(args: argparse.Namespace) -> int:
     from streamd_client import group_admin
 
-    from .cli import _connect
+    from .app import _connect
 
     to = parse_group_position(args.to)
     async with _connect(args) as client:
@@ -229,7 +229,7 @@ async def _reset(args: argparse.Namespace) -> int:
 async def _delete(args: argparse.Namespace) -> int:
     from streamd_client import group_admin
 
-    from .cli import _connect
+    from .app import _connect
 
     async with _connect(args) as client:
         await group_admin.delete_group(client, args.stream, args.group, force=args.force)
@@ -237,9 +237,9 @@ async def _delete(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m streamd.cli_groups group ...``: the group commands alone (until the CLI
+    """``python -m streamd.cli.groups group ...``: the group commands alone (until the CLI
     registers them, and for tests that need a worker process)."""
-    from .cli import EXIT_INTERRUPTED
+    from .app import EXIT_INTERRUPTED
 
     parser = argparse.ArgumentParser(prog="streamd")
     register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))

@@ -51,8 +51,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final
 
-from . import __version__, cli_endpoint
-from .cli_records import iso_time, plain_line, record_document
+from .. import __version__
+from . import endpoint as cli_endpoint
+from .records import iso_time, plain_line, record_document
 
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
@@ -93,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stream(commands)
     _add_put(commands)
     _add_read(commands)
-    from . import bench, cli_groups, cli_reshard
+    from ..bench import native as bench
+    from . import groups as cli_groups
+    from . import reshard as cli_reshard
 
     bench.add_parser(commands, _add_endpoint)
     cli_groups.register(commands)  # streamd group ...: uses _add_endpoint, _run_client_command
@@ -139,7 +142,7 @@ def _add_serve(commands: Any) -> None:
 
 def _add_serve_node_limits(serve: argparse.ArgumentParser) -> None:
     """Per-node resource bounds (docs/operations.md, "Shards per node")."""
-    from .config import ServerConfig
+    from ..config import ServerConfig
 
     defaults = ServerConfig()
     serve.add_argument(
@@ -271,7 +274,7 @@ def _add_stream(commands: Any) -> None:
     retention.add_argument("--hours", type=int, required=True, metavar="H")
     retention.set_defaults(run=_stream_retention)
 
-    from .cli_reshard import add_resize
+    from .reshard import add_resize
 
     resize = add_resize(actions)
 
@@ -383,15 +386,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     """``streamd serve``. A server that cannot start says why in one line and exits 2."""
-    from .startup import StartupError
+    from ..startup import StartupError
 
     try:
         config = _serve_config(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from . import log
-    from .server import run_server
+    from .. import log
+    from ..frontends.native.server import run_server
 
     log.configure(args.log_format, args.log_level)
     try:
@@ -404,7 +407,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _serve_config(args: argparse.Namespace) -> Any:
     """The ServerConfig ``serve``'s flags describe. Raises ValueError naming the flag."""
-    from .config import ServerConfig, parse_host_port
+    from ..config import ServerConfig, parse_host_port
 
     try:
         host, port = parse_host_port(args.listen)
@@ -430,8 +433,12 @@ def _serve_config(args: argparse.Namespace) -> Any:
 
 def _serve_kinesis_options(args: argparse.Namespace) -> dict[str, Any]:
     """ServerConfig fields for the Kinesis gateway. Raises ValueError on a bad combination."""
-    from .config import parse_host_port
-    from .kinesis.credentials import SECRET_ENV, load_credentials_file, secret_from_environment
+    from ..config import parse_host_port
+    from ..frontends.kinesis.credentials import (
+        SECRET_ENV,
+        load_credentials_file,
+        secret_from_environment,
+    )
 
     listen = None if args.kinesis_listen == "off" else args.kinesis_listen
     if listen is not None:
@@ -546,7 +553,7 @@ async def _stream_describe(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(document, indent=2))
         return EXIT_OK
-    from .cli_reshard import lineage_lines
+    from .reshard import lineage_lines
 
     shards = document["shards"]
     open_count = sum(s["ending_sequence"] is None for s in shards)
@@ -623,7 +630,7 @@ async def _put(args: argparse.Namespace) -> int:
 
     from streamd_client import errors
 
-    from .cli_records import MissingKeyError, RecordInputError, parse_put_line
+    from .records import MissingKeyError, RecordInputError, parse_put_line
 
     _check_put_keys(args)
     tally = _PutTally()

@@ -31,8 +31,8 @@ from streamd_client.model import (
 )
 from streamd_client.summary import summary
 
+from ...engine import Engine, RecordIn
 from .api_groups import GROUP_HANDLERS
-from .engine import Engine, RecordIn
 
 Handler = Callable[[Engine, dict[str, Any]], Awaitable[dict[str, Any]]]
 

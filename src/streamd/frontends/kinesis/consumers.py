@@ -25,7 +25,7 @@ import cbor2
 
 from streamd_client.summary import summary
 
-from ..meta import Compare, MetaStore
+from ...meta import Compare, MetaStore
 from .types import KinesisError
 
 PREFIX: Final = "consumers/"

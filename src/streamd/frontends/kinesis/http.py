@@ -32,11 +32,11 @@ from typing import Final
 import structlog
 import trio
 
-from .. import malloc
-from .. import metrics as server_metrics
+from ... import malloc
+from ... import metrics as server_metrics
+from ...config import ServerConfig, parse_host_port
+from ...engine import Engine
 from ..admission import ConnectionSlots, admission_limits
-from ..config import ServerConfig, parse_host_port
-from ..engine import Engine
 from . import metrics
 from .body_limits import body_bytes_max, too_large
 from .codec import Protocol, operation_of, protocol_of

@@ -31,7 +31,7 @@ RESIZE_TIMEOUT_S_DEFAULT: Final = 600.0
 
 def register_shard(commands: Any) -> None:
     """Add ``streamd shard split|merge`` to the CLI's subparsers."""
-    from .cli import _add_endpoint, _run_client_command
+    from .app import _add_endpoint, _run_client_command
 
     shard = commands.add_parser("shard", help="split or merge shards (resharding)")
     actions = shard.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -77,7 +77,7 @@ def add_resize(actions: Any) -> argparse.ArgumentParser:
 
 
 async def _split(args: argparse.Namespace) -> int:
-    from .cli import _connect
+    from .app import _connect
 
     async with _connect(args) as client:
         left, right = await client.split_shard(args.name, args.shard_id, args.at)
@@ -86,7 +86,7 @@ async def _split(args: argparse.Namespace) -> int:
 
 
 async def _merge(args: argparse.Namespace) -> int:
-    from .cli import _connect
+    from .app import _connect
 
     async with _connect(args) as client:
         child = await client.merge_shards(args.name, args.shard_id, args.adjacent_shard_id)
@@ -95,7 +95,7 @@ async def _merge(args: argparse.Namespace) -> int:
 
 
 async def _resize(args: argparse.Namespace) -> int:
-    from .cli import _connect
+    from .app import _connect
 
     async with _connect(args) as client:
         current = len((await client.describe_stream(args.name)).open_shards)

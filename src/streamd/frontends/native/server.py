@@ -57,14 +57,14 @@ from streamd_client.errors import (
 )
 from streamd_client.summary import summary
 
-from . import __version__, metrics, node_limits
-from .admission import ConnectionSlots, admission_limits, serve_listeners
+from ... import __version__, metrics, node_limits
+from ...config import ServerConfig, parse_host_port
+from ...engine import Engine
+from ...meta import SqliteMetaStore
+from ...startup import StartupError, bind_error, lock_data_dir, prepare_data_dir
+from ..admission import ConnectionSlots, admission_limits, serve_listeners
+from ..kinesis.http import Gateway, open_gateway_listeners
 from .api import HANDLERS
-from .config import ServerConfig, parse_host_port
-from .engine import Engine
-from .kinesis.http import Gateway, open_gateway_listeners
-from .meta import SqliteMetaStore
-from .startup import StartupError, bind_error, lock_data_dir, prepare_data_dir
 
 log = structlog.get_logger(__name__)
 

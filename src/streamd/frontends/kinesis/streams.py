@@ -24,7 +24,7 @@ from streamd_client.model import (
 )
 from streamd_client.summary import summary
 
-from ..catalog import ShardMeta, StreamMeta, StreamMode
+from ...catalog import ShardMeta, StreamMeta, StreamMode
 from .args import (
     opt_bool,
     opt_enum,

@@ -20,7 +20,7 @@ because on a small machine the client's own boto3 work is part of what bounds ev
 One-time install of the npm targets, outside the repository::
 
     mkdir -p /tmp/kbench && cd /tmp/kbench && npm install kinesalite kinesis-local
-    python -m streamd.bench_kinesis --kinesalite /tmp/kbench --kinesis-mock /tmp/kbench
+    python -m streamd.bench.kinesis --kinesalite /tmp/kbench --kinesis-mock /tmp/kbench
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from .testing.process import process_cpu_seconds
+from ..testing.process import process_cpu_seconds
 
 REGION: Final = "us-east-1"
 START_TIMEOUT_S: Final = 60.0
@@ -158,7 +158,7 @@ def _kinesis_mock_command(directory: Path) -> tuple[list[str], Path] | None:
 
 @contextlib.contextmanager
 def _streamd_target() -> Iterator[Target]:
-    from .testing import ServerProcess
+    from ..testing import ServerProcess
 
     with ServerProcess(fsync="always", kinesis=True, log_level="warning") as server:
         yield Target("streamd", server.kinesis_endpoint, server.pid)

@@ -17,8 +17,8 @@ from streamd_client.group_errors import GROUP_ERRORS
 from streamd_client.model import Position, check_stream_name
 from streamd_client.summary import summary
 
-from .groups.service import service_of
-from .groups.state import (
+from ...groups.service import service_of
+from ...groups.state import (
     MEMBERS_MAX,
     REBALANCE_TIMEOUT_MS_DEFAULT,
     SESSION_TIMEOUT_MS_DEFAULT,
@@ -26,7 +26,7 @@ from .groups.state import (
 )
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from ...engine import Engine
 
 Handler = Callable[["Engine", dict[str, Any]], Awaitable[dict[str, Any]]]
 INT_ARG_MIN = -(2**63)  # as api.py: integer arguments are 64-bit
