@@ -1,9 +1,10 @@
 """The engine: streams, their shards' pipelines, routing, and the operations every front end uses.
 
-The native protocol server (``server.py``) and the Kinesis gateway (``kinesis/``) are thin
-translations onto these methods; no semantics live anywhere else. The engine owns a nursery in
-which every shard's appender runs, plus the retention task (which also forgets expired closed
-shards), the consumer-group expiry timer, and running resizes. Metadata changes go through the
+The front ends (``frontends/native/`` and the Kinesis gateway, ``frontends/kinesis/``) are thin
+translations onto these methods; no semantics live anywhere else. The composition root
+(``node.py``) builds the engine and hands it to them. The engine owns a nursery in which every
+shard's appender runs, plus the retention task (which also forgets expired closed shards) and
+running resizes. Metadata changes go through the
 catalog (the metadata store) first and are applied to the running pipelines after; resharding
 is described in docs/design.md.
 
@@ -72,7 +73,6 @@ _REROUTE_ROUNDS_MAX = 8  # put_records routes again at most this often across re
 # timeout, over one step's worst case (the seal timeout).
 _RESHAPE_WAIT_S = 25.0
 _RESIZE_STEP_ATTEMPTS = 3
-_GROUP_TICK_S = 1.0
 TAGS_PER_STREAM_MAX = 50
 TAG_KEY_CHARS_MAX = 128
 TAG_VALUE_CHARS_MAX = 256
@@ -198,7 +198,6 @@ class Engine:
                 else:
                     await self._resume(await self._open_stream(meta))
             nursery.start_soon(self._retention_loop)
-            nursery.start_soon(self._groups_loop)
             self._report_limits()
             log.info("engine.started", streams=len(self.streams))
             task_status.started()
@@ -368,15 +367,6 @@ class Engine:
                     log.info("shard.expired", stream=name, shard_id=shard_id)
                 forgotten += sorted(expired)
         return forgotten
-
-    async def _groups_loop(self) -> None:
-        """Expire silent consumer-group members on a timer too, not only when a request for
-        their group arrives, so that idle groups log (and persist) expiries on time."""
-        while True:
-            await trio.sleep(_GROUP_TICK_S)
-            service = getattr(self, "_groups", None)  # created by the first group request
-            if service is not None:
-                await service.tick_all()
 
     def apply_retention(self, at_ms: int) -> None:
         for stream in self.streams.values():

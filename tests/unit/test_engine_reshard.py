@@ -213,15 +213,18 @@ async def test_concurrent_reshards_on_one_stream_are_refused(tmp_path: Path) -> 
         assert len(engine.stream_meta("s").open_shards()) == 5
 
 
-async def test_idle_group_members_expire_on_the_engine_timer(tmp_path: Path) -> None:
-    """No request reaches the group after the join, yet the stored group drops the member."""
-    from streamd.frontends.native.api import HANDLERS
-    from streamd.groups.service import group_key
+async def test_idle_group_members_expire_on_the_group_timer(tmp_path: Path) -> None:
+    """No request reaches the group after the join, yet the stored group drops the member
+    (the group service's timer, run beside the engine as streamd/node.py runs it)."""
+    from streamd.frontends.native.api import bind_handlers
+    from streamd.groups.service import GroupService, StreamView, group_key
 
-    async with running_engine(tmp_path) as engine:
+    async with running_engine(tmp_path) as engine, trio.open_nursery() as nursery:
+        groups = GroupService(engine.catalog.store, StreamView(engine))
+        nursery.start_soon(groups.run)
         await engine.create_stream("s", 2, 24)
         join = {"stream": "s", "group": "g", "member_id": "m1", "session_timeout_ms": 200}
-        await HANDLERS["group_join"](engine, join)
+        await bind_handlers(engine, groups)["group_join"](join)
         key = group_key("s", "g")
         stored = await engine.catalog.store.get(key)
         assert stored is not None and b"m1" in stored.value
@@ -230,6 +233,7 @@ async def test_idle_group_members_expire_on_the_engine_timer(tmp_path: Path) -> 
                 await trio.sleep(0.1)
                 stored = await engine.catalog.store.get(key)
                 assert stored is not None
+        nursery.cancel_scope.cancel()
 
 
 async def test_interrupted_split_is_forgotten_at_start(tmp_path: Path) -> None:

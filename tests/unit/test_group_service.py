@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from streamd.frontends.native.api_groups import GROUP_HANDLERS
-from streamd.groups.service import GroupService, StreamView, group_key, service_of
+from streamd.frontends.native.api import bind_handlers
+from streamd.groups.service import GroupService, StreamView, group_key
 from streamd.meta import SqliteMetaStore
 from streamd_client.errors import (
     InternalError,
@@ -202,14 +202,16 @@ async def test_reset_and_delete_refused_while_active_unless_forced(store: Sqlite
 
 async def test_handlers_validate_and_round_trip(store: SqliteMetaStore) -> None:
     engine: Any = FakeEngine(store, shards=2)
+    groups = GroupService(store, StreamView(engine))
+    handlers: Any = bind_handlers(engine, groups)  # as streamd/node.py wires them
     base = {"stream": "s", "group": "g", "member_id": "m1"}
-    join = await GROUP_HANDLERS["group_join"](engine, {**base, "session_timeout_ms": 1_000})
+    join = await handlers["group_join"]({**base, "session_timeout_ms": 1_000})
     assert join["heartbeat_interval_ms"] == 333 and len(join["assignment"]) == 2
     owned = [[g["shard_id"], g["epoch"]] for g in join["assignment"]]
-    beat = await GROUP_HANDLERS["group_heartbeat"](engine, {**base, "owned": owned})
+    beat = await handlers["group_heartbeat"]({**base, "owned": owned})
     assert beat["assignment"] == join["assignment"]
-    done = await GROUP_HANDLERS["group_checkpoint"](
-        engine, {**base, "shard_id": shard_id_of(1), "epoch": 1, "sequence": make_sequence(1, 0)}
+    done = await handlers["group_checkpoint"](
+        {**base, "shard_id": shard_id_of(1), "epoch": 1, "sequence": make_sequence(1, 0)}
     )
     assert done == {
         "shard_id": shard_id_of(1),
@@ -217,12 +219,12 @@ async def test_handlers_validate_and_round_trip(store: SqliteMetaStore) -> None:
         "epoch": 1,
         "shard_end": False,
     }
-    listed = await GROUP_HANDLERS["group_list"](engine, {"stream": "s"})
+    listed = await handlers["group_list"]({"stream": "s"})
     assert listed["groups"][0]["group"] == "g" and listed["groups"][0]["members"] == 1
-    described = await GROUP_HANDLERS["group_describe"](engine, {"stream": "s", "group": "g"})
+    described = await handlers["group_describe"]({"stream": "s", "group": "g"})
     assert described["group"]["shards"][1]["lag_records"] == 9
-    await GROUP_HANDLERS["group_leave"](engine, base)
-    assert service_of(engine) is service_of(engine)
+    await handlers["group_leave"](base)
+    assert {h.args[0] for op, h in handlers.items() if op.startswith("group_")} == {groups}
     for bad in (
         {**base, "group": "a/b"},
         {**base, "owned": [["x"]]},
@@ -232,9 +234,9 @@ async def test_handlers_validate_and_round_trip(store: SqliteMetaStore) -> None:
         {**base, "member_id": ""},
     ):
         with pytest.raises(InvalidArgumentError):
-            await GROUP_HANDLERS["group_join"](engine, bad)
+            await handlers["group_join"](bad)
     with pytest.raises(StreamNotFoundError):
-        await GROUP_HANDLERS["group_join"](engine, {**base, "stream": "nope"})
+        await handlers["group_join"]({**base, "stream": "nope"})
 
 
 def test_group_error_codes_map_back_to_their_classes() -> None:

@@ -394,7 +394,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     from .. import log
-    from ..frontends.native.server import run_server
+    from ..node import run_server
 
     log.configure(args.log_format, args.log_level)
     try:

@@ -1,10 +1,11 @@
 """The trio layer around the coordinators: loading, persisting, logging, and the stream's view.
 
-One ``GroupService`` per engine (``service_of(engine)`` creates it on first use and keeps it on
-the engine object), one ``_Runner`` per (stream, group), loaded lazily from the metadata store
-on first use. A runner steps its coordinator under a lock, then does what the step's ``Ready``
-says, in this order: persist (one compare-and-swap transaction), log the events, answer. So an
-answer never announces a lease epoch or confirms a checkpoint that is not durable yet.
+One ``GroupService`` per node (streamd/node.py builds it over the engine's metadata store and a
+``StreamView`` of the engine, hands it to the native front end and runs its expiry timer), one
+``_Runner`` per (stream, group), loaded lazily from the metadata store on first use. A runner
+steps its coordinator under a lock, then does what the step's ``Ready`` says, in this order:
+persist (one compare-and-swap transaction), log the events, answer. So an answer never announces
+a lease epoch or confirms a checkpoint that is not durable yet.
 
 Stored keys (``MetaStore``; CBOR documents, state.py):
 
@@ -50,6 +51,7 @@ from .state import GROUPS_PER_STREAM_MAX, SHARD_END, Checkpoint, GroupDoc, Shard
 log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
+GROUP_TICK_S = 1.0  # how often run() expires silent members of idle groups
 _GROUP_PREFIX = "groups/"
 _CHECKPOINT_PREFIX = "group-checkpoints/"
 _WARN_EVENTS = frozenset(
@@ -394,7 +396,7 @@ class GroupService:
         log.info("group.deleted", stream=stream, group=group, forced=force)
 
     async def tick_all(self) -> None:
-        """Expire silent members of every loaded group (the engine's timer calls this)."""
+        """Expire silent members of every loaded group (``run``'s timer calls this)."""
         for (stream, group), runner in list(self._runners.items()):
             if not runner.broken:
                 try:
@@ -402,12 +404,10 @@ class GroupService:
                 except StreamdError:
                     continue
 
-
-def service_of(engine: Any) -> GroupService:
-    """The engine's GroupService, created on first use and kept on the engine object."""
-    service = getattr(engine, "_groups", None)
-    if service is None:
-        service = GroupService(engine.catalog.store, StreamView(engine))
-        engine._groups = service
-    assert isinstance(service, GroupService)
-    return service
+    async def run(self, tick_s: float = GROUP_TICK_S) -> None:
+        """Expire silent members on a timer too, not only when a request for their group
+        arrives, so that idle groups log (and persist) expiries on time. Runs until
+        cancelled (the node runs it beside the engine)."""
+        while True:
+            await trio.sleep(tick_s)
+            await self.tick_all()

@@ -1,7 +1,8 @@
 """Native-protocol operations: argument checks and result shapes around the engine.
 
-One handler per operation in one table (``HANDLERS``). Handlers check argument types and
-request-level limits, call the engine, and return the result map that goes on the wire
+One handler per operation in one table (``HANDLERS``; group operations in api_groups.py;
+``bind_handlers`` gives the server both, bound to what they work on). Handlers check argument
+types and request-level limits, call the engine, and return the result map that goes on the wire
 (docs/protocol.md). They raise StreamdError subclasses only; the server turns anything else
 into INTERNAL. A handler that waits long (a long-poll read) drops ``args`` once parsed, so a
 request cannot pin whatever else its map held for the wait. Messages name values through
@@ -11,6 +12,7 @@ request cannot pin whatever else its map held for the wait. Messages name values
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from streamd_client.errors import (
@@ -32,9 +34,11 @@ from streamd_client.model import (
 from streamd_client.summary import summary
 
 from ...engine import Engine, RecordIn
+from ...groups.service import GroupService
 from .api_groups import GROUP_HANDLERS
 
 Handler = Callable[[Engine, dict[str, Any]], Awaitable[dict[str, Any]]]
+BoundHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 # Integer arguments are 64-bit; a bignum (the decoder takes up to strict_cbor.BIGNUM_BYTES_MAX
 # for explicit hash keys) is refused here, before any arithmetic or formatting sees it.
@@ -208,4 +212,11 @@ HANDLERS: dict[str, Handler] = {
     "resize_stream": _resize_stream,
     "quarantine_range": _quarantine_range,
 }
-HANDLERS.update(GROUP_HANDLERS)
+
+
+def bind_handlers(engine: Engine, groups: GroupService) -> dict[str, BoundHandler]:
+    """Every operation's handler with what it works on bound: the engine for stream and record
+    operations, the group service for group operations (both from streamd/node.py)."""
+    bound: dict[str, BoundHandler] = {op: partial(h, engine) for op, h in HANDLERS.items()}
+    bound.update({op: partial(h, groups) for op, h in GROUP_HANDLERS.items()})
+    return bound

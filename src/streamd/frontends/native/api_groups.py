@@ -1,23 +1,23 @@
 """Native-protocol operations of consumer groups (docs/consumer-groups.md), merged into
-``api.HANDLERS`` by one line there.
+the server's table by ``api.bind_handlers``.
 
-Same contract as api.py: check argument types and limits, call the engine's group service
-(``groups.service_of``: created on first use, kept on the engine), return the result map that
-goes on the wire, raise StreamdError subclasses only.
+Same contract as api.py: check argument types and limits, call the node's group service (the
+composition root, streamd/node.py, builds it and api.bind_handlers hands it to these handlers),
+return the result map that goes on the wire, raise StreamdError subclasses only.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from streamd_client.errors import InvalidArgumentError
 from streamd_client.group_errors import GROUP_ERRORS
 from streamd_client.model import Position, check_stream_name
 from streamd_client.summary import summary
 
-from ...groups.service import service_of
+from ...groups.service import GroupService
 from ...groups.state import (
     MEMBERS_MAX,
     REBALANCE_TIMEOUT_MS_DEFAULT,
@@ -25,10 +25,7 @@ from ...groups.state import (
     SHARD_END,
 )
 
-if TYPE_CHECKING:
-    from ...engine import Engine
-
-Handler = Callable[["Engine", dict[str, Any]], Awaitable[dict[str, Any]]]
+GroupHandler = Callable[[GroupService, dict[str, Any]], Awaitable[dict[str, Any]]]
 INT_ARG_MIN = -(2**63)  # as api.py: integer arguments are 64-bit
 INT_ARG_MAX = 2**64 - 1
 
@@ -95,7 +92,7 @@ def _member(args: dict[str, Any]) -> str:
     return member_id
 
 
-async def _join(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+async def _join(groups: GroupService, args: dict[str, Any]) -> dict[str, Any]:
     stream, group = _names(args)
     member_id = _member(args)
     client = _arg(args, "client", str, "")
@@ -103,7 +100,7 @@ async def _join(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
     rebalance_ms = _arg(args, "rebalance_timeout_ms", int, REBALANCE_TIMEOUT_MS_DEFAULT)
     initial = _initial(args.get("from", {"type": "trim_horizon"}))
     owned = _owned(args)
-    answer = await service_of(engine).step(
+    answer = await groups.step(
         stream,
         group,
         lambda c, now: c.join(
@@ -119,31 +116,29 @@ async def _join(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
     return answer.to_wire()
 
 
-async def _heartbeat(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+async def _heartbeat(groups: GroupService, args: dict[str, Any]) -> dict[str, Any]:
     stream, group = _names(args)
     member_id = _member(args)
     owned = _owned(args)
-    answer = await service_of(engine).step(
-        stream, group, lambda c, now: c.heartbeat(member_id, now, owned)
-    )
+    answer = await groups.step(stream, group, lambda c, now: c.heartbeat(member_id, now, owned))
     return answer.to_wire()
 
 
-async def _leave(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+async def _leave(groups: GroupService, args: dict[str, Any]) -> dict[str, Any]:
     stream, group = _names(args)
     member_id = _member(args)
-    await service_of(engine).step(stream, group, lambda c, now: c.leave(member_id, now))
+    await groups.step(stream, group, lambda c, now: c.leave(member_id, now))
     return {}
 
 
-async def _checkpoint(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+async def _checkpoint(groups: GroupService, args: dict[str, Any]) -> dict[str, Any]:
     stream, group = _names(args)
     member_id = _member(args)
     shard_id = _arg(args, "shard_id", str)
     epoch = _arg(args, "epoch", int)
     sequence = _arg(args, "sequence", str)
     metadata = _arg(args, "metadata", str, None) if args.get("metadata") is not None else None
-    stored = await service_of(engine).step(
+    stored = await groups.step(
         stream,
         group,
         lambda c, now: c.checkpoint(member_id, shard_id, epoch, sequence, now, metadata),
@@ -156,39 +151,37 @@ async def _checkpoint(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _create(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+async def _create(groups: GroupService, args: dict[str, Any]) -> dict[str, Any]:
     stream, group = _names(args)
     initial = _initial(args.get("from", {"type": "trim_horizon"}))
-    view = await service_of(engine).step(
-        stream, group, lambda c, now: c.describe(now), create_from=initial
-    )
+    view = await groups.step(stream, group, lambda c, now: c.describe(now), create_from=initial)
     return {"initial": view["initial"], "created_ms": view["created_ms"]}
 
 
-async def _describe(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+async def _describe(groups: GroupService, args: dict[str, Any]) -> dict[str, Any]:
     stream, group = _names(args)
-    return {"group": await service_of(engine).describe(stream, group)}
+    return {"group": await groups.describe(stream, group)}
 
 
-async def _list(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+async def _list(groups: GroupService, args: dict[str, Any]) -> dict[str, Any]:
     stream = check_stream_name(args.get("stream"))
-    return {"groups": await service_of(engine).list_groups(stream)}
+    return {"groups": await groups.list_groups(stream)}
 
 
-async def _reset(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+async def _reset(groups: GroupService, args: dict[str, Any]) -> dict[str, Any]:
     stream, group = _names(args)
     to = _initial(_arg(args, "to", dict))
-    await service_of(engine).reset(stream, group, to, _arg(args, "force", bool, False))
+    await groups.reset(stream, group, to, _arg(args, "force", bool, False))
     return {}
 
 
-async def _delete(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+async def _delete(groups: GroupService, args: dict[str, Any]) -> dict[str, Any]:
     stream, group = _names(args)
-    await service_of(engine).delete(stream, group, _arg(args, "force", bool, False))
+    await groups.delete(stream, group, _arg(args, "force", bool, False))
     return {}
 
 
-GROUP_HANDLERS: dict[str, Handler] = {
+GROUP_HANDLERS: dict[str, GroupHandler] = {
     "group_join": _join,
     "group_heartbeat": _heartbeat,
     "group_leave": _leave,

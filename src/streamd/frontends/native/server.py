@@ -27,19 +27,14 @@ Malformed framing (a bad length, a body that is not a CBOR map) is a protocol er
 gets an error frame with request id 0 and the connection closes, since its framing can no longer
 be trusted. A bad request inside a good frame gets a typed error and the connection stays.
 
-Shutdown (SIGINT/SIGTERM): stop accepting, let the shard pipelines drain and acknowledge what they
-hold (bounded by ``shutdown_grace_ms``), close the logs cleanly, then drop the connections.
+The node (streamd/node.py, the composition root) binds the listeners, builds ``Server`` with
+the operation handlers bound to the engine and the group service, and runs the shutdown.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import sqlite3
-import sys
 from collections import deque
-from collections.abc import Callable
-from functools import partial
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -57,14 +52,10 @@ from streamd_client.errors import (
 )
 from streamd_client.summary import summary
 
-from ... import __version__, metrics, node_limits
-from ...config import ServerConfig, parse_host_port
-from ...engine import Engine
-from ...meta import SqliteMetaStore
-from ...startup import StartupError, bind_error, lock_data_dir, prepare_data_dir
-from ..admission import ConnectionSlots, admission_limits, serve_listeners
-from ..kinesis.http import Gateway, open_gateway_listeners
-from .api import HANDLERS
+from ... import __version__, metrics
+from ...config import ServerConfig
+from ..admission import ConnectionSlots, admission_limits
+from .api import BoundHandler
 
 log = structlog.get_logger(__name__)
 
@@ -74,10 +65,14 @@ _COALESCE_BYTES = 64 * 1024
 
 class _Connection:
     def __init__(
-        self, stream: trio.SocketStream, engine: Engine, config: ServerConfig, peer: str
+        self,
+        stream: trio.SocketStream,
+        handlers: Mapping[str, BoundHandler],
+        config: ServerConfig,
+        peer: str,
     ) -> None:
         self.stream = stream
-        self.engine = engine
+        self.handlers = handlers
         self.config = config
         self.peer = peer
         self.decoder = wire.FrameDecoder(config.frame_bytes_max)
@@ -235,10 +230,10 @@ class _Connection:
     async def _dispatch(self, request_id: int, op: str, args: dict[str, Any], reserve: int) -> None:
         code = "OK"
         try:
-            handler = HANDLERS.get(op)
+            handler = self.handlers.get(op)
             if handler is None:
                 raise UnknownOperationError(f"unknown operation {summary(op)}")
-            call = handler(self.engine, args)
+            call = handler(args)
             del args  # a long-poll keeps what its handler parsed, not the request's map
             reply = wire.response(request_id, await call)
         except StreamdError as exc:
@@ -254,7 +249,7 @@ class _Connection:
         finally:
             self.in_flight -= 1
             self.last_active = trio.current_time()
-        metrics.REQUESTS.labels(op if op in HANDLERS else "unknown", code).inc()
+        metrics.REQUESTS.labels(op if op in self.handlers else "unknown", code).inc()
         self._send(reply, reserve)
 
     def _send(self, message: dict[str, Any], reserve: int = 0) -> None:
@@ -325,16 +320,19 @@ def _answer_reserve_bytes(op: str, args: dict[str, Any], frame_bytes_max: int) -
 
 
 class Server:
-    def __init__(self, config: ServerConfig, engine: Engine) -> None:
+    """The native listener's connection handler. ``handlers`` is every operation bound to what
+    it works on (``api.bind_handlers``, called by the composition root, streamd/node.py)."""
+
+    def __init__(self, config: ServerConfig, handlers: Mapping[str, BoundHandler]) -> None:
         self.config = config
-        self.engine = engine
+        self.handlers = handlers
         self.slots = ConnectionSlots(
             admission_limits(config), metrics.CONNECTIONS, "connection", "native", _refusal
         )
 
     async def handle(self, stream: trio.SocketStream) -> None:
         async def run(peer: str) -> None:
-            await _Connection(stream, self.engine, self.config, peer).run()
+            await _Connection(stream, self.handlers, self.config, peer).run()
 
         await self.slots.serve(stream, run)
 
@@ -344,183 +342,3 @@ def _refusal(reason: str, message: str) -> bytes:
     with request id 0 (the whole connection), naming the bound in ``details.limit``."""
     error = LimitExceededError(message, limit=reason)
     return wire.encode_message(wire.error_response(0, error.to_wire()))
-
-
-async def serve(
-    config: ServerConfig,
-    *,
-    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run the server until SIGINT/SIGTERM (or cancellation), then shut down cleanly.
-
-    Raises StartupError (streamd/startup.py) for what stops it before it is ready.
-    """
-    prepare_data_dir(config.data_dir)
-    lock_fd = lock_data_dir(config.data_dir)
-    node_limits.raise_nofile_limit()  # soft to hard: the shard budget is computed from it
-    try:
-        store = _open_meta_store(config)
-    except BaseException:
-        os.close(lock_fd)
-        raise
-    engine = Engine(config, store)
-    started = False  # a start-up error is its one line, no log lines around it
-    try:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as root:
-                listeners, gateway = await _bind_all(config, engine)
-                started = True
-                log.info(
-                    "server.starting",
-                    data_dir=str(config.data_dir),
-                    listen=config.listen,
-                    fsync=config.fsync,
-                )
-                await root.start(engine.run)
-                if gateway is not None:  # its body decoder's workers, before its listener
-                    await root.start(gateway[0].run)
-                server = Server(config, engine)
-                host, port = listeners[0].socket.getsockname()[:2]
-                async with trio.open_nursery() as connections:
-                    async with trio.open_nursery() as accept:
-                        accept.start_soon(
-                            partial(
-                                serve_listeners,
-                                handler_nursery=connections,
-                                events="connection",
-                                listener="native",
-                            ),
-                            server.handle,
-                            listeners,
-                        )
-                        print(f"streamd ready: listening on {host}:{port}", flush=True)
-                        log.info("server.ready", listen=f"{host}:{port}")
-                        if gateway is not None:
-                            _serve_kinesis(accept, connections, *gateway)
-                        task_status.started((host, port))
-                        async for signum in signals:
-                            log.info("server.stopping", signal=signal.Signals(signum).name)
-                            break
-                        accept.cancel_scope.cancel()
-                    with trio.move_on_after(config.shutdown_grace_ms / 1000):
-                        await engine.close()
-                    await trio.sleep(0.05)  # let connection writers send the last acks
-                    connections.cancel_scope.cancel()
-                root.cancel_scope.cancel()
-    finally:
-        await store.aclose()
-        os.close(lock_fd)
-        if started:
-            log.info("server.stopped")
-
-
-def _open_meta_store(config: ServerConfig) -> SqliteMetaStore:
-    path = config.data_dir / "meta.sqlite3"
-    try:
-        return SqliteMetaStore(path)
-    except sqlite3.Error as exc:  # not a database, or damaged: nothing we should repair blindly
-        raise StartupError(
-            f"--data-dir {config.data_dir}: cannot open {path}: {exc} (restore it from a backup, "
-            "or start with another --data-dir)"
-        ) from None
-
-
-async def _bind_all(
-    config: ServerConfig, engine: Engine
-) -> tuple[list[trio.SocketListener], tuple[Gateway, list[trio.SocketListener]] | None]:
-    """Bind every address before any stream is opened, so that a taken port is said at once
-    and not after a long recovery. Raises StartupError; nothing stays bound then."""
-    listeners = await _open_native(config)
-    gateway = None
-    try:
-        gateway = await _open_kinesis(config, engine)
-        _serve_metrics(config)  # last: its thread cannot be stopped
-    except BaseException:
-        for listener in listeners + (gateway[1] if gateway else []):
-            await listener.aclose()
-        raise
-    return listeners, gateway
-
-
-async def _open_native(config: ServerConfig) -> list[trio.SocketListener]:
-    try:
-        return await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
-    except OSError as exc:
-        raise bind_error("--listen", config.listen, exc) from None
-
-
-def _serve_metrics(config: ServerConfig) -> None:
-    if not config.metrics_listen:
-        return
-    host, port = parse_host_port(config.metrics_listen, 9464)
-    try:
-        metrics.serve_metrics(host, port)
-    except OSError as exc:
-        raise bind_error("--metrics-listen", config.metrics_listen, exc) from None
-    log.info("server.metrics", listen=f"{host}:{port}")
-
-
-async def _open_kinesis(
-    config: ServerConfig, engine: Engine
-) -> tuple[Gateway, list[trio.SocketListener]] | None:
-    """Bind the Kinesis gateway's listener, if configured. Raises StartupError if the address
-    is taken (kinesalite runs on 4567 too): ``--kinesis-listen off`` or another port."""
-    if config.kinesis_listen is None:
-        return None
-    try:
-        return await open_gateway_listeners(config, engine)
-    except OSError as exc:
-        raise bind_error(
-            "--kinesis-listen",
-            config.kinesis_listen,
-            exc,
-            hint="choose another with --kinesis-listen HOST:PORT, or turn the gateway off "
-            "with --kinesis-listen off",
-        ) from None
-
-
-def _serve_kinesis(
-    accept: trio.Nursery,
-    connections: trio.Nursery,
-    gateway: Gateway,
-    listeners: list[trio.SocketListener],
-) -> None:
-    accept.start_soon(
-        partial(
-            serve_listeners,
-            handler_nursery=connections,
-            events="kinesis.connection",
-            listener="kinesis",
-        ),
-        gateway.handle,
-        listeners,
-    )
-    host, port = listeners[0].socket.getsockname()[:2]
-    print(f"streamd kinesis ready: listening on {host}:{port}", flush=True)
-    log.info("server.kinesis_ready", listen=f"{host}:{port}", sigv4=bool(gateway.signed))
-
-
-def run_server(config: ServerConfig) -> None:
-    """Blocking entry point for ``streamd serve``. Raises StartupError (the server did not
-    start: the CLI prints it and exits 2), whether it came from a task or from ``serve``."""
-    try:
-        trio.run(serve, config)
-    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
-        sys.exit(130)
-    except BaseExceptionGroup as group:
-        startup = _startup_error_in(group)
-        if startup is None:
-            raise
-        raise startup from None
-
-
-def _startup_error_in(group: BaseExceptionGroup[BaseException]) -> StartupError | None:
-    """The StartupError a nursery wrapped (with nothing but cancellations beside it)."""
-    matched, rest = group.split(StartupError)
-    if matched is None or (rest is not None and rest.split(trio.Cancelled)[1] is not None):
-        return None
-    leaf: BaseException = matched
-    while isinstance(leaf, BaseExceptionGroup):
-        leaf = leaf.exceptions[0]
-    assert isinstance(leaf, StartupError)
-    return leaf
