@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from streamd.cli import app as cli
+from streamd.cli import common, records
 from streamd_client import Position
 from streamd_client.model import make_sequence
 
@@ -31,7 +32,7 @@ def test_serve_defaults_are_the_embedded_default() -> None:
 def test_serve_rejects_an_unknown_fsync_mode(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         parse("serve", "--fsync", "sometimes")
-    assert exit_info.value.code == cli.EXIT_USAGE
+    assert exit_info.value.code == common.EXIT_USAGE
 
 
 def test_endpoint_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,11 +66,11 @@ def test_endpoint_check_refuses_urls_and_values_without_a_port(
         (["stream", "list", "--endpoint", "https://h:1"], "is a URL (https://)"),
         (["stream", "list", "--endpoint", "localhost"], "must look like host:port"),
     ]:
-        assert cli.main(argv) == cli.EXIT_USAGE
+        assert cli.main(argv) == common.EXIT_USAGE
         err = capsys.readouterr().err
         assert needle in err and err.count("\n") == 1 and "Traceback" not in err
     monkeypatch.setenv("STREAMD_ENDPOINT", "http://127.0.0.1:4567")
-    assert cli.main(["stream", "list"]) == cli.EXIT_USAGE
+    assert cli.main(["stream", "list"]) == common.EXIT_USAGE
     err = capsys.readouterr().err
     assert err.startswith("error: $STREAMD_ENDPOINT: endpoint 'http://127.0.0.1:4567' is a URL")
     assert "--listen address (127.0.0.1:7070 by default)" in err
@@ -120,22 +121,22 @@ def test_bench_endpoint_defaults_to_starting_a_server(monkeypatch: pytest.Monkey
     ],
 )
 def test_parse_position(text: str, expected: Position) -> None:
-    assert cli.parse_position(text) == expected
+    assert common.parse_position(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "oldest", "at:", "at:123", "after:x", "ts:yesterday"])
 def test_parse_position_rejects(text: str) -> None:
-    with pytest.raises(cli.CliError):
-        cli.parse_position(text)
+    with pytest.raises(common.CliError):
+        common.parse_position(text)
 
 
 def test_iso_time_round_trips_through_parse_timestamp() -> None:
-    assert cli.iso_time(1_714_521_600_123) == "2024-05-01T00:00:00.123Z"
-    assert cli.parse_timestamp_ms(cli.iso_time(1_714_521_600_123)) == 1_714_521_600_123
+    assert common.iso_time(1_714_521_600_123) == "2024-05-01T00:00:00.123Z"
+    assert common.parse_timestamp_ms(common.iso_time(1_714_521_600_123)) == 1_714_521_600_123
 
 
 def test_split_lines_keeps_the_unfinished_rest() -> None:
-    lines, rest = cli.split_lines(b"par", b"tial\nsecond\n\nthi")
+    lines, rest = records.split_lines(b"par", b"tial\nsecond\n\nthi")
     assert lines == [b"partial", b"second", b""]
     assert rest == b"thi"
 
@@ -144,7 +145,7 @@ def test_unreachable_endpoint_exits_3(capsys: pytest.CaptureFixture[str]) -> Non
     # Port 1 on loopback: nothing listens there, the connection is refused at once.
     code = cli.main(["stream", "list", "--endpoint", "127.0.0.1:1"])
     captured = capsys.readouterr()
-    assert code == cli.EXIT_UNREACHABLE
+    assert code == common.EXIT_UNREACHABLE
     assert captured.err.startswith("error: CONNECTION_LOST")
     assert "Traceback" not in captured.err
 
@@ -152,7 +153,7 @@ def test_unreachable_endpoint_exits_3(capsys: pytest.CaptureFixture[str]) -> Non
 def test_bad_from_exits_1_without_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["read", "s", "--from", "oldest", "--endpoint", "127.0.0.1:1"])
     captured = capsys.readouterr()
-    assert code == cli.EXIT_ERROR
+    assert code == common.EXIT_ERROR
     assert "--from 'oldest'" in captured.err and "Traceback" not in captured.err
 
 

@@ -8,7 +8,8 @@ import base64
 import pytest
 
 from streamd.cli import app as cli
-from streamd.cli.records import (
+from streamd.cli import common
+from streamd.cli.lines import (
     MissingKeyError,
     RecordInputError,
     parse_put_line,
@@ -131,12 +132,12 @@ def test_put_without_a_key_or_with_an_empty_one_is_a_usage_error(
         (["put", "s"], "put needs a partition key: --partition-key K"),
         (["put", "s", "--partition-key", ""], "--partition-key must not be empty"),
     ]:
-        assert cli.main([*argv, "--endpoint", "127.0.0.1:1"]) == cli.EXIT_USAGE
+        assert cli.main([*argv, "--endpoint", "127.0.0.1:1"]) == common.EXIT_USAGE
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err
     with pytest.raises(SystemExit) as exit_info:
         cli.parse_args(["put", "s", "--partition-key", "k", "--random-key"])
-    assert exit_info.value.code == cli.EXIT_USAGE
+    assert exit_info.value.code == common.EXIT_USAGE
 
 
 def test_read_forms_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
@@ -145,5 +146,5 @@ def test_read_forms_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> No
     args = cli.parse_args(["read", "s", "--binary", "hex"])
     assert (args.binary, args.raw, args.json) == ("hex", False, False)
     code = cli.main(["read", "s", "--raw", "--binary", "hex", "--endpoint", "127.0.0.1:1"])
-    assert code == cli.EXIT_USAGE
+    assert code == common.EXIT_USAGE
     assert "--binary does not go with --raw" in capsys.readouterr().err

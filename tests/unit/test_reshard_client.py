@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from streamd.cli import app as cli
-from streamd.cli.reshard import lineage_lines, progress_line
+from streamd.cli.reshard import progress_line
+from streamd.cli.streams import lineage_lines
 from streamd_client import Position, batch
 from streamd_client.consumer import decode_read
 from streamd_client.errors import InvalidArgumentError, ProtocolError

@@ -15,7 +15,7 @@ checkpoint never covers a record that was not printed. SIGINT/SIGTERM (or ``--li
 down gracefully: in-flight batches finish, checkpoints are stored, the worker leaves the group
 and its shards move to the other workers at once.
 
-Exit statuses are the CLI's (cli.py): 0 ok, 1 typed error, 2 usage, 3 unreachable.
+Exit statuses are the CLI's (common.py): 0 ok, 1 typed error, 2 usage, 3 unreachable.
 """
 
 from __future__ import annotations
@@ -27,12 +27,21 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-EXIT_OK = 0
+from .common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    CliError,
+    add_endpoint,
+    connect,
+    iso_time,
+    parse_timestamp_ms,
+    run_client_command,
+)
+from .lines import plain_line, record_document
 
 
 def register(commands: Any) -> None:
     """Add the ``group`` command and its actions to the CLI's subparsers."""
-    from .app import _add_endpoint, _run_client_command
 
     group = commands.add_parser("group", help="consumer groups: consume, list, describe, reset")
     actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -83,15 +92,13 @@ def register(commands: Any) -> None:
     delete.set_defaults(run=_delete)
 
     for sub in (consume, listing, describe, reset, delete):
-        _add_endpoint(sub)
-        sub.set_defaults(handler=_run_client_command)
+        add_endpoint(sub)
+        sub.set_defaults(handler=run_client_command)
 
 
 def parse_group_position(text: str) -> Any:
     """``--from``/``--to`` -> Position (trim-horizon, latest, ts:ISO8601). Raises CliError."""
     from streamd_client import Position
-
-    from .app import CliError, parse_timestamp_ms
 
     if text == "trim-horizon":
         return Position.trim_horizon()
@@ -107,8 +114,6 @@ async def _consume(args: argparse.Namespace) -> int:
 
     from streamd_client.group import GroupWorker
 
-    from .app import CliError, _connect
-
     if args.checkpoint_every < 1 or args.checkpoint_interval_s <= 0:
         raise CliError("--checkpoint-every must be >= 1 and --checkpoint-interval-s > 0")
     if args.limit is not None and args.limit < 1:
@@ -116,7 +121,7 @@ async def _consume(args: argparse.Namespace) -> int:
     initial = parse_group_position(args.start)
     out = sys.stdout.buffer
     printed = 0
-    async with _connect(args) as client, anyio.create_task_group() as signals_group:
+    async with connect(args) as client, anyio.create_task_group() as signals_group:
         worker = GroupWorker(
             client,
             args.stream,
@@ -152,7 +157,6 @@ async def _stop_on_signal(worker: Any) -> None:
 
 
 def _write(out: Any, records: list[Any], epoch: int, as_json: bool) -> None:
-    from .records import plain_line, record_document
 
     if as_json:
         lines = [json.dumps({**record_document(r), "lease_epoch": epoch}) for r in records]
@@ -165,9 +169,7 @@ def _write(out: Any, records: list[Any], epoch: int, as_json: bool) -> None:
 async def _list(args: argparse.Namespace) -> int:
     from streamd_client import group_admin
 
-    from .app import _connect
-
-    async with _connect(args) as client:
+    async with connect(args) as client:
         groups = await group_admin.list_groups(client, args.stream)
     if args.json:
         print(json.dumps(groups, indent=2))
@@ -183,10 +185,7 @@ async def _list(args: argparse.Namespace) -> int:
 async def _describe(args: argparse.Namespace) -> int:
     from streamd_client import group_admin
 
-    from .app import _connect
-    from .records import iso_time
-
-    async with _connect(args) as client:
+    async with connect(args) as client:
         view = await group_admin.describe_group(client, args.stream, args.group)
     if args.json:
         print(json.dumps(view, indent=2))
@@ -217,10 +216,8 @@ async def _describe(args: argparse.Namespace) -> int:
 async def _reset(args: argparse.Namespace) -> int:
     from streamd_client import group_admin
 
-    from .app import _connect
-
     to = parse_group_position(args.to)
-    async with _connect(args) as client:
+    async with connect(args) as client:
         await group_admin.reset_group(client, args.stream, args.group, to, force=args.force)
     print(f"group {args.stream}/{args.group} reset to {args.to}", file=sys.stderr)
     return EXIT_OK
@@ -229,9 +226,7 @@ async def _reset(args: argparse.Namespace) -> int:
 async def _delete(args: argparse.Namespace) -> int:
     from streamd_client import group_admin
 
-    from .app import _connect
-
-    async with _connect(args) as client:
+    async with connect(args) as client:
         await group_admin.delete_group(client, args.stream, args.group, force=args.force)
     return EXIT_OK
 
@@ -239,7 +234,6 @@ async def _delete(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m streamd.cli.groups group ...``: the group commands alone (until the CLI
     registers them, and for tests that need a worker process)."""
-    from .app import EXIT_INTERRUPTED
 
     parser = argparse.ArgumentParser(prog="streamd")
     register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))

@@ -1,150 +1,254 @@
-"""How the command line turns stdin lines into records (``put``) and records into lines
-(``read``, ``group consume``).
+"""``streamd put`` and ``streamd read``: records from stdin lines, records to stdout lines.
 
-Put: a plain line is one record's data; its partition key is ``--partition-key K`` or, with
-``--random-key``, a fresh random one. ``--json`` lines are ``{"partition_key": str, "data": str
-[, "encoding": "text"|"base64"|"hex"]}``; a line without a key takes ``--partition-key`` or a
-random one with ``--random-key``. An empty or missing key is refused (INVALID_PARTITION_KEY, as
-Kinesis refuses it) and never silently replaced by a random one: random keys are asked for.
-
-Read, three forms, one record per line:
-
-- plain (the default, for people and terminals): the data as text when it is UTF-8 without
-  terminal control characters (tab, newline and carriage return are allowed), else encoded
-  (``--binary base64``, the default, or ``hex``), so that binary data never reaches a terminal;
-- ``--json``: one JSON object; ``data`` is text when it is UTF-8 (JSON escapes any control
-  character, so nothing more is needed), else encoded the same way and ``"encoding"`` says how;
-  what ``put --json`` reads back unchanged;
-- ``--raw``: the data bytes as stored, then a newline (binary included: for pipes).
-
-Plain output cannot tell a text record that looks like base64 from an encoded binary one; use
-``--json`` where that matters.
+How a line becomes a record and a record a line is lines.py's (shared with ``group consume``).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import argparse
 import json
-import re
-import uuid
-from datetime import UTC, datetime
-from typing import Any, Final
+import os
+import sys
+from collections import deque
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from typing import IO, Any, Final
 
-BINARY_ENCODINGS: Final = ("base64", "hex")
-# C0 controls but tab, newline and carriage return; DEL; C1 controls (ESC starts a terminal
-# escape sequence, C1 CSI does too).
-_CONTROL_RE: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+from .common import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    CliError,
+    UsageError,
+    add_endpoint,
+    connect,
+    parse_position,
+    print_error,
+    run_client_command,
+)
+from .lines import (
+    MissingKeyError,
+    RecordInputError,
+    parse_put_line,
+    plain_line,
+    record_document,
+)
+
+_STDIN_CHUNK_BYTES: Final = 256 * 1024
+_PENDING_WINDOW_MAX: Final = 200_000  # put: acks awaited in order once this many are pending
+_FAILURE_EXAMPLES_MAX: Final = 5
 
 
-class RecordInputError(ValueError):
-    """A ``put --json`` line that is not a record (malformed JSON, bad field); not a key."""
+def register(commands: Any) -> None:
+    """Add ``streamd put`` and ``streamd read``."""
+    _add_put(commands)
+    _add_read(commands)
 
 
-class MissingKeyError(ValueError):
-    """A record with an empty or missing partition key and no ``--random-key``."""
+def _add_put(commands: Any) -> None:
+    put = commands.add_parser("put", help="put one record per line of stdin")
+    put.add_argument("name", metavar="STREAM")
+    keys = put.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--partition-key", default=None, metavar="K", help="the key of every record (or line)"
+    )
+    keys.add_argument(
+        "--random-key",
+        action="store_true",
+        help="a random key per record (lines without one, with --json)",
+    )
+    put.add_argument(
+        "--json",
+        action="store_true",
+        help='lines are {"partition_key": str, "data": str[, "encoding": "base64"|"hex"]}',
+    )
+    add_endpoint(put)
+    put.set_defaults(handler=run_client_command, run=_put)
 
 
-# -- put --------------------------------------------------------------------------------------
+def _add_read(commands: Any) -> None:
+    read = commands.add_parser("read", help="print records (all shards unless --shard)")
+    read.add_argument("name", metavar="STREAM")
+    read.add_argument("--shard", default=None, metavar="ID", help="e.g. shardId-000000000000")
+    read.add_argument(
+        "--from",
+        dest="start",
+        default="trim-horizon",
+        metavar="POS",
+        help="trim-horizon (default), latest, at:SEQ, after:SEQ, or ts:ISO8601",
+    )
+    read.add_argument("--limit", type=int, default=None, metavar="N", help="stop after N")
+    read.add_argument("--follow", action="store_true", help="keep waiting for new records")
+    form = read.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="one JSON object per record")
+    form.add_argument(
+        "--raw", action="store_true", help="the data bytes as stored, binary too (for pipes)"
+    )
+    read.add_argument(
+        "--binary",
+        choices=["base64", "hex"],
+        default=None,
+        help="how data that is not text is printed (default base64; also in --json)",
+    )
+    add_endpoint(read)
+    read.set_defaults(handler=run_client_command, run=_read)
 
 
-def random_key() -> str:
-    return uuid.uuid4().hex
+class _PutTally:
+    """Counts and the first few failures of a ``put`` run, grouped by error code."""
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.acked = 0
+        self.failed = 0
+        self.failures_by_code: dict[str, int] = {}
+        self.examples: list[str] = []
+
+    def fail(self, line_number: int, code: str, message: str) -> None:
+        self.failed += 1
+        self.failures_by_code[code] = self.failures_by_code.get(code, 0) + 1
+        if len(self.examples) < _FAILURE_EXAMPLES_MAX:
+            self.examples.append(f"line {line_number}: {code}: {message}")
 
 
-def parse_put_line(
-    line: bytes, as_json: bool, default_key: str | None, random_keys: bool = False
-) -> tuple[bytes, str]:
-    """One stdin line (without its newline) -> (data, partition key).
+def split_lines(carry: bytes, chunk: bytes) -> tuple[list[bytes], bytes]:
+    """Whole lines in ``carry + chunk`` (newline dropped) and the unfinished rest."""
+    lines = (carry + chunk).split(b"\n")
+    return lines[:-1], lines[-1]
 
-    Raises RecordInputError, MissingKeyError.
+
+async def _put(args: argparse.Namespace) -> int:
+    import anyio
+
+    from streamd_client import errors
+
+    _check_put_keys(args)
+    tally = _PutTally()
+    stdin = sys.stdin.fileno()
+    async with connect(args) as client, client.producer(args.name) as producer:
+        window: deque[tuple[int, Any]] = deque()
+
+        async def settle(line_number: int, pending: Any) -> None:
+            try:
+                await pending.result()
+            except errors.StreamdError as exc:
+                tally.fail(line_number, exc.code, exc.message)
+            else:
+                tally.acked += 1
+
+        async def put_line(line: bytes) -> None:
+            tally.records += 1
+            try:
+                data, key = parse_put_line(line, args.json, args.partition_key, args.random_key)
+                window.append((tally.records, await producer.put(data, key)))
+            except errors.StreamdError as exc:  # invalid record: nothing sent
+                tally.fail(tally.records, exc.code, exc.message)
+            except MissingKeyError as exc:
+                tally.fail(tally.records, errors.InvalidPartitionKeyError.code, str(exc))
+            except RecordInputError as exc:
+                tally.fail(tally.records, "INVALID_INPUT", str(exc))
+
+        carry = b""
+        while chunk := await anyio.to_thread.run_sync(_read_some, stdin, abandon_on_cancel=True):
+            lines, carry = split_lines(carry, chunk)
+            for line in lines:
+                if args.json and not line.strip():
+                    continue
+                await put_line(line)
+            while window and (window[0][1].done() or len(window) > _PENDING_WINDOW_MAX):
+                await settle(*window.popleft())
+        if carry and not (args.json and not carry.strip()):
+            await put_line(carry)
+        await producer.flush()
+        while window:
+            await settle(*window.popleft())
+    for example in tally.examples:
+        print_error(example)
+    codes = ", ".join(f"{code} x{n}" for code, n in sorted(tally.failures_by_code.items()))
+    print(
+        f"put {tally.records} record(s): {tally.acked} acknowledged, {tally.failed} failed"
+        + (f" ({codes})" if codes else "")
+    )
+    return EXIT_PARTIAL if tally.failed else EXIT_OK
+
+
+def _check_put_keys(args: argparse.Namespace) -> None:
+    """Plain lines need a key from the command line; an empty one is Kinesis's error, and a
+    random one must be asked for. Raises UsageError (before any record is read)."""
+    if args.partition_key == "":
+        raise UsageError(
+            "--partition-key must not be empty (Kinesis refuses empty keys); "
+            "--random-key gives each record a random one"
+        )
+    if not args.json and args.partition_key is None and not args.random_key:
+        raise UsageError(
+            "put needs a partition key: --partition-key K (every line), or --random-key "
+            "(a random key per line, which spreads records over the shards)"
+        )
+
+
+def _read_some(fd: int) -> bytes:
+    """Up to a chunk of whatever stdin has now (blocks only until some bytes arrive).
+
+    A raw ``os.read``, not ``sys.stdin.buffer``: on Ctrl-C the thread blocked here is abandoned,
+    and a BufferedReader's lock held by it would make interpreter shutdown abort.
     """
-    if not as_json:
-        return line, _key_or_default(None, default_key, random_keys)
-    try:
-        item = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RecordInputError(f"not JSON: {exc}") from None
-    if not isinstance(item, dict) or not isinstance(item.get("data"), str):
-        raise RecordInputError('expected an object with a string "data"')
-    key = item.get("partition_key")
-    if key is not None and not isinstance(key, str):
-        raise RecordInputError('"partition_key" must be a string')
-    return _decode_data(item["data"], item.get("encoding", "text")), _key_or_default(
-        key, default_key, random_keys
-    )
+    return os.read(fd, _STDIN_CHUNK_BYTES)
 
 
-def _key_or_default(key: str | None, default_key: str | None, random_keys: bool) -> str:
-    if key:
-        return key
-    if random_keys:
-        return random_key()
-    if key is None and default_key:
-        return default_key
-    if key == "":
-        raise MissingKeyError('"partition_key" is empty (give --random-key for a random key)')
-    raise MissingKeyError(
-        'no "partition_key" (give --partition-key K for lines without one, or --random-key)'
-    )
+def _shard_to_read(args: argparse.Namespace, description: Any, position: Any) -> str:
+    """The one shard ``--shard`` names, or the one a sequence-number position names."""
+    from streamd_client.model import parse_sequence, shard_id_of
+
+    if args.shard is not None:
+        if args.shard not in {shard.shard_id for shard in description.shards}:
+            raise CliError(f"stream {args.name!r} has no shard {args.shard!r}")
+        return str(args.shard)
+    assert position.sequence is not None
+    return shard_id_of(parse_sequence(position.sequence)[0])
 
 
-def _decode_data(data: str, encoding: Any) -> bytes:
-    try:
-        if encoding == "text":
-            return data.encode()
-        if encoding == "base64":
-            return base64.b64decode(data, validate=True)
-        if encoding == "hex":
-            return bytes.fromhex(data)
-    except (ValueError, binascii.Error):  # UnicodeEncodeError too: a lone surrogate
-        raise RecordInputError(f'"data" is not valid {encoding}') from None
-    raise RecordInputError(f'unknown "encoding" {encoding!r:.40} (text, base64 or hex)')
+async def _read(args: argparse.Namespace) -> int:
+    """All shards: a lineage-ordered stream reader (children only after their parents' ends).
+    One shard (``--shard``, or a sequence-number position): that shard, to its end if closed."""
+    if args.limit is not None and args.limit < 1:
+        raise CliError("--limit must be at least 1")
+    if args.raw and args.binary is not None:
+        raise UsageError("--binary does not go with --raw (the bytes are printed as they are)")
+    position = parse_position(args.start)
+    out = sys.stdout.buffer
+    printed = 0
+    async with connect(args) as client, AsyncExitStack() as stack:
+        reader: Any
+        if args.shard is None and position.sequence is None:
+            reader = client.stream_reader(args.name, position, follow=args.follow)
+            await stack.enter_async_context(reader)
+        else:
+            description = await client.describe_stream(args.name)
+            shard_id = _shard_to_read(args, description, position)
+            reader = client.reader(args.name, shard_id, position, follow=args.follow)
+        while (page := await reader.read_page()) is not None:
+            if args.limit is not None:
+                page = page[: args.limit - printed]
+            printed += len(page)
+            _write_records(out, page, args)
+            out.flush()
+            if args.limit is not None and printed >= args.limit:
+                break
+        if getattr(reader, "shard_end", False):
+            children = ", ".join(c.shard_id for c in reader.child_shards)
+            print(
+                f"{reader.shard_id} has ended (resharded); continued by {children}", file=sys.stderr
+            )
+    return EXIT_OK
 
 
-# -- read -------------------------------------------------------------------------------------
-
-
-def encode_binary(data: bytes, encoding: str) -> str:
-    assert encoding in BINARY_ENCODINGS, encoding
-    return data.hex() if encoding == "hex" else base64.b64encode(data).decode("ascii")
-
-
-def terminal_text(data: bytes) -> str | None:
-    """``data`` as text if it is UTF-8 that is safe to print on a terminal, else None."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    return None if _CONTROL_RE.search(text) else text
-
-
-def plain_line(data: bytes, binary: str = "base64") -> bytes:
-    """One record as a plain output line (newline included)."""
-    text = terminal_text(data)
-    if text is not None:
-        return data + b"\n"
-    return encode_binary(data, binary).encode("ascii") + b"\n"
-
-
-def record_document(record: Any, binary: str = "base64") -> dict[str, Any]:
-    """One record as the ``read --json`` object: data as text when it is UTF-8, else encoded
-    with ``binary`` and named in ``"encoding"``."""
-    document: dict[str, Any] = {
-        "shard_id": record.shard_id,
-        "sequence_number": record.sequence_number,
-        "partition_key": record.partition_key,
-    }
-    try:
-        document["data"] = record.data.decode("utf-8")
-    except UnicodeDecodeError:
-        document["data"] = encode_binary(record.data, binary)
-        document["encoding"] = binary
-    document["arrival_time"] = iso_time(record.arrival_ms)
-    return document
-
-
-def iso_time(ms: int) -> str:
-    """ms since the epoch -> ``2024-05-01T12:00:00.123Z``."""
-    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def _write_records(out: IO[bytes], records: Sequence[Any], args: argparse.Namespace) -> None:
+    """One line per record: plain, --json or --raw (lines.py)."""
+    binary = args.binary or "base64"
+    if args.json:
+        lines = [json.dumps(record_document(r, binary)).encode() + b"\n" for r in records]
+    elif args.raw:
+        lines = [r.data + b"\n" for r in records]
+    else:
+        lines = [plain_line(r.data, binary) for r in records]
+    out.write(b"".join(lines))

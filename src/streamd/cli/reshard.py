@@ -1,4 +1,4 @@
-"""The resharding commands and the lineage view of ``stream describe`` (registered by cli.py).
+"""The resharding commands (registered by app.py; ``stream describe``'s lineage is streams.py's).
 
     streamd shard split STREAM SHARD_ID [--at HASH_KEY]
     streamd shard merge STREAM SHARD_ID ADJACENT_SHARD_ID
@@ -9,29 +9,27 @@ does them synchronously). ``resize`` starts a uniform resize (Kinesis's UpdateSh
 unless ``--no-wait``, polls ``describe_stream`` and prints a line each time the progress moves
 (``resize orders: 3/7 operations done, 6 open shards``) until the stream is ACTIVE again.
 
-``lineage_lines`` draws a stream's shards as a tree: roots (shards without a parent still in
-the stream) first, each child indented under its parent; a merged child is drawn under its
-first parent and named under the adjacent one. Pure, so the unit tests check it directly.
-
-Exit statuses are the CLI's (cli.py): 0 ok, 1 typed error, 2 usage, 3 unreachable.
+Exit statuses are the CLI's (common.py): 0 ok, 1 typed error, 2 usage, 3 unreachable.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from streamd_client.model import SHARD_COUNT_MAX
 
-EXIT_OK: Final = 0
+from .common import EXIT_OK, add_endpoint, connect, run_client_command
+
 RESIZE_TIMEOUT_S_DEFAULT: Final = 600.0
 
 
-def register_shard(commands: Any) -> None:
-    """Add ``streamd shard split|merge`` to the CLI's subparsers."""
-    from .app import _add_endpoint, _run_client_command
+def register(commands: Any, stream_actions: Any) -> None:
+    """Add ``streamd shard split|merge`` to the CLI's subparsers, ``resize`` to ``stream``'s."""
+    resize = add_resize(stream_actions)
+    add_endpoint(resize)
+    resize.set_defaults(handler=run_client_command)
 
     shard = commands.add_parser("shard", help="split or merge shards (resharding)")
     actions = shard.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -54,8 +52,8 @@ def register_shard(commands: Any) -> None:
     merge.set_defaults(run=_merge)
 
     for sub in (split, merge):
-        _add_endpoint(sub)
-        sub.set_defaults(handler=_run_client_command)
+        add_endpoint(sub)
+        sub.set_defaults(handler=run_client_command)
 
 
 def add_resize(actions: Any) -> argparse.ArgumentParser:
@@ -77,27 +75,24 @@ def add_resize(actions: Any) -> argparse.ArgumentParser:
 
 
 async def _split(args: argparse.Namespace) -> int:
-    from .app import _connect
 
-    async with _connect(args) as client:
+    async with connect(args) as client:
         left, right = await client.split_shard(args.name, args.shard_id, args.at)
     print(f"split {args.shard_id} of {args.name} into {left} and {right}")
     return EXIT_OK
 
 
 async def _merge(args: argparse.Namespace) -> int:
-    from .app import _connect
 
-    async with _connect(args) as client:
+    async with connect(args) as client:
         child = await client.merge_shards(args.name, args.shard_id, args.adjacent_shard_id)
     print(f"merged {args.shard_id} and {args.adjacent_shard_id} of {args.name} into {child}")
     return EXIT_OK
 
 
 async def _resize(args: argparse.Namespace) -> int:
-    from .app import _connect
 
-    async with _connect(args) as client:
+    async with connect(args) as client:
         current = len((await client.describe_stream(args.name)).open_shards)
         steps = resize_hops(current, args.shards)
         if len(steps) > 1:
@@ -143,46 +138,3 @@ def progress_line(name: str, description: Any) -> str:
         f"{reshard.kind} {name}: {reshard.done}/{reshard.total} operations done, "
         f"{open_count} open shards"
     )
-
-
-def lineage_lines(shards: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The ``describe`` document's shards as an indented lineage tree (module docstring)."""
-    by_id = {s["shard_id"]: s for s in shards}
-    children: dict[str, list[str]] = {}
-    for shard in shards:
-        parent = shard["parent_shard_id"]
-        if parent in by_id:
-            children.setdefault(parent, []).append(shard["shard_id"])
-    merged_into = {
-        s["adjacent_parent_shard_id"]: s["shard_id"]
-        for s in shards
-        if s["adjacent_parent_shard_id"] in by_id and s["parent_shard_id"] in by_id
-    }
-    roots = [s["shard_id"] for s in shards if s["parent_shard_id"] not in by_id]
-    # A merged child whose first parent expired hangs under its adjacent parent instead.
-    for shard in shards:
-        first, adjacent = shard["parent_shard_id"], shard["adjacent_parent_shard_id"]
-        if first not in by_id and adjacent in by_id:
-            roots.remove(shard["shard_id"])
-            children.setdefault(adjacent, []).append(shard["shard_id"])
-            merged_into.pop(adjacent, None)
-    lines: list[str] = []
-
-    def draw(shard_id: str, depth: int) -> None:
-        shard = by_id[shard_id]
-        pad = "  " * (depth + 1)
-        ending = shard["ending_sequence"]
-        lines.append(f"{pad}{shard_id}  {'open' if ending is None else 'closed'}")
-        lines.append(f"{pad}  hash keys  {shard['hash_key_start']}..{shard['hash_key_end']}")
-        lines.append(f"{pad}  sequences  {shard['starting_sequence']}..{ending or ''}")
-        parents = [p for p in (shard["parent_shard_id"], shard["adjacent_parent_shard_id"]) if p]
-        if parents:
-            lines.append(f"{pad}  parents    {', '.join(parents)}")
-        if shard_id in merged_into:
-            lines.append(f"{pad}  merged into {merged_into[shard_id]} (drawn under its parent)")
-        for child in sorted(children.get(shard_id, [])):
-            draw(child, depth + 1)
-
-    for root in sorted(roots):
-        draw(root, 0)
-    return lines

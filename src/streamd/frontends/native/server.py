@@ -237,7 +237,7 @@ class _Connection:
             del args  # a long-poll keeps what its handler parsed, not the request's map
             reply = wire.response(request_id, await call)
         except StreamdError as exc:
-            shown = op if op in HANDLERS else summary(op)  # a peer's text: bounded in logs
+            shown = op if op in self.handlers else summary(op)  # a peer's text: bounded in logs
             log.debug("request.failed", peer=self.peer, op=shown, code=exc.code, error=exc.message)
             reply = wire.error_response(request_id, exc.to_wire())
             code = exc.code

@@ -1,4 +1,4 @@
-"""Operator repair commands (registered by cli.py); docs/operations.md, "Damaged data".
+"""Operator repair commands (registered by app.py); docs/operations.md, "Damaged data".
 
     streamd admin quarantine-range STREAM SHARD_ID --from SEQ --to SEQ
 
@@ -7,7 +7,7 @@ sequence numbers (the message ends with this very command line). ``quarantine-ra
 server to move that range aside; it prints what it is about to do, then what was done (records,
 bytes kept for forensics and where). Reads skip the range from then on.
 
-Exit statuses are the CLI's (cli.py): 0 ok, 1 typed error (e.g. INVALID_ARGUMENT for a range
+Exit statuses are the CLI's (common.py): 0 ok, 1 typed error (e.g. INVALID_ARGUMENT for a range
 holding intact records), 2 usage, 3 unreachable.
 """
 
@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Final
+from typing import Any
 
 from streamd_client import admin
 
-EXIT_OK: Final = 0
+from .common import EXIT_OK, add_endpoint, connect, run_client_command
 
 
 def register(commands: Any) -> None:
     """Add ``streamd admin ...`` to the CLI's subparsers."""
-    from .cli import _add_endpoint, _run_client_command
-
     parser = commands.add_parser("admin", help="operator repairs (quarantine damaged records)")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     quarantine = actions.add_parser(
@@ -39,19 +37,17 @@ def register(commands: Any) -> None:
     quarantine.add_argument("shard_id", metavar="SHARD_ID")
     quarantine.add_argument("--from", dest="from_sequence", required=True, metavar="SEQ")
     quarantine.add_argument("--to", dest="to_sequence", required=True, metavar="SEQ")
-    quarantine.set_defaults(run=_quarantine_range, handler=_run_client_command)
-    _add_endpoint(quarantine)
+    quarantine.set_defaults(run=_quarantine_range, handler=run_client_command)
+    add_endpoint(quarantine)
 
 
 async def _quarantine_range(args: argparse.Namespace) -> int:
-    from .cli import _connect
-
     print(
         f"quarantining {args.name}/{args.shard_id} records {args.from_sequence} to "
         f"{args.to_sequence} ..."
     )
     sys.stdout.flush()
-    async with _connect(args) as client:
+    async with connect(args) as client:
         done = await admin.quarantine_range(
             client,
             args.name,
