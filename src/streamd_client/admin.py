@@ -9,14 +9,12 @@ The answer is untrusted input: its parser checks the shape and raises ProtocolEr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import Final, NamedTuple
 
+from .client_api import Caller
 from .errors import ProtocolError
 from .model import check_stream_name, parse_sequence, shard_index_of
 from .results import field
-
-if TYPE_CHECKING:
-    from .client import Client
 
 OP_QUARANTINE_RANGE: Final = "quarantine_range"
 QUARANTINE_TIMEOUT_S: Final = 120.0  # it copies the damaged bytes and fsyncs: allow for a slow disk
@@ -39,7 +37,7 @@ class QuarantineResult(NamedTuple):
 
 
 async def quarantine_range(
-    client: Client, stream: str, shard_id: str, *, from_sequence: str, to_sequence: str
+    client: Caller, stream: str, shard_id: str, *, from_sequence: str, to_sequence: str
 ) -> QuarantineResult:
     """Move the damaged records ``from_sequence`` .. ``to_sequence`` of a shard aside; reads
     then skip them with a visible gap. Only a wholly damaged range is accepted.

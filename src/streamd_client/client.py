@@ -28,6 +28,7 @@ import anyio.abc
 
 from . import model, wire
 from ._tasks import background_task_group
+from .client_api import READ_BYTES_MAX_DEFAULT
 from .connection import REQUESTS_IN_FLIGHT_MAX_DEFAULT, Connection, open_connection
 from .consumer import ShardReader, decode_read
 from .errors import (
@@ -57,7 +58,6 @@ from .stream_reader import StreamReader
 
 CONNECT_TIMEOUT_S_DEFAULT: Final = 5.0
 REQUEST_TIMEOUT_S_DEFAULT: Final = 30.0
-READ_BYTES_MAX_DEFAULT: Final = 1 << 20
 ACTIVE_POLL_INTERVAL_S_DEFAULT: Final = 0.2
 
 # Resharding operations (docs/protocol.md); named here as group_admin names the group ops.

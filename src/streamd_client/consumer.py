@@ -21,17 +21,15 @@ import logging
 import random
 from abc import ABC, abstractmethod
 from collections import deque
-from typing import TYPE_CHECKING, Final, Self
+from typing import Final, Self
 
 import anyio
 
 from . import batch
+from .client_api import ShardReads
 from .errors import CorruptDataError, ProtocolError, StreamdError
 from .model import Position, make_sequence
 from .results import ChildShard, RawRead, ReadResult, Record, SkippedRange
-
-if TYPE_CHECKING:
-    from .client import Client
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +144,7 @@ class ShardReader(PagedRecords):
 
     def __init__(
         self,
-        client: Client,
+        client: ShardReads,
         stream: str,
         shard_id: str,
         start: Position,

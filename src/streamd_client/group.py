@@ -43,12 +43,13 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import anyio
 import anyio.abc
 
 from . import group_admin
+from .client_api import GroupClient
 from .consumer import backoff_s
 from .errors import DataCorruptError, InvalidArgumentError, StreamdError
 from .group_admin import LeaseGrant
@@ -62,9 +63,6 @@ from .group_lease import (
     ShardLease,
 )
 from .model import READ_BYTES_MAX, READ_WAIT_MS_MAX, Position
-
-if TYPE_CHECKING:
-    from .client import Client
 
 __all__ = [
     "Batch",
@@ -125,7 +123,7 @@ class GroupWorker:
 
     def __init__(
         self,
-        client: Client,
+        client: GroupClient,
         stream: str,
         group: str,
         *,

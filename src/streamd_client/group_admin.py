@@ -8,16 +8,14 @@ the admin calls. Answers are untrusted input: each parser checks the shape and r
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from . import group_errors as _group_errors  # registers the group error codes
+from .client_api import Caller
 from .errors import InvalidArgumentError, ProtocolError
 from .model import Position, check_stream_name
 from .results import field
 from .summary import summary
-
-if TYPE_CHECKING:
-    from .client import Client
 
 assert _group_errors.GROUP_ERRORS
 
@@ -104,7 +102,7 @@ def _names(stream: str, group: str) -> dict[str, Any]:
 
 
 async def join(
-    client: Client,
+    client: Caller,
     stream: str,
     group: str,
     member_id: str,
@@ -129,7 +127,7 @@ async def join(
 
 
 async def heartbeat(
-    client: Client,
+    client: Caller,
     stream: str,
     group: str,
     member_id: str,
@@ -143,7 +141,7 @@ async def heartbeat(
 
 
 async def leave(
-    client: Client, stream: str, group: str, member_id: str, *, timeout_s: float | None = None
+    client: Caller, stream: str, group: str, member_id: str, *, timeout_s: float | None = None
 ) -> None:
     """Leave the group: every lease of the member is freed at once."""
     await client.call(
@@ -152,7 +150,7 @@ async def leave(
 
 
 async def checkpoint(
-    client: Client,
+    client: Caller,
     stream: str,
     group: str,
     member_id: str,
@@ -181,7 +179,7 @@ async def checkpoint(
 
 
 async def create_group(
-    client: Client, stream: str, group: str, initial: Position | None = None
+    client: Caller, stream: str, group: str, initial: Position | None = None
 ) -> dict[str, Any]:
     """Create the group if it does not exist (idempotent). Raises StreamNotFoundError."""
     args = {
@@ -191,7 +189,7 @@ async def create_group(
     return await client.call(OP_GROUP_CREATE, args)
 
 
-async def describe_group(client: Client, stream: str, group: str) -> dict[str, Any]:
+async def describe_group(client: Caller, stream: str, group: str) -> dict[str, Any]:
     """Members, leases (owner, epoch), checkpoints and lag per shard (docs/consumer-groups.md).
 
     Raises GroupNotFoundError, StreamNotFoundError.
@@ -203,7 +201,7 @@ async def describe_group(client: Client, stream: str, group: str) -> dict[str, A
     return view
 
 
-async def list_groups(client: Client, stream: str) -> list[dict[str, Any]]:
+async def list_groups(client: Caller, stream: str) -> list[dict[str, Any]]:
     """A summary per group of the stream. Raises StreamNotFoundError."""
     answer = await client.call(OP_GROUP_LIST, {"stream": check_stream_name(stream)})
     groups = field(answer, "groups", list)
@@ -211,7 +209,7 @@ async def list_groups(client: Client, stream: str) -> list[dict[str, Any]]:
 
 
 async def reset_group(
-    client: Client, stream: str, group: str, to: Position, *, force: bool = False
+    client: Caller, stream: str, group: str, to: Position, *, force: bool = False
 ) -> None:
     """Forget every checkpoint and start again from ``to`` (trim_horizon, latest, at_timestamp).
 
@@ -221,6 +219,6 @@ async def reset_group(
     await client.call(OP_GROUP_RESET, args)
 
 
-async def delete_group(client: Client, stream: str, group: str, *, force: bool = False) -> None:
+async def delete_group(client: Caller, stream: str, group: str, *, force: bool = False) -> None:
     """Remove the group and its checkpoints. Raises GroupActiveError, GroupNotFoundError."""
     await client.call(OP_GROUP_DELETE, {**_names(stream, group), "force": force})

@@ -29,19 +29,17 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol
 
 import anyio
 
 from . import group_admin
+from .client_api import GroupClient
 from .consumer import backoff_s, log_skipped
 from .errors import DataCorruptError, ShardNotFoundError, StreamdError
 from .group_errors import LeaseLostError
 from .model import Position, parse_sequence
 from .results import ReadResult, Record
-
-if TYPE_CHECKING:
-    from .client import Client
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +63,7 @@ class ShardLease(NamedTuple):
 class WorkerHost(Protocol):
     """What a lease task needs from its worker (group.py implements it)."""
 
-    client: Client
+    client: GroupClient
     stream: str
     group: str
     member_id: str

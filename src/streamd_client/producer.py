@@ -41,7 +41,7 @@ from contextlib import AsyncExitStack
 from enum import Enum
 from hashlib import md5 as _md5
 from types import TracebackType
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import anyio
 import anyio.abc
@@ -57,6 +57,7 @@ from ._buffers import (
     fresh_producer_id,
 )
 from ._tasks import background_task_group
+from .client_api import Appender
 from .consumer import backoff_s
 from .errors import (
     ConnectionLostError,
@@ -83,8 +84,6 @@ from .results import AppendResult, StreamDescription
 
 __all__ = ["PendingPut", "Producer", "ProducerStats", "fresh_producer_id"]
 
-if TYPE_CHECKING:
-    from .client import Client
 
 PRODUCER_SEQ_MAX: Final = 0xFFFF_FFFF  # u32 in the batch header
 _RESHARD_ERRORS: Final = (WrongShardError, ShardClosedError, ShardNotFoundError)
@@ -137,7 +136,7 @@ class Producer:
 
     def __init__(
         self,
-        client: Client,
+        client: Appender,
         stream: str,
         *,
         linger_ms: int = 5,

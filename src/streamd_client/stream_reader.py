@@ -27,19 +27,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .client_api import StreamReads
 from .consumer import PagedRecords, ShardReader
 from .errors import InvalidArgumentError, ShardNotFoundError
 from .model import Position
 from .results import ChildShard, Record, ShardDescription
-
-if TYPE_CHECKING:
-    from .client import Client
 
 ShardState = Literal["waiting", "reading", "ended", "stopped"]
 
@@ -133,7 +131,7 @@ class StreamReader(PagedRecords):
 
     def __init__(
         self,
-        client: Client,
+        client: StreamReads,
         stream: str,
         start: Position,
         *,
