@@ -23,14 +23,11 @@ A failed check raises ``Violation``; the world turns it into a failed run with i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from ...replication.quorum import majority_of
 from ...storage.logstore import StoredBatch
 from ...storage.memlog import MemoryLog
-
-if TYPE_CHECKING:
-    from .world import Node
+from .node import Node
 
 Ident = tuple[int, int]  # (producer id, producer seq); control batches: (-epoch, 0)
 

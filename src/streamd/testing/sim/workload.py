@@ -13,20 +13,35 @@ sees every batch it is served.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import random
+from typing import Any, Protocol
 
 from ...replication import messages as m
 from ...storage.logstore import make_batch
 
-if TYPE_CHECKING:
-    from .world import World
+
+class Sim(Protocol):
+    """What clients and readers use of the world (world.World is one): the network, the
+    clock's queue, ids, and who waits for which answer."""
+
+    rng: random.Random
+    leader_hint: int | None
+    write_owner: dict[int, Client]
+    read_owner: dict[int, Reader]
+
+    def after(self, delay_ms: int, action: str, *args: Any) -> None: ...
+
+    def new_id(self) -> int: ...
+
+    def to_node(self, node_id: int, event: m.Event) -> None: ...
+
 
 ANSWER_TIMEOUT_MS = 250
 READ_EVERY_MS = 60
 
 
 class Client:
-    def __init__(self, world: World, index: int) -> None:
+    def __init__(self, world: Sim, index: int) -> None:
         self.world = world
         self.producer_id = index + 1
         self.seq = 0
@@ -82,7 +97,7 @@ class Client:
 
 
 class Reader:
-    def __init__(self, world: World, index: int) -> None:
+    def __init__(self, world: Sim, index: int) -> None:
         self.world = world
         self.index = index
         self.offset = 0

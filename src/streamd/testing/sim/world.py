@@ -33,6 +33,7 @@ from ...storage.logstore import StoreFullError
 from ...storage.memlog import MemoryLog
 from .checker import Checker, Violation
 from .faults import Fault, NetProfile, draw_net, draw_schedule
+from .node import Node
 from .workload import Client, Reader
 
 ReplicaFactory = Callable[[int, MemoryLog, ReplicaMeta, ReplicaConfig, int], Replica]
@@ -81,27 +82,6 @@ class SimResult:
             f"python -m streamd.testing.sim --seed {self.seed} --replicas {self.replicas}"
             f"{self.flags} -v"
         )
-
-
-class Node:
-    def __init__(self, node_id: int) -> None:
-        self.id = node_id
-        self.log = MemoryLog()
-        self.meta = ReplicaMeta()
-        self.replica: Replica | None = None
-        self.incarnation = 0
-        self.paused_until = 0
-        self.stall_until = 0
-        self.full_count = 0
-        self.sync_running = False
-        self.sync_again: int | None = None  # generation of a sync asked for while one ran
-        # The role as of the effect being carried out (RoleChanged effects, in order): a step
-        # may commit and then step down, and its HighWatermark was a leader's.
-        self.role = Role.FOLLOWER.value
-
-    @property
-    def alive(self) -> bool:
-        return self.replica is not None
 
 
 class World:
