@@ -1,4 +1,4 @@
-"""``python -m streamd``: the same as the ``streamd`` console script (streamd/cli.py)."""
+"""``python -m streamd``: the same as the ``streamd`` console script (streamd/cli/)."""
 
 import sys
 

@@ -37,7 +37,7 @@ class ServerConfig:
     # After a client's EOF (a half-close), how long requests received before it may take to be
     # answered before the connection closes anyway.
     eof_drain_ms: int = 35_000
-    # Admission (src/streamd/admission.py), for each listener (native and Kinesis) on its own.
+    # Admission (streamd/frontends/admission.py), for each listener (native and Kinesis) alone.
     connections_max: int = 1024
     connections_per_address_max: int | None = None  # None: a quarter of connections_max
     handshake_timeout_ms: int = 10_000  # native: until hello; gateway: until a first request

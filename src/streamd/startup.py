@@ -8,7 +8,7 @@ bad command line, never with a traceback. Anything else before the ready line is
 its traceback.
 
 Why one type: the checks live where the resource is opened (the data dir here, the listeners in
-server.py, the fd limit in the engine), and the CLI has one place that turns them into a line and
+node.py, the fd limit in the engine), and the CLI has one place that turns them into a line and
 an exit status. Why translated here: the OSError of a bind says "Address already in use" and not
 which of the three listeners, nor what to do about it.
 """

@@ -1,7 +1,7 @@
 """The ``streamd`` command against a real server: what a person types, what they see.
 
 Each call runs ``python -m streamd ...`` as its own process with ``STREAMD_ENDPOINT`` set, and
-checks stdout, stderr and the exit status (cli.py documents the codes).
+checks stdout, stderr and the exit status (cli/common.py documents the codes).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Records on the command line without a server: ``put`` lines to (data, key), records to
-``read`` lines (plain, --json, --raw), and the refusals (streamd/cli_records.py)."""
+``read`` lines (plain, --json, --raw), and the refusals (streamd/cli/lines.py)."""
 
 from __future__ import annotations
 

@@ -63,7 +63,7 @@ def add_parser(commands: Any, add_endpoint: Callable[[argparse.ArgumentParser], 
     consume = kinds.add_parser("consume", help="caught-up read rate and tailing latency")
     for sub, records, samples in ((produce, 500_000, 5_000), (consume, 1_000_000, 2_000)):
         # Suppressed, not None: a None here would erase an --endpoint given before ``bench``
-        # (streamd/cli_endpoint.py); resolve() sets None when it is given nowhere.
+        # (streamd/cli/endpoint.py); resolve() sets None when it is given nowhere.
         sub.add_argument(
             "--endpoint",
             default=argparse.SUPPRESS,
