@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from streamd.cli import app as cli
-from streamd.cli import common, records
+from streamd.cli import common, records, serve
 from streamd_client import Position
 from streamd_client.model import make_sequence
 
@@ -158,11 +158,11 @@ def test_bad_from_exits_1_without_a_traceback(capsys: pytest.CaptureFixture[str]
 
 
 def test_serve_connection_limits_reach_the_config() -> None:
-    config = cli._serve_config(parse("serve", "--kinesis-listen", "off"))
+    config = serve._serve_config(parse("serve", "--kinesis-listen", "off"))
     assert (config.connections_max, config.connections_per_address_max) == (1024, None)
     assert (config.handshake_timeout_ms, config.idle_timeout_ms) == (10_000, 600_000)
     assert config.kinesis_idle_timeout_ms == 120_000
-    config = cli._serve_config(
+    config = serve._serve_config(
         parse(
             "serve",
             "--kinesis-listen",
@@ -192,4 +192,4 @@ def test_serve_connection_limits_reach_the_config() -> None:
 def test_serve_connection_limits_must_be_positive(flag: str, value: str) -> None:
     with pytest.raises(SystemExit) as exit_info:
         parse("serve", flag, value)
-    assert exit_info.value.code == cli.EXIT_USAGE
+    assert exit_info.value.code == common.EXIT_USAGE

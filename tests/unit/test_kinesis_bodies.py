@@ -137,8 +137,8 @@ async def test_a_large_cbor_body_of_few_items_decodes_inline_one_of_many_items_d
 
 
 def test_admission_per_address_default_is_a_quarter_of_the_global_bound() -> None:
-    from streamd.frontends.admission import admission_limits, per_address_default
     from streamd.config import ServerConfig
+    from streamd.frontends.admission import admission_limits, per_address_default
 
     assert per_address_default(1024) == 256 and per_address_default(3) == 1
     assert admission_limits(ServerConfig()).connections_per_address_max == 256
