@@ -4,33 +4,15 @@ before anything changes, and a create that fails while opening its shards leaves
 from __future__ import annotations
 
 import errno
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
+from engine_harness import running_engine
 
 from streamd import node_limits
-from streamd.config import ServerConfig
-from streamd.engine import Engine
-from streamd.meta.sqlite import SqliteMetaStore
 from streamd.storage import ShardLog
 from streamd_client.errors import LimitExceededError
-
-
-@asynccontextmanager
-async def running_engine(data_dir: Path, shards_max: int = 4096) -> AsyncIterator[Engine]:
-    store = SqliteMetaStore(data_dir / "meta.sqlite3")
-    engine = Engine(ServerConfig(data_dir=data_dir, shards_max=shards_max), store)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(engine.run)
-        try:
-            yield engine
-        finally:
-            await engine.close()
-            nursery.cancel_scope.cancel()
-    await store.aclose()
 
 
 def stream_dirs(data_dir: Path) -> list[str]:

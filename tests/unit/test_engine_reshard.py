@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
+from engine_harness import running_engine
 
-from streamd.config import ServerConfig
 from streamd.engine import Engine, RecordIn
-from streamd.meta.sqlite import SqliteMetaStore
 from streamd.reshard import check_shard_map
 from streamd_client import batch as batchfmt
 from streamd_client.errors import (
@@ -21,20 +18,6 @@ from streamd_client.errors import (
     ShardNotFoundError,
 )
 from streamd_client.model import Position, hash_bytes_of
-
-
-@asynccontextmanager
-async def running_engine(data_dir: Path) -> AsyncIterator[Engine]:
-    store = SqliteMetaStore(data_dir / "meta.sqlite3")
-    engine = Engine(ServerConfig(data_dir=data_dir), store)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(engine.run)
-        try:
-            yield engine
-        finally:
-            await engine.close()
-            nursery.cancel_scope.cancel()
-    await store.aclose()
 
 
 def record(key: str, data: bytes = b"x") -> RecordIn:

@@ -4,37 +4,19 @@ versions) opens with every record, even when a migration was cut short by a cras
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-import trio
+from engine_harness import running_engine
 
 from streamd import layout
-from streamd.config import ServerConfig
 from streamd.engine import Engine, RecordIn
-from streamd.meta.sqlite import SqliteMetaStore
 from streamd_client import batch as batchfmt
 from streamd_client.errors import InternalError
 from streamd_client.model import Position, hash_bytes_of
 
 # (STREAM_ID could not exist beside "." in the old layout: its marker file had that name.)
 NAMES = {"a": 2, ".": 1, "..": 1, "b": 1}
-
-
-@asynccontextmanager
-async def running_engine(data_dir: Path) -> AsyncIterator[Engine]:
-    store = SqliteMetaStore(data_dir / "meta.sqlite3")
-    engine = Engine(ServerConfig(data_dir=data_dir), store)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(engine.run)
-        try:
-            yield engine
-        finally:
-            await engine.close()
-            nursery.cancel_scope.cancel()
-    await store.aclose()
 
 
 async def contents(engine: Engine, stream: str) -> dict[str, list[tuple[int, bytes]]]:
