@@ -37,7 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Final
 
-from .process import _death_signal_setter
+from .process import death_signal_setter, stop_process
 
 START_TIMEOUT_S_DEFAULT: Final = 20.0
 STOP_TIMEOUT_S_DEFAULT: Final = 10.0
@@ -191,7 +191,7 @@ class EtcdProcess:
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=self._log_file,
-            preexec_fn=_death_signal_setter(),
+            preexec_fn=death_signal_setter(),
         )
         try:
             self._wait_healthy()
@@ -251,13 +251,7 @@ class EtcdProcess:
         try:
             if process.poll() is None:
                 process.send_signal(signal.SIGCONT)  # a paused etcd cannot act on SIGTERM
-                process.send_signal(signum)
-                try:
-                    process.wait(timeout=STOP_TIMEOUT_S_DEFAULT)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=STOP_TIMEOUT_S_DEFAULT)
-            return process.returncode
+            return stop_process(process, signum, STOP_TIMEOUT_S_DEFAULT, STOP_TIMEOUT_S_DEFAULT)
         finally:
             self._process = None
             if self._log_file is not None:

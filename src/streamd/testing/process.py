@@ -62,7 +62,7 @@ class ServerStartError(RuntimeError):
     """The server exited or stayed silent before printing its ready line."""
 
 
-def _death_signal_setter() -> Callable[[], None] | None:
+def death_signal_setter() -> Callable[[], None] | None:
     """A preexec_fn that asks Linux to SIGKILL the child when its parent thread dies, or None.
 
     Only from the main thread: the signal follows the *thread* that forked, and a worker
@@ -83,10 +83,25 @@ def _death_signal_setter() -> Callable[[], None] | None:
     return set_death_signal
 
 
+def stop_process(
+    process: subprocess.Popen[bytes], signum: int, timeout_s: float, kill_timeout_s: float
+) -> int:
+    """Send ``signum`` to a live child and wait ``timeout_s`` for it, then SIGKILL it and wait
+    ``kill_timeout_s``; returns its exit status (at once if it had already exited)."""
+    if process.poll() is None:
+        process.send_signal(signum)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=kill_timeout_s)
+    return process.returncode
+
+
 def _preexec(rlimit_nofile: int | None) -> Callable[[], None] | None:
     """The child's set-up between fork and exec: the death signal, and the open-files limit
     (soft and hard, so the server cannot raise it) when ``rlimit_nofile`` is given."""
-    death = _death_signal_setter()
+    death = death_signal_setter()
     if rlimit_nofile is None:
         return death
     limit = rlimit_nofile
@@ -297,14 +312,7 @@ class ServerProcess:
         if process is None:
             return 0
         try:
-            if process.poll() is None:
-                process.send_signal(signum)
-                try:
-                    process.wait(timeout=timeout_s)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=STOP_TIMEOUT_S_DEFAULT)
-            return process.returncode
+            return stop_process(process, signum, timeout_s, STOP_TIMEOUT_S_DEFAULT)
         finally:
             self._reap()
 
