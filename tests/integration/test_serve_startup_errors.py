@@ -53,50 +53,25 @@ def taken_port() -> Iterator[int]:
         yield holder.getsockname()[1]
 
 
-def test_a_taken_native_port_names_the_address_and_listen(tmp_path: Path, taken_port: int) -> None:
-    address = f"127.0.0.1:{taken_port}"
-    line = one_line_error(
-        serve("--data-dir", str(tmp_path / "d"), "--listen", address, "--kinesis-listen", "off")
-    )
-    assert f"--listen {address}: address already in use" in line
-    assert "choose another with --listen HOST:PORT" in line
-
-
-def test_a_taken_kinesis_port_names_the_address_and_kinesis_listen(
-    tmp_path: Path, taken_port: int
+@pytest.mark.parametrize(
+    ("flag", "hint"),
+    [
+        ("--listen", "choose another with --listen HOST:PORT"),
+        ("--kinesis-listen", "--kinesis-listen off"),
+        ("--metrics-listen", None),
+    ],
+    ids=["native", "kinesis", "metrics"],
+)
+def test_a_taken_port_names_the_address_and_its_flag(
+    tmp_path: Path, taken_port: int, flag: str, hint: str | None
 ) -> None:
     address = f"127.0.0.1:{taken_port}"
-    line = one_line_error(
-        serve(
-            "--data-dir",
-            str(tmp_path / "d"),
-            "--listen",
-            "127.0.0.1:0",
-            "--kinesis-listen",
-            address,
-        )
-    )
-    assert f"--kinesis-listen {address}: address already in use" in line
-    assert "--kinesis-listen off" in line
-
-
-def test_a_taken_metrics_port_names_the_address_and_metrics_listen(
-    tmp_path: Path, taken_port: int
-) -> None:
-    address = f"127.0.0.1:{taken_port}"
-    line = one_line_error(
-        serve(
-            "--data-dir",
-            str(tmp_path / "d"),
-            "--listen",
-            "127.0.0.1:0",
-            "--kinesis-listen",
-            "off",
-            "--metrics-listen",
-            address,
-        )
-    )
-    assert f"--metrics-listen {address}: address already in use" in line
+    listen = {"--listen": "127.0.0.1:0", "--kinesis-listen": "off", flag: address}
+    args = [word for pair in listen.items() for word in pair]
+    line = one_line_error(serve("--data-dir", str(tmp_path / "d"), *args))
+    assert f"{flag} {address}: address already in use" in line
+    if hint is not None:
+        assert hint in line
 
 
 def test_the_native_port_is_free_again_after_the_gateway_failed(
