@@ -18,16 +18,15 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from streamd.testing import ServerProcess
 from streamd_client import Client, Position, RecordFailure, connect, errors, group_admin
+
+from .aws import kinesis_client
 
 pytestmark = pytest.mark.anyio
 
@@ -75,17 +74,6 @@ def fill_to_the_last_byte(path: Path) -> None:
     finally:
         os.close(fd)
     assert os.statvfs(path).f_bavail == 0
-
-
-def kinesis_client(server: ServerProcess) -> Any:
-    return boto3.client(
-        "kinesis",
-        endpoint_url=server.kinesis_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        config=Config(retries={"max_attempts": 1}),  # see the error itself, not the retries
-    )
 
 
 async def join(client: Client, stream: str, group: str) -> group_admin.Assignment:

@@ -12,13 +12,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from streamd.testing import ServerProcess
 from streamd_client.model import make_sequence
+
+from .aws import kinesis_client
 
 REGION = "us-east-1"
 ARN_PREFIX = f"arn:aws:kinesis:{REGION}:000000000000:stream/"
@@ -34,14 +34,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
 
 @pytest.fixture(scope="module")
 def kinesis(gateway: ServerProcess) -> Iterator[Any]:
-    client = boto3.client(
-        "kinesis",
-        endpoint_url=gateway.kinesis_endpoint,
-        region_name=REGION,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        config=Config(retries={"max_attempts": 1}),
-    )
+    client = kinesis_client(gateway, region=REGION)
     yield client
     client.close()
 

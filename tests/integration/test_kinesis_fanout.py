@@ -17,16 +17,18 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError, EventStreamError
 
 from streamd.testing import ServerProcess
 
+from .aws import kinesis_client
+
 REGION = "us-east-1"
 SHARD0 = "shardId-000000000000"
 ARRIVAL_S_MAX = 3.0  # a record put while subscribed must arrive within this
+# Heartbeat events come every 5 s, so a 10 s read timeout never fires on a live stream.
+READ_TIMEOUT_S = 10
 
 
 @pytest.fixture(scope="module")
@@ -37,21 +39,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
         yield process
 
 
-def _client(gateway: ServerProcess) -> Any:
-    return boto3.client(
-        "kinesis",
-        endpoint_url=gateway.kinesis_endpoint,
-        region_name=REGION,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        # Heartbeat events come every 5 s, so a 10 s read timeout never fires on a live stream.
-        config=Config(retries={"max_attempts": 1}, read_timeout=10),
-    )
-
-
 @pytest.fixture(scope="module")
 def kinesis(gateway: ServerProcess) -> Any:
-    return _client(gateway)
+    return kinesis_client(gateway, read_timeout=READ_TIMEOUT_S)
 
 
 @pytest.fixture
@@ -197,7 +187,7 @@ def test_subscribe_from_trim_horizon_then_records_are_pushed_as_they_commit(
 
     def put_later() -> None:
         time.sleep(0.3)
-        writer_client = _client(gateway)
+        writer_client = kinesis_client(gateway, read_timeout=READ_TIMEOUT_S)
         try:
             put_at.append(time.monotonic())
             _put(writer_client, name, [f"new-{i}".encode() for i in range(5)])

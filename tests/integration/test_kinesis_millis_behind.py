@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from streamd.testing import ServerProcess
+
+from .aws import kinesis_client
 
 SHARD0 = "shardId-000000000000"
 GAP_S = 1.0
@@ -31,17 +31,6 @@ BEHIND_MS_MIN = 900
 def gateway(tmp_path: Path) -> Iterator[ServerProcess]:
     with ServerProcess(tmp_path / "data", kinesis=True) as process:
         yield process
-
-
-def _client(gateway: ServerProcess) -> Any:
-    return boto3.client(
-        "kinesis",
-        endpoint_url=gateway.kinesis_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        config=Config(retries={"max_attempts": 1}, read_timeout=10),
-    )
 
 
 def _put_two_apart(kinesis: Any, first: bytes, second: bytes) -> None:
@@ -71,7 +60,7 @@ def _read_one_by_one(kinesis: Any) -> list[int]:
 
 
 def test_get_records_behind_then_at_the_tip(gateway: ServerProcess) -> None:
-    kinesis = _client(gateway)
+    kinesis = kinesis_client(gateway, read_timeout=10)
     _put_two_apart(kinesis, b"first", b"second")
     first, second, empty = _read_one_by_one(kinesis)
     assert first >= BEHIND_MS_MIN
@@ -82,15 +71,15 @@ def test_get_records_behind_then_at_the_tip(gateway: ServerProcess) -> None:
 
 
 def test_get_records_lag_survives_a_restart(gateway: ServerProcess) -> None:
-    _put_two_apart(_client(gateway), b"first", b"second")
+    _put_two_apart(kinesis_client(gateway, read_timeout=10), b"first", b"second")
     assert gateway.terminate() == 0
     gateway.restart()
-    first, second, _ = _read_one_by_one(_client(gateway))
+    first, second, _ = _read_one_by_one(kinesis_client(gateway, read_timeout=10))
     assert first >= BEHIND_MS_MIN and second == 0
 
 
 def test_subscribe_to_shard_behind_then_at_the_tip(gateway: ServerProcess) -> None:
-    kinesis = _client(gateway)
+    kinesis = kinesis_client(gateway, read_timeout=10)
     # Incompressible and together over a subscription read's 1 MiB: one event each.
     _put_two_apart(kinesis, os.urandom(700_000), os.urandom(700_000))
     arn = kinesis.describe_stream_summary(StreamName="lag")["StreamDescriptionSummary"]["StreamARN"]

@@ -17,16 +17,16 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import boto3
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from streamd.testing import ServerProcess
 from streamd.testing.process import ServerStartError
+
+from .aws import kinesis_client
 
 REGION = "eu-west-1"
 
@@ -53,23 +53,12 @@ def signed_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
 
 
-def client(gateway: ServerProcess, key: str, secret: str) -> Any:
-    return boto3.client(
-        "kinesis",
-        endpoint_url=gateway.kinesis_endpoint,
-        region_name=REGION,
-        aws_access_key_id=key,
-        aws_secret_access_key=secret,
-        config=Config(retries={"max_attempts": 1}),
-    )
-
-
 def test_right_secrets_are_accepted(signed_gateway: ServerProcess) -> None:
     for key, secret in (
         ("AKIDEXAMPLE", SECRET),
         ("FILEKEY", "file-secret"),
     ):
-        kinesis = client(signed_gateway, key, secret)
+        kinesis = kinesis_client(signed_gateway, key=key, secret=secret, region=REGION)
         kinesis.create_stream(StreamName=f"signed-{key}", ShardCount=1)
         put = kinesis.put_record(StreamName=f"signed-{key}", Data=b"x" * 5000, PartitionKey="k")
         assert put["ShardId"] == "shardId-000000000000"
@@ -90,7 +79,7 @@ def test_right_secrets_are_accepted(signed_gateway: ServerProcess) -> None:
 def test_bad_credentials_are_refused(
     signed_gateway: ServerProcess, key: str, secret: str, expected: str, status: int
 ) -> None:
-    kinesis = client(signed_gateway, key, secret)
+    kinesis = kinesis_client(signed_gateway, key=key, secret=secret, region=REGION)
     with pytest.raises(ClientError) as exc:
         kinesis.list_streams()
     assert exc.value.response["Error"]["Code"] == expected
@@ -99,13 +88,8 @@ def test_bad_credentials_are_refused(
 
 
 def test_wrong_region_scope_is_refused(signed_gateway: ServerProcess) -> None:
-    kinesis = boto3.client(
-        "kinesis",
-        endpoint_url=signed_gateway.kinesis_endpoint,
-        region_name="us-west-2",
-        aws_access_key_id="FILEKEY",
-        aws_secret_access_key="file-secret",
-        config=Config(retries={"max_attempts": 1}),
+    kinesis = kinesis_client(
+        signed_gateway, key="FILEKEY", secret="file-secret", region="us-west-2"
     )
     with pytest.raises(ClientError) as exc:
         kinesis.list_streams()
@@ -200,7 +184,7 @@ def captured_put_record(gateway: ServerProcess, stream: str) -> tuple[dict[str, 
 def test_a_captured_put_record_cannot_be_replayed_as_another_request(
     signed_gateway: ServerProcess,
 ) -> None:
-    kinesis = client(signed_gateway, "FILEKEY", "file-secret")
+    kinesis = kinesis_client(signed_gateway, key="FILEKEY", secret="file-secret", region=REGION)
     kinesis.create_stream(StreamName="victim", ShardCount=1)
     headers, body = captured_put_record(signed_gateway, "victim")
     status, answer = send_raw(signed_gateway, headers, body)

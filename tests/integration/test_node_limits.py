@@ -14,15 +14,14 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
-import boto3
 import pytest
-from botocore.config import Config
 
 from streamd.testing import ServerProcess
 from streamd_client import Position, PutResult, connect, errors
+
+from .aws import kinesis_client
 
 pytestmark = pytest.mark.anyio
 
@@ -55,14 +54,7 @@ def low_limit_server(tmp_path: Path) -> Iterator[ServerProcess]:
 
 
 def boto3_create(server: ServerProcess, name: str, shards: int) -> tuple[str, int]:
-    client: Any = boto3.client(
-        "kinesis",
-        endpoint_url=server.kinesis_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        config=Config(retries={"max_attempts": 1}),
-    )
+    client = kinesis_client(server)
     try:
         client.create_stream(StreamName=name, ShardCount=shards)
     except client.exceptions.LimitExceededException as exc:

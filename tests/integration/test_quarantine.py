@@ -23,15 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from streamd.testing import ServerProcess
 from streamd_client import Client, Position, PutResult, connect, errors
 from streamd_client import batch as batchfmt
 from streamd_client.group import Batch, GroupWorker, RecordProcessor
+
+from .aws import kinesis_client
 
 pytestmark = pytest.mark.anyio
 
@@ -59,17 +59,6 @@ def flip_a_byte_of_batch(server: ServerProcess, batch: int) -> bytes:
         file.flush()
         os.fsync(file.fileno())
     return segment.read_bytes()[position : position + length]
-
-
-def kinesis_client(server: ServerProcess) -> Any:
-    return boto3.client(
-        "kinesis",
-        endpoint_url=server.kinesis_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        config=Config(retries={"max_attempts": 1}),  # the error itself, not botocore's retries
-    )
 
 
 def kinesis_records(kinesis: Any, iterator_type: str, **position: str) -> list[tuple[str, bytes]]:

@@ -15,13 +15,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
-import boto3
 import pytest
-from botocore.config import Config
 
 from streamd.testing import ServerProcess
 from streamd_client import Client, Position, PutResult, connect
 from streamd_client.model import parse_sequence
+
+from .aws import kinesis_client
 
 pytestmark = pytest.mark.anyio
 
@@ -33,17 +33,6 @@ HOSTILE = [".", "..", "STREAM_ID", "streams-by-id", "trash", "meta.sqlite3", "st
 def gateway(tmp_path: Any) -> Iterator[ServerProcess]:
     with ServerProcess(tmp_path / "data", kinesis=True) as process:
         yield process
-
-
-def kinesis_client(server: ServerProcess) -> Any:
-    return boto3.client(
-        "kinesis",
-        endpoint_url=server.kinesis_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        config=Config(retries={"max_attempts": 1}),
-    )
 
 
 async def everything(client: Client, stream: str) -> dict[str, list[tuple[str, bytes]]]:
