@@ -159,8 +159,7 @@ class EtcdMetaStore:
         delete_prefixes: list[str] | None = None,
         lease: int = 0,
     ) -> TxnResult:
-        puts, deletes, delete_prefixes = puts or [], deletes or [], delete_prefixes or []
-        check_txn(puts, deletes, delete_prefixes, self.txn_ops_max)
+        puts, deletes, delete_prefixes = check_txn(puts, deletes, delete_prefixes, self.txn_ops_max)
         ops: list[codec.EtcdOp] = [codec.EtcdDelete(self._key(key)) for key in deletes]
         ops.extend(
             codec.EtcdDelete(self._key(p), codec.prefix_range_end(self._key(p)))

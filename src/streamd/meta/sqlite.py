@@ -22,7 +22,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,8 +94,7 @@ class SqliteMetaStore:
         delete_prefixes: list[str] | None = None,
         lease: int = 0,
     ) -> TxnResult:
-        puts, deletes, delete_prefixes = puts or [], deletes or [], delete_prefixes or []
-        check_txn(puts, deletes, delete_prefixes, self.txn_ops_max)
+        puts, deletes, delete_prefixes = check_txn(puts, deletes, delete_prefixes, self.txn_ops_max)
         await self._expire_due_leases()
         token = trio.lowlevel.current_trio_token()
         result = await trio.to_thread.run_sync(
@@ -181,9 +180,7 @@ class SqliteMetaStore:
         where = "lease != 0" if lease_id is None else "lease = ?"
         args = () if lease_id is None else (lease_id,)
         with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._write_transaction() as db:
                 keys = [r[0] for r in db.execute(f"SELECT key FROM kv WHERE {where}", args)]
                 if not keys:
                     db.execute("COMMIT")
@@ -191,11 +188,6 @@ class SqliteMetaStore:
                 revision = self._next_revision(db)
                 db.execute(f"DELETE FROM kv WHERE {where}", args)
                 db.execute("COMMIT")
-            except BaseException as exc:
-                error = self._rolled_back(exc)
-                if error is exc:
-                    raise
-                raise error from exc
             self._history.append(
                 revision, tuple(WatchEvent("delete", key, b"", revision) for key in sorted(keys))
             )
@@ -207,6 +199,20 @@ class SqliteMetaStore:
         revision = int(revision) + 1
         db.execute("UPDATE revision SET value = ? WHERE id = 0", (revision,))
         return revision
+
+    @contextlib.contextmanager
+    def _write_transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` on the connection (the caller holds ``_lock`` and commits); on an
+        error, roll back what is still open and raise StorageFullError for a full disk."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException as exc:
+            error = self._rolled_back(exc)
+            if error is exc:
+                raise
+            raise error from exc
 
     def _rolled_back(self, exc: BaseException) -> BaseException:
         """Roll back what is still open; the error to raise (StorageFullError for a full disk)."""
@@ -225,9 +231,7 @@ class SqliteMetaStore:
         lease: int,
     ) -> _Applied:
         with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._write_transaction() as db:
                 (current,) = db.execute("SELECT value FROM revision WHERE id = 0").fetchone()
                 for cmp in compares:
                     row = db.execute(
@@ -251,11 +255,6 @@ class SqliteMetaStore:
                     [(k, v, revision, lease) for k, v in puts],
                 )
                 db.execute("COMMIT")
-            except BaseException as exc:
-                error = self._rolled_back(exc)
-                if error is exc:
-                    raise
-                raise error from exc
             events = [WatchEvent("delete", key, b"", revision) for key in deleted]
             events.extend(WatchEvent("put", key, value, revision) for key, value in puts)
             self._history.append(revision, tuple(events))

@@ -159,12 +159,14 @@ class MetaStore(Protocol):
 
 
 def check_txn(
-    puts: list[tuple[str, bytes]],
-    deletes: list[str],
-    delete_prefixes: list[str],
+    puts: list[tuple[str, bytes]] | None,
+    deletes: list[str] | None,
+    delete_prefixes: list[str] | None,
     ops_max: int | None,
-) -> None:
-    """Refuse (ValueError) what etcd would refuse, identically on every backend."""
+) -> tuple[list[tuple[str, bytes]], list[str], list[str]]:
+    """A txn's puts, deletes and prefix deletes (None: none), after refusing (ValueError) what
+    etcd would refuse, identically on every backend."""
+    puts, deletes, delete_prefixes = puts or [], deletes or [], delete_prefixes or []
     ops = len(puts) + len(deletes) + len(delete_prefixes)
     if ops_max is not None and ops > ops_max:
         raise ValueError(f"a txn has at most {ops_max} operations, not {ops}")
@@ -177,3 +179,4 @@ def check_txn(
     for key in put_keys:
         if key in deleted or any(key.startswith(prefix) for prefix in delete_prefixes):
             raise ValueError(f"a txn both puts and deletes {key!r}")
+    return puts, deletes, delete_prefixes
