@@ -128,6 +128,9 @@ class ControllerService:
         return applied
 
     async def read(self) -> ClusterView:
+        # Three reads, not one snapshot: a change between them is at worst acted on one round
+        # late (its watch event starts the next round), and every write compares the revision
+        # of the very document it replaces, so a decision never lands on a changed document.
         timeout_s = self.request_timeout_s
         nodes = await bounded("the node list", timeout_s, self.store.range(NODES_PREFIX))
         shard_kvs = await bounded("the shard list", timeout_s, self.store.range(SHARDS_PREFIX))
