@@ -125,8 +125,11 @@ class FileLogStore:
         while offset < end:
             try:
                 got = self._log.read(offset, 1 << 20, end)
-            except CorruptDataError as exc:
-                offset = int(exc.details.get("next_offset", offset + 1))
+            except CorruptDataError as exc:  # skip the damaged range; first_damaged reports it
+                details = exc.details
+                base = int(details.get("base_offset", offset))
+                skip_to = details.get("next_offset", base + int(details.get("record_count", 1)))
+                offset = max(offset + 1, int(skip_to))
                 continue
             for data in got:
                 header = batchfmt.parse_header(data)
