@@ -235,17 +235,23 @@ def run_console(block: Block, target: Target) -> None:
                 process.stderr.close()
 
 
+def _run_in_workdir(argv: list[str], target: Target) -> subprocess.CompletedProcess[bytes]:
+    """Run ``argv`` in the tour's work dir and environment, output captured, bounded by
+    STEP_TIMEOUT_S (raises subprocess.TimeoutExpired past it)."""
+    return subprocess.run(
+        argv,
+        cwd=target.workdir,
+        env=_environment(target),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=STEP_TIMEOUT_S,
+        check=False,
+    )
+
+
 def _run_step(step: Step, command: str, target: Target) -> bool:
     try:
-        result = subprocess.run(
-            ["bash", "-c", command],
-            cwd=target.workdir,
-            env=_environment(target),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=STEP_TIMEOUT_S,
-            check=False,
-        )
+        result = _run_in_workdir(["bash", "-c", command], target)
     except subprocess.TimeoutExpired:
         target.failures.append(Failure(step.line, f"$ {step.command}: timed out", ""))
         return False
@@ -268,15 +274,7 @@ def run_python(block: Block, target: Target) -> None:
     script = target.workdir / f"readme_line_{block.line}.py"
     script.write_text(_localize(block.text, target) + "\n")
     try:
-        result = subprocess.run(
-            [sys.executable, str(script)],
-            cwd=target.workdir,
-            env=_environment(target),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=STEP_TIMEOUT_S,
-            check=False,
-        )
+        result = _run_in_workdir([sys.executable, str(script)], target)
     except subprocess.TimeoutExpired:
         target.failures.append(Failure(block.line, "python block: timed out", ""))
         return
