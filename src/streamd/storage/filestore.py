@@ -10,7 +10,7 @@ is. Each ``StoredBatch`` becomes one batch in the on-disk format of docs/storage
     producer_id       producer id (40..48)
     producer_seq      producer sequence (48..52)
     control, payload  the stored payload: one kind byte (0 records, 1 control) + ``payload``
-    crc               not stored: recomputed on read (``checksum_of``) once both file CRCs pass
+    crc               not stored: recomputed on read (``make_batch``) once both file CRCs pass
 
 Codec is always "none" (the payload is opaque here) and the arrival times are 0, so segments
 roll by size only. A batch whose header or payload CRC fails is never returned: ``read`` raises
@@ -37,7 +37,7 @@ from streamd_client.errors import CorruptDataError, StorageFullError
 
 from .config import LogConfig
 from .log import ShardLog
-from .logstore import EpochStart, StoreCorruptError, StoredBatch, StoreFullError, checksum_of
+from .logstore import EpochStart, StoreCorruptError, StoredBatch, StoreFullError, make_batch
 
 _HEADER = struct.Struct(">HBBIQIIQQQIIII")
 assert _HEADER.size == batchfmt.HEADER_BYTES
@@ -82,25 +82,14 @@ def decode_stored(data: bytes) -> StoredBatch:
             base_offset=header.base_offset,
             record_count=header.record_count,
         )
-    draft = StoredBatch(
+    return make_batch(
         header.base_offset,
         header.record_count,
         header.leader_epoch,
-        header.producer_id,
-        header.producer_seq,
-        body[0] == _KIND_CONTROL,
         bytes(body[1:]),
-        0,
-    )
-    return StoredBatch(
-        draft.base_offset,
-        draft.record_count,
-        draft.epoch,
-        draft.producer_id,
-        draft.producer_seq,
-        draft.control,
-        draft.payload,
-        checksum_of(draft),
+        producer_id=header.producer_id,
+        producer_seq=header.producer_seq,
+        control=body[0] == _KIND_CONTROL,
     )
 
 
