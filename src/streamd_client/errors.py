@@ -148,6 +148,16 @@ class NotLeaderError(StreamdError):
     retryable = True
 
 
+class ShardUnavailableError(StreamdError):
+    """No live node holds the shard right now (cluster mode: its node is down); retry later.
+
+    Details: ``stream``, ``shard_id``. Nothing else is affected: other shards keep serving.
+    """
+
+    code = "SHARD_UNAVAILABLE"
+    retryable = True
+
+
 class OutOfOrderSequenceError(StreamdError):
     """An idempotent producer's batch skipped a sequence number for this shard."""
 
