@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -59,6 +60,17 @@ class ServerConfig:
     kinesis_credentials: tuple[tuple[str, str], ...] = ()
     log_format: LogFormat = "console"
     log_level: str = "info"
+    # Cluster mode (docs/cluster.md; `serve --cluster`). None: the embedded default, metadata in
+    # <data>/meta.sqlite3. Else the etcd endpoints as "http://HOST:PORT", and then node_id and
+    # advertise are set (the CLI refuses --cluster without --node-id).
+    cluster: tuple[str, ...] | None = None
+    node_id: str | None = None
+    # HOST:PORT other nodes and clients reach this node's native listener (and its Kinesis
+    # gateway) at: the CLI defaults them to the listen addresses, refusing a wildcard host.
+    advertise: str | None = None
+    advertise_kinesis: str | None = None  # None: the gateway is off
+    cluster_namespace: str = "streamd/"  # etcd key prefix, so clusters (tests) share one etcd
+    cluster_id: str | None = None  # None: join whatever cluster etcd holds (or found one)
 
     @property
     def listen(self) -> str:
@@ -80,3 +92,41 @@ def parse_host_port(value: str, default_port: int = 7070) -> tuple[str, int]:
     if not 0 <= port_number <= 65535:
         raise ValueError(f"port out of range (0..65535): {value!r}")
     return host or "127.0.0.1", port_number
+
+
+ETCD_PORT_DEFAULT = 2379
+ETCD_SCHEME = "etcd://"
+
+
+def parse_cluster_url(value: str) -> tuple[str, ...]:
+    """``etcd://HOST:PORT[,HOST:PORT...]`` -> ``("http://HOST:PORT", ...)``.
+
+    The port defaults to etcd's 2379; an IPv6 host goes in brackets (``etcd://[::1]:2379``).
+    Raises ValueError saying what is wrong (no scheme, an empty entry, a bad port, a path).
+    """
+    if not value.startswith(ETCD_SCHEME):
+        raise ValueError(f"expected etcd://HOST:PORT[,HOST:PORT...], got {value!r}")
+    endpoints: list[str] = []
+    for entry in value[len(ETCD_SCHEME) :].split(","):
+        entry = entry.strip()
+        if not entry:
+            raise ValueError(f"an empty etcd endpoint in {value!r}")
+        if "/" in entry or "@" in entry or "?" in entry or "#" in entry:
+            raise ValueError(f"an etcd endpoint is HOST:PORT (no path, user or scheme): {entry!r}")
+        host, port = parse_host_port(entry, ETCD_PORT_DEFAULT)
+        if entry.startswith(":") or entry.startswith("[]"):
+            raise ValueError(f"an etcd endpoint needs a host: {entry!r}")
+        if port == 0:
+            raise ValueError(f"an etcd endpoint needs a port other than 0: {entry!r}")
+        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        if url not in endpoints:
+            endpoints.append(url)
+    return tuple(endpoints)
+
+
+def is_wildcard_host(host: str) -> bool:
+    """True for an address that means "every interface" (nobody can connect *to* it)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return host in ("", "*")

@@ -7,6 +7,8 @@
                   [--kinesis-credentials FILE] [--connections-max N]
                   [--connections-per-address-max N] [--handshake-timeout-s S]
                   [--idle-timeout-s S] [--kinesis-idle-timeout-s S]
+                  [--cluster etcd://HOST:PORT[,...] --node-id ID [--advertise HOST:PORT]
+                   [--advertise-kinesis HOST:PORT] [--cluster-namespace NS] [--cluster-id ID]]
     streamd stream create NAME --shards N [--retention-hours H]
     streamd stream list | describe NAME [--json] | delete NAME | retention NAME --hours H
     streamd stream resize NAME --shards N [--no-wait]      (cli/reshard.py)

@@ -32,6 +32,7 @@ def register(commands: Any) -> None:
         "--metrics-listen", default=None, metavar="HOST:PORT", help="serve Prometheus /metrics"
     )
     _add_serve_kinesis(serve)
+    _add_serve_cluster(serve)
     _add_serve_limits(serve)
     _add_serve_node_limits(serve)
     serve.set_defaults(handler=_serve)
@@ -90,6 +91,123 @@ def _add_serve_kinesis(serve: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="AWS credentials file (INI); with any credentials, requests must be SigV4-signed",
     )
+
+
+def _add_serve_cluster(serve: argparse.ArgumentParser) -> None:
+    """Cluster mode's options (docs/cluster.md, "Trying it"); without --cluster, embedded."""
+    serve.add_argument(
+        "--cluster", default=None, metavar="etcd://HOST:PORT[,HOST:PORT...]",
+        help="join the cluster whose metadata is in this etcd (default: embedded, one node)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--node-id", default=None, metavar="ID",
+        help="this node's name in the cluster, [a-zA-Z0-9_.-]{1,128} (required with --cluster)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--advertise", default=None, metavar="HOST:PORT",
+        help="the native address other nodes and clients use (default: --listen)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--advertise-kinesis", default=None, metavar="HOST:PORT",
+        help="the Kinesis address the cluster hands out (default: --kinesis-listen)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--cluster-namespace", default=None, metavar="NS",
+        help="etcd key prefix of this cluster, ending in '/' (default streamd/)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--cluster-id", default=None, metavar="ID",
+        help="refuse to start if etcd holds another cluster's id (default: any)",
+    )  # fmt: skip
+
+
+def _serve_cluster_options(
+    args: argparse.Namespace, listen: str, kinesis_listen: str | None
+) -> dict[str, Any]:
+    """ServerConfig fields for cluster mode. Raises ValueError naming the flag."""
+    from ..config import parse_cluster_url
+    from ..meta.keys import check_name
+
+    if args.cluster is None:
+        given = [
+            flag
+            for flag, value in (
+                ("--node-id", args.node_id),
+                ("--advertise", args.advertise),
+                ("--advertise-kinesis", args.advertise_kinesis),
+                ("--cluster-namespace", args.cluster_namespace),
+                ("--cluster-id", args.cluster_id),
+            )
+            if value is not None
+        ]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} needs --cluster etcd://HOST:PORT (without it the server "
+                "runs embedded, on its own)"
+            )
+        return {}
+    try:
+        endpoints = parse_cluster_url(args.cluster)
+    except ValueError as exc:
+        raise ValueError(f"--cluster: {exc}") from None
+    if args.node_id is None:
+        raise ValueError("--cluster needs --node-id ID (this node's name in the cluster)")
+    check_name("--node-id", args.node_id)
+    if args.cluster_id is not None:
+        check_name("--cluster-id", args.cluster_id)
+    namespace = "streamd/" if args.cluster_namespace is None else args.cluster_namespace
+    if not namespace.endswith("/") or not namespace.isprintable() or " " in namespace:
+        raise ValueError(
+            f"--cluster-namespace {namespace!r}: a key prefix without spaces, ending in '/' "
+            "(e.g. streamd/ or test-1/)"
+        )
+    advertise = _advertised("--advertise", args.advertise, "--listen", listen, 7070)
+    advertise_kinesis = None
+    if kinesis_listen is None:
+        if args.advertise_kinesis is not None:
+            raise ValueError("--advertise-kinesis with --kinesis-listen off: nothing to advertise")
+    else:
+        advertise_kinesis = _advertised(
+            "--advertise-kinesis", args.advertise_kinesis, "--kinesis-listen", kinesis_listen, 4567
+        )
+    return {
+        "cluster": endpoints,
+        "node_id": args.node_id,
+        "advertise": advertise,
+        "advertise_kinesis": advertise_kinesis,
+        "cluster_namespace": namespace,
+        "cluster_id": args.cluster_id,
+    }
+
+
+def _advertised(flag: str, given: str | None, listen_flag: str, listen: str, port: int) -> str:
+    """The HOST:PORT to advertise: ``given``, else the listen address if others can reach it."""
+    from ..config import is_wildcard_host, parse_host_port
+
+    if given is not None:
+        try:
+            host, number = parse_host_port(given, port)
+        except ValueError as exc:
+            raise ValueError(f"{flag}: {exc}") from None
+        if is_wildcard_host(host) or given.startswith(":") or number == 0:
+            raise ValueError(f"{flag} {given!r}: give the host and port others connect to")
+        return _join_host_port(host, number)
+    host, number = parse_host_port(listen, port)
+    if is_wildcard_host(host) or listen.startswith(":"):
+        raise ValueError(
+            f"{listen_flag} {listen} listens on every interface: say with {flag} HOST:PORT "
+            "which address other nodes and clients should use"
+        )
+    if number == 0:
+        raise ValueError(
+            f"{listen_flag} {listen}: port 0 in cluster mode needs {flag} HOST:PORT "
+            "(other nodes need a fixed address)"
+        )
+    return _join_host_port(host, number)
+
+
+def _join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _add_serve_limits(serve: argparse.ArgumentParser) -> None:
@@ -164,6 +282,7 @@ def _serve_config(args: argparse.Namespace) -> Any:
             parse_host_port(args.metrics_listen, 9464)
         except ValueError as exc:
             raise ValueError(f"--metrics-listen: {exc}") from None
+    kinesis = _serve_kinesis_options(args)
     return ServerConfig(
         data_dir=args.data_dir,
         listen_host=host,
@@ -172,7 +291,8 @@ def _serve_config(args: argparse.Namespace) -> Any:
         log_format=args.log_format,
         log_level=args.log_level,
         metrics_listen=args.metrics_listen,
-        **_serve_kinesis_options(args),
+        **kinesis,
+        **_serve_cluster_options(args, args.listen, kinesis["kinesis_listen"]),
         **_serve_limit_options(args),
     )
 
