@@ -10,8 +10,14 @@ DATA_DIR ?= ./streamd-data
 LISTEN ?= 127.0.0.1:7070
 KINESIS_LISTEN ?= 127.0.0.1:4567
 SERVE_ARGS ?=
+# `make cluster` runs a local etcd and NODES nodes (`streamd dev cluster`, until Ctrl-C): data
+# under CLUSTER_DIR, native ports 7071.., Kinesis 4571.., etcd 2379 (CLUSTER_ARGS changes those,
+# e.g. CLUSTER_ARGS="--base-port 7171 --etcd-port 2479").
+NODES ?= 3
+CLUSTER_DIR ?= ./streamd-cluster
+CLUSTER_ARGS ?=
 
-.PHONY: run test test-slow lint fmt bench clean etcd
+.PHONY: run cluster test test-slow lint fmt bench clean etcd
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +28,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/streamd serve --data-dir $(DATA_DIR) --listen $(LISTEN) \
 		--kinesis-listen $(KINESIS_LISTEN) $(SERVE_ARGS)
+
+cluster: $(STAMP) etcd
+	$(BIN)/streamd dev cluster --nodes $(NODES) --dir $(CLUSTER_DIR) $(CLUSTER_ARGS)
 
 # The metadata-store tests need a real etcd (Debian package etcd-server): installed here when
 # missing and we are root; otherwise say how, and those tests fail with the same hint.

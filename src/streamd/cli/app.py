@@ -20,15 +20,19 @@
     streamd bench produce|consume [--json] ...              (cli/bench.py)
     streamd group consume|list|describe|reset|delete ...    (cli/groups.py)
     streamd admin quarantine-range NAME SHARD_ID --from SEQ --to SEQ  (cli/admin.py)
+    streamd cluster status [--cluster etcd://HOST:PORT] [--cluster-namespace NS] [--json]
+    streamd dev cluster [--nodes N] [--dir DIR] [--base-port P] [--kinesis-base-port P]
+                        [--etcd-port P]                 (cli/cluster.py, cli/dev.py)
 
 Client commands take ``--endpoint HOST:PORT``, before or after the command (default:
 $STREAMD_ENDPOINT, else 127.0.0.1:7070; see cli/endpoint.py), and run the async client
 (streamd_client) on trio; the server is imported only by ``serve``, so client commands start
 fast.
 
-One module per command family (serve, streams, records, groups, reshard, admin, bench), each
-with a ``register``; what they share (exit codes, errors, the endpoint option, connecting, running a
-client command, times) is common.py's, and the exit statuses are listed there.
+One module per command family (serve, streams, records, groups, reshard, admin, bench, cluster,
+dev), each with a ``register``; what they share (exit codes, errors, the endpoint option,
+connecting, running a client command, times) is common.py's, and the exit statuses are listed
+there.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .. import __version__
-from . import admin, bench, groups, records, reshard, serve, streams
+from . import admin, bench, cluster, dev, groups, records, reshard, serve, streams
 from . import endpoint as cli_endpoint
 from .common import EXIT_INTERRUPTED, EXIT_OK
 
@@ -59,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     groups.register(commands)  # streamd group ...
     reshard.register(commands, stream_actions)  # streamd shard split|merge, stream resize
     admin.register(commands)  # streamd admin quarantine-range
+    cluster.register(commands)  # streamd cluster status
+    dev.register(commands)  # streamd dev cluster
     return parser
 
 

@@ -10,7 +10,9 @@ Why a subprocess and real etcd rather than a fake: the metadata store's conforma
 only worth something against the real thing (its revisions, compaction, lease expiry and the
 gateway's JSON quirks). Why pick ports ourselves: etcd must advertise concrete URLs, so port 0
 will not do; a port taken in the short race before etcd binds makes the start fail with
-"address already in use", and ``start`` then retries on fresh ports.
+"address already in use", and ``start`` then retries on fresh ports. Fixed ports
+(``client_port``, ``peer_port``) are for an etcd someone types the address of (``streamd dev
+cluster``); a taken one fails the start at once.
 
 If etcd is not installed, ``start`` raises ``EtcdNotInstalledError`` saying how to install it
 (tests that need etcd fail with that message: they are never silently skipped). Cleanup as on
@@ -26,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -37,7 +38,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Final
 
-from .process import death_signal_setter, stop_process
+from .process import death_signal_setter, free_ports, stop_process
 
 START_TIMEOUT_S_DEFAULT: Final = 20.0
 STOP_TIMEOUT_S_DEFAULT: Final = 10.0
@@ -70,13 +71,6 @@ def etcd_binary() -> str:
     return found
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class EtcdProcess:
     """One etcd member on loopback. ``endpoint`` is ``HOST:PORT`` of its client URL."""
 
@@ -86,15 +80,21 @@ class EtcdProcess:
         *,
         name: str = "streamd-test",
         host: str = "127.0.0.1",
+        client_port: int = 0,
+        peer_port: int = 0,
         start_timeout_s: float = START_TIMEOUT_S_DEFAULT,
+        own_process_group: bool = False,
     ) -> None:
+        if (client_port == 0) != (peer_port == 0):
+            raise ValueError("give both client_port and peer_port, or neither (free ports)")
         self._owns_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="streamd-etcd-"))
         self.name = name
         self.host = host
         self.start_timeout_s = start_timeout_s
-        self.client_port = 0  # picked at the first start, kept for restarts
-        self.peer_port = 0
+        self.client_port = client_port  # 0: picked at the first start, kept for restarts
+        self.peer_port = peer_port
+        self.own_process_group = own_process_group  # a terminal's Ctrl-C does not reach it
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.etcd.log"
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
@@ -127,6 +127,10 @@ class EtcdProcess:
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    def exit_status(self) -> int | None:
+        """The exit status if etcd has exited (not yet reaped by a stop), else None."""
+        return None if self._process is None else self._process.poll()
 
     @property
     def pid(self) -> int:
@@ -170,7 +174,7 @@ class EtcdProcess:
         fresh_ports = self.client_port == 0
         for attempt in range(1, _START_ATTEMPTS_MAX + 1):
             if fresh_ports:
-                self.client_port, self.peer_port = _free_port(self.host), _free_port(self.host)
+                self.client_port, self.peer_port = free_ports(self.host, 2)
             try:
                 self._start_once()
                 return self
@@ -192,6 +196,7 @@ class EtcdProcess:
             stdout=self._log_file,
             stderr=self._log_file,
             preexec_fn=death_signal_setter(),
+            process_group=0 if self.own_process_group else None,
         )
         try:
             self._wait_healthy()
@@ -237,6 +242,11 @@ class EtcdProcess:
         if self.running:
             assert self._process is not None
             self._process.send_signal(signal.SIGCONT)
+
+    def stop_signal(self, signum: int) -> None:
+        """Send any signal without waiting (as ``ServerProcess.stop_signal``)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signum)
 
     def restart(self) -> EtcdProcess:
         """Start again over the same data dir and ports (stop it first)."""

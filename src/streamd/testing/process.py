@@ -2,7 +2,8 @@
 
 ``ServerProcess`` starts ``python -m streamd serve`` on ``127.0.0.1:0`` (or a given port) with a
 data directory, waits for the one ready line the server prints on stdout
-(``streamd ready: listening on HOST:PORT``) and exposes the address it found there. With
+(``streamd ready: listening on HOST:PORT``) and exposes the address it found there; in cluster
+mode the line ``streamd cluster: node ID joined cluster CID`` comes first (``cluster_id``). With
 ``kinesis=True`` the Kinesis gateway listens too (on ``kinesis_port``, 0 = a free port) and the
 second ready line (``streamd kinesis ready: listening on HOST:PORT``) gives ``kinesis_endpoint``;
 without it the gateway is off (``--kinesis-listen off``), so that test servers never fight over
@@ -32,6 +33,7 @@ import resource
 import selectors
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -50,6 +52,8 @@ from streamd import layout
 
 READY_RE: Final = re.compile(rb"^streamd ready: listening on (\S+):(\d+)\s*$")
 KINESIS_READY_RE: Final = re.compile(rb"^streamd kinesis ready: listening on (\S+):(\d+)\s*$")
+# Cluster mode prints this line before the ready line (CLUSTER-CONTRACT, docs/cluster.md).
+CLUSTER_READY_RE: Final = re.compile(rb"^streamd cluster: node (\S+) joined cluster (\S+)\s*$")
 START_TIMEOUT_S_DEFAULT: Final = 20.0
 STOP_TIMEOUT_S_DEFAULT: Final = 15.0
 _PR_SET_PDEATHSIG: Final = 1
@@ -81,6 +85,18 @@ def death_signal_setter() -> Callable[[], None] | None:
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
     return set_death_signal
+
+
+def free_ports(host: str, count: int) -> list[int]:
+    """``count`` distinct TCP ports free on ``host`` just now (all held open while picking, so
+    none is picked twice). Someone may take one before it is bound: callers retry on that."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 def stop_process(
@@ -137,6 +153,7 @@ class ServerProcess:
         kinesis_port: int = 0,
         env: Mapping[str, str] | None = None,
         rlimit_nofile: int | None = None,
+        own_process_group: bool = False,
     ) -> None:
         self._owns_dir = data_dir is None
         if data_dir is None:
@@ -154,6 +171,8 @@ class ServerProcess:
         self.kinesis_port = kinesis_port  # like ``port``: kept for restarts once known
         self.env = dict(env or {})  # added to this process's environment for the server
         self.rlimit_nofile = rlimit_nofile
+        self.own_process_group = own_process_group  # a terminal's Ctrl-C does not reach it
+        self.cluster_id: str | None = None  # from the cluster line, in cluster mode
         self.starts = 0
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.server.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -223,6 +242,11 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         """Start the server and wait (bounded) for its ready line. Raises ServerStartError."""
+        self.launch()
+        return self.wait_ready()
+
+    def launch(self) -> ServerProcess:
+        """Start the process without waiting: then ``wait_ready()`` (to start several at once)."""
         if self._closed:
             raise RuntimeError("this ServerProcess is closed")
         if self.running:
@@ -238,8 +262,14 @@ class ServerProcess:
             stderr=self._log_file,
             env=env,
             preexec_fn=_preexec(self.rlimit_nofile),
+            process_group=0 if self.own_process_group else None,
         )
         self.starts += 1
+        return self
+
+    def wait_ready(self) -> ServerProcess:
+        """Wait (bounded) for the ready line of a launched server. Raises ServerStartError (and
+        kills it then)."""
         try:
             self.host, self.port = self._wait_ready()
         except BaseException:
@@ -252,10 +282,9 @@ class ServerProcess:
         assert process is not None and process.stdout is not None
         deadline = time.monotonic() + self.start_timeout_s
         buffered = b""
-        lines_needed = 2 if self.kinesis else 1
         with selectors.DefaultSelector() as selector:
             selector.register(process.stdout, selectors.EVENT_READ)
-            while buffered.count(b"\n") < lines_needed:
+            while (lines := self._ready_lines(buffered)) is None:
                 left_s = deadline - time.monotonic()
                 if left_s <= 0:
                     raise ServerStartError(
@@ -270,7 +299,10 @@ class ServerProcess:
                         f"server exited with {code} before it was ready\n{self.log_tail()}"
                     )
                 buffered += chunk
-        lines = buffered.split(b"\n")
+        cluster = CLUSTER_READY_RE.match(lines[0])
+        if cluster is not None:
+            self.cluster_id = cluster.group(2).decode()
+            lines = lines[1:]
         match = READY_RE.match(lines[0])
         if match is None:
             raise ServerStartError(
@@ -284,6 +316,19 @@ class ServerProcess:
                 )
             self.kinesis_port = int(kinesis_match.group(2))
         return match.group(1).decode(), int(match.group(2))
+
+    def _ready_lines(self, buffered: bytes) -> list[bytes] | None:
+        """The complete lines so far once they are enough to judge (the ready line, the
+        Kinesis one, and the cluster line before them when there is one), else None."""
+        lines = buffered.split(b"\n")[:-1]
+        needed = 2 if self.kinesis else 1
+        if lines and CLUSTER_READY_RE.match(lines[0]):
+            needed += 1
+        return lines if len(lines) >= needed else None
+
+    def exit_status(self) -> int | None:
+        """The exit status if the process has exited (not yet reaped by a stop), else None."""
+        return None if self._process is None else self._process.poll()
 
     def kill9(self) -> int:
         """SIGKILL the server and wait for it; returns its exit status (-9)."""
