@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import structlog
 import trio
@@ -38,9 +38,11 @@ from streamd_client.errors import (
     InvalidBatchError,
     InvalidSequenceNumberError,
     LimitExceededError,
+    NotLeaderError,
     ResourceInUseError,
     ShardClosedError,
     ShardNotFoundError,
+    ShardUnavailableError,
     StorageFullError,
     StreamdError,
     StreamNotFoundError,
@@ -58,6 +60,7 @@ from streamd_client.summary import summary
 
 from . import layout, metrics, node_limits, reshard
 from .catalog import Catalog, ShardMeta, StreamMeta, StreamMode
+from .cluster.location import EverythingLocal, Local, Location, Remote, ShardLocator
 from .config import ServerConfig
 from .iothread import IoPool
 from .meta import MetaStore
@@ -102,12 +105,52 @@ class AppendOutcome:
     duplicate: bool
 
 
-class _Stream:
-    """A running stream: its metadata and one pipeline per open or readable shard."""
+class PeerCalls(Protocol):
+    """Requests to another node (cluster mode; cluster/peers.py): what the engine forwards."""
 
-    def __init__(self, meta: StreamMeta, directory: Path) -> None:
+    async def put_records(
+        self, address: str, stream: str, records: Sequence[RecordIn]
+    ) -> list[PutOutcome]: ...
+
+    async def read(
+        self,
+        address: str,
+        stream: str,
+        shard_id: str,
+        position: Position,
+        max_bytes: int,
+        wait_ms: int,
+    ) -> ReadResult: ...
+
+
+def located_error(stream: str, shard_id: str, location: Location) -> StreamdError:
+    """What a request for a shard this node has no pipeline for answers: NOT_LEADER with the
+    leader's address, or SHARD_UNAVAILABLE (retryable, both)."""
+    if isinstance(location, Remote):
+        return NotLeaderError(
+            f"shard {shard_id} of {stream!r} is led by node {location.node_id} "
+            f"at {location.address}",
+            stream=stream,
+            shard_id=shard_id,
+            leader=location.node_id,
+            address=location.address,
+        )
+    reason = "it is being opened" if isinstance(location, Local) else location.reason
+    return ShardUnavailableError(
+        f"shard {shard_id} of {stream!r} is unavailable: {reason}",
+        stream=stream,
+        shard_id=shard_id,
+    )
+
+
+class _Stream:
+    """A running stream: its metadata and one pipeline per open or readable shard this node
+    leads (all of them in the embedded default)."""
+
+    def __init__(self, meta: StreamMeta, directory: Path, locator: ShardLocator) -> None:
         self.meta = meta
         self.directory = directory
+        self.locator = locator
         self.pipelines: dict[str, ShardPipeline] = {}
         self.route_starts: list[int] = []
         self.route_shards: list[ShardMeta] = []
@@ -128,6 +171,9 @@ class _Stream:
     def pipeline(self, shard_id: str) -> ShardPipeline:
         pipeline = self.pipelines.get(shard_id)
         if pipeline is None:
+            if self.meta.shard(shard_id) is not None:
+                name = self.meta.name
+                raise located_error(name, shard_id, self.locator.locate(name, shard_id))
             raise ShardNotFoundError(
                 f"stream {self.meta.name!r} has no shard {summary(shard_id)}", shard_id=shard_id
             )
@@ -142,11 +188,23 @@ class Engine:
         committer: Committer | None = None,
         *,
         budget: node_limits.ShardBudget | None = None,
+        locator: ShardLocator | None = None,
+        peers: PeerCalls | None = None,
+        replication_factor: int | None = None,
     ) -> None:
         """``budget``: how many shards this node may hold (default: from ``config`` and this
-        process's open-files limit, counting ``connections_max`` per listener)."""
+        process's open-files limit, counting ``connections_max`` per listener).
+
+        Cluster mode (node.py): ``locator`` says which shards this node leads (it runs
+        pipelines for those only), ``peers`` forwards server-routed puts and reads to the
+        others, and ``replication_factor`` makes the catalog write each new shard's unassigned
+        ``shards/`` document for the controller to place. Without them: the embedded default.
+        """
         self.config = config
-        self.catalog = Catalog(store)
+        self.clustered = locator is not None
+        self.locator: ShardLocator = locator or EverythingLocal()
+        self._peers = peers
+        self.catalog = Catalog(store, replication_factor)
         self.committer = committer or LocalCommitter()
         self.streams: dict[str, _Stream] = {}
         listeners = 2 if config.kinesis_listen else 1
@@ -218,6 +276,61 @@ class Engine:
         await trio.to_thread.run_sync(self._io_pool.close)
         log.info("engine.stopped")
 
+    # -- cluster mode: following the shared catalog and the shard map ---------------------------
+
+    async def apply_catalog(self, name: str, meta: StreamMeta | None) -> None:
+        """Make this node's view of stream ``name`` match the catalog's document ``meta``
+        (None: gone), as another node changed it, and run pipelines for exactly the shards this
+        node leads now. Idempotent: the cluster follower (cluster/follow.py) calls it for every
+        changed stream, and for all of them after any shard-map change or resync."""
+        async with self._admin_lock:
+            stream = self.streams.get(name)
+            if meta is None or meta.status == "DELETING":
+                if stream is not None:
+                    await self._remove_here(stream)
+                return
+            if stream is None or stream.meta.stream_id != meta.stream_id:
+                if stream is not None:  # deleted and created again under the same name
+                    await self._remove_here(stream)
+                stream = await self._open_stream(meta)
+                log.info("stream.opened_here", stream=name, shards=len(stream.pipelines))
+                return
+            async with stream.lock:
+                if meta != stream.meta:
+                    stream.meta = meta
+                    for shard in meta.shards:
+                        pipeline = stream.pipelines.get(shard.shard_id)
+                        if pipeline is not None and not shard.is_open and pipeline.shard.is_open:
+                            pipeline.close_shard(shard)
+                    stream.reroute()
+                    stream.signal_reshaped()
+                await self._sync_pipelines(stream)
+
+    async def _remove_here(self, stream: _Stream) -> None:
+        """Another node deleted the stream: close its pipelines here and trash its files."""
+        async with stream.lock:
+            await self._close_stream(stream)
+            self.streams.pop(stream.meta.name, None)
+            stream.signal_reshaped()
+        await self._move_to_trash(stream.directory, stream.meta.stream_id)
+        log.info("stream.removed_here", stream=stream.meta.name)
+
+    async def _sync_pipelines(self, stream: _Stream) -> None:
+        """Start the pipelines of shards this node now leads; close those it no longer does.
+        Caller holds ``stream.lock``."""
+        name = stream.meta.name
+        for shard in stream.meta.shards:
+            running = stream.pipelines.get(shard.shard_id)
+            leads = self._leads(name, shard.shard_id)
+            if leads and running is None:
+                stream.pipelines[shard.shard_id] = await self._start_pipeline(stream, shard)
+                log.info("shard.leading", stream=name, shard_id=shard.shard_id)
+            elif not leads and running is not None:
+                del stream.pipelines[shard.shard_id]
+                await running.close()
+                await running.close_log()
+                log.info("shard.not_leading", stream=name, shard_id=shard.shard_id)
+
     # -- per-node limits ------------------------------------------------------------------------
 
     def shards_held(self) -> int:
@@ -268,17 +381,21 @@ class Engine:
         """Open every shard's log and start its pipeline. On failure what was opened is closed
         again and the error raised; the files and metadata stay (the caller decides)."""
         assert self._nursery is not None
-        stream = _Stream(meta, self._stream_dir(meta))
+        stream = _Stream(meta, self._stream_dir(meta), self.locator)
         try:
             await trio.to_thread.run_sync(layout.make_dir, stream.directory)
             for shard in meta.shards:
-                stream.pipelines[shard.shard_id] = await self._start_pipeline(stream, shard)
+                if self._leads(meta.name, shard.shard_id):
+                    stream.pipelines[shard.shard_id] = await self._start_pipeline(stream, shard)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._close_stream(stream)
             raise
         self.streams[meta.name] = stream
         return stream
+
+    def _leads(self, stream: str, shard_id: str) -> bool:
+        return isinstance(self.locator.locate(stream, shard_id), Local)
 
     async def _start_pipeline(self, stream: _Stream, shard: ShardMeta) -> ShardPipeline:
         assert self._nursery is not None
@@ -475,8 +592,21 @@ class Engine:
         return sorted(n for n, s in self.streams.items() if s.meta.status != "DELETING")
 
     def describe_stream(self, name: str) -> dict[str, Any]:
-        """Raises StreamNotFoundError, InvalidStreamNameError."""
-        return self._stream(name).meta.describe()
+        """Raises StreamNotFoundError, InvalidStreamNameError.
+
+        Cluster mode: every shard also names its ``leader`` (node id) and ``leader_address``
+        (native HOST:PORT), None while it is unavailable; clients route by them."""
+        described = self._stream(name).meta.describe()
+        if self.clustered:
+            for shard in described["shards"]:
+                location = self.locator.locate(name, shard["shard_id"])
+                if isinstance(location, Local):
+                    shard["leader"], shard["leader_address"] = self.locator.self_node()
+                elif isinstance(location, Remote):
+                    shard["leader"], shard["leader_address"] = location.node_id, location.address
+                else:
+                    shard["leader"] = shard["leader_address"] = None
+        return described
 
     async def update_retention(self, name: str, retention_hours: int) -> None:
         """Raises StreamNotFoundError, InvalidArgumentError."""
@@ -613,6 +743,7 @@ class Engine:
         Caller holds ``stream.lock``.
         """
         started = time.perf_counter()
+        name = stream.meta.name
         parents = [stream.pipeline(p) for p in step.parents]
         switched = False
         try:
@@ -631,7 +762,7 @@ class Engine:
             with trio.CancelScope(shield=True):  # the switch is durable: make it live
                 known = set(stream.pipelines)
                 for shard in new_meta.shards:
-                    if shard.shard_id not in known:
+                    if shard.shard_id not in known and self._leads(name, shard.shard_id):
                         stream.pipelines[shard.shard_id] = await self._start_pipeline(stream, shard)
                 stream.meta = new_meta
                 for parent in parents:
@@ -740,12 +871,17 @@ class Engine:
 
     # -- data -----------------------------------------------------------------------------------
 
-    async def put_records(self, name: str, records: Sequence[RecordIn]) -> list[PutOutcome]:
+    async def put_records(
+        self, name: str, records: Sequence[RecordIn], *, forward: bool = True
+    ) -> list[PutOutcome]:
         """Route validated records to shards and wait for each shard's commit.
 
         Records are enqueued on every shard before any wait, so shards commit in parallel.
-        Per-record failures (throttling, full disk) come back in the outcomes.
-        Raises StreamNotFoundError.
+        Per-record failures (throttling, full disk) come back in the outcomes. Cluster mode:
+        the records of shards another node leads are forwarded to it in one request per node
+        (``forward``; a forwarded request is not forwarded again: its records for shards that
+        moved meanwhile get NOT_LEADER or SHARD_UNAVAILABLE, which the first node's caller
+        retries). Raises StreamNotFoundError.
         """
         outcomes: list[PutOutcome] = [PutOutcome()] * len(records)
         pending = list(range(len(records)))
@@ -753,7 +889,7 @@ class Engine:
         for _ in range(_REROUTE_ROUNDS_MAX):
             stream = self._stream(name)
             reshaped = stream.reshaped
-            pending = await self._put_round(stream, records, pending, outcomes)
+            pending = await self._put_round(stream, records, pending, outcomes, forward)
             if not pending or trio.current_time() >= deadline:
                 break  # what is left carries SHARD_CLOSED, which is retryable
             # Their shards were being closed by a reshard: wait for the new map, route again.
@@ -767,6 +903,7 @@ class Engine:
         records: Sequence[RecordIn],
         indexes_in: list[int],
         outcomes: list[PutOutcome],
+        forward: bool,
     ) -> list[int]:
         """Route, enqueue and wait for ``indexes_in``; the indexes whose shard was closed."""
         route, starts = stream.route_shards, stream.route_starts
@@ -781,8 +918,19 @@ class Engine:
                 )
         closed: list[int] = []
         waits: list[tuple[ShardPipeline, list[int], PendingWrite]] = []
+        remote: defaultdict[str, list[int]] = defaultdict(list)  # leader address -> indexes
         for position, indexes in by_route.items():
-            pipeline = stream.pipeline(route[position].shard_id)
+            shard_id = route[position].shard_id
+            pipeline = stream.pipelines.get(shard_id)
+            if pipeline is None:
+                location = self.locator.locate(stream.meta.name, shard_id)
+                if forward and self._peers is not None and isinstance(location, Remote):
+                    remote[location.address] += indexes
+                    continue
+                error = located_error(stream.meta.name, shard_id, location)
+                for i in indexes:
+                    outcomes[i] = PutOutcome(error=error)
+                continue
             try:
                 write = pipeline.enqueue_records(
                     [records[i].partition_key for i in indexes],
@@ -796,6 +944,37 @@ class Engine:
                     closed += indexes
                 continue
             waits.append((pipeline, indexes, write))
+        if remote:
+            async with trio.open_nursery() as nursery:
+                for address, indexes in remote.items():
+                    nursery.start_soon(
+                        self._forward_puts, address, stream.meta.name, records, indexes, outcomes
+                    )
+                await self._wait_puts(waits, outcomes)
+        else:
+            await self._wait_puts(waits, outcomes)
+        return closed
+
+    async def _forward_puts(
+        self,
+        address: str,
+        name: str,
+        records: Sequence[RecordIn],
+        indexes: list[int],
+        outcomes: list[PutOutcome],
+    ) -> None:
+        assert self._peers is not None
+        try:
+            answers = await self._peers.put_records(address, name, [records[i] for i in indexes])
+        except StreamdError as exc:  # the node could not be asked: every record gets why
+            answers = [PutOutcome(error=exc)] * len(indexes)
+        for i, answer in zip(indexes, answers, strict=True):
+            outcomes[i] = answer
+
+    @staticmethod
+    async def _wait_puts(
+        waits: list[tuple[ShardPipeline, list[int], PendingWrite]], outcomes: list[PutOutcome]
+    ) -> None:
         for pipeline, indexes, write in waits:
             try:
                 base, _, _ = await write.wait()
@@ -806,7 +985,6 @@ class Engine:
             shard_id, sequence_of = pipeline.shard.shard_id, pipeline.sequence_of
             for n, i in enumerate(indexes):
                 outcomes[i] = PutOutcome(shard_id, sequence_of(base + n))
-        return closed
 
     async def append_batch(self, name: str, shard_id: str, data: bytes) -> AppendOutcome:
         """Validate a client-built batch and commit it (idempotently for producer batches).
@@ -821,11 +999,29 @@ class Engine:
         return AppendOutcome(shard_id, base, pipeline.sequence_of(base), count, duplicate)
 
     async def read(
-        self, name: str, shard_id: str, position: Position, max_bytes: int, wait_ms: int
+        self,
+        name: str,
+        shard_id: str,
+        position: Position,
+        max_bytes: int,
+        wait_ms: int,
+        *,
+        forward: bool = True,
     ) -> ReadResult:
         """Raises StreamNotFoundError, ShardNotFoundError, InvalidSequenceNumberError,
-        CorruptDataError (for a stored batch that fails its CRC; details name its offsets)."""
-        pipeline = self._stream(name).pipeline(shard_id)
+        CorruptDataError (for a stored batch that fails its CRC; details name its offsets).
+
+        Cluster mode: a shard another node leads is read there (``forward``, as the Kinesis
+        gateway and the group service do), or refused with NOT_LEADER (the native protocol:
+        its clients go to the leader themselves). Raises ShardUnavailableError."""
+        stream = self._stream(name)
+        if shard_id not in stream.pipelines and forward and self._peers is not None:
+            location = self.locator.locate(name, shard_id)
+            if isinstance(location, Remote) and stream.meta.shard(shard_id) is not None:
+                return await self._peers.read(
+                    location.address, name, shard_id, position, max_bytes, wait_ms
+                )
+        pipeline = stream.pipeline(shard_id)
         # A whole answer must fit in one frame (frame header and CBOR framing included).
         max_bytes = min(max_bytes, self.config.frame_bytes_max - 64 * 1024)
         result = await pipeline.read(position, max_bytes, wait_ms)

@@ -8,6 +8,12 @@ store, then builds, in this order:
       -> native front end (frontends/native: every operation bound to engine or groups)
       -> Kinesis gateway (frontends/kinesis: the engine) -> metrics listener
 
+Cluster mode (``--cluster etcd://...``; docs/cluster.md) swaps the SQLite store for etcd and adds,
+before the engine runs: the node's membership (join_cluster: cluster id, registration on a
+lease), the shard map (which shards this node leads), the peer pool (connections to the other
+nodes, for forwarded puts and reads), the follower (applies other nodes' catalog changes and
+leadership moves to the engine) and the controller candidate (serve_as_controller).
+
 No part builds another or reaches into one's private fields: each gets its collaborators here.
 Every address is bound before any stream is opened (a taken port is said at once, not after a
 long recovery). Shutdown (SIGINT/SIGTERM): stop accepting, let the shard pipelines drain and
@@ -21,21 +27,34 @@ import os
 import signal
 import sqlite3
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import structlog
 import trio
 
+from streamd_client.errors import MetadataUnavailableError
+
 from . import metrics, node_limits
+from .cluster.follow import RESYNC_S_DEFAULT, Follower
+from .cluster.peers import PeerPool, open_peer_pool
+from .cluster.shardmap import ShardMap
 from .config import ServerConfig, parse_host_port
+from .controller.errors import ClusterError, NodeLostError
+from .controller.membership import Membership, MembershipConfig, join_cluster
+from .controller.service import serve_as_controller
 from .engine import Engine
 from .frontends.admission import serve_listeners
 from .frontends.kinesis.http import Gateway, open_gateway_listeners
 from .frontends.native.api import BoundHandler, bind_handlers
 from .frontends.native.server import Server
 from .groups.service import GroupService, StreamView
-from .meta import SqliteMetaStore
+from .meta import MetaStore, SqliteMetaStore
+from .meta.errors import MetaError
+from .meta.etcd import EtcdMetaStore
 from .startup import StartupError, bind_error, lock_data_dir, prepare_data_dir
 
 log = structlog.get_logger(__name__)
@@ -50,12 +69,149 @@ class NodeParts:
     handlers: dict[str, BoundHandler]  # the native protocol's operations, bound
 
 
-def build_parts(config: ServerConfig, store: SqliteMetaStore) -> NodeParts:
+@dataclass(frozen=True)
+class ClusterParts:
+    """What cluster mode adds (``open_cluster_parts``); the engine is built over them."""
+
+    shard_map: ShardMap
+    peers: PeerPool
+
+
+def build_parts(
+    config: ServerConfig, store: MetaStore, cluster: ClusterParts | None = None
+) -> NodeParts:
     """The engine over ``store``, the group service over the same store and a view of the
     engine, and the native operations bound to them."""
-    engine = Engine(config, store)
+    if cluster is None:
+        engine = Engine(config, store)
+    else:
+        engine = Engine(
+            config,
+            store,
+            locator=cluster.shard_map,
+            peers=cluster.peers,
+            replication_factor=1,  # replicated shards come with cluster part 3
+        )
     groups = GroupService(store, StreamView(engine))
     return NodeParts(engine, groups, bind_handlers(engine, groups))
+
+
+@asynccontextmanager
+async def open_cluster_parts(config: ServerConfig, store: MetaStore) -> AsyncIterator[ClusterParts]:
+    assert config.node_id is not None and config.advertise is not None
+    async with open_peer_pool() as peers:
+        # lease_valid is bound once the node has joined (``_run_cluster``).
+        yield ClusterParts(ShardMap(store, config.node_id, config.advertise), peers)
+
+
+async def _run_cluster(
+    config: ServerConfig,
+    store: MetaStore,
+    parts: NodeParts,
+    cluster: ClusterParts,
+    root: trio.Nursery,
+    membership: Membership,
+) -> None:
+    """Start what a cluster node runs beside the engine: the shard map (loaded before the
+    engine opens any stream, so it opens exactly the shards it leads), the follower, the
+    controller candidate, and the peer pool's idle sweep. Returns once all are started."""
+    cluster.shard_map.lease_valid = membership.lease_valid
+    await root.start(cluster.shard_map.run)
+    await root.start(parts.engine.run)
+    await root.start(Follower(parts.engine, cluster.shard_map, resync_s=RESYNC_S_DEFAULT).run)
+    root.start_soon(_controller_candidate, store, membership)
+    root.start_soon(_sweep_idle_peers, cluster.peers)
+
+
+async def _controller_candidate(store: MetaStore, membership: Membership) -> None:
+    try:
+        await serve_as_controller(store, membership)
+    except NodeLostError:
+        pass  # the node's own watcher (``_stop_when_lost``) ends the node
+
+
+async def _sweep_idle_peers(peers: PeerPool) -> None:
+    while True:
+        await trio.sleep(peers.idle_s / 2)
+        await peers.close_idle()
+
+
+async def _open_store(config: ServerConfig) -> MetaStore:
+    if config.cluster is None:
+        return _open_meta_store(config)
+    try:
+        with trio.fail_after(10):
+            return await EtcdMetaStore.connect(config.cluster, namespace=config.cluster_namespace)
+    except (MetadataUnavailableError, TimeoutError) as exc:
+        raise StartupError(
+            f"--cluster {','.join(config.cluster)}: etcd does not answer ({exc}); start etcd, "
+            "or check the address"
+        ) from None
+    except MetaError as exc:
+        raise StartupError(f"--cluster {','.join(config.cluster)}: {exc}") from None
+
+
+def _cluster_id_file(config: ServerConfig) -> Path:
+    return config.data_dir / "cluster-id"
+
+
+def _membership_config(config: ServerConfig) -> MembershipConfig:
+    """The node's identity; the cluster id comes from --cluster-id or, once the node has
+    joined a cluster, from its data dir (so a data dir never joins another cluster)."""
+    assert config.node_id is not None and config.advertise is not None
+    cluster_id = config.cluster_id
+    path = _cluster_id_file(config)
+    if path.exists():
+        recorded = path.read_text().strip()
+        if cluster_id is not None and cluster_id != recorded:
+            raise StartupError(
+                f"--cluster-id {cluster_id}: --data-dir {config.data_dir} belongs to cluster "
+                f"{recorded} (start with another --data-dir)"
+            )
+        cluster_id = recorded
+    return MembershipConfig(
+        config.node_id, config.advertise, config.advertise_kinesis or "", cluster_id
+    )
+
+
+@asynccontextmanager
+async def _membership(config: ServerConfig, store: MetaStore) -> AsyncIterator[Membership | None]:
+    """Join the cluster (cluster mode), leave it on exit. Refusals are StartupErrors."""
+    if config.cluster is None:
+        yield None
+        return
+    membership_config = _membership_config(config)
+    joined = False
+    try:
+        async with join_cluster(store, membership_config) as membership:
+            joined = True
+            path = _cluster_id_file(config)
+            if not path.exists():
+                path.write_text(membership.cluster_id + "\n")
+            print(
+                f"streamd cluster: node {membership.node_id} joined cluster "
+                f"{membership.cluster_id}",
+                flush=True,
+            )
+            yield membership
+    except (ClusterError, MetadataUnavailableError) as exc:
+        if joined:
+            raise
+        raise StartupError(f"--cluster: {exc}") from None
+
+
+async def _stop_when_lost(membership: Membership | None, scope: trio.CancelScope) -> None:
+    if membership is None:
+        return
+    await membership.lost.wait()
+    log.error("server.node_lost", node=membership.node_id)
+    print(
+        f"streamd: node {membership.node_id} lost its cluster membership (its lease lapsed); "
+        "stopping",
+        file=sys.stderr,
+        flush=True,
+    )
+    scope.cancel()
 
 
 async def serve(
@@ -71,61 +227,86 @@ async def serve(
     lock_fd = lock_data_dir(config.data_dir)
     node_limits.raise_nofile_limit()  # soft to hard: the shard budget is computed from it
     try:
-        store = _open_meta_store(config)
+        store = await _open_store(config)
     except BaseException:
         os.close(lock_fd)
         raise
-    parts = build_parts(config, store)
-    engine = parts.engine
     started = False  # a start-up error is its one line, no log lines around it
+    lost = False
     try:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as root:
+        async with _cluster_parts(config, store) as cluster:
+            parts = build_parts(config, store, cluster)
+            engine = parts.engine
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 listeners, gateway = await _bind_all(config, engine)
-                started = True
-                log.info(
-                    "server.starting",
-                    data_dir=str(config.data_dir),
-                    listen=config.listen,
-                    fsync=config.fsync,
-                )
-                await root.start(engine.run)
-                root.start_soon(parts.groups.run)
-                if gateway is not None:  # its body decoder's workers, before its listener
-                    await root.start(gateway[0].run)
-                server = Server(config, parts.handlers)
-                host, port = listeners[0].socket.getsockname()[:2]
-                async with trio.open_nursery() as connections:
-                    async with trio.open_nursery() as accept:
-                        accept.start_soon(
-                            partial(
-                                serve_listeners,
-                                handler_nursery=connections,
-                                events="connection",
-                                listener="native",
-                            ),
-                            server.handle,
-                            listeners,
+                async with _membership(config, store) as membership:
+                    async with trio.open_nursery() as root:
+                        started = True
+                        log.info(
+                            "server.starting",
+                            data_dir=str(config.data_dir),
+                            listen=config.listen,
+                            fsync=config.fsync,
+                            cluster=config.cluster is not None,
                         )
-                        print(f"streamd ready: listening on {host}:{port}", flush=True)
-                        log.info("server.ready", listen=f"{host}:{port}")
-                        if gateway is not None:
-                            _serve_kinesis(accept, connections, *gateway)
-                        task_status.started((host, port))
-                        async for signum in signals:
-                            log.info("server.stopping", signal=signal.Signals(signum).name)
-                            break
-                        accept.cancel_scope.cancel()
-                    with trio.move_on_after(config.shutdown_grace_ms / 1000):
-                        await engine.close()
-                    await trio.sleep(0.05)  # let connection writers send the last acks
-                    connections.cancel_scope.cancel()
-                root.cancel_scope.cancel()
+                        if cluster is not None and membership is not None:
+                            await _run_cluster(config, store, parts, cluster, root, membership)
+                        else:
+                            await root.start(engine.run)
+                        root.start_soon(parts.groups.run)
+                        if gateway is not None:  # its body decoder's workers, before its listener
+                            await root.start(gateway[0].run)
+                        server = Server(config, parts.handlers)
+                        host, port = listeners[0].socket.getsockname()[:2]
+                        async with trio.open_nursery() as connections:
+                            async with trio.open_nursery() as accept:
+                                accept.start_soon(
+                                    partial(
+                                        serve_listeners,
+                                        handler_nursery=connections,
+                                        events="connection",
+                                        listener="native",
+                                    ),
+                                    server.handle,
+                                    listeners,
+                                )
+                                print(f"streamd ready: listening on {host}:{port}", flush=True)
+                                log.info("server.ready", listen=f"{host}:{port}")
+                                if gateway is not None:
+                                    _serve_kinesis(accept, connections, *gateway)
+                                task_status.started((host, port))
+                                with trio.CancelScope() as waiting:
+                                    accept.start_soon(_stop_when_lost, membership, waiting)
+                                    async for signum in signals:
+                                        log.info(
+                                            "server.stopping", signal=signal.Signals(signum).name
+                                        )
+                                        break
+                                lost = membership is not None and membership.lost.is_set()
+                                accept.cancel_scope.cancel()
+                            with trio.move_on_after(config.shutdown_grace_ms / 1000):
+                                await engine.close()
+                            await trio.sleep(0.05)  # let connection writers send the last acks
+                            connections.cancel_scope.cancel()
+                        root.cancel_scope.cancel()
     finally:
         await store.aclose()
         os.close(lock_fd)
         if started:
             log.info("server.stopped")
+    if lost:
+        raise NodeLostError("this node lost its cluster membership")
+
+
+@asynccontextmanager
+async def _cluster_parts(
+    config: ServerConfig, store: MetaStore
+) -> AsyncIterator[ClusterParts | None]:
+    if config.cluster is None:
+        yield None
+        return
+    async with open_cluster_parts(config, store) as cluster:
+        yield cluster
 
 
 def _open_meta_store(config: ServerConfig) -> SqliteMetaStore:
@@ -221,6 +402,8 @@ def run_server(config: ServerConfig) -> None:
         trio.run(serve, config)
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown
         sys.exit(130)
+    except NodeLostError:  # said on stderr; a supervisor restarts the node, which joins again
+        sys.exit(3)
     except BaseExceptionGroup as group:
         startup = _startup_error_in(group)
         if startup is None:

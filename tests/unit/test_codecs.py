@@ -128,6 +128,7 @@ def test_retryable_codes_match_the_protocol() -> None:
     assert retryable == {
         "THROTTLED",
         "NOT_LEADER",
+        "SHARD_UNAVAILABLE",
         "SHARD_CLOSED",
         "STORAGE_FULL",
         "LIMIT_EXCEEDED",

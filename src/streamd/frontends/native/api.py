@@ -110,7 +110,9 @@ async def _put_records(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
         raise RequestTooLargeError(
             f"put_records carries {total} bytes; the limit is {PUT_RECORDS_BYTES_MAX}"
         )
-    outcomes = await engine.put_records(stream, records)
+    # A node forwarding server-routed puts marks them (cluster/peers.py): never forward again.
+    forwarded = _arg(args, "forwarded", bool, False)
+    outcomes = await engine.put_records(stream, records, forward=not forwarded)
     results: list[dict[str, Any]] = []
     for outcome in outcomes:
         if outcome.error is not None:
@@ -145,13 +147,15 @@ async def _read(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
     shard_id = _arg(args, "shard_id", str)
     position = Position.from_wire(args.get("from"))
     del args  # a long-poll holds what it parsed, not the request's map (whatever else it held)
-    result = await engine.read(stream, shard_id, position, max_bytes, wait_ms)
+    # Not forwarded: a native client goes to the leader itself (NOT_LEADER names it).
+    result = await engine.read(stream, shard_id, position, max_bytes, wait_ms, forward=False)
     answer: dict[str, Any] = {
         "batches": result.batches,
         "start_offset": result.start_offset,
         "next_offset": result.next_offset,
         "high_watermark": result.high_watermark,
         "millis_behind": result.millis_behind,
+        "tip_arrival_ms": result.tip_arrival_ms,
         "shard_end": result.shard_end,
         "child_shards": [
             {
@@ -198,6 +202,16 @@ async def _resize_stream(engine: Engine, args: dict[str, Any]) -> dict[str, Any]
     return {"operations": steps}
 
 
+async def _cluster_nodes(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+    """Every live node with its addresses (cluster mode); the embedded default names none."""
+    return {
+        "nodes": [
+            {"node_id": node_id, "native": native, "kinesis": kinesis, "live": True}
+            for node_id, (native, kinesis) in sorted(engine.locator.node_addresses().items())
+        ]
+    }
+
+
 HANDLERS: dict[str, Handler] = {
     "create_stream": _create_stream,
     "delete_stream": _delete_stream,
@@ -211,6 +225,7 @@ HANDLERS: dict[str, Handler] = {
     "merge_shards": _merge_shards,
     "resize_stream": _resize_stream,
     "quarantine_range": _quarantine_range,
+    "cluster_nodes": _cluster_nodes,
 }
 
 
