@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -87,11 +88,16 @@ def test_kill9_restart_sigstop_sigcont_and_a_clean_close_even_with_a_node_paused
     cluster.close()  # idempotent
 
 
-def test_a_node_that_dies_by_itself_shows_in_exited(tmp_path: Path) -> None:
+def test_a_node_that_dies_by_itself_shows_in_exited_and_restarts(tmp_path: Path) -> None:
     with LocalCluster(2, root_dir=tmp_path / "c", kinesis=False) as cluster:
-        os.kill(cluster.node(1).pid, 9)
-        cluster.node(1)._process.wait(timeout=10)  # type: ignore[union-attr]
+        endpoint = cluster.endpoint(1)
+        os.kill(cluster.node(1).pid, 9)  # not through the harness: an unexpected death
+        deadline = time.monotonic() + 10
+        while not cluster.exited() and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert cluster.exited() == {"node1": -9}
+        cluster.restart(1)
+        assert cluster.exited() == {} and accepts(endpoint)
     assert (tmp_path / "c" / "node1").is_dir()  # a given root is kept
 
 

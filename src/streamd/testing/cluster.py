@@ -335,6 +335,8 @@ class LocalCluster:
         node_id = next(i for i, n in self.nodes.items() if n is node)
         if node.running:
             raise RuntimeError(f"stop {node_id} (kill9 or terminate) before restarting it")
+        if node.exit_status() is not None:
+            node.kill9()  # it exited by itself: reap it (its pipe and log) before a new start
         self.wait_unregistered(node_id, timeout_s=unregister_timeout_s)
         node.extra_args = [*self.serve_args(node_id), *self._extra_args]
         try:
