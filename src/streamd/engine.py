@@ -596,7 +596,9 @@ class Engine:
 
         Cluster mode: every shard also names its ``leader`` (node id) and ``leader_address``
         (native HOST:PORT), None while it is unavailable; clients route by them."""
-        described = self._stream(name).meta.describe()
+        stream = self._stream(name)
+        described = stream.meta.describe()
+        described["status"] = self.status_of(name)
         if self.clustered:
             for shard in described["shards"]:
                 location = self.locator.locate(name, shard["shard_id"])
@@ -607,6 +609,18 @@ class Engine:
                 else:
                     shard["leader"] = shard["leader_address"] = None
         return described
+
+    def status_of(self, name: str) -> str:
+        """The stream's status as the front ends report it: the catalog's, except that in
+        cluster mode a new stream is CREATING until the controller has placed all its open
+        shards (so a client that waits for ACTIVE finds every shard served)."""
+        meta = self._stream(name).meta
+        if self.clustered and meta.status == "ACTIVE":
+            for shard in meta.open_shards():
+                location = self.locator.locate(name, shard.shard_id)
+                if not isinstance(location, Local | Remote) and location.unplaced:
+                    return "CREATING"
+        return meta.status
 
     async def update_retention(self, name: str, retention_hours: int) -> None:
         """Raises StreamNotFoundError, InvalidArgumentError."""

@@ -231,71 +231,97 @@ async def serve(
     except BaseException:
         os.close(lock_fd)
         raise
-    started = False  # a start-up error is its one line, no log lines around it
-    lost = False
     try:
         async with _cluster_parts(config, store) as cluster:
             parts = build_parts(config, store, cluster)
-            engine = parts.engine
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                listeners, gateway = await _bind_all(config, engine)
-                async with _membership(config, store) as membership:
-                    async with trio.open_nursery() as root:
-                        started = True
-                        log.info(
-                            "server.starting",
-                            data_dir=str(config.data_dir),
-                            listen=config.listen,
-                            fsync=config.fsync,
-                            cluster=config.cluster is not None,
+                listeners, gateway = await _bind_all(config, parts.engine)
+                try:
+                    async with _membership(config, store) as membership:
+                        lost = await _run_node(
+                            config,
+                            store,
+                            parts,
+                            cluster,
+                            membership,
+                            listeners,
+                            gateway,
+                            signals,
+                            task_status,
                         )
-                        if cluster is not None and membership is not None:
-                            await _run_cluster(config, store, parts, cluster, root, membership)
-                        else:
-                            await root.start(engine.run)
-                        root.start_soon(parts.groups.run)
-                        if gateway is not None:  # its body decoder's workers, before its listener
-                            await root.start(gateway[0].run)
-                        server = Server(config, parts.handlers)
-                        host, port = listeners[0].socket.getsockname()[:2]
-                        async with trio.open_nursery() as connections:
-                            async with trio.open_nursery() as accept:
-                                accept.start_soon(
-                                    partial(
-                                        serve_listeners,
-                                        handler_nursery=connections,
-                                        events="connection",
-                                        listener="native",
-                                    ),
-                                    server.handle,
-                                    listeners,
-                                )
-                                print(f"streamd ready: listening on {host}:{port}", flush=True)
-                                log.info("server.ready", listen=f"{host}:{port}")
-                                if gateway is not None:
-                                    _serve_kinesis(accept, connections, *gateway)
-                                task_status.started((host, port))
-                                with trio.CancelScope() as waiting:
-                                    accept.start_soon(_stop_when_lost, membership, waiting)
-                                    async for signum in signals:
-                                        log.info(
-                                            "server.stopping", signal=signal.Signals(signum).name
-                                        )
-                                        break
-                                lost = membership is not None and membership.lost.is_set()
-                                accept.cancel_scope.cancel()
-                            with trio.move_on_after(config.shutdown_grace_ms / 1000):
-                                await engine.close()
-                            await trio.sleep(0.05)  # let connection writers send the last acks
-                            connections.cancel_scope.cancel()
-                        root.cancel_scope.cancel()
+                finally:  # closed already once served; not if the node never got that far
+                    for listener in listeners + (gateway[1] if gateway else []):
+                        await listener.aclose()
     finally:
         await store.aclose()
         os.close(lock_fd)
-        if started:
-            log.info("server.stopped")
     if lost:
         raise NodeLostError("this node lost its cluster membership")
+
+
+async def _run_node(
+    config: ServerConfig,
+    store: MetaStore,
+    parts: NodeParts,
+    cluster: ClusterParts | None,
+    membership: Membership | None,
+    listeners: list[trio.SocketListener],
+    gateway: tuple[Gateway, list[trio.SocketListener]] | None,
+    signals: AsyncIterator[int],
+    task_status: trio.TaskStatus[tuple[str, int]],
+) -> bool:
+    """Start every part, serve until a signal (or, in a cluster, the loss of this node's
+    membership), then shut down in order. Returns whether the membership was lost."""
+    engine = parts.engine
+    async with trio.open_nursery() as root:
+        log.info(
+            "server.starting",
+            data_dir=str(config.data_dir),
+            listen=config.listen,
+            fsync=config.fsync,
+            cluster=config.cluster is not None,
+        )
+        try:
+            if cluster is not None and membership is not None:
+                await _run_cluster(config, store, parts, cluster, root, membership)
+            else:
+                await root.start(engine.run)
+            root.start_soon(parts.groups.run)
+            if gateway is not None:  # its body decoder's workers, before its listener
+                await root.start(gateway[0].run)
+            server = Server(config, parts.handlers)
+            host, port = listeners[0].socket.getsockname()[:2]
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as accept:
+                    accept.start_soon(
+                        partial(
+                            serve_listeners,
+                            handler_nursery=connections,
+                            events="connection",
+                            listener="native",
+                        ),
+                        server.handle,
+                        listeners,
+                    )
+                    print(f"streamd ready: listening on {host}:{port}", flush=True)
+                    log.info("server.ready", listen=f"{host}:{port}")
+                    if gateway is not None:
+                        _serve_kinesis(accept, connections, *gateway)
+                    task_status.started((host, port))
+                    with trio.CancelScope() as waiting:
+                        accept.start_soon(_stop_when_lost, membership, waiting)
+                        async for signum in signals:
+                            log.info("server.stopping", signal=signal.Signals(signum).name)
+                            break
+                    accept.cancel_scope.cancel()
+                with trio.move_on_after(config.shutdown_grace_ms / 1000):
+                    await engine.close()
+                await trio.sleep(0.05)  # let connection writers send the last acks
+                connections.cancel_scope.cancel()
+            root.cancel_scope.cancel()
+        finally:
+            log.info("server.stopped")
+    return membership is not None and membership.lost.is_set()
 
 
 @asynccontextmanager

@@ -62,17 +62,22 @@ class Follower:
                 dirty, self._dirty = self._dirty, set()
                 await self.apply(dirty)
 
-    def _meta(self, name: str) -> StreamMeta | None:
-        raw = self.catalog.values.get(CATALOG_PREFIX + name)
-        return None if raw is None else StreamMeta.decode(raw)
-
     async def apply(self, names: set[str] | None) -> None:
         if names is None:
             known = {n for n in map(Catalog.name_of, self.catalog.values) if n is not None}
             names = known | set(self.engine.streams)
         for name in sorted(names):
+            raw = self.catalog.values.get(CATALOG_PREFIX + name)
             try:
-                await self.engine.apply_catalog(name, self._meta(name))
+                meta = None if raw is None else StreamMeta.decode(raw)
+            except Exception as exc:  # a newer node's format, or damage: leave it alone
+                log.error("cluster.unreadable", stream=name, error=repr(exc)[:200])
+                continue
+            try:
+                await self.engine.apply_catalog(name, meta)
             except StreamdError as exc:  # retried at the next change or resync
                 log.warning("cluster.apply_failed", stream=name, code=exc.code, error=str(exc))
+                self._dirty = None
+            except Exception:  # a disk that refuses a shard's files: not this node's end
+                log.exception("cluster.apply_crashed", stream=name)
                 self._dirty = None

@@ -31,6 +31,7 @@ class Unavailable:
     """No live node leads the shard (not placed yet, or its node is down): retry later."""
 
     reason: str
+    unplaced: bool = False  # a new shard the controller has not placed yet
 
 
 Location = Local | Remote | Unavailable

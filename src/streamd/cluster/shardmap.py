@@ -91,8 +91,8 @@ class ShardMap:
 
     def locate(self, stream: str, shard_id: str) -> Location:
         assignment = self.assignment(stream, shard_id)
-        if assignment is None:
-            return Unavailable("not placed yet")
+        if assignment is None or assignment.status == "unassigned":
+            return Unavailable("not placed yet", unplaced=True)
         leader = assignment.leader
         if assignment.status != "ok" or leader is None:
             return Unavailable(f"status {assignment.status}")

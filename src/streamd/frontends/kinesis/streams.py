@@ -132,7 +132,7 @@ def _summary(ctx: GatewayContext, meta: StreamMeta) -> dict[str, Any]:
     return {
         "StreamName": meta.name,
         "StreamARN": ctx.stream_arn(meta.name),
-        "StreamStatus": meta.status,
+        "StreamStatus": ctx.engine.status_of(meta.name),
         "StreamModeDetails": {"StreamMode": meta.mode},
         "StreamCreationTimestamp": _ts(meta.created_ms),
     }
