@@ -4,10 +4,10 @@ One key per stream (``streams/<name>``) holds the stream and all its shards, so 
 touches several shards at once (a split closes one shard and opens two) is one atomic
 compare-and-swap. Documents are small: a shard is a few hundred bytes.
 
-Cluster mode (a replication factor given): the txn that adds shards (a create, a reshard's
-switch) also puts each new shard's unassigned ``shards/<stream>/<shard_id>`` document
-(meta/keys.py), for the controller to place; removing a stream removes them too. The stream
-document and its shards' documents so never disagree on which shards exist.
+Cluster mode (``clustered``): the controller gives every shard of these documents its
+``shards/<stream>/<shard_id>`` document (placement; controller/service.py) and removes those of
+shards no stream has any more; removing a stream here also deletes its shard documents at once
+(one prefix delete).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from streamd_client.errors import InternalError, StreamExistsError, StreamNotFou
 from streamd_client.model import even_hash_ranges, make_sequence, shard_id_of
 
 from .meta import Compare, MetaStore
-from .meta.keys import SHARDS_PREFIX, ShardAssignment, check_name
+from .meta.keys import SHARDS_PREFIX, check_name
 
 StreamStatus = Literal["ACTIVE", "DELETING", "UPDATING"]
 StreamMode = Literal["PROVISIONED", "ON_DEMAND"]
@@ -85,6 +85,9 @@ class StreamMeta:
     # The reshard in progress while status is UPDATING: {"kind": "split"|"merge"|"resize",
     # "target": open shard count or None, "done": steps applied, "total": steps planned}.
     reshard: dict[str, Any] | None = None
+    # Replicas per shard in cluster mode (the controller places that many; 1 until cluster
+    # part 3 replicates). Documents from before this field read as 1.
+    replication_factor: int = 1
 
     @staticmethod
     def new(name: str, shard_count: int, retention_hours: int, now_ms: int) -> StreamMeta:
@@ -131,9 +134,9 @@ class StreamMeta:
 class Catalog:
     """Reads and changes stream metadata through a MetaStore with compare-and-swap."""
 
-    def __init__(self, store: MetaStore, replication_factor: int | None = None) -> None:
+    def __init__(self, store: MetaStore, *, clustered: bool = False) -> None:
         self.store = store
-        self.replication_factor = replication_factor  # None: the embedded default
+        self.clustered = clustered
 
     async def load_all(self) -> list[StreamMeta]:
         return [StreamMeta.decode(kv.value) for kv in await self.store.range(_PREFIX)]
@@ -147,30 +150,12 @@ class Catalog:
         """The stream a catalog key names (None for a key that is not one)."""
         return key[len(_PREFIX) :] if key.startswith(_PREFIX) else None
 
-    def _shard_docs(self, old: StreamMeta | None, new: StreamMeta) -> list[tuple[str, bytes]]:
-        """The unassigned shard documents of the shards ``new`` adds to ``old`` (cluster)."""
-        if self.replication_factor is None:
-            return []
-        known = set() if old is None else {s.shard_id for s in old.shards}
-        docs = []
-        for shard in new.shards:
-            if shard.shard_id not in known:
-                parents = tuple(
-                    p for p in (shard.parent_shard_id, shard.adjacent_parent_shard_id) if p
-                )
-                doc = ShardAssignment(
-                    new.name, shard.shard_id, self.replication_factor, parents=parents
-                )
-                docs.append((doc.key, doc.encode()))
-        return docs
-
     async def create(self, meta: StreamMeta) -> None:
         """Raises StreamExistsError if a stream of that name exists."""
         key = _PREFIX + meta.name
-        if self.replication_factor is not None:
+        if self.clustered:
             check_name("stream", meta.name)  # a key part in etcd
-        puts = [(key, meta.encode()), *self._shard_docs(None, meta)]
-        if not await self.store.txn([Compare(key, 0)], puts=puts):
+        if not await self.store.txn([Compare(key, 0)], puts=[(key, meta.encode())]):
             raise StreamExistsError(f"stream {meta.name!r} already exists")
 
     async def update(self, name: str, change: Callable[[StreamMeta], StreamMeta]) -> StreamMeta:
@@ -182,8 +167,7 @@ class Catalog:
                 raise StreamNotFoundError(f"stream {name!r} not found")
             old = StreamMeta.decode(kv.value)
             new = change(old)
-            puts = [(key, new.encode()), *self._shard_docs(old, new)]
-            if await self.store.txn([Compare(key, kv.mod_revision)], puts=puts):
+            if await self.store.txn([Compare(key, kv.mod_revision)], puts=[(key, new.encode())]):
                 return new
         raise InternalError(f"stream {name!r} metadata kept changing under update")
 
@@ -193,7 +177,7 @@ class Catalog:
         # Prefix deletes: one txn op each however many groups and checkpoints there are (etcd
         # refuses a txn of more than 128 operations).
         owned = [f"groups/{name}/", f"group-checkpoints/{name}/", f"consumers/{name}/"]
-        if self.replication_factor is not None:
+        if self.clustered:
             owned.append(f"{SHARDS_PREFIX}{name}/")
         await self.store.txn([], deletes=[_PREFIX + name], delete_prefixes=owned)
 

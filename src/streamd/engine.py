@@ -190,21 +190,20 @@ class Engine:
         budget: node_limits.ShardBudget | None = None,
         locator: ShardLocator | None = None,
         peers: PeerCalls | None = None,
-        replication_factor: int | None = None,
     ) -> None:
         """``budget``: how many shards this node may hold (default: from ``config`` and this
         process's open-files limit, counting ``connections_max`` per listener).
 
         Cluster mode (node.py): ``locator`` says which shards this node leads (it runs
         pipelines for those only), ``peers`` forwards server-routed puts and reads to the
-        others, and ``replication_factor`` makes the catalog write each new shard's unassigned
-        ``shards/`` document for the controller to place. Without them: the embedded default.
+        others; the controller gives each shard its ``shards/`` document. Without them: the
+        embedded default.
         """
         self.config = config
         self.clustered = locator is not None
         self.locator: ShardLocator = locator or EverythingLocal()
         self._peers = peers
-        self.catalog = Catalog(store, replication_factor)
+        self.catalog = Catalog(store, clustered=self.clustered)
         self.committer = committer or LocalCommitter()
         self.streams: dict[str, _Stream] = {}
         listeners = 2 if config.kinesis_listen else 1
@@ -462,10 +461,12 @@ class Engine:
         forgotten: list[str] = []
         for name, stream in list(self.streams.items()):
             cutoff = at_ms - stream.meta.retention_hours * 3_600_000
-            expired = {
+            expired = {  # of the shards here: in a cluster, each leader forgets its own
                 s.shard_id
                 for s in stream.meta.shards
-                if s.closed_ms is not None and s.closed_ms < cutoff
+                if s.closed_ms is not None
+                and s.closed_ms < cutoff
+                and s.shard_id in stream.pipelines
             }
             if not expired or stream.lock.locked() or stream.meta.status != "ACTIVE":
                 continue

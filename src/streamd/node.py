@@ -90,7 +90,6 @@ def build_parts(
             store,
             locator=cluster.shard_map,
             peers=cluster.peers,
-            replication_factor=1,  # replicated shards come with cluster part 3
         )
     groups = GroupService(store, StreamView(engine))
     return NodeParts(engine, groups, bind_handlers(engine, groups))

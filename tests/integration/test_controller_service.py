@@ -8,10 +8,12 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 
 import pytest
 import trio
 
+from streamd.catalog import Catalog, StreamMeta
 from streamd.controller.election import Elector
 from streamd.controller.errors import NodeLostError
 from streamd.controller.membership import Membership, MembershipConfig, join_cluster
@@ -65,10 +67,9 @@ class RawNode:
 
 
 async def create_stream(store: EtcdMetaStore, stream: str, shards: int, rf: int) -> None:
-    docs = [ShardAssignment(stream, f"shardId-{i:012}", rf) for i in range(shards)]
-    assert await store.txn(
-        [Compare(d.key, 0) for d in docs], puts=[(d.key, d.encode()) for d in docs]
-    )
+    """As a node does: the catalog's document only; the controller makes the shard docs."""
+    meta = replace(StreamMeta.new(stream, shards, 24, 0), replication_factor=rf)
+    await Catalog(store, clustered=True).create(meta)
 
 
 async def assignments(store: EtcdMetaStore) -> list[ShardAssignment]:
@@ -107,8 +108,9 @@ async def cluster(
         nursery.cancel_scope.cancel()
 
 
-def all_ok(shards: list[ShardAssignment]) -> bool:
-    return bool(shards) and all(s.status == "ok" for s in shards)
+def all_ok(shards: list[ShardAssignment], count: int = 12) -> bool:
+    """``count`` shard documents (the controller makes them one by one), every one placed."""
+    return len(shards) == count and all(s.status == "ok" for s in shards)
 
 
 async def test_twelve_shards_spread_four_per_node_and_a_lost_node_s_shards_go_unavailable(
@@ -183,9 +185,9 @@ async def test_a_controller_elected_halfway_through_places_the_rest_where_they_b
         await create_stream(store, "orders", 12, 1)
         # The first controller placed 4 shards, all on n1, then died.
         old = await Elector(store, "old", lease.lease_id).campaign()
-        for s in (await assignments(store))[:4]:
-            placed = ShardAssignment(s.stream, s.shard_id, 1, ("n1",), "n1", 1, "ok")
-            assert await old.txn([], puts=[(s.key, placed.encode())])
+        for i in range(4):
+            placed = ShardAssignment("orders", f"shardId-{i:012}", 1, ("n1",), "n1", 1, "ok")
+            assert await old.txn([], puts=[(placed.key, placed.encode())])
         await store.revoke_lease(lease.lease_id)
 
         lease = await store.grant_lease(10)
@@ -239,7 +241,7 @@ async def test_when_the_controller_s_node_dies_another_node_takes_over_and_carri
     async with trio.open_nursery() as nursery:
         members = {n: await nursery.start(node, n) for n in ["n1", "n2"]}
         await create_stream(store, "first", 6, 1)
-        await wait_for(store, all_ok)
+        await wait_for(store, lambda shards: all_ok(shards, 6))
         holder = await store.get(CONTROLLER_KEY)
         assert holder is not None
         dead = ControllerRecord.decode(holder.value).node_id
@@ -262,7 +264,7 @@ async def test_when_the_controller_s_node_dies_another_node_takes_over_and_carri
             orphans = [s for s in shards if s.stream == "first" and dead in s.replicas]
             return (
                 len(second) == 4
-                and all_ok(second)
+                and all_ok(second, 4)
                 and len(orphans) == 3
                 and all(s.status == "unavailable" for s in orphans)
             )
@@ -270,4 +272,26 @@ async def test_when_the_controller_s_node_dies_another_node_takes_over_and_carri
         shards = await wait_for(store, settled)
         assert {s.leader for s in shards if s.stream == "second"} == {alive}
         assert lost == [dead]
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_controller_makes_the_shard_documents_of_a_big_stream_and_drops_orphans(
+    store: EtcdMetaStore,
+) -> None:
+    """200 shards: more than one etcd txn may hold (128 operations), so the catalog writes the
+    stream's document alone and the controller makes each shard's; once the stream's document
+    is gone (deleted by hand here, without the prefix delete), its shard documents go too."""
+    async with trio.open_nursery() as nursery:
+        for node_id in ["n1", "n2"]:
+            await nursery.start(RawNode(store, node_id).run)
+        await create_stream(store, "big", 200, 1)
+        lease = await store.grant_lease(10)
+        service = ControllerService(store, await Elector(store, "c", lease.lease_id).campaign())
+        await service.round()
+        placed = await assignments(store)
+        assert all_ok(placed, 200) and leaders(placed) == {"n1": 100, "n2": 100}
+        assert await store.txn([], deletes=["streams/big"])
+        await service.round()
+        assert await assignments(store) == []
+        await store.revoke_lease(lease.lease_id)
         nursery.cancel_scope.cancel()

@@ -27,6 +27,7 @@ import trio
 
 from streamd_client.errors import MetadataUnavailableError
 
+from ..catalog import StreamMeta
 from ..meta.errors import CompactedError, LeaseNotFoundError
 from ..meta.keys import (
     COORDINATORS_PREFIX,
@@ -46,7 +47,8 @@ from .tasks import bounded, open_nursery
 
 RESYNC_S_DEFAULT: Final = 5.0
 _BACKOFF_S: Final = 0.2
-_WATCHED: Final = (NODES_PREFIX, SHARDS_PREFIX, COORDINATORS_PREFIX)
+STREAMS_PREFIX: Final = "streams/"  # the catalog's (catalog.py): shards come from there
+_WATCHED: Final = (NODES_PREFIX, SHARDS_PREFIX, COORDINATORS_PREFIX, STREAMS_PREFIX)
 
 log = structlog.get_logger(__name__)
 D = TypeVar("D")
@@ -59,7 +61,8 @@ class ClusterView:
     live_nodes: frozenset[str]
     shards: dict[str, ShardAssignment]
     coordinators: dict[str, CoordinatorPlacement]
-    revisions: dict[str, int]  # key -> mod_revision as read
+    revisions: dict[str, int]  # key -> mod_revision as read (0: absent, a shard to create)
+    orphans: tuple[str, ...] = ()  # shard documents of shards no stream has any more
 
 
 class ControllerService:
@@ -111,6 +114,9 @@ class ControllerService:
         view = await self.read()
         decisions = decide(view.live_nodes, view.shards, view.coordinators)
         applied: list[Decision] = []
+        for key in view.orphans:
+            if await self.leadership.txn([Compare(key, view.revisions[key])], deletes=[key]):
+                log.info("controller.orphan_removed", key=key)
         for decision in decisions:
             key = decision.key
             result = await self.leadership.txn(
@@ -137,13 +143,23 @@ class ControllerService:
         coord_kvs = await bounded(
             "the coordinator list", timeout_s, self.store.range(COORDINATORS_PREFIX)
         )
+        # Read after the shards: a shard document whose stream is gone here was deleted
+        # (only this loop creates shard documents, for shards the catalog already has).
+        stream_kvs = await bounded("the stream list", timeout_s, self.store.range(STREAMS_PREFIX))
         live = frozenset(kv.key[len(NODES_PREFIX) :] for kv in nodes)
         shards = _decoded(shard_kvs, ShardAssignment.decode)
         coordinators = _decoded(coord_kvs, CoordinatorPlacement.decode)
         CLUSTER_NODES_LIVE.set(len(live))
         SHARDS_UNAVAILABLE.set(sum(1 for s in shards.values() if s.status == "unavailable"))
         revisions = {kv.key: kv.mod_revision for kv in [*shard_kvs, *coord_kvs]}
-        return ClusterView(live, shards, coordinators, revisions)
+        expected = _catalog_shards(stream_kvs)
+        for key, unassigned in expected.items():
+            if key not in revisions:
+                shards[key], revisions[key] = unassigned, 0
+        orphans = tuple(k for k in sorted(shards) if revisions[k] and k not in expected)
+        for key in orphans:
+            del shards[key]
+        return ClusterView(live, shards, coordinators, revisions, orphans)
 
     async def _watch_changes(
         self, prefix: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -168,6 +184,26 @@ class ControllerService:
                 log.warning("controller.watch_failed", prefix=prefix, error=str(exc))
                 await trio.sleep(_BACKOFF_S)
                 self._changed.set()
+
+
+def _catalog_shards(stream_kvs: list[KeyValue]) -> dict[str, ShardAssignment]:
+    """Every shard the catalog's streams have, as the unassigned document it starts as."""
+    expected: dict[str, ShardAssignment] = {}
+    for kv in stream_kvs:
+        try:
+            meta = StreamMeta.decode(kv.value)
+        except Exception as exc:  # a newer node's format: its shards are left alone
+            log.warning("controller.unreadable", key=kv.key, error=repr(exc)[:200])
+            continue
+        if meta.status == "DELETING":
+            continue
+        for shard in meta.shards:
+            parents = tuple(p for p in (shard.parent_shard_id, shard.adjacent_parent_shard_id) if p)
+            doc = ShardAssignment(
+                meta.name, shard.shard_id, meta.replication_factor, parents=parents
+            )
+            expected[doc.key] = doc
+    return expected
 
 
 def _decoded(kvs: list[KeyValue], decode: Callable[[bytes], D]) -> dict[str, D]:
