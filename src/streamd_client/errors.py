@@ -158,6 +158,18 @@ class ShardUnavailableError(StreamdError):
     retryable = True
 
 
+class CoordinatorUnavailableError(StreamdError):
+    """Cluster mode: the consumer group's coordinator is not reachable right now: the group is
+    new and not placed yet, its node is down and the controller has not moved it yet, or the
+    placement moved while the request was on its way. Retry (the group worker does).
+
+    Details: ``stream``, ``group``, and ``node`` (the coordinator's node id) when known.
+    """
+
+    code = "COORDINATOR_UNAVAILABLE"
+    retryable = True
+
+
 class OutOfOrderSequenceError(StreamdError):
     """An idempotent producer's batch skipped a sequence number for this shard."""
 

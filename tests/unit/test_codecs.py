@@ -134,6 +134,7 @@ def test_retryable_codes_match_the_protocol() -> None:
         "LIMIT_EXCEEDED",
         "SHUTTING_DOWN",
         "METADATA_UNAVAILABLE",
+        "COORDINATOR_UNAVAILABLE",
         "CONNECTION_LOST",
         "TIMEOUT",
     }

@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamd.controller.decisions import RULES, TABLE, Case, classify_shard, decide
+from streamd.controller.decisions import (
+    RULES,
+    TABLE,
+    Case,
+    classify_coordinator,
+    classify_shard,
+    decide,
+)
 from streamd.meta.keys import CoordinatorPlacement, ShardAssignment
 
 
@@ -134,6 +141,38 @@ def test_a_lost_coordinator_moves_with_epoch_plus_one() -> None:
     assert RULES[Case.COORDINATOR_WAIT].action == "none"
 
 
+def test_an_unplaced_coordinator_goes_to_the_node_running_fewest_with_epoch_one() -> None:
+    running = [CoordinatorPlacement("s", f"g{i}", n, 2) for i, n in enumerate("aab")]
+    new = CoordinatorPlacement.unplaced("s", "new")
+    assert classify_coordinator(new, frozenset("abc")) is Case.COORDINATOR_UNPLACED
+    docs = {p.key: p for p in [*running, new]}
+    decisions = decide({"a", "b", "c"}, {}, docs)
+    assert [(d.case, d.after) for d in decisions] == [
+        (Case.COORDINATOR_UNPLACED, CoordinatorPlacement("s", "new", "c", 1))
+    ]
+    docs[new.key] = decisions[0].after  # type: ignore[assignment]
+    assert decide({"a", "b", "c"}, {}, docs) == []
+
+
+def test_an_unplaced_coordinator_waits_while_no_node_is_live() -> None:
+    new = CoordinatorPlacement.unplaced("s", "new")
+    assert classify_coordinator(new, frozenset()) is Case.COORDINATOR_WAIT
+    assert decide(set(), {}, {new.key: new}) == []
+
+
+def test_unplaced_and_lost_coordinators_spread_over_the_live_nodes() -> None:
+    docs = {
+        p.key: p
+        for p in [CoordinatorPlacement.unplaced("s", f"g{i}") for i in range(4)]
+        + [CoordinatorPlacement("s", f"lost{i}", "dead", 5) for i in range(2)]
+    }
+    decisions = decide({"a", "b", "c"}, {}, docs)
+    nodes = [d.after.node_id for d in decisions]  # type: ignore[union-attr]
+    assert sorted(nodes.count(n) for n in "abc") == [2, 2, 2]
+    assert {d.after.epoch for d in decisions if d.case is Case.COORDINATOR_LOST} == {6}  # type: ignore[union-attr]
+    assert {d.after.epoch for d in decisions if d.case is Case.COORDINATOR_UNPLACED} == {1}  # type: ignore[union-attr]
+
+
 NODES = ["a", "b", "c", "d", "e"]
 
 
@@ -183,3 +222,33 @@ def test_one_round_of_decisions_reaches_a_fixpoint_and_keeps_the_invariants(
             assert doc.leader in live
         if any(n in live for n in doc.replicas):
             assert doc.status == "ok" and doc.leader in live
+
+
+@given(
+    st.sets(st.sampled_from(NODES)),
+    st.lists(st.one_of(st.none(), st.sampled_from(NODES)), max_size=10),
+)
+def test_coordinator_decisions_reach_a_fixpoint_on_live_nodes_with_growing_epochs(
+    live: set[str], nodes: list[str | None]
+) -> None:
+    docs = {
+        p.key: p
+        for p in (
+            CoordinatorPlacement("s", f"g{i}", node, 0 if node is None else 1 + i % 3)
+            for i, node in enumerate(nodes)
+        )
+    }
+    decisions = decide(live, {}, docs)
+    after = dict(docs)
+    for d in decisions:
+        new = d.after
+        assert isinstance(new, CoordinatorPlacement)
+        assert new.node_id in live and new.epoch == docs[d.key].epoch + 1
+        after[d.key] = new
+    assert decide(live, {}, after) == []
+    if live:
+        assert all(p.node_id in live for p in after.values())
+        counts = [sum(1 for p in after.values() if p.node_id == n) for n in live]
+        moved = {d.key for d in decisions}
+        if moved == set(docs):  # everything placed in this round: balanced within one
+            assert max(counts) - min(counts) <= 1

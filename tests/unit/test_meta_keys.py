@@ -35,6 +35,7 @@ def test_keys_are_named_in_one_place() -> None:
         ShardAssignment("s", "shardId-000000000001", 3, ("a", "b"), "b", 4, "ok", ("p",)),
         ShardAssignment("s", "shardId-000000000001", 1),
         CoordinatorPlacement("s", "g", "n2", 2),
+        CoordinatorPlacement.unplaced("s", "g"),
     ],
 )
 def test_values_round_trip(value: object) -> None:
@@ -85,3 +86,41 @@ def test_a_shard_assignment_breaking_an_invariant_is_refused(change: dict[str, o
     doc.update(change)
     with pytest.raises(KeyFormatError):
         ShardAssignment.decode(json.dumps(doc).encode())
+
+
+def test_an_unplaced_coordinator_is_node_null_at_epoch_zero() -> None:
+    unplaced = CoordinatorPlacement.unplaced("s", "g")
+    assert not unplaced.placed and unplaced.key == "coordinators/s/g"
+    assert unplaced.encode() == b'{"epoch":0,"group":"g","node":null,"stream":"s","v":1}'
+    assert CoordinatorPlacement("s", "g", "n1", 1).placed
+    for node, epoch in [(None, 1), ("n1", 0), ("n1", -1)]:
+        with pytest.raises(ValueError):
+            CoordinatorPlacement("s", "g", node, epoch)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"node": None},  # placed epoch without a node
+        {"epoch": 0},  # a node at epoch 0
+        {"node": "a/b"},
+        {"node": 7},
+        {"epoch": True},
+        {"stream": "x y"},
+        {"group": ""},
+    ],
+)
+def test_a_coordinator_placement_breaking_an_invariant_is_refused(
+    change: dict[str, object],
+) -> None:
+    import json
+
+    doc = json.loads(CoordinatorPlacement("s", "g", "n1", 2).encode())
+    doc.update(change)
+    with pytest.raises(KeyFormatError):
+        CoordinatorPlacement.decode(json.dumps(doc).encode())
+
+
+def test_a_coordinator_placement_without_its_node_field_is_refused() -> None:
+    with pytest.raises(KeyFormatError):
+        CoordinatorPlacement.decode(b'{"epoch":0,"group":"g","stream":"s","v":1}')

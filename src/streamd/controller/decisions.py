@@ -30,6 +30,7 @@ class Case(StrEnum):
     LEADER_LOST = "leader_lost"
     NO_REPLICA_LIVE = "no_replica_live"
     STILL_UNAVAILABLE = "still_unavailable"
+    COORDINATOR_UNPLACED = "coordinator_unplaced"
     COORDINATOR_HEALTHY = "coordinator_healthy"
     COORDINATOR_LOST = "coordinator_lost"
     COORDINATOR_WAIT = "coordinator_wait"
@@ -81,6 +82,12 @@ TABLE: tuple[Rule, ...] = (
         "none",
         "already marked; waits for a replica's node to return",
     ),
+    Rule(
+        Case.COORDINATOR_UNPLACED,
+        "no node yet (a node wrote it on the group's first request), a node live",
+        "place on the live node running fewest coordinators, epoch 1",
+        "a new group; spread so no node runs every group",
+    ),
     Rule(Case.COORDINATOR_HEALTHY, "coordinator's node live", "none", "nothing to do"),
     Rule(
         Case.COORDINATOR_LOST,
@@ -88,7 +95,7 @@ TABLE: tuple[Rule, ...] = (
         "move to the live node running fewest coordinators, epoch + 1",
         "the group's state is in the store; any node can take it up",
     ),
-    Rule(Case.COORDINATOR_WAIT, "no node live", "none", "nowhere to go"),
+    Rule(Case.COORDINATOR_WAIT, "no node live (placed or not)", "none", "nowhere to go"),
 )
 RULES: dict[Case, Rule] = {rule.case: rule for rule in TABLE}
 
@@ -114,9 +121,11 @@ def classify_shard(shard: ShardAssignment, live: frozenset[str]) -> Case:
 
 
 def classify_coordinator(placement: CoordinatorPlacement, live: frozenset[str]) -> Case:
-    if placement.node_id in live:
-        return Case.COORDINATOR_HEALTHY
-    return Case.COORDINATOR_LOST if live else Case.COORDINATOR_WAIT
+    if not live:
+        return Case.COORDINATOR_WAIT
+    if placement.node_id is None:
+        return Case.COORDINATOR_UNPLACED
+    return Case.COORDINATOR_HEALTHY if placement.node_id in live else Case.COORDINATOR_LOST
 
 
 def decide(
@@ -167,12 +176,19 @@ def decide(
 def _coordinator_decisions(
     live: frozenset[str], coordinators: Mapping[str, CoordinatorPlacement]
 ) -> list[Decision]:
-    running = {key: p.node_id for key, p in coordinators.items() if p.node_id in live}
+    running = {
+        key: p.node_id
+        for key, p in coordinators.items()
+        if p.node_id is not None and p.node_id in live
+    }
     decisions = []
     for key, placement in sorted(coordinators.items()):
-        if classify_coordinator(placement, live) is Case.COORDINATOR_LOST:
+        case = classify_coordinator(placement, live)
+        if case in (Case.COORDINATOR_LOST, Case.COORDINATOR_UNPLACED):
+            # Unplaced: epoch 0 -> 1. Lost: epoch + 1. Either way the document's mod_revision
+            # moves, which is what the old coordinator's writes compare (groups/service.py).
             node = place_coordinator(sorted(live), running)
             running[key] = node
             after = replace(placement, node_id=node, epoch=placement.epoch + 1)
-            decisions.append(Decision(Case.COORDINATOR_LOST, key, after))
+            decisions.append(Decision(case, key, after))
     return decisions

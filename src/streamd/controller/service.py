@@ -233,9 +233,12 @@ def _log_decision(decision: Decision) -> None:
             replicas=list(after.replicas),
         )
     else:
-        log.info(
-            "controller.coordinator_moved", key=decision.key, node=after.node_id, epoch=after.epoch
+        event = (
+            "controller.coordinator_placed"
+            if decision.case is Case.COORDINATOR_UNPLACED
+            else "controller.coordinator_moved"
         )
+        log.info(event, key=decision.key, node=after.node_id, epoch=after.epoch)
 
 
 async def serve_as_controller(

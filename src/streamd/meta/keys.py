@@ -12,7 +12,9 @@ key                                    written by                 compare
 ``controller/active``                  the elected controller     absent, on the elector's lease
 ``shards/<stream>/<shard_id>``         creator (unassigned); the  controller key == fencing token,
                                        controller afterwards      and the document's mod_revision
-``coordinators/<stream>/<group>``      the controller             as for shards
+``coordinators/<stream>/<group>``      a node, unplaced, on the   creator: absent. Controller:
+                                       group's first request;     as for shards
+                                       the controller afterwards
 =====================================  =========================  ================================
 
 Values are JSON objects with a version field ``"v"`` (today 1). A decoder refuses a value of
@@ -267,13 +269,39 @@ class ShardAssignment:
 class CoordinatorPlacement:
     """``coordinators/<stream>/<group>``: the node that runs a consumer group's coordinator.
 
-    ``epoch`` grows on every move, so a coordinator can fence its writes on it.
+    Written first by a node, on the group's first request in cluster mode, *unplaced*
+    (``node_id`` None, ``epoch`` 0; the value's ``"node"`` is null), with compare absent; from
+    then on only the controller writes it: it places an unplaced one (epoch 1) and moves a lost
+    one (epoch + 1). Invariants: ``node_id`` is None iff ``epoch`` is 0; ``epoch`` only grows.
+    A coordinator fences its group writes on this document's ``mod_revision``, which every
+    placement change moves.
     """
 
     stream: str
     group: str
-    node_id: str
+    node_id: str | None
     epoch: int
+
+    def __post_init__(self) -> None:
+        problem = self.problem()
+        if problem:
+            raise ValueError(f"coordinator placement {self.stream}/{self.group}: {problem}")
+
+    def problem(self) -> str:
+        if self.epoch < 0:
+            return "negative epoch"
+        if (self.node_id is None) != (self.epoch == 0):
+            return f"node {self.node_id} at epoch {self.epoch} (unplaced iff epoch 0)"
+        return ""
+
+    @classmethod
+    def unplaced(cls, stream: str, group: str) -> CoordinatorPlacement:
+        """The first document of a group: no node yet (the controller places it)."""
+        return cls(check_name("stream", stream), check_name("group", group), None, 0)
+
+    @property
+    def placed(self) -> bool:
+        return self.node_id is not None
 
     @property
     def key(self) -> str:
@@ -288,9 +316,17 @@ class CoordinatorPlacement:
     def decode(cls, raw: bytes) -> CoordinatorPlacement:
         w = "coordinator placement"
         doc = _decode(w, raw)
-        return cls(
-            _field(w, doc, "stream", str),
-            _field(w, doc, "group", str),
-            _field(w, doc, "node", str),
-            _field(w, doc, "epoch", int),
-        )
+        if "node" not in doc:
+            raise KeyFormatError(f"{w}: field 'node' is missing")
+        node = doc["node"]
+        if node is not None and not (isinstance(node, str) and _NAME_RE.fullmatch(node)):
+            raise KeyFormatError(f"{w}: field 'node' is {node!r:.80}")
+        try:
+            return cls(
+                check_name("stream", _field(w, doc, "stream", str)),
+                check_name("group", _field(w, doc, "group", str)),
+                node,
+                _field(w, doc, "epoch", int),
+            )
+        except ValueError as exc:
+            raise KeyFormatError(str(exc)) from None
