@@ -51,6 +51,7 @@ from .frontends.admission import serve_listeners
 from .frontends.kinesis.http import Gateway, open_gateway_listeners
 from .frontends.native.api import BoundHandler, bind_handlers
 from .frontends.native.server import Server
+from .groups.cluster import GroupCluster
 from .groups.service import GroupService, StreamView
 from .meta import MetaStore, SqliteMetaStore
 from .meta.errors import MetaError
@@ -91,7 +92,10 @@ def build_parts(
             locator=cluster.shard_map,
             peers=cluster.peers,
         )
-    groups = GroupService(store, StreamView(engine))
+    # Cluster mode: each group's coordinator runs on the node its placement names; the others
+    # forward its requests there (groups/cluster.py).
+    placements = None if cluster is None else GroupCluster(store, cluster.shard_map, cluster.peers)
+    groups = GroupService(store, StreamView(engine), cluster=placements)
     return NodeParts(engine, groups, bind_handlers(engine, groups))
 
 

@@ -78,6 +78,9 @@ SESSION_TIMEOUT_MS_DEFAULT: Final = 3_000
 REBALANCE_TIMEOUT_MS_DEFAULT: Final = 30_000
 SHUTDOWN_TIMEOUT_S_DEFAULT: Final = 10.0
 LEAVE_TIMEOUT_S: Final = 5.0
+JOIN_TIMEOUT_S_DEFAULT: Final = 30.0  # retrying retryable answers (a coordinator moving)
+JOIN_BACKOFF_MS_INITIAL: Final = 50
+JOIN_BACKOFF_MS_MAX: Final = 1000
 READ_WAIT_MS_DEFAULT: Final = 1_000
 READ_BYTES_MAX_DEFAULT: Final = 1 << 20
 CORRUPT_RETRY_S_DEFAULT: Final = 5.0
@@ -112,7 +115,9 @@ class GroupWorker:
     ``checkpoint_every_records`` / ``checkpoint_every_s`` (automatic checkpoints when either is
     set, also when a lease is given up), ``session_timeout_ms``, ``rebalance_timeout_ms``,
     ``read_wait_ms`` (long-poll), ``read_max_bytes``, ``batch_records_max``,
-    ``shutdown_timeout_s``, ``member_id`` (random by default), ``corrupt_retry_s`` (how often
+    ``shutdown_timeout_s``, ``join_timeout_s`` (how long joining retries retryable answers,
+    such as COORDINATOR_UNAVAILABLE while a cluster places or moves the group's coordinator),
+    ``member_id`` (random by default), ``corrupt_retry_s`` (how often
     a read stuck at a range damaged on the server is tried again; the lease is kept meanwhile)
     and ``on_data_corrupt`` (the iterator style's callback for such a range; a processor has
     ``RecordProcessor.data_corrupt``). A damaged range never stops the worker.
@@ -137,6 +142,7 @@ class GroupWorker:
         read_max_bytes: int = READ_BYTES_MAX_DEFAULT,
         batch_records_max: int | None = None,
         shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S_DEFAULT,
+        join_timeout_s: float = JOIN_TIMEOUT_S_DEFAULT,
         member_id: str | None = None,
         corrupt_retry_s: float = CORRUPT_RETRY_S_DEFAULT,
         on_data_corrupt: CorruptCallback | None = None,
@@ -165,6 +171,9 @@ class GroupWorker:
         self.read_max_bytes = read_max_bytes
         self.batch_records_max = batch_records_max
         self.shutdown_timeout_s = shutdown_timeout_s
+        if join_timeout_s <= 0:
+            raise InvalidArgumentError("join_timeout_s must be positive")
+        self.join_timeout_s = join_timeout_s
         if corrupt_retry_s <= 0:
             raise InvalidArgumentError("corrupt_retry_s must be positive")
         self.corrupt_retry_s = corrupt_retry_s
@@ -190,16 +199,24 @@ class GroupWorker:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def __aenter__(self) -> GroupWorker:
+        self._last_ok_s = anyio.current_time()
+        try:
+            # Joined before the task group exists: a join that fails (after its retries) has
+            # nothing to unwind. (Exiting the task group inside a new shielded scope, as this
+            # did, breaks the scopes' nesting: a RuntimeError on asyncio instead of the error.)
+            answer = await self._join()
+        except BaseException:
+            self._close_streams()
+            raise
         await self._stack.__aenter__()
         try:
             self._task_group = await self._stack.enter_async_context(anyio.create_task_group())
-            self._last_ok_s = anyio.current_time()
-            answer = await self._join()
             self._apply(answer)
             self._task_group.start_soon(self._heartbeat_loop)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._stack.__aexit__(None, None, None)
+        except BaseException as exc:
+            if self._task_group is not None:
+                self._task_group.cancel_scope.cancel()
+            await self._stack.__aexit__(type(exc), exc, exc.__traceback__)
             self._close_streams()
             raise
         return self
@@ -343,17 +360,31 @@ class GroupWorker:
     # -- membership --------------------------------------------------------------------------------
 
     async def _join(self) -> group_admin.Assignment:
-        answer = await group_admin.join(
-            self.client,
-            self.stream,
-            self.group,
-            self.member_id,
-            client_info=self.client_info,
-            initial=self.initial,
-            session_timeout_ms=self.session_timeout_ms,
-            rebalance_timeout_ms=self.rebalance_timeout_ms,
-            timeout_s=self.session_timeout_ms / 1000,
-        )
+        """Join, retrying retryable answers (a coordinator being placed or moved, a node
+        restarting) with backoff for up to ``join_timeout_s``; then the last error is raised."""
+        deadline_s = anyio.current_time() + self.join_timeout_s
+        failures = 0
+        while True:
+            try:
+                answer = await group_admin.join(
+                    self.client,
+                    self.stream,
+                    self.group,
+                    self.member_id,
+                    client_info=self.client_info,
+                    initial=self.initial,
+                    session_timeout_ms=self.session_timeout_ms,
+                    rebalance_timeout_ms=self.rebalance_timeout_ms,
+                    timeout_s=self.session_timeout_ms / 1000,
+                )
+                break
+            except StreamdError as exc:
+                failures += 1
+                pause_s = backoff_s(failures, JOIN_BACKOFF_MS_INITIAL, JOIN_BACKOFF_MS_MAX)
+                if not exc.retryable or anyio.current_time() + pause_s > deadline_s:
+                    raise
+                log.info("joining group %s/%s: %s; retrying", self.stream, self.group, exc.message)
+                await anyio.sleep(pause_s)
         log.info("member %s joined group %s/%s", self.member_id, self.stream, self.group)
         return answer
 

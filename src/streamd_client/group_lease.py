@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 SHARD_END: Final = group_admin.SHARD_END
 CALLBACK_TIMEOUT_S: Final = 10.0  # lease_lost and friends, after the lease is gone
-CHECKPOINT_ATTEMPTS_MAX: Final = 5
+CHECKPOINT_RETRY_S_MAX: Final = 10.0  # covers a cluster coordinator's failover (a few s)
 BACKOFF_MS_INITIAL: Final = 50
 BACKOFF_MS_MAX: Final = 1000
 PREDECESSOR_WAIT_S: Final = 15.0
@@ -99,7 +99,9 @@ class Checkpointer:
         """Record that everything up to and including ``at`` is processed.
 
         ``at`` is a Record, a sequence number, SHARD_END, or None for the last record handed to
-        the processor (nothing happens if there is none). Retries transient errors a few times.
+        the processor (nothing happens if there is none). Retries transient errors (such as
+        COORDINATOR_UNAVAILABLE while a cluster moves the group's coordinator) for up to
+        CHECKPOINT_RETRY_S_MAX.
         Raises: LeaseLostError (fenced: the lease is gone; stop processing the shard),
         InvalidCheckpointError (another shard's sequence, or behind the stored checkpoint),
         transport errors once the retries are used up.
@@ -404,6 +406,7 @@ class LeaseTask:
         if self.lost:
             raise LeaseLostError(f"the lease of {self.shard_id} at epoch {self.epoch} is lost")
         failures = 0
+        deadline_s = anyio.current_time() + CHECKPOINT_RETRY_S_MAX
         while True:
             try:
                 with anyio.CancelScope(shield=True):
@@ -424,9 +427,10 @@ class LeaseTask:
                 raise
             except StreamdError as exc:
                 failures += 1
-                if not exc.retryable or failures >= CHECKPOINT_ATTEMPTS_MAX:
+                pause_s = backoff_s(failures, BACKOFF_MS_INITIAL, BACKOFF_MS_MAX)
+                if not exc.retryable or anyio.current_time() + pause_s > deadline_s:
                     raise
-                await anyio.sleep(backoff_s(failures, BACKOFF_MS_INITIAL, BACKOFF_MS_MAX))
+                await anyio.sleep(pause_s)
         self.checkpointer.last_sequence = sequence
         self._checkpointed_at = anyio.current_time()
         if sequence == SHARD_END or (

@@ -14,7 +14,7 @@ import anyio.lowlevel
 import pytest
 
 from streamd.groups import SHARD_END, Coordinator, GroupDoc, ShardInfo
-from streamd_client.errors import InvalidArgumentError
+from streamd_client.errors import CoordinatorUnavailableError, InvalidArgumentError
 from streamd_client.group import Batch, Checkpointer, GroupWorker, RecordProcessor, ShardLease
 from streamd_client.model import Position, make_sequence, parse_sequence, shard_id_of
 from streamd_client.results import ReadResult, Record
@@ -48,6 +48,7 @@ class FakeClient:
         self.closed = {info.shard_id for info in topology if info.closed}
         self.reads: list[tuple[str, int]] = []
         self.fail_heartbeats = False
+        self.unavailable: dict[str, int] = {}  # op -> how many more calls answer it
 
     @staticmethod
     def now_ms() -> int:
@@ -55,6 +56,9 @@ class FakeClient:
 
     async def call(self, op: str, args: dict[str, Any], *, timeout_s: float | None = None) -> Any:
         await anyio.lowlevel.checkpoint()
+        if self.unavailable.get(op, 0) > 0:  # a cluster moving the group's coordinator
+            self.unavailable[op] -= 1
+            raise CoordinatorUnavailableError(f"{op}: the coordinator is moving; retry")
         c, now, member = self.coordinator, self.now_ms(), args.get("member_id", "")
         owned = [tuple(o) for o in args.get("owned", [])]
         if op == "group_join":
@@ -261,3 +265,32 @@ async def test_a_shard_forgotten_past_retention_ends_its_lease_not_the_worker() 
         await wait_until(lambda: P0 not in client.coordinator.leases, 5, "P0's lease is gone")
         worker.request_shutdown()
     assert lost == [P0] and P0 not in seen
+
+
+async def test_joining_retries_while_the_coordinator_is_unavailable() -> None:
+    client = FakeClient([ShardInfo(P0)], {P0: 3})
+    client.unavailable["group_join"] = 4
+    async with _worker(client) as worker:
+        await wait_until(lambda: worker.assignment() != {}, 5, "a lease")
+    assert client.unavailable["group_join"] == 0
+
+
+async def test_joining_gives_up_after_join_timeout_s() -> None:
+    client = FakeClient([ShardInfo(P0)], {P0: 3})
+    client.unavailable["group_join"] = 10_000
+    started = anyio.current_time()
+    with pytest.raises(CoordinatorUnavailableError):
+        async with _worker(client, join_timeout_s=0.3):
+            raise AssertionError("joined")
+    assert anyio.current_time() - started < 2
+
+
+async def test_a_checkpoint_rides_out_a_coordinator_move_longer_than_five_attempts() -> None:
+    client = FakeClient([ShardInfo(P0)], {P0: 4})
+    async with _worker(client) as worker:
+        async for batch in worker:
+            client.unavailable["group_checkpoint"] = 8  # more than the old 5-attempt limit
+            await batch.checkpoint()
+            break
+    assert client.unavailable["group_checkpoint"] == 0
+    assert parse_sequence(client.coordinator.checkpoints[P0].sequence)[1] == 3

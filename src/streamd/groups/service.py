@@ -13,8 +13,15 @@ Stored keys (``MetaStore``; CBOR documents, state.py):
     group-checkpoints/<stream>/<group>/<shard_id>    one checkpoint per shard
 
 Every write compares the group key's ``mod_revision`` with the one this runner last saw, so a
-second coordinator of the same group (cluster mode, later) can never silently overwrite this
-one: a failed compare drops the runner, and the next request reloads it from the store.
+second coordinator of the same group can never silently overwrite this one: a failed compare
+drops the runner, and the next request reloads it from the store.
+
+Cluster mode (``cluster``: cluster.py): one node coordinates each group, the one its placement
+document names. A runner loads only there, takes a ``Fence`` on the placement when it loads, and
+every write also compares the placement's ``mod_revision``: once the controller moves the group,
+the deposed runner's writes fail (COORDINATOR_UNAVAILABLE, retryable) and it is dropped; the
+placement mirror drops it as soon as the move is seen, even without a write. Requests for groups
+coordinated elsewhere never reach the runners here: the front end forwards them (``route``).
 The persist step is shielded from cancellation (a client that disconnects mid-request must not
 leave memory ahead of disk); any failure to persist also drops the runner, for the same reason.
 
@@ -28,7 +35,7 @@ readings that never jump), so clock steps cannot expire sessions.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import structlog
@@ -36,6 +43,7 @@ import trio
 
 from streamd_client import batch as batchfmt
 from streamd_client.errors import (
+    CoordinatorUnavailableError,
     InternalError,
     LimitExceededError,
     StreamdError,
@@ -45,12 +53,15 @@ from streamd_client.group_errors import GroupActiveError, GroupNotFoundError
 from streamd_client.model import Position
 
 from ..meta import Compare, MetaStore
+from ..meta.keys import COORDINATORS_PREFIX
+from .cluster import Fence, GroupCluster
 from .coordinator import Coordinator, Ready
 from .state import GROUPS_PER_STREAM_MAX, SHARD_END, Checkpoint, GroupDoc, ShardInfo
 
 log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
+Describe = Callable[[str], Awaitable[dict[str, Any]]]
 GROUP_TICK_S = 1.0  # how often run() expires silent members of idle groups
 _GROUP_PREFIX = "groups/"
 _CHECKPOINT_PREFIX = "group-checkpoints/"
@@ -146,24 +157,68 @@ class StreamView:
 class _Runner:
     """One group's coordinator, the lock that serialises its steps, and its stored revision."""
 
-    def __init__(self, coordinator: Coordinator, revision: int) -> None:
+    def __init__(self, coordinator: Coordinator, revision: int, fence: Fence | None) -> None:
         self.coordinator = coordinator
         self.revision = revision  # the group key's mod_revision as last written or read
+        self.fence = fence  # cluster mode: the placement this runner loaded on
         self.lock = trio.Lock()
         self.broken = False
+
+    def compares(self, key: str) -> list[Compare]:
+        """What every write of this runner compares: its group key, and its placement."""
+        return [Compare(key, self.revision)] + ([self.fence.compare()] if self.fence else [])
 
 
 class GroupService:
     """Every consumer group of one engine."""
 
     def __init__(
-        self, store: MetaStore, view: StreamView, clock: Callable[[], int] | None = None
+        self,
+        store: MetaStore,
+        view: StreamView,
+        clock: Callable[[], int] | None = None,
+        *,
+        cluster: GroupCluster | None = None,
     ) -> None:
         self.store = store
         self.view = view
         self.clock = clock or AnchoredClock()
+        self.cluster = cluster  # None: the embedded default, every group here
         self._runners: dict[tuple[str, str], _Runner] = {}
         self._load_lock = trio.Lock()
+        if cluster is not None:
+            cluster.listen(self._placements_changed)
+
+    # -- cluster mode ----------------------------------------------------------------------------
+
+    async def route(self, stream: str, group: str, *, create: bool, forwarded: bool) -> str | None:
+        """Where a request for the group is served: None for here (always, embedded), else the
+        coordinator node's native address (the front end forwards it). Raises
+        StreamNotFoundError, CoordinatorUnavailableError (cluster.py, ``GroupCluster.route``)."""
+        if self.cluster is None:
+            return None
+        self.view.shards(stream)  # raises StreamNotFoundError: no placement for no stream
+
+        async def exists() -> bool:
+            return await self.store.get(group_key(stream, group)) is not None
+
+        return await self.cluster.route(
+            stream, group, create=create, forwarded=forwarded, exists=exists
+        )
+
+    def _holds(self, stream: str, group: str, runner: _Runner) -> bool:
+        if self.cluster is None or runner.fence is None:
+            return True
+        return self.cluster.holds(stream, group, runner.fence)
+
+    def _placements_changed(self, keys: set[str]) -> None:
+        """The mirror's listener: drop every runner whose placement moved away (no I/O)."""
+        for key in keys:
+            stream, _, group = key[len(COORDINATORS_PREFIX) :].partition("/")
+            runner = self._runners.get((stream, group))
+            if runner is not None and not self._holds(stream, group, runner):
+                self._drop(stream, group, runner, quiet=True)
+                log.info("group.coordinator_moved_away", stream=stream, group=group)
 
     # -- stepping --------------------------------------------------------------------------------
 
@@ -243,10 +298,26 @@ class GroupService:
                 deletes.append(prefix + shard_id)
             else:
                 puts.append((prefix + shard_id, checkpoint.encode()))
-        if not await self.store.txn([Compare(key, runner.revision)], puts=puts, deletes=deletes):
-            raise InternalError(f"group {stream}/{group} changed under its coordinator; retry")
+        prefixes: list[str] = []
+        if deletes and not runner.coordinator.checkpoints:
+            # Every checkpoint is gone (a reset): one prefix delete, however many shards, so
+            # the txn stays within etcd's 128 operations (docs/cluster.md, txn rules).
+            deletes, prefixes = [], [prefix]
+        if not await self.store.txn(
+            runner.compares(key), puts=puts, deletes=deletes, delete_prefixes=prefixes
+        ):
+            raise self._changed_error(stream, group)
         if ready.group_changed:
             runner.revision = await self._revision(key)
+
+    def _changed_error(self, stream: str, group: str) -> StreamdError:
+        if self.cluster is not None:  # most likely the placement moved: retry finds the new one
+            return CoordinatorUnavailableError(
+                f"group {stream}/{group} changed under its coordinator (moved?); retry",
+                stream=stream,
+                group=group,
+            )
+        return InternalError(f"group {stream}/{group} changed under its coordinator; retry")
 
     async def _revision(self, key: str) -> int:
         kv = await self.store.get(key)
@@ -267,13 +338,20 @@ class GroupService:
     async def _runner(self, stream: str, group: str, create_from: dict[str, Any] | None) -> _Runner:
         runner = self._runners.get((stream, group))
         incarnation, shards = self.view.shards(stream)  # raises StreamNotFoundError
+        if runner is not None and not self._holds(stream, group, runner):
+            self._drop(stream, group, runner, quiet=True)  # moved away: load (and fail) again
+            runner = None
         if runner is not None and runner.coordinator.doc.stream_id == incarnation:
             return runner
         async with self._load_lock:
             runner = self._runners.get((stream, group))
-            if runner is not None and runner.coordinator.doc.stream_id == incarnation:
+            if (
+                runner is not None
+                and runner.coordinator.doc.stream_id == incarnation
+                and self._holds(stream, group, runner)
+            ):
                 return runner
-            if runner is not None:  # the stream was deleted and created again
+            if runner is not None:  # the stream was deleted and created again, or it moved
                 self._drop(stream, group, runner, quiet=True)
             with trio.CancelScope(shield=True):
                 loaded = await self._load(stream, group, incarnation, shards, create_from)
@@ -289,14 +367,20 @@ class GroupService:
         create_from: dict[str, Any] | None,
     ) -> _Runner:
         key = group_key(stream, group)
+        if self.cluster is not None and create_from is None and await self.store.get(key) is None:
+            raise GroupNotFoundError(f"stream {stream!r} has no group {group!r}", group=group)
+        # Cluster mode: the fence first, then the group: a runner loads what its coordinator
+        # epoch's predecessors wrote (their later writes fail on the fence's revision).
+        fence = None if self.cluster is None else await self.cluster.fence(stream, group)
         now = self.clock()
         kv = await self.store.get(key)
         if kv is not None:
             doc = GroupDoc.decode(kv.value, now)
             if doc.stream_id == incarnation:
                 checkpoints = await self._load_checkpoints(stream, group)
-                return _Runner(Coordinator(doc, checkpoints, shards, now_ms=now), kv.mod_revision)
-            await self._forget(stream, group, kv.mod_revision)  # a dead incarnation's group
+                coordinator = Coordinator(doc, checkpoints, shards, now_ms=now)
+                return _Runner(coordinator, kv.mod_revision, fence)
+            await self._forget(stream, group, kv.mod_revision, fence)  # a dead incarnation's
             log.info("group.stale_removed", stream=stream, group=group)
         if create_from is None:
             raise GroupNotFoundError(f"stream {stream!r} has no group {group!r}", group=group)
@@ -304,10 +388,11 @@ class GroupService:
         if len(existing) >= GROUPS_PER_STREAM_MAX:
             raise LimitExceededError(f"stream {stream!r} has {GROUPS_PER_STREAM_MAX} groups")
         doc = GroupDoc(stream, incarnation, group, now, create_from)
-        if not await self.store.txn([Compare(key, 0)], puts=[(key, doc.encode())]):
-            raise InternalError(f"group {stream}/{group} was created concurrently; retry")
+        compares = [Compare(key, 0)] + ([fence.compare()] if fence else [])
+        if not await self.store.txn(compares, puts=[(key, doc.encode())]):
+            raise self._changed_error(stream, group)
         log.info("group.created", stream=stream, group=group, initial=create_from)
-        return _Runner(Coordinator(doc, {}, [], now_ms=now), await self._revision(key))
+        return _Runner(Coordinator(doc, {}, [], now_ms=now), await self._revision(key), fence)
 
     async def _load_checkpoints(self, stream: str, group: str) -> dict[str, Checkpoint]:
         prefix = checkpoint_prefix(stream, group)
@@ -316,27 +401,57 @@ class GroupService:
             for kv in await self.store.range(prefix)
         }
 
-    async def _forget(self, stream: str, group: str, revision: int) -> None:
+    async def _forget(
+        self,
+        stream: str,
+        group: str,
+        revision: int,
+        fence: Fence | None,
+        *,
+        placement_too: bool = False,
+    ) -> None:
+        """Delete the group and its checkpoints (and, deleting it for good in cluster mode, its
+        placement: a group made again is placed afresh)."""
         key = group_key(stream, group)
         prefix = checkpoint_prefix(stream, group)  # one txn op for all the checkpoints
-        if not await self.store.txn(
-            [Compare(key, revision)], deletes=[key], delete_prefixes=[prefix]
-        ):
-            raise InternalError(f"group {stream}/{group} changed while being removed; retry")
+        compares = [Compare(key, revision)] + ([fence.compare()] if fence else [])
+        deletes = [key] + ([fence.key] if fence and placement_too else [])
+        if not await self.store.txn(compares, deletes=deletes, delete_prefixes=[prefix]):
+            raise self._changed_error(stream, group)
 
     # -- whole-group operations ------------------------------------------------------------------
 
-    async def list_groups(self, stream: str) -> list[dict[str, Any]]:
-        """A summary per group of the stream, sorted by name. Raises StreamNotFoundError."""
+    async def list_groups(
+        self, stream: str, describe: Describe | None = None
+    ) -> list[dict[str, Any]]:
+        """A summary per group of the stream, sorted by name. Raises StreamNotFoundError.
+
+        ``describe(group)`` gives one group's view (default: this node's runner; cluster mode:
+        the front end routes it to each group's coordinator). A group whose coordinator is
+        unavailable is listed with state ``UNAVAILABLE`` and no counts."""
         self.view.shards(stream)
         prefix = f"{_GROUP_PREFIX}{stream}/"
         names = [kv.key[len(prefix) :] for kv in await self.store.range(prefix)]
-        out = []
+        out: list[dict[str, Any]] = []
         for name in names:
             try:
-                view = await self.step(stream, name, lambda c, now: c.describe(now))
+                if describe is None:
+                    view = await self.step(stream, name, lambda c, now: c.describe(now))
+                else:
+                    view = await describe(name)
             except GroupNotFoundError:
                 continue  # a stale group of an older incarnation of the stream
+            except CoordinatorUnavailableError:
+                out.append(
+                    {
+                        "group": name,
+                        "state": "UNAVAILABLE",
+                        "members": None,
+                        "shards": None,
+                        "finished_shards": None,
+                    }
+                )
+                continue
             out.append(
                 {
                     "group": name,
@@ -391,14 +506,18 @@ class GroupService:
                 await self._step_locked(stream, group, runner, check)
                 with trio.CancelScope(shield=True):
                     self._drop(stream, group, runner, quiet=True)
-                    await self._forget(stream, group, runner.revision)
+                    await self._forget(
+                        stream, group, runner.revision, runner.fence, placement_too=True
+                    )
                 break
         log.info("group.deleted", stream=stream, group=group, forced=force)
 
     async def tick_all(self) -> None:
         """Expire silent members of every loaded group (``run``'s timer calls this)."""
         for (stream, group), runner in list(self._runners.items()):
-            if not runner.broken:
+            if not self._holds(stream, group, runner):
+                self._drop(stream, group, runner, quiet=True)
+            elif not runner.broken:
                 try:
                     await self.step(stream, group, lambda c, now: c.tick(now))
                 except StreamdError:
@@ -406,8 +525,11 @@ class GroupService:
 
     async def run(self, tick_s: float = GROUP_TICK_S) -> None:
         """Expire silent members on a timer too, not only when a request for their group
-        arrives, so that idle groups log (and persist) expiries on time. Runs until
-        cancelled (the node runs it beside the engine)."""
-        while True:
-            await trio.sleep(tick_s)
-            await self.tick_all()
+        arrives, so that idle groups log (and persist) expiries on time; in cluster mode also
+        follow the placements. Runs until cancelled (the node runs it beside the engine)."""
+        async with trio.open_nursery() as nursery:
+            if self.cluster is not None:
+                nursery.start_soon(self.cluster.run)
+            while True:
+                await trio.sleep(tick_s)
+                await self.tick_all()

@@ -4,6 +4,11 @@ the server's table by ``api.bind_handlers``.
 Same contract as api.py: check argument types and limits, call the node's group service (the
 composition root, streamd/node.py, builds it and api.bind_handlers hands it to these handlers),
 return the result map that goes on the wire, raise StreamdError subclasses only.
+
+Cluster mode: any node serves every group operation. Each handler is wrapped (``_routed``): it
+asks the service where the group's coordinator runs and, when that is another node, forwards
+the request unchanged there (marked ``forwarded: true``, never forwarded twice) and answers
+what it answered. ``group_list`` spans groups, so it asks each group's coordinator in turn.
 """
 
 from __future__ import annotations
@@ -165,7 +170,17 @@ async def _describe(groups: GroupService, args: dict[str, Any]) -> dict[str, Any
 
 async def _list(groups: GroupService, args: dict[str, Any]) -> dict[str, Any]:
     stream = check_stream_name(args.get("stream"))
-    return {"groups": await groups.list_groups(stream)}
+    if groups.cluster is None:
+        return {"groups": await groups.list_groups(stream)}
+
+    async def describe(group: str) -> dict[str, Any]:
+        answer = await _routed("group_describe", _describe)(
+            groups, {"stream": stream, "group": group}
+        )
+        view: dict[str, Any] = answer["group"]
+        return view
+
+    return {"groups": await groups.list_groups(stream, describe)}
 
 
 async def _reset(groups: GroupService, args: dict[str, Any]) -> dict[str, Any]:
@@ -181,14 +196,32 @@ async def _delete(groups: GroupService, args: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+_CREATING = frozenset({"group_join", "group_create"})  # the ops that may create the group
+
+
+def _routed(op: str, handler: GroupHandler) -> GroupHandler:
+    """``handler`` where the group's coordinator runs: here, or forwarded to its node."""
+
+    async def routed(groups: GroupService, args: dict[str, Any]) -> dict[str, Any]:
+        stream, group = _names(args)
+        forwarded = _arg(args, "forwarded", bool, False)
+        address = await groups.route(stream, group, create=op in _CREATING, forwarded=forwarded)
+        if address is None:
+            return await handler(groups, args)
+        assert groups.cluster is not None
+        return await groups.cluster.forward(address, op, args)
+
+    return routed
+
+
 GROUP_HANDLERS: dict[str, GroupHandler] = {
-    "group_join": _join,
-    "group_heartbeat": _heartbeat,
-    "group_leave": _leave,
-    "group_checkpoint": _checkpoint,
-    "group_create": _create,
-    "group_describe": _describe,
+    "group_join": _routed("group_join", _join),
+    "group_heartbeat": _routed("group_heartbeat", _heartbeat),
+    "group_leave": _routed("group_leave", _leave),
+    "group_checkpoint": _routed("group_checkpoint", _checkpoint),
+    "group_create": _routed("group_create", _create),
+    "group_describe": _routed("group_describe", _describe),
     "group_list": _list,
-    "group_reset": _reset,
-    "group_delete": _delete,
+    "group_reset": _routed("group_reset", _reset),
+    "group_delete": _routed("group_delete", _delete),
 }
