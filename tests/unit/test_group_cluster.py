@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+from prometheus_client import REGISTRY
 from test_group_service import Clock, FakeEngine
 
 from streamd.frontends.native.api import bind_handlers
@@ -153,8 +154,12 @@ async def test_a_group_left_unplaced_answers_coordinator_unavailable_retryable(
     store: SqliteMetaStore, pair: tuple[Node, Node, Peers]
 ) -> None:
     a, _, _ = pair
+    unplaced = {"reason": "unplaced"}
+    before = REGISTRY.get_sample_value("streamd_group_coordinator_unavailable_total", unplaced)
     with trio.fail_after(5), pytest.raises(CoordinatorUnavailableError) as info:
         await a.handlers["group_join"]({**JOIN, "member_id": "m1"})
+    after = REGISTRY.get_sample_value("streamd_group_coordinator_unavailable_total", unplaced)
+    assert (after or 0) - (before or 0) == 1
     assert info.value.retryable and info.value.details == {"stream": "s", "group": "g"}
     kv = await store.get(KEY)
     assert kv is not None and CoordinatorPlacement.decode(kv.value) == (

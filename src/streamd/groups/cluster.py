@@ -33,11 +33,13 @@ from typing import Any, Final, Protocol
 
 import structlog
 import trio
+from prometheus_client import Counter
 
 from streamd_client.errors import (
     ConnectionLostError,
     CoordinatorUnavailableError,
     RequestTimeoutError,
+    StreamdError,
 )
 
 from ..cluster.mirror import PrefixMirror
@@ -55,6 +57,19 @@ FORWARD_TIMEOUT_S_DEFAULT: Final = 5.0  # one forwarded group request (a heartbe
 _RECHECK_S: Final = 0.05  # while waiting: node registrations change without a coordinator event
 
 log = structlog.get_logger(__name__)
+
+GROUP_FORWARDED = Counter(
+    "streamd_group_forwarded_total",
+    "Group requests this node forwarded to the group's coordinator node, by outcome "
+    "(ok, error: the coordinator answered an error, unreachable)",
+    ["outcome"],
+)
+COORDINATOR_UNAVAILABLE = Counter(
+    "streamd_group_coordinator_unavailable_total",
+    "Group requests answered COORDINATOR_UNAVAILABLE here, by reason (unplaced, not_live, "
+    "moved, unreachable, fenced)",
+    ["reason"],
+)
 
 
 class NodeDirectory(Protocol):
@@ -197,6 +212,12 @@ class GroupCluster:
             except CoordinatorUnavailableError:
                 left_s = deadline - trio.current_time()
                 if forwarded or left_s <= 0:
+                    reason = (
+                        "unplaced"
+                        if placement is None or not placement.placed
+                        else ("moved" if forwarded else "not_live")
+                    )
+                    COORDINATOR_UNAVAILABLE.labels(reason).inc()
                     raise
             with trio.move_on_after(min(left_s, _RECHECK_S)):
                 await self._changed.wait()
@@ -212,15 +233,22 @@ class GroupCluster:
         not answer is COORDINATOR_UNAVAILABLE (the request may or may not have applied: every
         group operation may be sent again)."""
         try:
-            return await self.peers.call(
+            answer = await self.peers.call(
                 address, op, {**args, "forwarded": True}, timeout_s=self.forward_timeout_s
             )
         except (ConnectionLostError, RequestTimeoutError) as exc:
+            GROUP_FORWARDED.labels("unreachable").inc()
+            COORDINATOR_UNAVAILABLE.labels("unreachable").inc()
             raise CoordinatorUnavailableError(
                 f"the coordinator at {address} did not answer ({exc.message}); retry",
                 stream=args.get("stream"),
                 group=args.get("group"),
             ) from None
+        except StreamdError:
+            GROUP_FORWARDED.labels("error").inc()
+            raise
+        GROUP_FORWARDED.labels("ok").inc()
+        return answer
 
     # -- fencing ---------------------------------------------------------------------------------
 
@@ -242,6 +270,7 @@ class GroupCluster:
             or placement.node_id != self.nodes.node_id
             or not self.nodes.lease_valid()
         ):
+            COORDINATOR_UNAVAILABLE.labels("fenced").inc()
             raise CoordinatorUnavailableError(
                 f"this node does not coordinate group {stream}/{group} (now: "
                 f"{placement.node_id if placement else 'none'}); retry",

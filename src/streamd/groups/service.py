@@ -54,7 +54,7 @@ from streamd_client.model import Position
 
 from ..meta import Compare, MetaStore
 from ..meta.keys import COORDINATORS_PREFIX
-from .cluster import Fence, GroupCluster
+from .cluster import COORDINATOR_UNAVAILABLE, Fence, GroupCluster
 from .coordinator import Coordinator, Ready
 from .state import GROUPS_PER_STREAM_MAX, SHARD_END, Checkpoint, GroupDoc, ShardInfo
 
@@ -312,6 +312,7 @@ class GroupService:
 
     def _changed_error(self, stream: str, group: str) -> StreamdError:
         if self.cluster is not None:  # most likely the placement moved: retry finds the new one
+            COORDINATOR_UNAVAILABLE.labels("fenced").inc()
             return CoordinatorUnavailableError(
                 f"group {stream}/{group} changed under its coordinator (moved?); retry",
                 stream=stream,
