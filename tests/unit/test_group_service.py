@@ -15,6 +15,7 @@ from streamd.meta import SqliteMetaStore
 from streamd_client.errors import (
     InternalError,
     InvalidArgumentError,
+    ShardUnavailableError,
     StreamNotFoundError,
     error_from_wire,
 )
@@ -245,3 +246,28 @@ def test_group_error_codes_map_back_to_their_classes() -> None:
     assert isinstance(
         error_from_wire({"code": "GROUP_NOT_FOUND", "message": ""}), GroupNotFoundError
     )
+
+
+async def test_a_latest_group_defers_a_shard_whose_tip_is_unavailable_not_every_step(
+    store: SqliteMetaStore,
+) -> None:
+    engine = FakeEngine(store, shards=3)
+    down = shard_id_of(1)
+    read = engine.read
+
+    async def read_or_unavailable(name: str, shard_id: str, *args: Any) -> SimpleNamespace:
+        if shard_id == down:
+            raise ShardUnavailableError(f"shard {shard_id} is unavailable", shard_id=shard_id)
+        return await read(name, shard_id, *args)
+
+    engine.read = read_or_unavailable  # type: ignore[method-assign]
+    service = _service(store, engine, Clock())
+    await service.step("s", "g", lambda c, now: None, create_from=Position.latest().to_wire())
+    answer = await _join(service, "a")
+    assert sorted(g.shard_id for g in answer.assignment) == [shard_id_of(0), shard_id_of(2)]
+    engine.read = read  # type: ignore[method-assign]
+    engine.tips[down] = 55  # back, with records that arrived meanwhile
+    owned = [(g.shard_id, g.epoch) for g in answer.assignment]
+    again = await service.step("s", "g", lambda c, now: c.heartbeat("a", now, owned))
+    starts = {g.shard_id: g.start for g in again.assignment}
+    assert starts[down] == Position.at_offset(55).to_wire()

@@ -78,6 +78,19 @@ def checkpoint_prefix(stream: str, group: str) -> str:
     return f"{_CHECKPOINT_PREFIX}{stream}/{group}/"
 
 
+def _descendants(shards: list[ShardInfo], roots: set[str]) -> set[str]:
+    """The shards of ``shards`` descending from any of ``roots`` (lineage through parents)."""
+    found: set[str] = set()
+    grew = True
+    while grew:
+        grew = False
+        for info in shards:
+            if info.shard_id not in found and any(p in roots or p in found for p in info.parents):
+                found.add(info.shard_id)
+                grew = True
+    return found
+
+
 class AnchoredClock:
     """Milliseconds that read like wall-clock time but never jump: the wall clock at start plus
     monotonic time since. Session deadlines are measured on it, so an NTP step cannot expire a
@@ -268,11 +281,30 @@ class GroupService:
         _, shards = self.view.shards(coordinator.stream)
         unknown = coordinator.unknown_shards(shards)
         starts: dict[str, dict[str, Any]] = {}
+        deferred: set[str] = set()
         if coordinator.doc.initial.get("type") == "latest":
             for info in unknown:
                 if not info.parents:  # children always start at their beginning
-                    tip = await self.view.tip(coordinator.stream, info.shard_id)
+                    try:
+                        tip = await self.view.tip(coordinator.stream, info.shard_id)
+                    except StreamdError as exc:
+                        if not exc.retryable:
+                            raise
+                        # Cluster mode: the shard's node is down. Its pinned start is unknown,
+                        # so the group learns of it (and its children) at a later step rather
+                        # than failing every step of every member until it is back.
+                        deferred.add(info.shard_id)
+                        continue
                     starts[info.shard_id] = Position.at_offset(tip).to_wire()
+        if deferred:
+            deferred |= _descendants(unknown, deferred)
+            log.warning(
+                "group.shards_deferred",
+                stream=coordinator.stream,
+                group=coordinator.group,
+                shards=sorted(deferred),
+            )
+            shards = [s for s in shards if s.shard_id not in deferred]
         coordinator.sync_shards(shards, starts, now)
 
     async def _apply(self, stream: str, group: str, runner: _Runner, ready: Ready) -> None:
