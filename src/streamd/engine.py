@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
 import structlog
 import trio
@@ -38,11 +38,9 @@ from streamd_client.errors import (
     InvalidBatchError,
     InvalidSequenceNumberError,
     LimitExceededError,
-    NotLeaderError,
     ResourceInUseError,
     ShardClosedError,
     ShardNotFoundError,
-    ShardUnavailableError,
     StorageFullError,
     StreamdError,
     StreamNotFoundError,
@@ -60,11 +58,20 @@ from streamd_client.summary import summary
 
 from . import layout, metrics, node_limits, reshard
 from .catalog import Catalog, ShardMeta, StreamMeta, StreamMode
-from .cluster.location import EverythingLocal, Local, Location, Remote, ShardLocator
 from .config import ServerConfig
 from .iothread import IoPool
 from .meta import MetaStore
 from .replication import Committer, LocalCommitter
+from .routing import (
+    EverythingLocal,
+    Local,
+    PeerCalls,
+    PutOutcome,
+    RecordIn,
+    Remote,
+    ShardLocator,
+    located_error,
+)
 from .shard import PendingWrite, PipelineConfig, ReadResult, ShardPipeline, now_ms
 from .storage import FdCache, LogConfig, ShardLog
 
@@ -81,21 +88,6 @@ TAG_KEY_CHARS_MAX = 128
 TAG_VALUE_CHARS_MAX = 256
 
 
-class RecordIn(NamedTuple):
-    """A validated record for put_records: key, its 16-byte hash, and data. (A named tuple:
-    the gateway makes one per record, and a frozen dataclass costs a microsecond more each.)"""
-
-    partition_key: str
-    hash_bytes: bytes
-    data: bytes
-
-
-class PutOutcome(NamedTuple):
-    shard_id: str | None = None
-    sequence: str | None = None
-    error: StreamdError | None = None
-
-
 @dataclass(frozen=True, slots=True)
 class AppendOutcome:
     shard_id: str
@@ -103,44 +95,6 @@ class AppendOutcome:
     base_sequence: str
     record_count: int
     duplicate: bool
-
-
-class PeerCalls(Protocol):
-    """Requests to another node (cluster mode; cluster/peers.py): what the engine forwards."""
-
-    async def put_records(
-        self, address: str, stream: str, records: Sequence[RecordIn]
-    ) -> list[PutOutcome]: ...
-
-    async def read(
-        self,
-        address: str,
-        stream: str,
-        shard_id: str,
-        position: Position,
-        max_bytes: int,
-        wait_ms: int,
-    ) -> ReadResult: ...
-
-
-def located_error(stream: str, shard_id: str, location: Location) -> StreamdError:
-    """What a request for a shard this node has no pipeline for answers: NOT_LEADER with the
-    leader's address, or SHARD_UNAVAILABLE (retryable, both)."""
-    if isinstance(location, Remote):
-        return NotLeaderError(
-            f"shard {shard_id} of {stream!r} is led by node {location.node_id} "
-            f"at {location.address}",
-            stream=stream,
-            shard_id=shard_id,
-            leader=location.node_id,
-            address=location.address,
-        )
-    reason = "it is being opened" if isinstance(location, Local) else location.reason
-    return ShardUnavailableError(
-        f"shard {shard_id} of {stream!r} is unavailable: {reason}",
-        stream=stream,
-        shard_id=shard_id,
-    )
 
 
 class _Stream:

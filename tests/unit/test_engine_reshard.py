@@ -8,8 +8,9 @@ import pytest
 import trio
 from engine_harness import running_engine
 
-from streamd.engine import Engine, RecordIn
+from streamd.engine import Engine
 from streamd.reshard import check_shard_map
+from streamd.routing import RecordIn
 from streamd_client import batch as batchfmt
 from streamd_client.errors import (
     InvalidArgumentError,

@@ -10,7 +10,8 @@ import pytest
 from engine_harness import running_engine
 
 from streamd import layout
-from streamd.engine import Engine, RecordIn
+from streamd.engine import Engine
+from streamd.routing import RecordIn
 from streamd_client import batch as batchfmt
 from streamd_client.errors import InternalError
 from streamd_client.model import Position, hash_bytes_of

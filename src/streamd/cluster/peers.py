@@ -32,7 +32,7 @@ from streamd_client.errors import ConnectionLostError, error_from_wire
 from streamd_client.model import Position
 from streamd_client.results import raw_read_from_wire
 
-from ..engine import PutOutcome, RecordIn
+from ..routing import PutOutcome, RecordIn
 from ..shard import ReadResult
 
 CONNECT_TIMEOUT_S_DEFAULT: Final = 2.0

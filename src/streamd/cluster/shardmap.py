@@ -29,7 +29,7 @@ from ..meta.keys import (
     shard_key,
 )
 from ..meta.store import MetaStore
-from .location import LOCAL, Location, Remote, Unavailable
+from ..routing import LOCAL, Location, Remote, Unavailable
 from .mirror import PrefixMirror
 
 log = structlog.get_logger(__name__)

@@ -35,7 +35,7 @@ from streamd_client.results import ChildShard, RawRead
 from streamd_client.summary import summary
 
 from ...catalog import ShardMeta, StreamMeta
-from ...engine import RecordIn
+from ...routing import RecordIn
 from ...shard import millis_behind, now_ms
 from .args import opt_int, opt_str, req_str
 from .errors import (

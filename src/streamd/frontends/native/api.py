@@ -33,8 +33,9 @@ from streamd_client.model import (
 )
 from streamd_client.summary import summary
 
-from ...engine import Engine, RecordIn
+from ...engine import Engine
 from ...groups.service import GroupService
+from ...routing import RecordIn
 from .api_groups import GROUP_HANDLERS
 
 Handler = Callable[[Engine, dict[str, Any]], Awaitable[dict[str, Any]]]
