@@ -1,11 +1,19 @@
 """The async client: admin calls, simple puts and reads, and the factories for producers/readers.
 
-``connect()`` opens a task group that hosts the connection's tasks (and nothing else), so the
-client is structured: leaving ``async with connect(...)`` closes the connection and ends every
-task it started. The client holds one multiplexed connection, shared by all tasks that use the
-client. When it breaks, the calls in flight fail with ``ConnectionLostError`` and the *next*
-call opens a new one (lazily: a client that is not used does not reconnect in a loop). Retrying
-is the caller's choice, except in the Producer and ShardReader, which retry on their own.
+``connect()`` opens a task group that hosts the connections' tasks (and nothing else), so the
+client is structured: leaving ``async with connect(...)`` closes the connections and ends every
+task it started. The client holds one multiplexed *bootstrap* connection, shared by all tasks
+that use the client, to the first address of the bootstrap list (``"h1:7070,h2:7070"``) that
+answers. When it breaks, the calls in flight fail with ``ConnectionLostError`` and the *next*
+call opens a new one, trying the list from the address after the one that broke (lazily: a
+client that is not used does not reconnect in a loop). Retrying such a call is the caller's
+choice, except in the Producer and ShardReader, which retry on their own.
+
+Per-shard requests (``append_batch``, ``read``, and so the Producer, the readers and the group
+workers) go through the router (router.py): to the shard's leader in cluster mode, with
+redirects and bounded retries inside the request timeout; to the bootstrap connection, one
+round trip, when the server names no leaders (the embedded default). Everything else goes to
+the bootstrap connection.
 
 Arguments are validated here with the shared checks of ``model`` before anything is sent, so bad
 input raises at once, with the same typed error the server would answer.
@@ -19,7 +27,7 @@ is closed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -29,7 +37,12 @@ import anyio.abc
 from . import model, wire
 from ._tasks import background_task_group
 from .client_api import READ_BYTES_MAX_DEFAULT
-from .connection import REQUESTS_IN_FLIGHT_MAX_DEFAULT, Connection, open_connection
+from .connection import (
+    REQUESTS_IN_FLIGHT_MAX_DEFAULT,
+    Connection,
+    open_connection,
+    parse_bootstrap,
+)
 from .consumer import ShardReader, decode_read
 from .errors import (
     ConnectionLostError,
@@ -40,6 +53,7 @@ from .errors import (
     StreamdError,
 )
 from .model import Position
+from .pool import ConnectionPool
 from .producer import Producer
 from .results import (
     AppendResult,
@@ -54,6 +68,7 @@ from .results import (
     raw_read_from_wire,
     stream_from_wire,
 )
+from .router import Router, ShardKey
 from .stream_reader import StreamReader
 
 CONNECT_TIMEOUT_S_DEFAULT: Final = 5.0
@@ -76,9 +91,13 @@ async def connect(
     request_timeout_s: float = REQUEST_TIMEOUT_S_DEFAULT,
     requests_in_flight_max: int = REQUESTS_IN_FLIGHT_MAX_DEFAULT,
 ) -> AsyncIterator[Client]:
-    """Connect to ``"host:port"`` and yield a Client; the connection closes on exit.
+    """Connect to ``"host:port"`` or a bootstrap list ``"h1:7070,h2:7070"`` and yield a
+    Client; its connections close on exit.
 
-    Connects eagerly, so a wrong endpoint fails here.
+    Connects eagerly, so a wrong endpoint fails here: each address of the list in turn, each
+    within ``connect_timeout_s``, until one answers. With one address, its error is raised as
+    is; with several, the first one that retrying cannot fix (a ProtocolError: say, an HTTP
+    port), else a ConnectionLostError naming every address and why it failed.
     Raises: InvalidArgumentError (endpoint), ConnectionLostError (cannot connect),
     RequestTimeoutError, UnsupportedVersionError, ProtocolError.
     """
@@ -110,19 +129,47 @@ class Client:
         requests_in_flight_max: int,
     ) -> None:
         self.endpoint = endpoint
+        self.endpoints = parse_bootstrap(endpoint)  # the bootstrap list, in order
         self.connect_timeout_s = connect_timeout_s
         self.request_timeout_s = request_timeout_s
         self.requests_in_flight_max = requests_in_flight_max
         self._task_group = task_group
         self._connection: Connection | None = None
+        self._endpoint_index = 0  # the bootstrap address of _connection (or to try first)
         self._connect_lock = anyio.Lock()
         self._closed = False
+        self.router = Router(
+            bootstrap=self.connection,
+            live_bootstrap=self._live_connection,
+            refresh=self.describe_stream,
+            pool=ConnectionPool(
+                task_group,
+                connect_timeout_s=connect_timeout_s,
+                request_timeout_s=request_timeout_s,
+                requests_in_flight_max=requests_in_flight_max,
+            ),
+        )
+
+    @property
+    def leader_cache(self) -> Mapping[ShardKey, str]:
+        """Read-only: (stream, shard_id) -> the leader's native "host:port", as learned from
+        describe_stream and NOT_LEADER answers (empty against an embedded server)."""
+        return self.router.leader_cache
 
     async def aclose(self) -> None:
-        """Close the connection; calls in flight fail with ConnectionLostError."""
+        """Close the connections; calls in flight fail with ConnectionLostError."""
         self._closed = True
-        if self._connection is not None:
-            await self._connection.aclose()
+        try:
+            await self.router.aclose()
+        finally:
+            if self._connection is not None:
+                await self._connection.aclose()
+
+    def _live_connection(self) -> Connection | None:
+        current = self._connection
+        if current is None or current.is_broken or self._closed:
+            return None
+        return current
 
     async def connection(self) -> Connection:
         """The live connection, opening a new one if there is none or it broke.
@@ -134,8 +181,8 @@ class Client:
         if current is not None and not current.is_broken and not self._closed:
             return current
         try:
-            # Waiting for the lock is bounded by the holder's own connect timeout.
-            with anyio.fail_after(2 * self.connect_timeout_s):
+            # Waiting for the lock is bounded by the holder's own connect timeouts.
+            with anyio.fail_after((len(self.endpoints) + 1) * self.connect_timeout_s):
                 async with self._connect_lock:
                     return await self._reconnect()
         except TimeoutError:
@@ -147,14 +194,28 @@ class Client:
         current = self._connection
         if current is not None and not current.is_broken:
             return current  # another task reconnected while we waited for the lock
-        self._connection = await open_connection(
-            self._task_group,
-            self.endpoint,
-            connect_timeout_s=self.connect_timeout_s,
-            request_timeout_s=self.request_timeout_s,
-            requests_in_flight_max=self.requests_in_flight_max,
-        )
-        return self._connection
+        count = len(self.endpoints)
+        # After a break, start at the next address: the one that broke is likely down.
+        start = self._endpoint_index + (current is not None)
+        failures: list[tuple[str, StreamdError]] = []
+        for step in range(count):
+            index = (start + step) % count
+            try:
+                connection = await open_connection(
+                    self._task_group,
+                    self.endpoints[index],
+                    connect_timeout_s=self.connect_timeout_s,
+                    request_timeout_s=self.request_timeout_s,
+                    requests_in_flight_max=self.requests_in_flight_max,
+                )
+            except StreamdError as exc:
+                if count == 1:
+                    raise
+                failures.append((self.endpoints[index], exc))
+                continue
+            self._connection, self._endpoint_index = connection, index
+            return connection
+        raise _no_bootstrap_answered(failures)
 
     async def call(
         self, op: str, args: dict[str, Any], *, timeout_s: float | None = None
@@ -202,7 +263,9 @@ class Client:
         Raises: StreamNotFoundError, InvalidStreamNameError.
         """
         answer = await self.call(wire.OP_DESCRIBE_STREAM, {"stream": model.check_stream_name(name)})
-        return stream_from_wire(answer.get("stream"))
+        description = stream_from_wire(answer.get("stream"))
+        self.router.learn(description)  # cluster nodes name each shard's leader
+        return description
 
     async def update_retention(self, name: str, hours: int) -> None:
         """Change how long records are kept.
@@ -345,15 +408,28 @@ class Client:
     async def append_batch(self, stream: str, shard_id: str, batch: bytes) -> AppendResult:
         """Append one client-built batch (storage format) to a shard; the Producer's fast path.
 
+        Sent to the shard's leader (router.py): NOT_LEADER, SHARD_UNAVAILABLE and a lost
+        leader connection are retried within the request timeout, with the same bytes, which
+        the server's producer-sequence dedup makes safe for a batch with a producer id (one
+        without may then be stored twice, as after any lost answer).
         Raises: InvalidBatchError, WrongShardError, ShardClosedError, ShardNotFoundError,
-        OutOfOrderSequenceError, ThrottledError, StorageFullError, StreamNotFoundError.
+        OutOfOrderSequenceError, ThrottledError, StorageFullError, StreamNotFoundError,
+        NotLeaderError, ShardUnavailableError (when the retries ran out of time).
         """
         args = {
             "stream": model.check_stream_name(stream),
             "shard_id": shard_id,
             "batch": batch,
         }
-        return append_from_wire(await self.call(wire.OP_APPEND_BATCH, args))
+        answer = await self.router.request(
+            stream,
+            shard_id,
+            wire.OP_APPEND_BATCH,
+            args,
+            timeout_s=self.request_timeout_s,
+            writes=True,
+        )
+        return append_from_wire(answer)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -374,7 +450,9 @@ class Client:
         caps the records returned; ``next_position`` then continues right after the last one.
         Raises: CorruptDataError (a batch failed its CRC, here or on the server),
         StreamNotFoundError, ShardNotFoundError, InvalidSequenceNumberError,
-        InvalidArgumentError (max_bytes, wait_ms, limit, shard id).
+        InvalidArgumentError (max_bytes, wait_ms, limit, shard id), NotLeaderError,
+        ShardUnavailableError (sent to the shard's leader, retried within the request timeout
+        as append_batch is).
         """
         shard_index = model.shard_index_of(shard_id)
         _check_read_args(max_bytes, wait_ms, limit)
@@ -386,7 +464,9 @@ class Client:
             "wait_ms": wait_ms,
         }
         timeout_s = self.request_timeout_s + wait_ms / 1000
-        answer = await self.call(wire.OP_READ, args, timeout_s=timeout_s)
+        answer = await self.router.request(
+            stream, shard_id, wire.OP_READ, args, timeout_s=timeout_s, writes=False
+        )
         return decode_read(raw_read_from_wire(answer), shard_id, shard_index, limit)
 
     # -- factories -----------------------------------------------------------------------------
@@ -477,6 +557,17 @@ class Client:
             wait_ms=wait_ms,
             max_bytes=max_bytes,
         )
+
+
+def _no_bootstrap_answered(failures: list[tuple[str, StreamdError]]) -> StreamdError:
+    """The error for a bootstrap list none of whose addresses answered (connect's doc)."""
+    for _, error in failures:
+        if isinstance(error, ProtocolError):
+            return error  # it will answer the same way every time: say what it is
+    why = "; ".join(f"{endpoint}: {error.message}" for endpoint, error in failures)
+    lost = ConnectionLostError(f"no bootstrap address answered ({why})")
+    lost.__cause__ = failures[-1][1]
+    return lost
 
 
 def _record_to_wire(entry: Any) -> dict[str, Any]:

@@ -47,6 +47,7 @@ ANSWER_HEAD_BYTES_MAX: Final = 80  # the first bytes received, kept to say what 
 SEND_COALESCE_BYTES_MAX: Final = 1024 * 1024  # stop joining queued frames past this
 FRAME_BYTES_MAX_CEILING: Final = 64 * 1024 * 1024  # never trust a larger announced limit
 CLOSE_TIMEOUT_S: Final = 5.0
+BOOTSTRAP_ADDRESSES_MAX: Final = 64  # addresses in one "h1:7070,h2:7070" list
 
 # The foreign exceptions a stream may raise once the peer or the network fails.
 _FOREIGN_ERRORS: Final = (
@@ -71,6 +72,24 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise InvalidArgumentError(f"endpoint must look like host:port, got {endpoint!r:.100}")
     return host, int(port)
+
+
+def parse_bootstrap(endpoints: str) -> tuple[str, ...]:
+    """Split a bootstrap list ``"h1:7070,h2:7070"`` (one address is a list of one) into its
+    addresses, each checked as ``parse_endpoint`` does; blanks around commas are ignored.
+
+    Raises: InvalidArgumentError (an address is malformed, the list is empty or too long).
+    """
+    if not isinstance(endpoints, str):
+        raise InvalidArgumentError(f"endpoint must be a str, got {type(endpoints).__name__}")
+    addresses = tuple(part.strip() for part in endpoints.split(","))
+    if not 1 <= len(addresses) <= BOOTSTRAP_ADDRESSES_MAX:
+        raise InvalidArgumentError(
+            f"a bootstrap list holds 1..{BOOTSTRAP_ADDRESSES_MAX} addresses, got {len(addresses)}"
+        )
+    for address in addresses:
+        parse_endpoint(address)
+    return addresses
 
 
 class _Pending:

@@ -63,6 +63,7 @@ from .errors import (
     ConnectionLostError,
     InternalError,
     InvalidArgumentError,
+    NotLeaderError,
     OutOfOrderSequenceError,
     ProtocolError,
     RequestTimeoutError,
@@ -87,8 +88,9 @@ __all__ = ["PendingPut", "Producer", "ProducerStats", "fresh_producer_id"]
 
 PRODUCER_SEQ_MAX: Final = 0xFFFF_FFFF  # u32 in the batch header
 _RESHARD_ERRORS: Final = (WrongShardError, ShardClosedError, ShardNotFoundError)
-# Errors after which a batch may or may not have been stored.
-_AMBIGUOUS_ERRORS: Final = (ConnectionLostError, RequestTimeoutError, InternalError)
+# Errors after which a batch may or may not have been stored (NOT_LEADER: the deposed leader
+# may have committed it while it waited; the router raises these for a retried append too).
+_AMBIGUOUS_ERRORS: Final = (ConnectionLostError, RequestTimeoutError, InternalError, NotLeaderError)
 
 
 class _Action(Enum):

@@ -77,7 +77,12 @@ class AppendResult(NamedTuple):
 
 
 class ShardDescription(NamedTuple):
-    """One shard; it is open for writes while ``ending_sequence`` is None."""
+    """One shard; it is open for writes while ``ending_sequence`` is None.
+
+    ``leader`` (node id) and ``leader_address`` (its native "host:port") come from cluster
+    nodes only, and are None there while no live node leads the shard; an embedded server
+    sends neither (every shard is on the node itself).
+    """
 
     shard_id: str
     hash_key_start: int
@@ -86,6 +91,8 @@ class ShardDescription(NamedTuple):
     ending_sequence: str | None
     parent_shard_id: str | None
     adjacent_parent_shard_id: str | None
+    leader: str | None = None
+    leader_address: str | None = None
 
     @property
     def is_open(self) -> bool:
@@ -197,6 +204,8 @@ def shard_from_wire(body: Any) -> ShardDescription:
         ending_sequence=field(body, "ending_sequence", str, optional=True),
         parent_shard_id=field(body, "parent_shard_id", str, optional=True),
         adjacent_parent_shard_id=field(body, "adjacent_parent_shard_id", str, optional=True),
+        leader=field(body, "leader", str, optional=True),
+        leader_address=field(body, "leader_address", str, optional=True),
     )
 
 

@@ -10,14 +10,22 @@ Faults are injected per operation with ``inject(op, kind, ...)``: ``error`` (ans
 error), ``drop`` (close the connection without executing), ``drop_after`` (execute, then close
 without answering: the lost-ack case), ``stall`` (never answer), ``delay`` (answer late).
 The real server's integration tests live elsewhere; this is a unit-test double.
+
+Cluster mode (``fake_cluster``): several such servers ("nodes") share one ``FakeCluster``, its
+streams (as if every node held a replica) and a map of each shard's leader. A node answers
+append_batch and read only for the shards it leads; for the others NOT_LEADER (with the
+leader's ``address``, unless ``redirect_with_address`` is off) or SHARD_UNAVAILABLE (no
+leader). describe_stream names each shard's ``leader``/``leader_address`` when
+``describe_leaders`` is on, as a cluster node does.
 """
 
 from __future__ import annotations
 
+import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +130,43 @@ class FakeStream:
         raise AssertionError("open shards must cover the hash space")
 
 
+@dataclass
+class FakeCluster:
+    """What the nodes of a fake cluster share; tests move leaders by editing ``leaders``."""
+
+    streams: dict[str, FakeStream] = field(default_factory=dict)
+    leaders: dict[tuple[str, str], str | None] = field(default_factory=dict)  # -> endpoint
+    node_ids: dict[str, str] = field(default_factory=dict)  # endpoint -> node id
+    describe_leaders: bool = True
+    redirect_with_address: bool = True
+    leader_of_new_shards: str | None = None  # endpoint; set by fake_cluster to node 0
+
+    def check_leader(self, endpoint: str, stream: str, shard_id: Any) -> None:
+        """Raise what a node that is not the shard's leader answers."""
+        key = (stream, str(shard_id))
+        if key not in self.leaders:  # a shard created meanwhile
+            self.leaders[key] = self.leader_of_new_shards
+        leader = self.leaders[key]
+        if leader is None:
+            raise errors.ShardUnavailableError(
+                f"no live node holds {shard_id}", stream=stream, shard_id=shard_id
+            )
+        if leader != endpoint:
+            details: dict[str, Any] = {"stream": stream, "shard_id": shard_id}
+            details["leader"] = self.node_ids.get(leader)
+            if self.redirect_with_address:
+                details["address"] = leader
+            raise errors.NotLeaderError(f"{endpoint} does not lead {shard_id}", **details)
+
+    def describe_shard(self, stream: str, shard: FakeShard) -> dict[str, Any]:
+        body = shard.to_wire()
+        if self.describe_leaders:
+            leader = self.leaders.get((stream, shard.shard_id), self.leader_of_new_shards)
+            body["leader"] = None if leader is None else self.node_ids.get(leader)
+            body["leader_address"] = leader
+        return body
+
+
 class _Connection:
     def __init__(self, stream: anyio.abc.SocketStream, task_group: anyio.abc.TaskGroup) -> None:
         self.stream = stream
@@ -138,10 +183,11 @@ class _Connection:
 
 
 class FakeServer:
-    def __init__(self, frame_bytes_max: int) -> None:
+    def __init__(self, frame_bytes_max: int, cluster: FakeCluster | None = None) -> None:
         self.frame_bytes_max = frame_bytes_max
         self.endpoint = ""
-        self.streams: dict[str, FakeStream] = {}
+        self.cluster = cluster
+        self.streams: dict[str, FakeStream] = {} if cluster is None else cluster.streams
         self.requests: list[tuple[str, dict[str, Any]]] = []  # every request, in arrival order
         self.connections_accepted = 0
         self._faults: list[Fault] = []
@@ -172,6 +218,10 @@ class FakeServer:
         assert kind in ("error", "drop", "drop_after", "stall", "delay")
         assert (kind == "error") == (error is not None)
         self._faults.append(Fault(op, kind, times, error, delay_s))
+
+    def clear_faults(self) -> None:
+        """Drop every fault not applied yet."""
+        self._faults.clear()
 
     def ops(self, op: str) -> list[dict[str, Any]]:
         """The args of every request of ``op`` received so far."""
@@ -335,7 +385,12 @@ class FakeServer:
                 "status": "ACTIVE",
                 "retention_hours": fake.retention_hours,
                 "created_ms": fake.created_ms,
-                "shards": [shard.to_wire() for shard in fake.shards],
+                "shards": [
+                    shard.to_wire()
+                    if self.cluster is None
+                    else self.cluster.describe_shard(fake.name, shard)
+                    for shard in fake.shards
+                ],
             }
         }
 
@@ -368,6 +423,8 @@ class FakeServer:
 
     async def _append_batch(self, args: dict[str, Any]) -> dict[str, Any]:
         fake = self._stream(args)
+        if self.cluster is not None:
+            self.cluster.check_leader(self.endpoint, fake.name, args.get("shard_id"))
         shard = fake.shard(args.get("shard_id"))
         if shard.ending_sequence is not None:
             raise errors.ShardClosedError(f"{shard.shard_id} is closed")
@@ -390,6 +447,8 @@ class FakeServer:
         return answer
 
     async def _read(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.cluster is not None:
+            self.cluster.check_leader(self.endpoint, self._stream(args).name, args.get("shard_id"))
         shard = self._stream(args).shard(args.get("shard_id"))
         start = _resolve(shard, Position.from_wire(args.get("from")))
         wait_ms = args.get("wait_ms", 0)
@@ -461,10 +520,10 @@ def _resolve(shard: FakeShard, position: Position) -> int:
 
 @asynccontextmanager
 async def fake_server(
-    *, frame_bytes_max: int = wire.FRAME_BYTES_MAX_DEFAULT
+    *, frame_bytes_max: int = wire.FRAME_BYTES_MAX_DEFAULT, cluster: FakeCluster | None = None
 ) -> AsyncIterator[FakeServer]:
     """Serve on a fresh loopback port until the block ends; yields the server."""
-    server = FakeServer(frame_bytes_max)
+    server = FakeServer(frame_bytes_max, cluster)
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     server.endpoint = f"127.0.0.1:{listener.extra(SocketAttribute.local_port)}"
     async with listener, anyio.create_task_group() as task_group:
@@ -473,6 +532,27 @@ async def fake_server(
             yield server
         finally:
             task_group.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def fake_cluster(nodes: int) -> AsyncIterator[tuple[FakeCluster, list[FakeServer]]]:
+    """``nodes`` fake nodes sharing one FakeCluster; new shards are led by node 0."""
+    cluster = FakeCluster()
+    async with AsyncExitStack() as stack:
+        servers = [
+            await stack.enter_async_context(fake_server(cluster=cluster)) for _ in range(nodes)
+        ]
+        for number, server in enumerate(servers):
+            cluster.node_ids[server.endpoint] = f"node-{number}"
+        cluster.leader_of_new_shards = servers[0].endpoint
+        yield cluster, servers
+
+
+def dead_endpoint() -> str:
+    """A loopback address nothing listens on (connecting is refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 # -- pytest glue shared by the client test modules ----------------------------------------------

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from anyio.from_thread import start_blocking_portal
-from fake_server import FakeServer, fake_server
+from fake_server import FakeServer, dead_endpoint, fake_server
 
 from streamd_client import Position, PutRecordsEntry, PutResult, errors
 from streamd_client.sync import SyncClient
@@ -83,3 +83,10 @@ def test_errors_cross_the_thread_boundary_typed(client: SyncClient) -> None:
         client.describe_stream("missing")
     with pytest.raises(errors.InvalidPartitionKeyError):
         client.put_record("missing", b"x", "")
+
+
+def test_the_facade_takes_a_bootstrap_list(server: FakeServer, backend: str) -> None:
+    with sync_connect(f"{dead_endpoint()},{server.endpoint}", backend=backend) as client:
+        client.create_stream("s", 1)
+        assert client.list_streams() == ["s"]
+    assert server.connections_accepted == 1
