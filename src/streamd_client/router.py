@@ -31,8 +31,8 @@ What happens after a failed attempt (one decision table, ``_learn``, then ``_pau
 
 Backoffs are exponential with full jitter (BACKOFF_MS_INITIAL doubling to BACKOFF_MS_MAX).
 Everything, the attempts, the describes and the backoffs, fits in the request's time budget
-(the client's request_timeout_s; a long-poll read adds its wait): a backoff that would end past
-the deadline is not slept, the last error is raised instead.
+(the client's request_timeout_s; a long-poll read adds its wait): a backoff that would leave
+less than ATTEMPT_S_MIN of it is not slept, the last error is raised instead.
 
 Writes and "may have applied": an append that ended in NOT_LEADER or a lost connection may
 still have committed. Retrying it is safe for the Producer (same bytes, same producer sequence:
@@ -70,6 +70,7 @@ LEADER_CACHE_ENTRIES_MAX: Final = 65_536  # shards whose leader we remember; old
 BACKOFF_MS_INITIAL: Final = 20
 BACKOFF_MS_MAX: Final = 1000
 REDIRECTS_IMMEDIATE_MAX: Final = 3  # then redirects back off too: leadership may be moving
+ATTEMPT_S_MIN: Final = 0.02  # no attempt after a backoff with less budget left than this
 
 ShardKey = tuple[str, str]  # (stream, shard_id)
 
@@ -190,7 +191,7 @@ class Router:
             else:
                 attempt += 1
                 pause_s = backoff_s(attempt, BACKOFF_MS_INITIAL, BACKOFF_MS_MAX)
-                if anyio.current_time() + pause_s >= deadline:
+                if anyio.current_time() + pause_s + ATTEMPT_S_MIN >= deadline:
                     raise _final(error, unknown, writes=writes)
                 self.stats.retries += 1
                 await anyio.sleep(pause_s)
