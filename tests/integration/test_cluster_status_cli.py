@@ -14,6 +14,7 @@ import socket
 import uuid
 
 import pytest
+import structlog
 import trio
 
 from streamd.cli import app as cli
@@ -136,3 +137,17 @@ def test_a_bad_url_or_namespace_is_refused_with_exit_2(
 ) -> None:
     code, _, err = status(capsys, *argv)
     assert code == common.EXIT_USAGE and says in err
+
+
+def test_status_leaves_the_logging_configuration_as_it_was(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """In-process (tests, scripts), a structlog bound to this test's captured stderr would
+    outlive it: later log calls would write to a closed file."""
+    before = structlog.get_config()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code, _, _ = status(capsys, "--cluster", f"etcd://127.0.0.1:{port}")
+    assert code == common.EXIT_UNREACHABLE
+    assert structlog.get_config() == before

@@ -55,14 +55,13 @@ def register(commands: Any) -> None:
 
 def _status(args: argparse.Namespace) -> int:
     import anyio
+    import structlog
 
     from streamd_client.errors import MetadataUnavailableError
 
     from .. import log
     from ..config import parse_cluster_url
     from ..meta.errors import MetaError
-
-    log.configure("console", "error")  # the etcd client's retries are not this command's output
 
     if args.cluster is not None:
         url, source = args.cluster, "--cluster"
@@ -78,6 +77,8 @@ def _status(args: argparse.Namespace) -> int:
     if not args.cluster_namespace.endswith("/"):
         print_error(f"--cluster-namespace {args.cluster_namespace!r}: must end in '/'")
         return EXIT_USAGE
+    saved_logging = structlog.get_config()
+    log.configure("console", "error")  # the etcd client's retries are not this command's output
     try:
         status = anyio.run(_read, endpoints, args.cluster_namespace, backend="trio")
     except MetadataUnavailableError as exc:
@@ -89,6 +90,8 @@ def _status(args: argparse.Namespace) -> int:
     except MetaError as exc:
         print_error(f"etcd at {url} refused the status read: {exc}")
         return EXIT_ERROR
+    finally:  # as it was: main() may run in a process that logs on (tests, scripts)
+        structlog.configure(**saved_logging)
     if args.json:
         print(json.dumps(dataclasses.asdict(status), sort_keys=True))
         return EXIT_OK
