@@ -65,6 +65,8 @@ def test_endpoint_check_refuses_urls_and_values_without_a_port(
         (["--endpoint", "http://127.0.0.1:4567", "stream", "list"], "--endpoint: endpoint "),
         (["stream", "list", "--endpoint", "https://h:1"], "is a URL (https://)"),
         (["stream", "list", "--endpoint", "localhost"], "must look like host:port"),
+        # A cluster's bootstrap list: each address checked, the bad one named.
+        (["stream", "list", "--endpoint", "127.0.0.1:1,bad"], "host:port, got 'bad'"),
     ]:
         assert cli.main(argv) == common.EXIT_USAGE
         err = capsys.readouterr().err

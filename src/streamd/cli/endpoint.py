@@ -1,6 +1,6 @@
 """Where the client commands connect: ``--endpoint`` anywhere, ``$STREAMD_ENDPOINT``, a default.
 
-``--endpoint HOST:PORT`` is accepted before the command (``streamd --endpoint H:P stream list``)
+``--endpoint HOST:PORT`` (or a cluster's bootstrap list ``H1:P1,H2:P2``) is accepted before the command (``streamd --endpoint H:P stream list``)
 and after it (``streamd stream list --endpoint H:P``); the last one given wins, then
 ``$STREAMD_ENDPOINT``, then ``127.0.0.1:7070``. Every parser declares it with a suppressed
 default, because argparse copies a subcommand's defaults over what the main parser already
@@ -34,8 +34,8 @@ def add_global(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--endpoint",
         default=argparse.SUPPRESS,
-        metavar="HOST:PORT",
-        help=f"server address for client commands (default: ${ENDPOINT_ENV}, else "
+        metavar="HOST:PORT[,HOST:PORT]",
+        help=f"server address (a cluster: any nodes, comma-separated) for client commands (default: ${ENDPOINT_ENV}, else "
         f"{ENDPOINT_DEFAULT}); also accepted after the command",
     )
 
@@ -46,8 +46,8 @@ def add_to(parser: argparse.ArgumentParser, *, from_env: bool = True) -> None:
     parser.add_argument(
         "--endpoint",
         default=argparse.SUPPRESS,
-        metavar="HOST:PORT",
-        help=f"server address (default: ${ENDPOINT_ENV}, else {ENDPOINT_DEFAULT})",
+        metavar="HOST:PORT[,HOST:PORT]",
+        help=f"server address, or several nodes of a cluster (default: ${ENDPOINT_ENV}, else {ENDPOINT_DEFAULT})",
     )
     parser.set_defaults(**{_FROM_ENV: from_env})
 
@@ -69,8 +69,9 @@ def resolve(args: argparse.Namespace) -> None:
 
 
 def check(args: argparse.Namespace) -> None:
-    """Raise EndpointError if ``args.endpoint`` cannot be a native HOST:PORT."""
-    from streamd_client.connection import parse_endpoint
+    """Raise EndpointError if ``args.endpoint`` cannot be a native HOST:PORT (or a bootstrap
+    list of them, ``h1:7070,h2:7070``)."""
+    from streamd_client.connection import parse_bootstrap
     from streamd_client.errors import InvalidArgumentError
 
     endpoint = args.endpoint
@@ -78,6 +79,6 @@ def check(args: argparse.Namespace) -> None:
         return
     source = getattr(args, _SOURCE, "--endpoint")
     try:
-        parse_endpoint(endpoint)
+        parse_bootstrap(endpoint)
     except InvalidArgumentError as exc:
         raise EndpointError(f"{source}: {exc.message}") from None
