@@ -26,6 +26,7 @@ from streamd.meta.keys import (
     CONTROLLER_KEY,
     SHARDS_PREFIX,
     ControllerRecord,
+    CoordinatorPlacement,
     NodeRegistration,
     ShardAssignment,
     node_key,
@@ -293,5 +294,35 @@ async def test_the_controller_makes_the_shard_documents_of_a_big_stream_and_drop
         assert await store.txn([], deletes=["streams/big"])
         await service.round()
         assert await assignments(store) == []
+        await store.revoke_lease(lease.lease_id)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_group_s_placement_is_placed_and_dropped_with_its_stream(
+    store: EtcdMetaStore,
+) -> None:
+    """A node writes a group's placement unplaced (groups/cluster.py); the controller places it
+    on the live node running fewest coordinators at epoch 1, and deletes it once its stream's
+    document is gone (a stream delete leaves its groups' placements behind)."""
+    async with trio.open_nursery() as nursery:
+        for node_id in ["n1", "n2"]:
+            await nursery.start(RawNode(store, node_id).run)
+        await create_stream(store, "kept", 1, 1)
+        await create_stream(store, "gone", 1, 1)
+        for stream in ["kept", "gone"]:
+            doc = CoordinatorPlacement.unplaced(stream, "g")
+            assert await store.txn([Compare(doc.key, 0)], puts=[(doc.key, doc.encode())])
+        lease = await store.grant_lease(10)
+        service = ControllerService(store, await Elector(store, "c", lease.lease_id).campaign())
+        await service.round()
+        placed = [CoordinatorPlacement.decode(kv.value) for kv in await store.range("coord")]
+        assert sorted((p.stream, p.node_id, p.epoch) for p in placed) == [
+            ("gone", "n1", 1),  # by key: gone's first, on the first of the idle nodes
+            ("kept", "n2", 1),
+        ]
+        assert await store.txn([], deletes=["streams/gone"])
+        await service.round()
+        left = [CoordinatorPlacement.decode(kv.value) for kv in await store.range("coord")]
+        assert [(p.stream, p.node_id) for p in left] == [("kept", "n2")]
         await store.revoke_lease(lease.lease_id)
         nursery.cancel_scope.cancel()

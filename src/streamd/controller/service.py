@@ -62,7 +62,9 @@ class ClusterView:
     shards: dict[str, ShardAssignment]
     coordinators: dict[str, CoordinatorPlacement]
     revisions: dict[str, int]  # key -> mod_revision as read (0: absent, a shard to create)
-    orphans: tuple[str, ...] = ()  # shard documents of shards no stream has any more
+    # Shard documents of shards no stream has any more, and coordinator placements of groups
+    # whose stream is gone: deleted (compare: their revision as read), never placed or moved.
+    orphans: tuple[str, ...] = ()
 
 
 class ControllerService:
@@ -159,7 +161,13 @@ class ControllerService:
         orphans = tuple(k for k in sorted(shards) if revisions[k] and k not in expected)
         for key in orphans:
             del shards[key]
-        return ClusterView(live, shards, coordinators, revisions, orphans)
+        # A group's placement is written only for a stream the catalog has (groups/cluster.py),
+        # and read here before the streams: one whose stream is gone now was deleted with it.
+        names = {kv.key[len(STREAMS_PREFIX) :] for kv in stream_kvs}
+        gone = tuple(k for k, p in sorted(coordinators.items()) if p.stream not in names)
+        for key in gone:
+            del coordinators[key]
+        return ClusterView(live, shards, coordinators, revisions, orphans + gone)
 
     async def _watch_changes(
         self, prefix: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
