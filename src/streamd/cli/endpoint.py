@@ -1,6 +1,7 @@
 """Where the client commands connect: ``--endpoint`` anywhere, ``$STREAMD_ENDPOINT``, a default.
 
-``--endpoint HOST:PORT`` (or a cluster's bootstrap list ``H1:P1,H2:P2``) is accepted before the command (``streamd --endpoint H:P stream list``)
+``--endpoint HOST:PORT`` (or a cluster's bootstrap list ``H1:P1,H2:P2``) is accepted before
+the command (``streamd --endpoint H:P stream list``)
 and after it (``streamd stream list --endpoint H:P``); the last one given wins, then
 ``$STREAMD_ENDPOINT``, then ``127.0.0.1:7070``. Every parser declares it with a suppressed
 default, because argparse copies a subcommand's defaults over what the main parser already
@@ -35,8 +36,8 @@ def add_global(parser: argparse.ArgumentParser) -> None:
         "--endpoint",
         default=argparse.SUPPRESS,
         metavar="HOST:PORT[,HOST:PORT]",
-        help=f"server address (a cluster: any nodes, comma-separated) for client commands (default: ${ENDPOINT_ENV}, else "
-        f"{ENDPOINT_DEFAULT}); also accepted after the command",
+        help="server address (a cluster: any nodes, comma-separated) for client commands "
+        f"(default: ${ENDPOINT_ENV}, else {ENDPOINT_DEFAULT}); also accepted after the command",
     )
 
 
@@ -47,7 +48,8 @@ def add_to(parser: argparse.ArgumentParser, *, from_env: bool = True) -> None:
         "--endpoint",
         default=argparse.SUPPRESS,
         metavar="HOST:PORT[,HOST:PORT]",
-        help=f"server address, or several nodes of a cluster (default: ${ENDPOINT_ENV}, else {ENDPOINT_DEFAULT})",
+        help="server address, or several nodes of a cluster "
+        f"(default: ${ENDPOINT_ENV}, else {ENDPOINT_DEFAULT})",
     )
     parser.set_defaults(**{_FROM_ENV: from_env})
 
