@@ -21,3 +21,14 @@ class ReplicationBroken(AssertionError):
 def require(condition: bool, what: str) -> None:
     if not condition:
         raise ReplicationBroken(what)
+
+
+class MalformedMessage(ValueError):
+    """A replication envelope from the wire is not one we accept (wrong shape, type or range,
+    a batch failing its checksum, batches that do not follow each other). The only exception
+    ``codec.decode_envelope`` raises for any input; the transport drops the envelope and counts
+    it (the protocol resends what it needs)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
