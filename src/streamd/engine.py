@@ -347,6 +347,24 @@ class Engine:
         self.streams[meta.name] = stream
         return stream
 
+    def _remote_leader(self, stream: str, shard_id: str) -> str | None:
+        """The native address of the shard's leader when another node leads it (cluster mode);
+        None when this node does, or the shard is unknown (the local path says why). Raises
+        ShardUnavailableError for a known shard nobody leads now."""
+        meta = self._stream(stream).meta
+        if not self.clustered or meta.shard(shard_id) is None:
+            return None
+        location = self.locator.locate(stream, shard_id)
+        if isinstance(location, Local):
+            return None
+        if isinstance(location, Remote):
+            return location.address
+        raise located_error(stream, shard_id, location)
+
+    async def _call_leader(self, address: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        assert self._peers is not None  # a reshard step may wait for its seal: under 30 s
+        return await self._peers.call(address, op, args, timeout_s=_RESHAPE_WAIT_S + 5)
+
     def _leads(self, stream: str, shard_id: str) -> bool:
         return isinstance(self.locator.locate(stream, shard_id), Local)
 
@@ -609,7 +627,17 @@ class Engine:
 
         Raises StreamNotFoundError, ShardNotFoundError, ResourceInUseError (another reshard
         runs), InvalidArgumentError (closed shard, key outside the range).
+
+        Cluster mode: a split runs on the parent's leader (which seals it), so a node that does
+        not lead it forwards the request there.
         """
+        remote = self._remote_leader(name, shard_id)
+        if remote is not None:
+            args = {"stream": name, "shard_id": shard_id}
+            if at is not None:
+                args["hash_key"] = str(at)
+            answer = await self._call_leader(remote, "split_shard", args)
+            return [str(c) for c in answer["shard_ids"]]
         stream = self._busy_or(name)
         async with stream.lock:
             step = reshard.check_split(_active(self._stream(name).meta), shard_id, at)
@@ -623,7 +651,20 @@ class Engine:
 
         Raises StreamNotFoundError, ShardNotFoundError, ResourceInUseError,
         InvalidArgumentError (closed or non-adjacent shards).
+
+        Cluster mode: both parents must be sealed by one node, so the merge runs on their leader
+        (forwarded there); parents led by two nodes are refused (ResourceInUseError: not yet).
         """
+        first = self._remote_leader(name, shard_id)
+        second = self._remote_leader(name, adjacent_shard_id)
+        if first != second:
+            raise ResourceInUseError(
+                f"{shard_id} and {adjacent_shard_id} of {name!r} are led by two nodes; merging "
+                "across nodes is not supported yet in cluster mode"
+            )
+        if first is not None:
+            args = {"stream": name, "shard_id": shard_id, "adjacent_shard_id": adjacent_shard_id}
+            return str((await self._call_leader(first, "merge_shards", args))["shard_id"])
         stream = self._busy_or(name)
         async with stream.lock:
             step = reshard.check_merge(
@@ -641,7 +682,13 @@ class Engine:
         ``describe_stream``'s "reshard") and resume after a restart.
 
         Raises StreamNotFoundError, ResourceInUseError, InvalidArgumentError (out of bounds).
+        Cluster mode: refused (ResourceInUseError) until resizes run across nodes.
         """
+        if self.clustered:
+            raise ResourceInUseError(
+                "resizing a stream is not supported yet in cluster mode: split (and merge shards "
+                "that one node leads) instead"
+            )
         stream = self._busy_or(name)
         async with stream.lock:
             meta = _active(self._stream(name).meta)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from streamd_client.errors import NotLeaderError, ShardUnavailableError, StreamdError
 from streamd_client.model import Position
@@ -88,6 +88,12 @@ class EverythingLocal:
 
 class PeerCalls(Protocol):
     """Requests to another node (cluster mode; cluster/peers.py): what the engine forwards."""
+
+    async def call(
+        self, address: str, op: str, args: dict[str, Any], *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """One native request to the node at ``address`` (an admin operation it must run)."""
+        ...
 
     async def put_records(
         self, address: str, stream: str, records: Sequence[RecordIn]
