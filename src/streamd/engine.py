@@ -58,6 +58,7 @@ from streamd_client.summary import summary
 
 from . import layout, metrics, node_limits, reshard
 from .catalog import Catalog, ShardMeta, StreamMeta, StreamMode
+from .clock import Clock, WallClock
 from .config import ServerConfig
 from .iothread import IoPool
 from .meta import MetaStore
@@ -144,9 +145,11 @@ class Engine:
         budget: node_limits.ShardBudget | None = None,
         locator: ShardLocator | None = None,
         peers: PeerCalls | None = None,
+        clock: Clock | None = None,
     ) -> None:
         """``budget``: how many shards this node may hold (default: from ``config`` and this
-        process's open-files limit, counting ``connections_max`` per listener).
+        process's open-files limit, counting ``connections_max`` per listener). ``clock``: the
+        shard pipelines' time (default the wall clock).
 
         Cluster mode (node.py): ``locator`` says which shards this node leads (it runs
         pipelines for those only), ``peers`` forwards server-routed puts and reads to the
@@ -159,6 +162,7 @@ class Engine:
         self._peers = peers
         self.catalog = Catalog(store, clustered=self.clustered)
         self.committer = committer or LocalCommitter()
+        self.clock: Clock = clock or WallClock()
         self.streams: dict[str, _Stream] = {}
         listeners = 2 if config.kinesis_listen else 1
         self.budget = budget or node_limits.ShardBudget(
@@ -379,8 +383,9 @@ class Engine:
             self._pipeline_config,
             self.committer,
             io_pool=self._io_pool,
+            clock=self.clock,
         )
-        self._nursery.start_soon(pipeline.run)
+        await self._nursery.start(pipeline.run)  # its high watermark is the committer's
         return pipeline
 
     def _open_log(self, directory: Path) -> ShardLog:

@@ -15,7 +15,11 @@ node's threads do not grow with its shards. A lane given no pool gets a private 
 thread, named like the lane (the shape before pools; tests and tools use it).
 
 Like ``to_thread.run_sync``'s default, a submitted call cannot be cancelled once queued: the
-caller waits for it to finish, so file state and in-memory state never disagree.
+caller waits for it to finish, so file state and in-memory state never disagree. ``submit`` is
+the same job without a waiting task: its outcome goes to a callback in the trio thread, so one
+task can wait on the job and on something else at once (the shard's local fsync beside
+replication) without a task per job; the submitter still waits for the callback before it
+leaves the scope the job belongs to.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import itertools
 import threading
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import outcome
@@ -108,7 +113,10 @@ class IoThread:
         self._own_pool = pool is None
         self._pool = IoPool(1, idle_s, name=name) if pool is None else pool
         self._lock = threading.Lock()
-        self._jobs: deque[tuple[Callable[[], Any], trio.lowlevel.Task]] = deque()
+        # (the job, what receives its outcome in the trio thread)
+        self._jobs: deque[tuple[Callable[[], Any], Callable[[outcome.Outcome[Any]], None]]] = (
+            deque()
+        )
         self._scheduled = False  # Invariant: True iff queued on the pool or being run
         self._stopped = False
 
@@ -122,14 +130,27 @@ class IoThread:
         assert not self._stopped, "IoThread used after stop()"
         await trio.lowlevel.checkpoint_if_cancelled()
         task = trio.lowlevel.current_task()
+        self._queue(lambda: fn(*args), partial(trio.lowlevel.reschedule, task))
+        result: T = await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+        return result
+
+    def submit(
+        self, fn: Callable[..., T], *args: Any, done: Callable[[outcome.Outcome[T]], None]
+    ) -> None:
+        """Queue ``fn(*args)``; ``done(outcome)`` runs in the trio thread once it has run. The
+        caller must wait for ``done`` (a job is never abandoned). From the trio thread only."""
+        assert not self._stopped, "IoThread used after stop()"
+        self._queue(lambda: fn(*args), done)
+
+    def _queue(
+        self, job: Callable[[], Any], deliver: Callable[[outcome.Outcome[Any]], None]
+    ) -> None:
         with self._lock:
-            self._jobs.append((lambda: fn(*args), task))
+            self._jobs.append((job, deliver))
             schedule = not self._scheduled
             self._scheduled = True
         if schedule:
             self._pool.schedule(self)
-        result: T = await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
-        return result
 
     def stop(self, timeout_s: float = _JOIN_S) -> None:
         """No more jobs. A private pool's thread ends (blocks up to ``timeout_s``); a shared
@@ -143,9 +164,9 @@ class IoThread:
     def _run_one(self) -> None:
         """Worker thread: run the lane's oldest job; queue the lane again if more wait."""
         with self._lock:
-            fn, task = self._jobs.popleft()
+            fn, deliver = self._jobs.popleft()
         result = outcome.capture(fn)
-        self._token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+        self._token.run_sync_soon(deliver, result)
         with self._lock:
             again = bool(self._jobs)
             self._scheduled = again

@@ -15,7 +15,7 @@ BYTES_APPENDED = Counter("streamd_batch_bytes_appended_total", "Batch bytes comm
 GROUP_COMMITS = Counter("streamd_group_commits_total", "Group commits (one fsync each)", ["stream"])
 COMMIT_SECONDS = Histogram(
     "streamd_commit_seconds",
-    "Encode + write + fsync time of one group commit",
+    "One group commit: encode + write, then the local fsync beside replication, to both votes",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0),
 )
 WRITES_REJECTED = Counter(

@@ -1,12 +1,19 @@
-"""The per-shard commit pipeline: queue, group commit, encode, write, fsync, replicate, ack.
+"""The per-shard commit pipeline: queue, group commit, encode, write, then sync and replicate
+side by side, ack.
 
 Writers (``enqueue_records`` for server-routed records, ``enqueue_batch`` for client-built
 batches) put a ``PendingWrite`` on a bounded queue and wait on it. One appender task per shard
 takes everything queued while the previous group was being made durable (group commit), plans it
-into batches with consecutive offsets, and hands the plan to a worker thread that encodes
-server-built batches, rewrites client batch headers, appends, and fsyncs. Then the replication
-seam (``Committer``) confirms the quorum, the high watermark moves, waiting readers wake, and every
-writer in the group is acknowledged at once.
+into batches with consecutive offsets, and hands the plan to the shard's I/O lane, which encodes
+server-built batches, rewrites client batch headers and appends them. Then two votes run at once:
+the lane syncs the batches (the local vote, per ``--fsync``) while the replication seam
+(``Committer.replicate``) ships them; the lane tells the appender the batches are appended before
+it syncs, so shipping never waits for the local fsync. When ``replicate`` returns, the commit
+rule holds (the committer decides the quorum; ``LocalCommitter``'s is the local vote alone): the
+high watermark moves, waiting readers wake, and every writer in the group is acknowledged at once.
+A failed or cancelled vote fails the group; it is never published, and is cut from the log before
+the next group. At open, the high watermark is what the committer confirms (``committed_at_open``),
+not the log's end.
 
 Readers only ever see offsets below the high watermark (invariant 2). Recent committed batches
 stay in a bounded in-memory tail cache so that tailing readers never touch the disk.
@@ -14,6 +21,9 @@ stay in a bounded in-memory tail cache so that tailing readers never touch the d
 Idempotent producers: a client batch carries (producer id, producer sequence). A batch equal to
 one of that producer's last committed batches (kept by the log, rebuilt from headers at start)
 or to one still in flight is answered with the original offsets instead of being stored again.
+
+Time (arrival stamps) comes from the ``Clock`` the engine hands in, so a test can run the
+pipeline on a ``VirtualClock``; the fsync-interval timer is trio's (``trio.testing.MockClock``).
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
 
+import outcome
 import structlog
 import trio
 
@@ -48,8 +59,9 @@ from streamd_client.results import ChildShard  # the client's type: one definiti
 
 from . import metrics
 from .catalog import ShardMeta
+from .clock import Clock, WallClock
 from .iothread import IoPool, IoThread
-from .replication import Committer
+from .replication import Committer, Proposal
 from .storage import OffsetTrimmedError, SyncFailedError
 
 if TYPE_CHECKING:
@@ -62,6 +74,7 @@ _SERVER_BATCH_PAYLOAD_BYTES_MAX = 4 * 1024 * 1024
 
 
 def now_ms() -> int:
+    """Wall-clock milliseconds, for callers that are handed no Clock."""
     return time.time_ns() // 1_000_000
 
 
@@ -134,6 +147,10 @@ class _Cached:
     data: bytes
 
 
+# What the lane's job for one group returns (``ShardPipeline._write_plan``).
+_LaneResult = tuple[list["_Planned"], StreamdError | None, SyncFailedError | None, int]
+
+
 @dataclass(slots=True)
 class _Planned:
     """One batch to write: either built here from ``writes`` or a client batch (one write)."""
@@ -148,6 +165,69 @@ class _Planned:
         return self.base_offset + sum(w.record_count for w in self.writes)
 
 
+class _Votes:
+    """One group commit's two votes: the local append and sync (this is the ``LocalVote`` the
+    committer is handed) and the committer's ``replicate``, run beside it. Only the trio thread
+    touches it; the lane reports to it through the trio token."""
+
+    __slots__ = (
+        "answered",
+        "append_error",
+        "appended",
+        "crashed",
+        "durable_end",
+        "local_error",
+        "published",
+        "replicating",
+        "sync_error",
+        "synced",
+        "written",
+    )
+
+    def __init__(self) -> None:
+        self.appended = trio.Event()  # ``written`` is on the local log (not yet synced)
+        self.synced = trio.Event()  # the lane job is over: the local vote is in
+        self.replicating = trio.CancelScope()  # around ``replicate``
+        self.written: list[_Planned] = []
+        self.append_error: StreamdError | None = None  # for the writes after ``written``
+        self.sync_error: SyncFailedError | None = None
+        self.local_error: StreamdError | None = None  # the local vote failed with this
+        self.crashed: BaseException | None = None  # the lane job raised (a bug)
+        self.durable_end = -1
+        self.published = False  # ``written`` is below the high watermark
+        self.answered = False  # every writer of the group has its answer
+
+    def set_appended(self, written: list[_Planned], error: StreamdError | None) -> None:
+        if not self.appended.is_set():
+            self.written, self.append_error = written, error
+            self.appended.set()
+
+    def local_done(self, result: outcome.Outcome[_LaneResult]) -> None:
+        """The lane job's outcome. A failed sync is a failed vote: ``replicate`` is cancelled
+        (unless the group is already published, which ``_judge`` settles)."""
+        try:
+            written, error, sync_error, durable_end = result.unwrap()
+        except BaseException as exc:  # handed to the waiting task, which raises it
+            self.crashed, self.local_error = exc, InternalError(f"write failed: {exc!r}")
+            written, error, sync_error, durable_end = [], None, None, -1
+        if sync_error is not None:
+            self.sync_error = sync_error
+            self.local_error = self.local_error or InternalError(f"fsync failed: {sync_error}")
+            written = []
+        self.durable_end = durable_end
+        self.set_appended(written, error)  # a no-op if the lane reported before its sync
+        if self.local_error is not None and not self.published:
+            self.replicating.cancel()
+        self.synced.set()
+
+    async def durable(self) -> int:
+        if not self.synced.is_set():  # (once set, no extra scheduling round on the hot path)
+            await self.synced.wait()  # bounded by the lane's job, which cannot be abandoned
+        if self.local_error is not None:
+            raise self.local_error
+        return self.durable_end
+
+
 class ShardPipeline:
     def __init__(
         self,
@@ -158,14 +238,18 @@ class ShardPipeline:
         committer: Committer,
         *,
         io_pool: IoPool | None = None,
+        clock: Clock | None = None,
     ) -> None:
-        """``io_pool``: the node's I/O threads (None: a thread of this shard's own)."""
+        """``io_pool``: the node's I/O threads (None: a thread of this shard's own). ``clock``:
+        arrival times (default the wall clock). The high watermark is set when ``run`` opens."""
         self.stream = stream
         self.shard = shard
         self.log = shard_log
         self.config = config
         self.committer = committer
-        self.high_watermark = shard_log.next_offset  # Invariant: start_offset <= hwm <= next
+        self.clock: Clock = clock or WallClock()
+        # Nothing is known committed until the committer says so (``_open``).
+        self.high_watermark = shard_log.start_offset  # Invariant: start_offset <= hwm <= next
         self.last_arrival_ms = shard_log.last_arrival_ms
         self._queue: deque[PendingWrite] = deque()
         self._queued_bytes = 0
@@ -203,6 +287,7 @@ class ShardPipeline:
         self._bytes_appended = metrics.BYTES_APPENDED.labels(stream)
         self._group_commits = metrics.GROUP_COMMITS.labels(stream)
         self._io = IoThread(f"streamd-{stream}-{shard.shard_id}", pool=io_pool)
+        self._token = trio.lowlevel.current_trio_token()  # the lane reports "appended" with it
 
     # -- writers ------------------------------------------------------------------------------
 
@@ -211,7 +296,9 @@ class ShardPipeline:
     ) -> PendingWrite:
         """Queue validated records. Raises ThrottledError, ShardClosedError, ShuttingDownError."""
         size = sum(map(len, datas)) + sum(map(len, keys)) + 24 * len(keys)
-        write = PendingWrite(len(keys), size, now_ms(), keys=keys, hashes=hashes, datas=datas)
+        write = PendingWrite(
+            len(keys), size, self.clock.now_ms(), keys=keys, hashes=hashes, datas=datas
+        )
         self._admit(write)
         return write
 
@@ -220,7 +307,7 @@ class ShardPipeline:
 
         Raises OutOfOrderSequenceError, ThrottledError, ShardClosedError, ShuttingDownError.
         """
-        write = PendingWrite(header.record_count, len(data), now_ms(), batch=data)
+        write = PendingWrite(header.record_count, len(data), self.clock.now_ms(), batch=data)
         if header.producer_id:
             original = self._check_producer(header.producer_id, header.producer_seq, write)
             if original is not None:
@@ -278,9 +365,13 @@ class ShardPipeline:
 
     # -- the appender ---------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """The appender loop. Returns after ``close`` once the queue is drained."""
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open (the high watermark from the committer), report started, then the appender loop.
+        Returns after ``close`` once the queue is drained. Raises what ``committed_at_open``
+        raises, before it reports started."""
         try:
+            await self._open()
+            task_status.started()
             while True:
                 if not self._queue:
                     if self._closing:
@@ -297,6 +388,37 @@ class ShardPipeline:
         finally:
             self._io.stop()
             self._stopped.set()
+
+    async def _open(self) -> None:
+        """Start the high watermark where the committer says the quorum has committed. What
+        the local log holds past it was appended, never confirmed: it is not served, and the
+        next group commit cuts it first (as after a failed commit step)."""
+        log_end, start = self.log.next_offset, self.log.start_offset
+        committed = await self.committer.committed_at_open(
+            self.shard.shard_id, self.shard.leader_epoch, log_end
+        )
+        if not start <= committed <= log_end:  # the committer confirms what this log lacks
+            self._fenced = InternalError(
+                f"shard {self.shard.shard_id} refuses writes: its committer confirms offsets "
+                f"up to {committed}, its log holds [{start}, {log_end}); restart the server"
+            )
+            self._log.error("shard.open_failed", committed=committed, log_end=log_end)
+            return
+        self.high_watermark = committed
+        if committed < log_end:
+            self._uncommitted = InternalError(f"offsets [{committed}, {log_end}) not committed")
+            self.last_arrival_ms = await self._io.run(self._arrival_at, committed)
+            self._log.warning("shard.opened_uncommitted", committed=committed, log_end=log_end)
+
+    def _arrival_at(self, end: int) -> int:
+        """Lane: the last arrival time of the batch ending at ``end`` (0 if none or unreadable)."""
+        if end <= self.log.start_offset:
+            return 0
+        try:
+            batches = self.log.read(end - 1, 1, end)
+        except (StreamdError, OffsetTrimmedError, OSError):
+            return 0
+        return batchfmt.parse_header(batches[-1]).last_arrival_ms if batches else 0
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Stop taking writes, drain the queue, and wait for the appender to finish."""
@@ -353,7 +475,7 @@ class ShardPipeline:
         was never acknowledged nor served, so cutting it loses nothing promised; the shard
         recovers by itself (``_recover_unsynced``) once space is back. Anything else (EIO, or
         fsync=interval, where acknowledged records may be gone): fenced until a restart.
-        Returns the error to answer the writers with. Called from the appender's thread.
+        Returns the error to answer the writers with. Trio thread.
         """
         if exc.full_disk and self.config.fsync == "always":
             self._unsynced = exc
@@ -489,38 +611,106 @@ class ShardPipeline:
                 self._finish(group, set(), failure)
                 return
         plan = self._plan(group)
-        stamp_ms = max(now_ms(), self.last_arrival_ms)
+        stamp_ms = max(self.clock.now_ms(), self.last_arrival_ms)
+        votes = _Votes()
         started = time.perf_counter()
-        written, error = await self._io.run(self._write_plan, plan, stamp_ms)
+        try:
+            error = await self._vote(group, plan, stamp_ms, votes)
+        except BaseException:  # cancelled from outside (the server stops): answer everyone
+            if votes.written and not votes.published:
+                self._uncommitted = ShuttingDownError("the commit was cancelled")
+            if not votes.answered:
+                self._answer(group, votes, ShuttingDownError("shard stopped while committing"))
+            raise
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
-        if error is not None:
-            metrics.WRITES_REJECTED.labels(error.code).inc()
-            self._log.warning("shard.write_failed", code=error.code, error=error.message)
-        if written:
-            try:
-                await self.committer.commit(
-                    self.shard.shard_id,
-                    self.shard.leader_epoch,
-                    [p.data for p in written],
-                    written[-1].next_offset,
-                )
-            except StreamdError as exc:
-                error, written = exc, []
-                self._uncommitted = exc
-                self._log.warning("shard.commit_failed", code=exc.code, error=exc.message)
-            else:
-                self._publish(written)
-        committed = {id(w) for p in written for w in p.writes}
+        if not votes.answered:
+            self._answer(group, votes, error)
+        if self._fenced is not None and self._queue:  # what is queued must not reach the log
+            queued = list(self._queue)
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._finish(queued, set(), None)
+
+    def _answer(self, group: list[PendingWrite], votes: _Votes, error: StreamdError | None) -> None:
+        """Give the published writes their offsets; answer every writer of ``group``."""
+        written = votes.written if votes.published else []
         for planned in written:
             offset = planned.base_offset
             for write in planned.writes:
                 write.base_offset = offset
                 offset += write.record_count
-        if self._fenced is not None:  # what is still queued must not reach the log either
-            group = group + list(self._queue)
-            self._queue.clear()
-            self._queued_bytes = 0
-        self._finish(group, committed, error)
+        votes.answered = True
+        self._finish(group, {id(w) for p in written for w in p.writes}, error)
+
+    async def _vote(
+        self, group: list[PendingWrite], plan: list[_Planned], stamp_ms: int, votes: _Votes
+    ) -> StreamdError | None:
+        """The local vote (append, then sync, one lane job) and, as soon as the batches are
+        appended, the committer's ``replicate`` beside the sync. When ``replicate`` returns
+        with no failed vote, the group is published and its writers answered at once (a quorum
+        may not need the local vote). Returns the error for the writers not answered yet. The
+        lane job's outcome arrives by callback (no task per group); this waits for it whatever
+        happens, so no job outlives its group."""
+        commit_error: StreamdError | None = None
+        self._io.submit(self._write_plan, plan, stamp_ms, votes, done=votes.local_done)
+        try:
+            await votes.appended.wait()
+            written = votes.written
+            if written and votes.local_error is None:
+                proposal = Proposal(
+                    self.shard.shard_id,
+                    self.shard.leader_epoch,
+                    tuple(p.data for p in written),
+                    written[0].base_offset,
+                    written[-1].next_offset,
+                    votes,
+                )
+                try:
+                    with votes.replicating:  # cancelled if the local vote fails meanwhile
+                        await self.committer.replicate(proposal)
+                except StreamdError as exc:
+                    commit_error = exc
+                else:  # the local vote may have failed after replicate's last checkpoint
+                    if votes.local_error is None and not votes.replicating.cancelled_caught:
+                        self._publish(written)
+                        votes.published = True
+                        self._answer(group, votes, votes.append_error)
+        finally:
+            if not votes.synced.is_set():
+                with trio.CancelScope(shield=True):
+                    await votes.synced.wait()
+            if votes.sync_error is not None:
+                votes.local_error = self._local_sync_failed(votes)
+        return self._judge(votes, commit_error)
+
+    def _local_sync_failed(self, votes: _Votes) -> StreamdError:
+        assert votes.sync_error is not None
+        if votes.published:  # committed by a quorum without this replica: never cut it
+            self._fence(votes.sync_error)
+            assert self._fenced is not None
+            return InternalError(self._fenced.message)
+        return self._sync_failed(votes.sync_error)
+
+    def _judge(self, votes: _Votes, commit_error: StreamdError | None) -> StreamdError | None:
+        """After both votes: log, and name the error of the writers not committed."""
+        if votes.crashed is not None:  # the lane job raised: a bug, not a vote
+            raise votes.crashed
+        if votes.append_error is not None:
+            metrics.WRITES_REJECTED.labels(votes.append_error.code).inc()
+            self._log.warning(
+                "shard.write_failed",
+                code=votes.append_error.code,
+                error=votes.append_error.message,
+            )
+        if votes.published:
+            return votes.append_error
+        if votes.written and votes.local_error is None:  # appended, synced, not committed
+            assert commit_error is not None
+            self._uncommitted = commit_error
+            self._log.warning(
+                "shard.commit_failed", code=commit_error.code, error=commit_error.message
+            )
+        return votes.local_error or commit_error or votes.append_error
 
     def _finish(
         self, group: list[PendingWrite], committed: set[int], error: StreamdError | None
@@ -542,10 +732,11 @@ class ShardPipeline:
             if not batches:
                 del self._in_flight[producer_id]
 
-    def _write_plan(
-        self, plan: list[_Planned], stamp_ms: int
-    ) -> tuple[list[_Planned], StreamdError | None]:
-        """Worker thread: encode, append and fsync. Returns what was written and any error."""
+    def _write_plan(self, plan: list[_Planned], stamp_ms: int, votes: _Votes) -> _LaneResult:
+        """Lane: encode and append; report the batches appended (so they ship while this
+        thread syncs); then fsync per the mode. Returns what was written, the error of the
+        first write that was not, the sync failure if any (nothing then counts written), and
+        the log's end, durable per the mode."""
         written: list[_Planned] = []
         error: StreamdError | None = None
         for planned in plan:
@@ -557,20 +748,21 @@ class ShardPipeline:
                 error = exc
                 break
             except SyncFailedError as exc:  # rolling synced the sealed segment
-                return [], self._sync_failed(exc)
+                return [], None, exc, -1
             except OSError as exc:
                 error = InternalError(f"write failed: {exc}")
                 break
             written.append(planned)
         if written:
             if self.config.fsync == "always":
+                self._token.run_sync_soon(votes.set_appended, written, error)
                 try:
                     self.log.sync()
                 except SyncFailedError as exc:  # never retried as if nothing happened
-                    return [], self._sync_failed(exc)
+                    return [], None, exc, -1
             elif self.config.fsync == "interval":
                 self._dirty = True
-        return written, error
+        return written, error, None, self.log.next_offset
 
     def _encode(self, planned: _Planned, stamp_ms: int) -> bytes:
         first_ms = min(stamp_ms, *(w.arrival_ms for w in planned.writes))
@@ -753,7 +945,7 @@ class ShardPipeline:
                 f"offsets [{base}, {end}) reach past the shard's tip {self.high_watermark}"
             )
         try:
-            entry = await self._io.run(self.log.quarantine, base, end, now_ms())
+            entry = await self._io.run(self.log.quarantine, base, end, self.clock.now_ms())
         except OSError as exc:
             raise InternalError(f"quarantine failed: {exc}") from exc
         # The tail cache holds in-memory copies that may span the range: serve from after it.

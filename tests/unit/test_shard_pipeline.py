@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from streamd.catalog import ShardMeta
-from streamd.replication import LocalCommitter
+from streamd.replication import LocalCommitter, Proposal
 from streamd.shard import PipelineConfig, ShardPipeline
 from streamd.storage import LogConfig, ShardLog, SyncFailedError
 from streamd_client import batch as batchfmt
@@ -232,15 +232,15 @@ async def test_fsync_out_of_space_discards_the_unacknowledged_and_recovers_witho
     reopened.close()
 
 
-class FlakyCommitter:
-    """Refuses the next ``failures`` commits (a replication step that found no quorum)."""
+class FlakyCommitter(LocalCommitter):
+    """Refuses the next ``failures`` proposals once the local vote is in (a replication step
+    that found no quorum)."""
 
     def __init__(self, failures: int) -> None:
         self.failures = failures
 
-    async def commit(
-        self, shard_key: str, leader_epoch: int, batches: list[bytes], end_offset: int
-    ) -> None:
+    async def replicate(self, proposal: Proposal) -> None:
+        await super().replicate(proposal)
         if self.failures:
             self.failures -= 1
             raise NotLeaderError("deposed while committing")
