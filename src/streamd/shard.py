@@ -8,9 +8,11 @@ into batches with consecutive offsets, and hands the plan to the shard's I/O lan
 server-built batches, rewrites client batch headers and appends them. Then two votes run at once:
 the lane syncs the batches (the local vote, per ``--fsync``) while the replication seam
 (``Committer.replicate``) ships them; the lane tells the appender the batches are appended before
-it syncs, so shipping never waits for the local fsync. When ``replicate`` returns, the commit
-rule holds (the committer decides the quorum; ``LocalCommitter``'s is the local vote alone): the
-high watermark moves, waiting readers wake, and every writer in the group is acknowledged at once.
+it syncs, so shipping never waits for the local fsync (a committer that ships nothing,
+``Committer.ships`` False, gets the proposal once the local vote is in: one wake-up less).
+When ``replicate`` returns, the commit rule holds (the committer decides the quorum;
+``LocalCommitter``'s is the local vote alone): the high watermark moves, waiting readers wake,
+and every writer in the group is acknowledged at once.
 A failed or cancelled vote fails the group; it is never published, and is cut from the log before
 the next group. At open, the high watermark is what the committer confirms (``committed_at_open``),
 not the log's end.
@@ -755,7 +757,8 @@ class ShardPipeline:
             written.append(planned)
         if written:
             if self.config.fsync == "always":
-                self._token.run_sync_soon(votes.set_appended, written, error)
+                if self.committer.ships:  # ship while this thread syncs
+                    self._token.run_sync_soon(votes.set_appended, written, error)
                 try:
                     self.log.sync()
                 except SyncFailedError as exc:  # never retried as if nothing happened

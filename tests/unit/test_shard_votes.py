@@ -72,6 +72,8 @@ class FollowerVote:
     casts (``follower.set()``) or fails (``failure``). ``needs_local=False``: the follower alone
     is a quorum (as two followers of three would be). ``on_ship`` runs when a proposal ships."""
 
+    ships = True
+
     def __init__(
         self,
         events: list[str],
