@@ -17,10 +17,11 @@ first renamed into ``<data>/trash/`` (atomic), then removed.
 from __future__ import annotations
 
 import bisect
+import itertools
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
@@ -38,9 +39,11 @@ from streamd_client.errors import (
     InvalidBatchError,
     InvalidSequenceNumberError,
     LimitExceededError,
+    NotLeaderError,
     ResourceInUseError,
     ShardClosedError,
     ShardNotFoundError,
+    ShardUnavailableError,
     StorageFullError,
     StreamdError,
     StreamNotFoundError,
@@ -59,18 +62,23 @@ from streamd_client.summary import summary
 from . import layout, metrics, node_limits, reshard
 from .catalog import Catalog, ShardMeta, StreamMeta, StreamMode
 from .clock import Clock, WallClock
+from .cluster import reshard_fence
+from .cluster.seals import SealHolds
 from .config import ServerConfig
 from .iothread import IoPool
 from .meta import MetaStore
 from .replication import Committer, LocalCommitter
 from .routing import (
+    LOCAL,
     EverythingLocal,
     Local,
+    Location,
     PeerCalls,
     PutOutcome,
     RecordIn,
     Remote,
     ShardLocator,
+    Unavailable,
     located_error,
 )
 from .shard import PendingWrite, PipelineConfig, ReadResult, ShardPipeline, now_ms
@@ -84,6 +92,20 @@ _REROUTE_ROUNDS_MAX = 8  # put_records routes again at most this often across re
 # timeout, over one step's worst case (the seal timeout).
 _RESHAPE_WAIT_S = 25.0
 _RESIZE_STEP_ATTEMPTS = 3
+# Cluster mode (docs/cluster.md, "Resharding from any node"). A seal made for a step lasts this
+# long unless the switch or an unseal ends it first; then its node decides on the catalog.
+SEAL_HOLD_MS = 10_000
+SEAL_HOLD_MS_MAX = 60_000  # what the native op seal_shard accepts
+_TOKEN_CHARS_MAX = 64
+_UNSEAL_TIMEOUT_S = 5.0
+# A resize step failing for a transient reason (a parent's node down, a child not placed yet,
+# etcd away) is retried for this long, with pauses growing to _RESIZE_PAUSE_S_MAX.
+_RESIZE_STEP_WAIT_S = 60.0
+_RESIZE_PAUSE_S_MAX = 2.0
+# Server-routed puts in cluster mode: a record whose shard was closed, moved or not placed yet
+# is routed again after a pause that doubles from _REROUTE_PAUSE_S (to 1 s), within the wait.
+_CLUSTER_REROUTE_ROUNDS_MAX = 16
+_REROUTE_PAUSE_S = 0.05
 TAGS_PER_STREAM_MAX = 50
 TAG_KEY_CHARS_MAX = 128
 TAG_VALUE_CHARS_MAX = 256
@@ -164,6 +186,11 @@ class Engine:
         self.committer = committer or LocalCommitter()
         self.clock: Clock = clock or WallClock()
         self.streams: dict[str, _Stream] = {}
+        self._node_id: str | None = self.locator.self_node()[0] if self.clustered else None
+        # Cluster mode: seals this node holds for reshards (any node's), and the streams whose
+        # reshard this node runs now (so the follower never starts a takeover of one here).
+        self._seal_holds = SealHolds(self._release_seal)
+        self._runs: set[str] = set()
         listeners = 2 if config.kinesis_listen else 1
         self.budget = budget or node_limits.ShardBudget(
             config.shards_max,
@@ -251,21 +278,22 @@ class Engine:
                     await self._remove_here(stream)
                 stream = await self._open_stream(meta)
                 log.info("stream.opened_here", stream=name, shards=len(stream.pipelines))
+                self._watch_runner(stream)
                 return
             async with stream.lock:
-                if meta != stream.meta:
-                    stream.meta = meta
-                    for shard in meta.shards:
-                        pipeline = stream.pipelines.get(shard.shard_id)
-                        if pipeline is not None and not shard.is_open and pipeline.shard.is_open:
-                            pipeline.close_shard(shard)
-                    stream.reroute()
+                changed = meta != stream.meta
+                # Adopted even when equal: a document this node wrote itself may have closed
+                # shards it leads (another node's switch) without its pipelines knowing.
+                self._adopt(stream, meta)
+                if changed:
                     stream.signal_reshaped()
                 await self._sync_pipelines(stream)
+                self._watch_runner(stream)
 
     async def _remove_here(self, stream: _Stream) -> None:
         """Another node deleted the stream: close its pipelines here and trash its files."""
         async with stream.lock:
+            self._seal_holds.drop_stream(stream.meta.name)
             await self._close_stream(stream)
             self.streams.pop(stream.meta.name, None)
             stream.signal_reshaped()
@@ -350,24 +378,6 @@ class Engine:
             raise
         self.streams[meta.name] = stream
         return stream
-
-    def _remote_leader(self, stream: str, shard_id: str) -> str | None:
-        """The native address of the shard's leader when another node leads it (cluster mode);
-        None when this node does, or the shard is unknown (the local path says why). Raises
-        ShardUnavailableError for a known shard nobody leads now."""
-        meta = self._stream(stream).meta
-        if not self.clustered or meta.shard(shard_id) is None:
-            return None
-        location = self.locator.locate(stream, shard_id)
-        if isinstance(location, Local):
-            return None
-        if isinstance(location, Remote):
-            return location.address
-        raise located_error(stream, shard_id, location)
-
-    async def _call_leader(self, address: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        assert self._peers is not None  # a reshard step may wait for its seal: under 30 s
-        return await self._peers.call(address, op, args, timeout_s=_RESHAPE_WAIT_S + 5)
 
     def _leads(self, stream: str, shard_id: str) -> bool:
         return isinstance(self.locator.locate(stream, shard_id), Local)
@@ -631,69 +641,51 @@ class Engine:
         first key; default the midpoint). Returns the children's ids, left first.
 
         Raises StreamNotFoundError, ShardNotFoundError, ResourceInUseError (another reshard
-        runs), InvalidArgumentError (closed shard, key outside the range).
-
-        Cluster mode: a split runs on the parent's leader (which seals it), so a node that does
-        not lead it forwards the request there.
+        runs), InvalidArgumentError (closed shard, key outside the range); in cluster mode also
+        NotLeaderError, ShardUnavailableError (a parent's node is down or it is being placed),
+        MetadataUnavailableError.
         """
-        remote = self._remote_leader(name, shard_id)
-        if remote is not None:
-            args = {"stream": name, "shard_id": shard_id}
-            if at is not None:
-                args["hash_key"] = str(at)
-            answer = await self._call_leader(remote, "split_shard", args)
-            return [str(c) for c in answer["shard_ids"]]
         stream = self._busy_or(name)
         async with stream.lock:
             step = reshard.check_split(_active(self._stream(name).meta), shard_id, at)
-            with self._reserve_shards(2, f"splitting {shard_id} of {name!r}"):
-                await self._begin_reshard(stream, {"kind": "split", "target": None, "total": 1})
-                await self._apply_step_or_abort(stream, step, last=True)
+            with self._reserve_shards(2, f"splitting {shard_id} of {name!r}"), self._running(name):
+                reshard_id = await self._begin_reshard(
+                    stream,
+                    {"kind": "split", "target": None, "total": 1},
+                    lambda m: reshard.check_split(m, shard_id, at),
+                )
+                await self._apply_step_or_abort(stream, step, last=True, reshard_id=reshard_id)
         return [c.shard_id for c in stream.meta.children_of(shard_id)]
 
     async def merge_shards(self, name: str, shard_id: str, adjacent_shard_id: str) -> str:
         """Close two adjacent open shards and open one child covering both. Returns its id.
 
         Raises StreamNotFoundError, ShardNotFoundError, ResourceInUseError,
-        InvalidArgumentError (closed or non-adjacent shards).
-
-        Cluster mode: both parents must be sealed by one node, so the merge runs on their leader
-        (forwarded there); parents led by two nodes are refused (ResourceInUseError: not yet).
+        InvalidArgumentError (closed or non-adjacent shards); in cluster mode as split_shard.
         """
-        first = self._remote_leader(name, shard_id)
-        second = self._remote_leader(name, adjacent_shard_id)
-        if first != second:
-            raise ResourceInUseError(
-                f"{shard_id} and {adjacent_shard_id} of {name!r} are led by two nodes; merging "
-                "across nodes is not supported yet in cluster mode"
-            )
-        if first is not None:
-            args = {"stream": name, "shard_id": shard_id, "adjacent_shard_id": adjacent_shard_id}
-            return str((await self._call_leader(first, "merge_shards", args))["shard_id"])
         stream = self._busy_or(name)
         async with stream.lock:
             step = reshard.check_merge(
                 _active(self._stream(name).meta), shard_id, adjacent_shard_id
             )
-            with self._reserve_shards(1, f"merging {shard_id} of {name!r}"):
-                await self._begin_reshard(stream, {"kind": "merge", "target": None, "total": 1})
-                await self._apply_step_or_abort(stream, step, last=True)
+            with self._reserve_shards(1, f"merging {shard_id} of {name!r}"), self._running(name):
+                reshard_id = await self._begin_reshard(
+                    stream,
+                    {"kind": "merge", "target": None, "total": 1},
+                    lambda m: reshard.check_merge(m, shard_id, adjacent_shard_id),
+                )
+                await self._apply_step_or_abort(stream, step, last=True, reshard_id=reshard_id)
         (child,) = stream.meta.children_of(shard_id)
         return child.shard_id
 
     async def resize_stream(self, name: str, shard_count: int) -> int:
         """Start a uniform resize to ``shard_count`` even ranges; returns the number of splits
         and merges planned. They run in the background (status UPDATING, progress in
-        ``describe_stream``'s "reshard") and resume after a restart.
+        ``describe_stream``'s "reshard") and resume after a restart (in cluster mode: on this
+        node, or on another if this one dies).
 
         Raises StreamNotFoundError, ResourceInUseError, InvalidArgumentError (out of bounds).
-        Cluster mode: refused (ResourceInUseError) until resizes run across nodes.
         """
-        if self.clustered:
-            raise ResourceInUseError(
-                "resizing a stream is not supported yet in cluster mode: split (and merge shards "
-                "that one node leads) instead"
-            )
         stream = self._busy_or(name)
         async with stream.lock:
             meta = _active(self._stream(name).meta)
@@ -703,11 +695,14 @@ class Engine:
                 return 0
             added = reshard.resize_shards_added(meta, shard_count)  # children; parents stay
             self.budget.check(self.shards_held(), added, f"resizing {name!r} to {shard_count}")
-            await self._begin_reshard(
-                stream, {"kind": "resize", "target": shard_count, "total": total}
-            )
+            with self._running(name, keep=True):
+                reshard_id = await self._begin_reshard(
+                    stream,
+                    {"kind": "resize", "target": shard_count, "total": total},
+                    lambda m: reshard.check_resize(m, shard_count),
+                )
         assert self._nursery is not None
-        self._nursery.start_soon(self._run_resize, stream, shard_count)
+        self._nursery.start_soon(self._run_resize, stream, shard_count, reshard_id)
         return total
 
     def _busy_or(self, name: str) -> _Stream:
@@ -717,52 +712,188 @@ class Engine:
             raise ResourceInUseError(f"stream {name!r} is being changed; try again shortly")
         return stream
 
+    @contextmanager
+    def _running(self, name: str, *, keep: bool = False) -> Iterator[None]:
+        """Mark this node as running the reshard of ``name`` (so the follower never starts a
+        takeover of it here). ``keep``: the mark stays on success (a resize task ends it).
+        Raises ResourceInUseError if this node runs one already."""
+        if name in self._runs:
+            raise ResourceInUseError(f"stream {name!r} is being resharded; try again shortly")
+        self._runs.add(name)
+        try:
+            yield
+        except BaseException:
+            self._runs.discard(name)
+            raise
+        if not keep:
+            self._runs.discard(name)
+
     async def _resume(self, stream: _Stream) -> None:
         """At start: go on with an interrupted resize; forget an interrupted split or merge
-        (its switch is one compare-and-swap that also ends UPDATING, so it never happened)."""
+        (its switch is one compare-and-swap that also ends UPDATING, so it never happened).
+        Cluster mode: only if this node ran it or its runner's node is not live, through a
+        takeover (``_watch_runner``)."""
         meta = stream.meta
         if meta.status != "UPDATING":
+            return
+        if self.clustered:
+            self._watch_runner(stream)
             return
         progress = meta.reshard or {}
         if progress.get("kind") == "resize":
             log.info("reshard.resuming", stream=meta.name, **progress)
             assert self._nursery is not None
-            self._nursery.start_soon(self._run_resize, stream, int(progress["target"]))
+            self._runs.add(meta.name)
+            self._nursery.start_soon(self._run_resize, stream, int(progress["target"]), None)
         else:
             await self._end_reshard(stream)
 
-    async def _begin_reshard(self, stream: _Stream, progress: dict[str, Any]) -> None:
-        """Mark the stream UPDATING (refused unless ACTIVE): the intent, kept across restarts."""
-        stream.meta = await self.catalog.update(
-            stream.meta.name,
-            lambda m: replace(_active(m), status="UPDATING", reshard={**progress, "done": 0}),
-        )
-        log.info("reshard.started", stream=stream.meta.name, **progress)
+    def _live(self, node_id: str) -> bool:
+        return node_id in self.locator.node_addresses()
 
-    async def _end_reshard(self, stream: _Stream) -> None:
-        stream.meta = await self.catalog.update(
-            stream.meta.name, lambda m: replace(m, status="ACTIVE", reshard=None)
-        )
+    def _watch_runner(self, stream: _Stream) -> None:
+        """Cluster mode: take the stream's reshard over if it is UPDATING and its runner is
+        this node (restarted) or a node that is not live, unless this node runs it now."""
+        name, me = stream.meta.name, self._node_id
+        if me is None or name in self._runs:
+            return
+        if not reshard_fence.may_take_over(stream.meta, me, self._live):
+            return
+        assert self._nursery is not None
+        self._runs.add(name)
+        self._nursery.start_soon(self._take_over, stream)
+
+    async def _take_over(self, stream: _Stream) -> None:
+        """Rewrite the runner to this node (one compare-and-swap: of several nodes trying, one
+        wins and the others see a live runner), then resume the resize, or end the split or
+        merge whose switch never came. A failure is logged; the follower's next pass retries."""
+        name, me = stream.meta.name, self._node_id
+        assert me is not None
+        resizing = False
+        try:
+            async with stream.lock:
+                if self.streams.get(name) is not stream:
+                    return
+                try:
+                    meta = await self.catalog.update(
+                        name, lambda m: reshard_fence.taken_over(m, me, self._live)
+                    )
+                except (ResourceInUseError, StreamNotFoundError) as exc:  # NotRunnerError too
+                    log.info("reshard.not_taken_over", stream=name, reason=exc.message)
+                    return
+                self._adopt(stream, meta)
+                progress = meta.reshard
+                assert progress is not None
+                log.warning(
+                    "reshard.taken_over",
+                    stream=name,
+                    kind=progress.get("kind"),
+                    done=progress.get("done"),
+                    total=progress.get("total"),
+                )
+                if progress.get("kind") == "resize":
+                    assert self._nursery is not None
+                    self._nursery.start_soon(
+                        self._run_resize, stream, int(progress["target"]), progress["id"]
+                    )
+                    resizing = True
+                else:
+                    await self._end_reshard(stream, progress["id"])
+        except StreamdError as exc:
+            log.warning("reshard.take_over_failed", stream=name, code=exc.code, error=exc.message)
+        finally:
+            if not resizing:
+                self._runs.discard(name)
+
+    async def _begin_reshard(
+        self,
+        stream: _Stream,
+        progress: dict[str, Any],
+        validate: Callable[[StreamMeta], object] | None = None,
+    ) -> str | None:
+        """Mark the stream UPDATING (refused unless ACTIVE, and unless ``validate`` accepts
+        the document as it is in the store): the intent, kept across restarts. Cluster mode:
+        the progress also names this node as the runner and the reshard's id, returned (None
+        in the embedded default)."""
+        me = self._node_id
+
+        def begin(meta: StreamMeta) -> StreamMeta:
+            meta = _active(meta)
+            if validate is not None:
+                validate(meta)
+            if me is None:
+                return replace(meta, status="UPDATING", reshard={**progress, "done": 0})
+            return replace(
+                meta, status="UPDATING", reshard=reshard_fence.begin_progress(progress, me)
+            )
+
+        meta = await self.catalog.update(stream.meta.name, begin)
+        self._adopt(stream, meta)
+        log.info("reshard.started", stream=meta.name, runner=me, **progress)
+        return None if me is None or meta.reshard is None else str(meta.reshard["id"])
+
+    async def _end_reshard(self, stream: _Stream, reshard_id: str | None = None) -> None:
+        """Back to ACTIVE. Cluster mode (``reshard_id``): only while this node still runs that
+        reshard (raises NotRunnerError, or ResourceInUseError when it ended already)."""
+        me = self._node_id
+
+        def end(meta: StreamMeta) -> StreamMeta:
+            if reshard_id is not None and me is not None:
+                reshard_fence.check_runner(meta, reshard_id, me)
+            return replace(meta, status="ACTIVE", reshard=None)
+
+        self._adopt(stream, await self.catalog.update(stream.meta.name, end))
         log.info("reshard.ended", stream=stream.meta.name)
 
-    async def _apply_step_or_abort(self, stream: _Stream, step: reshard.Step, last: bool) -> None:
+    def _adopt(self, stream: _Stream, meta: StreamMeta) -> None:
+        """Take ``meta``, the catalog's document as this node just wrote or read it, as the
+        stream's: pipelines of shards it closed adopt their close (their seals end), and the
+        routes follow. Caller holds ``stream.lock``."""
+        stream.meta = meta
+        for shard in meta.shards:
+            pipeline = stream.pipelines.get(shard.shard_id)
+            if pipeline is not None and not shard.is_open and pipeline.shard.is_open:
+                self._seal_holds.drop(meta.name, shard.shard_id)
+                pipeline.close_shard(shard)
+        stream.reroute()
+
+    async def _apply_step_or_abort(
+        self, stream: _Stream, step: reshard.Step, *, last: bool, reshard_id: str | None
+    ) -> None:
         try:
-            await self._apply_step(stream, step, last=last)
+            await self._apply_step(stream, step, last=last, reshard_id=reshard_id)
         except BaseException:
             with trio.CancelScope(shield=True):
                 if self.streams.get(stream.meta.name) is stream:
-                    await self._end_reshard(stream)
+                    if reshard_id is None:
+                        await self._end_reshard(stream)
+                    else:
+                        await self._end_reshard_quietly(stream, reshard_id)
             raise
 
-    async def _apply_step(self, stream: _Stream, step: reshard.Step, *, last: bool) -> None:
+    async def _end_reshard_quietly(self, stream: _Stream, reshard_id: str) -> None:
+        """Cluster mode, after a failed step: end the reshard unless it ended already (the
+        switch may have applied although its answer was lost) or another node runs it; a
+        failure is logged (the runner's takeover at the next start ends it)."""
+        try:
+            await self._end_reshard(stream, reshard_id)
+        except StreamdError as exc:
+            log.warning("reshard.end_skipped", stream=stream.meta.name, error=exc.message)
+
+    async def _apply_step(
+        self, stream: _Stream, step: reshard.Step, *, last: bool, reshard_id: str | None = None
+    ) -> None:
         """One split or merge, atomic for writers and durable as one metadata write.
 
         The parents are sealed (new writes get SHARD_CLOSED; server-routed ones wait here),
         their queues drain into their logs and are synced; then one compare-and-swap closes
         them at those ending offsets and adds the children. Before it nothing changed; after
         it the children are opened and take the routes. A failure before the switch unseals.
-        Caller holds ``stream.lock``.
+        Caller holds ``stream.lock``. Cluster mode (``reshard_id``): ``_apply_step_anywhere``.
         """
+        if reshard_id is not None:
+            await self._apply_step_anywhere(stream, step, last=last, reshard_id=reshard_id)
+            return
         started = time.perf_counter()
         name = stream.meta.name
         parents = [stream.pipeline(p) for p in step.parents]
@@ -796,6 +927,11 @@ class Engine:
                 for parent in parents:
                     parent.unseal()
             stream.signal_reshaped()
+        self._step_done(stream, step, endings, started)
+
+    def _step_done(
+        self, stream: _Stream, step: reshard.Step, endings: Sequence[int], started: float
+    ) -> None:
         metrics.RESHARD_STEPS.labels(step.kind).inc()
         metrics.RESHARD_SECONDS.observe(time.perf_counter() - started)
         log.info(
@@ -809,50 +945,247 @@ class Engine:
             ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
-    async def _run_resize(self, stream: _Stream, target: int) -> None:
+    async def _apply_step_anywhere(
+        self, stream: _Stream, step: reshard.Step, *, last: bool, reshard_id: str
+    ) -> None:
+        """Cluster mode: one step run from this node, whichever nodes lead the parents.
+
+        Each parent is sealed by its leader (here, or through the native op ``seal_shard``)
+        under this attempt's token and a hold (cluster/seals.py); the switch is the same one
+        compare-and-swap, which also checks that this node still runs the reshard and that no
+        parent's hold expired (cluster/reshard_fence.py). Its children's shard documents go in
+        the same txn, unassigned: the controller places them and their leaders open them.
+        Refused before the switch: the parents are unsealed. The switch's outcome unknown (the
+        store did not answer): the parents stay sealed and each one's hold decides on the
+        catalog, so a parent is never unsealed behind a switch that applied."""
+        started = time.perf_counter()
+        name, me = stream.meta.name, self._node_id
+        assert me is not None
+        token = reshard_fence.new_token(reshard_id)
+        sealed: list[tuple[str, Location]] = []
+        endings: list[int] = []
+        outcome = "undo"
+        try:
+            for parent in step.parents:
+                endings.append(await self._seal_parent(stream, parent, token, sealed))
+            refused = False
+
+            def switch(meta: StreamMeta) -> StreamMeta:
+                nonlocal refused
+                try:
+                    progress = reshard_fence.check_switch(meta, reshard_id, me, token)
+                    new = reshard.apply(meta, step, tuple(endings), now_ms())
+                except BaseException:
+                    refused = True
+                    raise
+                if last:
+                    return replace(new, status="ACTIVE", reshard=None)
+                return replace(new, reshard={**progress, "done": progress["done"] + 1})
+
+            try:
+                new_meta = await self.catalog.update(name, switch)
+            except BaseException as exc:
+                if not (refused or isinstance(exc, StreamNotFoundError)):
+                    outcome = "unknown"
+                raise
+            outcome = "switched"
+            self._adopt(stream, new_meta)  # the switch is durable: make it live here
+        finally:
+            with trio.CancelScope(shield=True):
+                if outcome == "undo":
+                    await self._unseal_parents(stream, sealed, token)
+                elif outcome == "unknown":
+                    log.warning("reshard.switch_unknown", stream=name, parents=list(step.parents))
+            stream.signal_reshaped()
+        self._step_done(stream, step, endings, started)
+
+    async def _seal_parent(
+        self, stream: _Stream, shard_id: str, token: str, sealed: list[tuple[str, Location]]
+    ) -> int:
+        """Seal one parent where it is led; returns its ending offset. ``sealed`` notes each
+        parent asked (before the answer: an interrupted request may have sealed it)."""
+        name = stream.meta.name
+        if shard_id in stream.pipelines:
+            sealed.append((shard_id, LOCAL))
+            return await self.seal_shard(name, shard_id, hold_ms=SEAL_HOLD_MS, token=token)
+        location = self.locator.locate(name, shard_id)
+        if not isinstance(location, Remote) or self._peers is None:
+            raise located_error(name, shard_id, location)
+        sealed.append((shard_id, location))
+        return await self._peers.seal_shard(
+            location.address, name, shard_id, SEAL_HOLD_MS, token, timeout_s=_SEAL_TIMEOUT_S + 5
+        )
+
+    async def _unseal_parents(
+        self, stream: _Stream, sealed: list[tuple[str, Location]], token: str
+    ) -> None:
+        name = stream.meta.name
+        for shard_id, location in sealed:
+            if not isinstance(location, Remote):
+                self.unseal_shard(name, shard_id, token=token)
+                continue
+            assert self._peers is not None
+            try:
+                with trio.fail_after(_UNSEAL_TIMEOUT_S):
+                    await self._peers.unseal_shard(location.address, name, shard_id, token)
+            except (StreamdError, trio.TooSlowError) as exc:  # its hold ends it
+                log.warning("reshard.unseal_failed", stream=name, shard_id=shard_id, error=str(exc))
+
+    async def seal_shard(self, name: str, shard_id: str, *, hold_ms: int, token: str) -> int:
+        """Cluster mode, for the node running a reshard step: seal a shard this node leads
+        (ShardPipeline.seal) and return its ending offset. The seal lasts until the catalog
+        closes the shard, ``unseal_shard`` with the same token, a newer seal, or ``hold_ms``
+        running out, after which this node decides on the catalog (``_release_seal``).
+
+        Raises InvalidArgumentError (the embedded default; a hold or token out of bounds; a
+        closed shard), StreamNotFoundError, ShardNotFoundError, NotLeaderError,
+        ShardUnavailableError, and what ShardPipeline.seal raises (then it is unsealed)."""
+        if not self.clustered:
+            raise InvalidArgumentError("seal_shard is an operation between the nodes of a cluster")
+        if not 1 <= hold_ms <= SEAL_HOLD_MS_MAX:
+            raise InvalidArgumentError(f"hold_ms must be 1..{SEAL_HOLD_MS_MAX}: {hold_ms}")
+        if not 1 <= len(token) <= _TOKEN_CHARS_MAX:
+            raise InvalidArgumentError(f"token must be 1..{_TOKEN_CHARS_MAX} characters")
+        stream = self._stream(name)
+        pipeline = stream.pipeline(shard_id)
+        if not pipeline.shard.is_open:
+            raise InvalidArgumentError(f"shard {shard_id} is closed", shard_id=shard_id)
+        self._seal_holds.drop(name, shard_id)
+        try:
+            ending = await pipeline.seal(_SEAL_TIMEOUT_S)
+        except BaseException:
+            if pipeline.shard.is_open:
+                pipeline.unseal()
+            stream.signal_reshaped()
+            raise
+        assert self._nursery is not None
+        self._seal_holds.hold(self._nursery, name, shard_id, token, hold_ms / 1000)
+        log.info("reshard.sealed", stream=name, shard_id=shard_id, ending_offset=ending)
+        return ending
+
+    def unseal_shard(self, name: str, shard_id: str, *, token: str) -> bool:
+        """Undo ``seal_shard`` (the runner's step was refused before its switch). Only the
+        seal of that token: a newer one stays. Returns whether a seal ended."""
+        if not self._seal_holds.drop(name, shard_id, token):
+            return False
+        stream = self.streams.get(name)
+        pipeline = None if stream is None else stream.pipelines.get(shard_id)
+        if stream is not None and pipeline is not None and pipeline.shard.is_open:
+            pipeline.unseal()
+            stream.signal_reshaped()
+        return True
+
+    async def _release_seal(self, name: str, shard_id: str, token: str) -> None:
+        """A seal's hold expired: decide on the catalog (reshard_fence.release_decision). The
+        shard closed: it stays sealed (the follower adopts the close). The step may still
+        switch: list the token as released in the same compare-and-swap that reads the
+        document, then unseal, so that switch is refused. Otherwise unseal. Raises
+        MetadataUnavailableError (SealHolds asks again)."""
+        stream = self.streams.get(name)
+        if stream is None:
+            return
+        stream_id = stream.meta.stream_id
+        decided = reshard_fence.Release.UNSEAL
+
+        def mark(meta: StreamMeta) -> StreamMeta:
+            nonlocal decided
+            decided = reshard_fence.release_decision(meta, stream_id, shard_id, token)
+            if decided is not reshard_fence.Release.MARK:
+                raise _NoWrite
+            return reshard_fence.with_released(meta, token)
+
+        try:
+            await self.catalog.update(name, mark)
+        except _NoWrite:
+            pass
+        except StreamNotFoundError:
+            decided = reshard_fence.Release.UNSEAL
+        log.warning("reshard.seal_released", stream=name, shard_id=shard_id, decision=decided.value)
+        if decided is reshard_fence.Release.CLOSED:
+            return
+        pipeline = stream.pipelines.get(shard_id)
+        if pipeline is not None and pipeline.shard.is_open:
+            pipeline.unseal()
+            stream.signal_reshaped()
+
+    async def _run_resize(self, stream: _Stream, target: int, reshard_id: str | None) -> None:
         """Background: apply resize steps one by one until the open shards are ``target`` even
         ranges. A step that fails is retried; after repeated failures the resize stops, the
-        stream goes back to ACTIVE in the shape reached, and the failure is logged."""
+        stream goes back to ACTIVE in the shape reached, and the failure is logged. Cluster
+        mode: a transient failure (a parent's node down, a child not placed yet, etcd away)
+        is retried for up to _RESIZE_STEP_WAIT_S; another node taking over stops it quietly."""
         name = stream.meta.name
         with trio.CancelScope() as scope:
             self._resize_scopes.add(scope)
             try:
-                await self._resize_steps(stream, target)
+                await self._resize_steps(stream, target, reshard_id)
+            except reshard_fence.NotRunnerError as exc:
+                log.warning("reshard.resize_handed_over", stream=name, error=exc.message)
             except StreamdError as exc:
                 log.error("reshard.resize_failed", stream=name, code=exc.code, error=exc.message)
                 try:
                     async with stream.lock:
                         if self.streams.get(name) is stream:
-                            await self._end_reshard(stream)
+                            await self._end_reshard(stream, reshard_id)
                 except StreamdError as end_exc:  # stays UPDATING: the next start resumes it
                     log.error("reshard.end_failed", stream=name, error=end_exc.message)
             except Exception:  # a bug or a failing disk must not take the engine down
                 log.exception("reshard.resize_crashed", stream=name)
             finally:
                 self._resize_scopes.discard(scope)
+                self._runs.discard(name)
 
-    async def _resize_steps(self, stream: _Stream, target: int) -> None:
+    async def _resize_steps(self, stream: _Stream, target: int, reshard_id: str | None) -> None:
+        """Each attempt holds ``stream.lock``; the pause between attempts does not (so this
+        node's follower can open the children it was given meanwhile)."""
         name = stream.meta.name
         while True:
-            async with stream.lock:
-                if self.streams.get(name) is not stream or stream.meta.status != "UPDATING":
-                    return
-                step = reshard.next_resize_step(stream.meta, target)
-                if step is None:
-                    await self._end_reshard(stream)
-                    return
-                last = reshard.resize_step_count(stream.meta, target) == 1
-                for attempt in range(1, _RESIZE_STEP_ATTEMPTS + 1):
-                    try:
-                        await self._apply_step(stream, step, last=last)
-                        break
-                    except StreamdError as exc:
-                        log.warning(
-                            "reshard.step_failed", stream=name, attempt=attempt, error=str(exc)
-                        )
-                        if attempt == _RESIZE_STEP_ATTEMPTS:
-                            raise InternalError(f"resize step {step} failed: {exc}") from exc
-                        await trio.sleep(0.1 * attempt)
+            first_try = trio.current_time()
+            for attempt in itertools.count(1):
+                step: reshard.Step | None = None
+                try:
+                    async with stream.lock:
+                        if not await self._still_resizing(stream, reshard_id):
+                            return
+                        step = reshard.next_resize_step(stream.meta, target)
+                        if step is None:
+                            await self._end_reshard(stream, reshard_id)
+                            return
+                        last = reshard.resize_step_count(stream.meta, target) == 1
+                        await self._apply_step(stream, step, last=last, reshard_id=reshard_id)
+                    break
+                except reshard_fence.NotRunnerError:
+                    raise
+                except StreamdError as exc:
+                    log.warning("reshard.step_failed", stream=name, attempt=attempt, error=str(exc))
+                    if not self._retry_step(exc, attempt, first_try):
+                        raise InternalError(f"resize step {step} failed: {exc}") from exc
+                await trio.sleep(min(0.1 * attempt, _RESIZE_PAUSE_S_MAX))
+
+    async def _still_resizing(self, stream: _Stream, reshard_id: str | None) -> bool:
+        """Whether the resize goes on; cluster mode: from the document as it is in the store
+        now (adopted), and only while this node runs it (raises NotRunnerError)."""
+        name = stream.meta.name
+        if self.streams.get(name) is not stream:
+            return False
+        if reshard_id is not None:
+            fresh = await self.catalog.get(name)
+            if fresh is None or fresh.stream_id != stream.meta.stream_id:
+                return False
+            self._adopt(stream, fresh)
+            if fresh.status != "UPDATING":
+                return False
+            assert self._node_id is not None
+            reshard_fence.check_runner(fresh, reshard_id, self._node_id)
+        return stream.meta.status == "UPDATING"
+
+    def _retry_step(self, exc: StreamdError, attempt: int, first_try: float) -> bool:
+        if attempt < _RESIZE_STEP_ATTEMPTS:
+            return True
+        transient = exc.retryable or isinstance(exc, reshard_fence.SealReleasedError)
+        return (
+            self.clustered and transient and trio.current_time() - first_try < _RESIZE_STEP_WAIT_S
+        )
 
     # -- repairs --------------------------------------------------------------------------------
 
@@ -907,14 +1240,24 @@ class Engine:
         outcomes: list[PutOutcome] = [PutOutcome()] * len(records)
         pending = list(range(len(records)))
         deadline = trio.current_time() + _RESHAPE_WAIT_S
-        for _ in range(_REROUTE_ROUNDS_MAX):
+        rounds = _CLUSTER_REROUTE_ROUNDS_MAX if self.clustered else _REROUTE_ROUNDS_MAX
+        for round_no in range(rounds):
             stream = self._stream(name)
             reshaped = stream.reshaped
             pending = await self._put_round(stream, records, pending, outcomes, forward)
-            if not pending or trio.current_time() >= deadline:
-                break  # what is left carries SHARD_CLOSED, which is retryable
+            if not pending or not forward or trio.current_time() >= deadline:
+                # What is left carries SHARD_CLOSED (or, in a cluster, NOT_LEADER or
+                # SHARD_UNAVAILABLE), all retryable. A forwarded request does not wait: the
+                # node that forwarded it waits for the new map and routes again.
+                break
             # Their shards were being closed by a reshard: wait for the new map, route again.
-            with trio.move_on_at(deadline):
+            # In a cluster the new map may come from another node (or the step be undone
+            # there), so this node also looks again after a pause.
+            wake_at = deadline
+            if self.clustered:
+                pause_s = min(_REROUTE_PAUSE_S * 2**round_no, 1.0)
+                wake_at = min(deadline, trio.current_time() + pause_s)
+            with trio.move_on_at(wake_at):
                 await reshaped.wait()
         return outcomes
 
@@ -926,7 +1269,8 @@ class Engine:
         outcomes: list[PutOutcome],
         forward: bool,
     ) -> list[int]:
-        """Route, enqueue and wait for ``indexes_in``; the indexes whose shard was closed."""
+        """Route, enqueue and wait for ``indexes_in``; the indexes to route again: their shard
+        was closed by a reshard, or (cluster mode) it moved or is being placed or opened."""
         route, starts = stream.route_shards, stream.route_starts
         by_route: defaultdict[int, list[int]] = defaultdict(list)
         if len(route) == 1:
@@ -951,6 +1295,10 @@ class Engine:
                 error = located_error(stream.meta.name, shard_id, location)
                 for i in indexes:
                     outcomes[i] = PutOutcome(error=error)
+                if isinstance(location, Local) or (
+                    isinstance(location, Unavailable) and location.unplaced
+                ):  # a reshard's child, being placed or opened here: soon served
+                    closed += indexes
                 continue
             try:
                 write = pipeline.enqueue_records(
@@ -969,7 +1317,13 @@ class Engine:
             async with trio.open_nursery() as nursery:
                 for address, indexes in remote.items():
                     nursery.start_soon(
-                        self._forward_puts, address, stream.meta.name, records, indexes, outcomes
+                        self._forward_puts,
+                        address,
+                        stream.meta.name,
+                        records,
+                        indexes,
+                        outcomes,
+                        closed,
                     )
                 await self._wait_puts(waits, outcomes)
         else:
@@ -983,7 +1337,11 @@ class Engine:
         records: Sequence[RecordIn],
         indexes: list[int],
         outcomes: list[PutOutcome],
+        reroute: list[int],
     ) -> None:
+        """Forward records to their leader; those it refused because their shard was closed
+        or is not its own (a reshard or a move under way there) go to ``reroute``: they were
+        not written, so routing them again is safe."""
         assert self._peers is not None
         try:
             answers = await self._peers.put_records(address, name, [records[i] for i in indexes])
@@ -991,6 +1349,8 @@ class Engine:
             answers = [PutOutcome(error=exc)] * len(indexes)
         for i, answer in zip(indexes, answers, strict=True):
             outcomes[i] = answer
+            if isinstance(answer.error, ShardClosedError | NotLeaderError | ShardUnavailableError):
+                reroute.append(i)
 
     @staticmethod
     async def _wait_puts(
@@ -1061,6 +1421,10 @@ class Engine:
                 for c in children
             ),
         )
+
+
+class _NoWrite(Exception):
+    """A catalog change function's way to say "nothing to write" (not a StreamdError)."""
 
 
 def _offset_in(shard: ShardMeta, sequence: str) -> int:

@@ -99,6 +99,23 @@ class PeerCalls(Protocol):
         self, address: str, stream: str, records: Sequence[RecordIn]
     ) -> list[PutOutcome]: ...
 
+    async def seal_shard(
+        self,
+        address: str,
+        stream: str,
+        shard_id: str,
+        hold_ms: int,
+        token: str,
+        *,
+        timeout_s: float,
+    ) -> int:
+        """Seal a reshard's parent that node leads (native op seal_shard); its ending offset."""
+        ...
+
+    async def unseal_shard(self, address: str, stream: str, shard_id: str, token: str) -> bool:
+        """Undo a seal of ``token`` there (native op unseal_shard)."""
+        ...
+
     async def read(
         self,
         address: str,

@@ -46,6 +46,7 @@ SANS_IO = (
     "streamd.groups.coordinator",
     "streamd.groups.state",
     "streamd.groups.assign",
+    "streamd.cluster.reshard_fence",
 )
 ASYNC_LIBRARIES = ("trio", "anyio")
 

@@ -38,6 +38,10 @@ from ..shard import ReadResult
 CONNECT_TIMEOUT_S_DEFAULT: Final = 2.0
 REQUEST_TIMEOUT_S_DEFAULT: Final = 10.0
 IDLE_S_DEFAULT: Final = 60.0
+# Internal operations between nodes (frontends/native/api.py serves them): a reshard's runner
+# seals and unseals parents other nodes lead.
+OP_SEAL_SHARD: Final = "seal_shard"
+OP_UNSEAL_SHARD: Final = "unseal_shard"
 
 log = structlog.get_logger(__name__)
 
@@ -149,6 +153,37 @@ class PeerPool:
             tip_arrival_ms=tip if isinstance(tip, int) else 0,
             skipped=raw.skipped,
         )
+
+    async def seal_shard(
+        self,
+        address: str,
+        stream: str,
+        shard_id: str,
+        hold_ms: int,
+        token: str,
+        *,
+        timeout_s: float,
+    ) -> int:
+        """Ask the leader at ``address`` to seal a reshard's parent (native op ``seal_shard``,
+        docs/cluster.md); returns its ending offset. Raises what it answered, or
+        ConnectionLostError / RequestTimeoutError (it may be sealed: its hold ends it)."""
+        answer = await self.call(
+            address,
+            OP_SEAL_SHARD,
+            {"stream": stream, "shard_id": shard_id, "hold_ms": hold_ms, "token": token},
+            timeout_s=timeout_s,
+        )
+        ending = answer.get("ending_offset")
+        if not isinstance(ending, int) or isinstance(ending, bool) or ending < 0:
+            raise ConnectionLostError(f"node {address} answered seal_shard malformed")
+        return ending
+
+    async def unseal_shard(self, address: str, stream: str, shard_id: str, token: str) -> bool:
+        """Undo a seal of ``token`` (native op ``unseal_shard``); whether one ended there."""
+        answer = await self.call(
+            address, OP_UNSEAL_SHARD, {"stream": stream, "shard_id": shard_id, "token": token}
+        )
+        return answer.get("unsealed") is True
 
     async def close_idle(self) -> None:
         now = trio.current_time()

@@ -203,6 +203,25 @@ async def _resize_stream(engine: Engine, args: dict[str, Any]) -> dict[str, Any]
     return {"operations": steps}
 
 
+async def _seal_shard(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+    """Internal (cluster nodes only): seal a parent for the node running a reshard step."""
+    ending = await engine.seal_shard(
+        _arg(args, "stream", str),
+        _arg(args, "shard_id", str),
+        hold_ms=_arg(args, "hold_ms", int),
+        token=_arg(args, "token", str),
+    )
+    return {"ending_offset": ending}
+
+
+async def _unseal_shard(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+    """Internal (cluster nodes only): undo ``seal_shard`` of that token."""
+    unsealed = engine.unseal_shard(
+        _arg(args, "stream", str), _arg(args, "shard_id", str), token=_arg(args, "token", str)
+    )
+    return {"unsealed": unsealed}
+
+
 async def _cluster_nodes(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
     """Every live node with its addresses (cluster mode); the embedded default names none."""
     return {
@@ -227,6 +246,8 @@ HANDLERS: dict[str, Handler] = {
     "resize_stream": _resize_stream,
     "quarantine_range": _quarantine_range,
     "cluster_nodes": _cluster_nodes,
+    "seal_shard": _seal_shard,
+    "unseal_shard": _unseal_shard,
 }
 
 
