@@ -708,7 +708,10 @@ class Engine:
     def _busy_or(self, name: str) -> _Stream:
         """The stream, unless another metadata change holds it. Raises ResourceInUseError."""
         stream = self._stream(name)
-        if stream.lock.locked():
+        # Cluster mode: the follower holds the lock for a moment whenever it applies the
+        # catalog, so only a reshard this node runs refuses at once (others: ``_active``).
+        busy = name in self._runs if self.clustered else stream.lock.locked()
+        if busy:
             raise ResourceInUseError(f"stream {name!r} is being changed; try again shortly")
         return stream
 

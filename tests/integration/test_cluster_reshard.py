@@ -1,9 +1,9 @@
 """Resharding from any node of a cluster (real etcd, real node processes, real TCP).
 
-A split runs on the parent's leader, so a node that does not lead the parent forwards it
-there; a merge runs on the leader of both parents (refused, with a clear error, when two nodes
-lead them); a resize is refused in cluster mode for now. Records put before and after the split
-read back, every one, through a node that leads none of the shards involved.
+The node asked runs the reshard, sealing parents other nodes lead through the internal op
+seal_shard (docs/cluster.md, "Resharding from any node"): a split through a node that does not
+lead the parent, then a merge of its two children wherever they were placed, then a resize.
+Records put before and after read back, every one, through a node that leads none of them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import pytest
 from streamd.testing.cluster import LocalCluster
 from streamd_client import connect
 from streamd_client.client import Client
-from streamd_client.errors import ResourceInUseError
 from streamd_client.model import Position
 
 STREAM = "reshaped"
@@ -38,10 +37,10 @@ async def leaders(client: Client) -> dict[str, str | None]:
 async def wait_placed(client: Client) -> dict[str, str | None]:
     with anyio.fail_after(20):
         while True:
-            found = await leaders(client)
-            described = await client.describe_stream(STREAM)
+            described = await client.describe_stream(STREAM)  # one view: no race between two
+            found = {s.shard_id: s.leader_address for s in described.shards}
             open_ids = {s.shard_id for s in described.shards if s.ending_sequence is None}
-            if all(found[s] for s in open_ids):
+            if described.status == "ACTIVE" and all(found[s] for s in open_ids):
                 return found
             await anyio.sleep(0.05)
 
@@ -59,7 +58,9 @@ async def read_all(client: Client, shard_ids: list[str]) -> list[bytes]:
     return got
 
 
-def test_split_through_another_node_merge_and_resize_refusal(cluster: LocalCluster) -> None:
+def test_split_through_another_node_then_merge_across_nodes_and_resize(
+    cluster: LocalCluster,
+) -> None:
     endpoints = [cluster.endpoint(k) for k in (1, 2, 3)]
 
     async def main() -> None:
@@ -70,7 +71,7 @@ def test_split_through_another_node_merge_and_resize_refusal(cluster: LocalClust
             elsewhere = next(e for e in endpoints if e != placed[parent])
             before = [(f"before-{i}".encode(), f"k{i}") for i in range(60)]
             assert (await admin.put_records(STREAM, before)).failed_count == 0
-        async with connect(elsewhere) as other:  # does not lead the parent: forwards the split
+        async with connect(elsewhere) as other:  # does not lead the parent: seals it there
             children = await other.split_shard(STREAM, parent)
             assert len(children) == 2
             placed = await wait_placed(other)
@@ -80,14 +81,14 @@ def test_split_through_another_node_merge_and_resize_refusal(cluster: LocalClust
             every = [s.shard_id for s in described.shards]
             got = await read_all(other, every)
             assert sorted(got) == sorted(d for d, _ in before + after)
-            with pytest.raises(ResourceInUseError, match="cluster mode"):
-                await other.resize_stream(STREAM, 6)
             left, right = children
-            if placed[left] == placed[right]:  # one node leads both: the merge runs there
-                merged = await other.merge_shards(STREAM, left, right)
-                assert merged not in every
-            else:
-                with pytest.raises(ResourceInUseError, match="led by two nodes"):
-                    await other.merge_shards(STREAM, left, right)
+            merged = await other.merge_shards(STREAM, left, right)  # wherever the two are led
+            assert merged not in every
+            assert await other.resize_stream(STREAM, 4) > 0
+            placed = await wait_placed(other)
+            described = await other.describe_stream(STREAM)
+            assert len([s for s in described.shards if s.ending_sequence is None]) == 4
+            got = await read_all(other, [s.shard_id for s in described.shards])
+            assert sorted(got) == sorted(d for d, _ in before + after)
 
     anyio.run(main, backend="trio")

@@ -58,7 +58,7 @@ class FlakyStore(SqliteMetaStore):
 @asynccontextmanager
 async def cluster_engine(data_dir: Path) -> AsyncIterator[tuple[Engine, FlakyStore]]:
     store = FlakyStore(data_dir / "meta.sqlite3")
-    engine = Engine(ServerConfig(data_dir=data_dir), store, locator=AllHere(), replication_factor=1)
+    engine = Engine(ServerConfig(data_dir=data_dir), store, locator=AllHere())
     engine._seal_holds.retry_s = 0.1
     async with trio.open_nursery() as nursery:
         await nursery.start(engine.run)
