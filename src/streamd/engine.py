@@ -647,6 +647,7 @@ class Engine:
         """
         stream = self._busy_or(name)
         async with stream.lock:
+            await self._refresh(stream)
             step = reshard.check_split(_active(self._stream(name).meta), shard_id, at)
             with self._reserve_shards(2, f"splitting {shard_id} of {name!r}"), self._running(name):
                 reshard_id = await self._begin_reshard(
@@ -665,6 +666,7 @@ class Engine:
         """
         stream = self._busy_or(name)
         async with stream.lock:
+            await self._refresh(stream)
             step = reshard.check_merge(
                 _active(self._stream(name).meta), shard_id, adjacent_shard_id
             )
@@ -688,6 +690,7 @@ class Engine:
         """
         stream = self._busy_or(name)
         async with stream.lock:
+            await self._refresh(stream)
             meta = _active(self._stream(name).meta)
             reshard.check_resize(meta, shard_count)
             total = reshard.resize_step_count(meta, shard_count)
@@ -715,6 +718,15 @@ class Engine:
             raise ResourceInUseError(f"stream {name!r} is being changed; try again shortly")
         return stream
 
+    async def _refresh(self, stream: _Stream) -> None:
+        """Cluster mode: adopt the stream's document as it is in the store now (the follower's
+        copy may lag behind, or even behind what this node itself wrote last)."""
+        if not self.clustered:
+            return
+        fresh = await self.catalog.get(stream.meta.name)
+        if fresh is not None and fresh.stream_id == stream.meta.stream_id:
+            self._adopt(stream, fresh)
+
     @contextmanager
     def _running(self, name: str, *, keep: bool = False) -> Iterator[None]:
         """Mark this node as running the reshard of ``name`` (so the follower never starts a
@@ -740,7 +752,7 @@ class Engine:
         if meta.status != "UPDATING":
             return
         if self.clustered:
-            self._watch_runner(stream)
+            self._watch_runner(stream, at_start=True)
             return
         progress = meta.reshard or {}
         if progress.get("kind") == "resize":
@@ -754,11 +766,15 @@ class Engine:
     def _live(self, node_id: str) -> bool:
         return node_id in self.locator.node_addresses()
 
-    def _watch_runner(self, stream: _Stream) -> None:
-        """Cluster mode: take the stream's reshard over if it is UPDATING and its runner is
-        this node (restarted) or a node that is not live, unless this node runs it now."""
+    def _watch_runner(self, stream: _Stream, *, at_start: bool = False) -> None:
+        """Cluster mode: take the stream's reshard over if it is UPDATING and its runner is a
+        node that is not live, or (``at_start``) this node in an earlier life; never while
+        this node runs it. (The follower may apply an older document than this node last
+        wrote, which can name this node as the runner of a reshard that already ended.)"""
         name, me = stream.meta.name, self._node_id
         if me is None or name in self._runs:
+            return
+        if not at_start and reshard_fence.runner_of(stream.meta) == me:
             return
         if not reshard_fence.may_take_over(stream.meta, me, self._live):
             return
