@@ -150,8 +150,11 @@ async def _open_store(config: ServerConfig) -> MetaStore:
             f"--cluster {','.join(config.cluster)}: etcd does not answer ({exc}); start etcd, "
             "or check the address"
         ) from None
-    except MetaError as exc:
-        raise StartupError(f"--cluster {','.join(config.cluster)}: {exc}") from None
+    except MetaError as exc:  # answered, but not as etcd 3.4+ does: say so in one line
+        said = " ".join(str(exc).split())[:300]
+        raise StartupError(
+            f"--cluster {','.join(config.cluster)}: this is not an etcd 3.4+ answering ({said})"
+        ) from None
 
 
 def _cluster_id_file(config: ServerConfig) -> Path:
