@@ -179,9 +179,13 @@ class FileLogStore:
         self._epochs = epochs
 
     def sync(self) -> int:
+        """May run in another thread while ``append`` runs (the replication driver does): the
+        end is read before the fsync, so a batch appended meanwhile is never claimed durable.
+        Never concurrently with ``truncate_to`` or ``close``."""
+        end = self._log.next_offset
         self._log.sync()
-        self._durable = self._log.next_offset
-        return self._durable
+        self._durable = max(self._durable, end)
+        return end
 
     def truncate_to(self, offset: int) -> None:
         starts = [e.start_offset for e in self._epochs]
