@@ -20,7 +20,12 @@ from typing import Any, Literal
 import cbor2
 
 from streamd_client.errors import InternalError, StreamExistsError, StreamNotFoundError
-from streamd_client.model import even_hash_ranges, make_sequence, shard_id_of
+from streamd_client.model import (
+    RECORD_DATA_BYTES_MAX,
+    even_hash_ranges,
+    make_sequence,
+    shard_id_of,
+)
 
 from .meta import Compare, MetaStore
 from .meta.keys import SHARDS_PREFIX, check_name
@@ -88,6 +93,14 @@ class StreamMeta:
     # Replicas per shard in cluster mode (the controller places that many; 1 until cluster
     # part 3 replicates). Documents from before this field read as 1.
     replication_factor: int = 1
+    # Stream settings the Kinesis API changes (documents from before them read as defaults):
+    # the shard-level metrics EnableEnhancedMonitoring turned on (sorted names; monitoring.py
+    # exports them per shard), the resource policy PutResourcePolicy stored (JSON text as given;
+    # stored and returned, not enforced until authorization exists), and the largest record
+    # data the stream takes (UpdateMaxRecordSize: 1 MiB by default, up to 10 MiB).
+    shard_level_metrics: tuple[str, ...] = ()
+    resource_policy: str | None = None
+    max_record_bytes: int = RECORD_DATA_BYTES_MAX
 
     @staticmethod
     def new(name: str, shard_count: int, retention_hours: int, now_ms: int) -> StreamMeta:
@@ -119,6 +132,8 @@ class StreamMeta:
             "tags": dict(self.tags),
             "mode": self.mode,
             "reshard": None if self.reshard is None else dict(self.reshard),
+            "shard_level_metrics": list(self.shard_level_metrics),
+            "max_record_bytes": self.max_record_bytes,
         }
 
     def encode(self) -> bytes:
@@ -128,7 +143,8 @@ class StreamMeta:
     def decode(raw: bytes) -> StreamMeta:
         doc = cbor2.loads(raw)
         shards = tuple(ShardMeta(**s) for s in doc.pop("shards"))
-        return StreamMeta(**doc, shards=shards)
+        metrics = tuple(doc.pop("shard_level_metrics", ()))  # CBOR gives lists back
+        return StreamMeta(**doc, shards=shards, shard_level_metrics=metrics)
 
 
 class Catalog:

@@ -634,6 +634,19 @@ class Engine:
             )
         log.info("stream.tags_updated", stream=name, added=sorted(add), removed=sorted(remove))
 
+    async def update_settings(
+        self, name: str, change: Callable[[StreamMeta], StreamMeta], *, setting: str
+    ) -> StreamMeta:
+        """Apply ``change`` to the stream's document: settings no pipeline holds (enhanced
+        monitoring, resource policy, max record size; the front ends read them from
+        ``stream_meta``). ``change`` may raise to refuse. Raises StreamNotFoundError."""
+        stream = self._stream(name)
+        async with stream.lock:  # a reshard step replaces stream.meta: never interleave
+            stream = self._stream(name)
+            stream.meta = await self.catalog.update(name, change)
+        log.info("stream.settings_updated", stream=name, setting=setting)
+        return stream.meta
+
     # -- resharding -----------------------------------------------------------------------------
 
     async def split_shard(self, name: str, shard_id: str, at: int | None = None) -> list[str]:

@@ -6,7 +6,7 @@ nothing measurable on the hot path. Names follow Prometheus conventions (unit su
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
 RECORDS_APPENDED = Counter(
     "streamd_records_appended_total", "Records committed to shard logs", ["stream"]
@@ -76,6 +76,9 @@ ETCD_REQUESTS = Counter(
 ETCD_WATCH_REOPENS = Counter(
     "streamd_etcd_watch_reopens_total", "etcd watch streams reopened (dropped, failed or silent)"
 )
+
+
+__all__ = ["REGISTRY"]  # node.py registers the per-shard collector (monitoring.py) in it
 
 
 def serve_metrics(host: str, port: int) -> None:

@@ -56,6 +56,7 @@ from .groups.service import GroupService, StreamView
 from .meta import MetaStore, SqliteMetaStore
 from .meta.errors import MetaError
 from .meta.etcd import EtcdMetaStore
+from .monitoring import ShardMetricsCollector
 from .startup import StartupError, bind_error, lock_data_dir, prepare_data_dir
 
 log = structlog.get_logger(__name__)
@@ -361,7 +362,7 @@ async def _bind_all(
     gateway = None
     try:
         gateway = await _open_kinesis(config, engine)
-        _serve_metrics(config)  # last: its thread cannot be stopped
+        _serve_metrics(config, engine)  # last: its thread cannot be stopped
     except BaseException:
         for listener in listeners + (gateway[1] if gateway else []):
             await listener.aclose()
@@ -376,7 +377,7 @@ async def _open_native(config: ServerConfig) -> list[trio.SocketListener]:
         raise bind_error("--listen", config.listen, exc) from None
 
 
-def _serve_metrics(config: ServerConfig) -> None:
+def _serve_metrics(config: ServerConfig, engine: Engine) -> None:
     if not config.metrics_listen:
         return
     host, port = parse_host_port(config.metrics_listen, 9464)
@@ -384,6 +385,7 @@ def _serve_metrics(config: ServerConfig) -> None:
         metrics.serve_metrics(host, port)
     except OSError as exc:
         raise bind_error("--metrics-listen", config.metrics_listen, exc) from None
+    metrics.REGISTRY.register(ShardMetricsCollector(engine))  # enhanced monitoring, per shard
     log.info("server.metrics", listen=f"{host}:{port}")
 
 

@@ -63,6 +63,7 @@ from . import metrics
 from .catalog import ShardMeta
 from .clock import Clock, WallClock
 from .iothread import IoPool, IoThread
+from .monitoring import ShardCounters
 from .replication import Committer, Proposal
 from .storage import OffsetTrimmedError, SyncFailedError
 
@@ -288,6 +289,7 @@ class ShardPipeline:
         self._records_appended = metrics.RECORDS_APPENDED.labels(stream)
         self._bytes_appended = metrics.BYTES_APPENDED.labels(stream)
         self._group_commits = metrics.GROUP_COMMITS.labels(stream)
+        self.counters = ShardCounters()  # enhanced monitoring (monitoring.py) reads these
         self._io = IoThread(f"streamd-{stream}-{shard.shard_id}", pool=io_pool)
         self._token = trio.lowlevel.current_trio_token()  # the lane reports "appended" with it
 
@@ -334,6 +336,7 @@ class ShardPipeline:
             or self._queued_bytes + write.size_bytes > self.config.queue_bytes_max
         ):
             metrics.WRITES_REJECTED.labels(ThrottledError.code).inc()
+            self.counters.write_throttled += write.record_count
             raise ThrottledError(
                 f"shard {self.shard.shard_id} write queue is full", shard_id=self.shard.shard_id
             )
@@ -801,6 +804,8 @@ class ShardPipeline:
         assert end > self.high_watermark and end == self.log.next_offset
         self._records_appended.inc(end - self.high_watermark)
         self._bytes_appended.inc(sum(len(p.data) for p in written))
+        self.counters.incoming_records += end - self.high_watermark
+        self.counters.incoming_bytes += sum(w.size_bytes for p in written for w in p.writes)
         self._group_commits.inc()
         for planned in written:
             self._tail.append(
@@ -870,6 +875,7 @@ class ShardPipeline:
                 next_offset, last_ms = header.next_offset, header.last_arrival_ms
         behind = millis_behind(tip_ms, last_ms, next_offset, hwm)
         next_offset = max(next_offset, offset)
+        self._count_read(batches, next_offset - offset, last_ms)
         ending = self.shard.ending_offset
         shard_end = ending is not None and next_offset >= ending
         return ReadResult(
@@ -882,6 +888,13 @@ class ShardPipeline:
             tip_arrival_ms=tip_ms,
             skipped=skipped,
         )
+
+    def _count_read(self, batches: list[bytes], records: int, last_ms: int) -> None:
+        counters = self.counters
+        counters.outgoing_records += records
+        counters.outgoing_bytes += sum(map(len, batches))
+        if records > 0 and last_ms > 0:
+            counters.iterator_age_ms = max(0, self.clock.now_ms() - last_ms)
 
     def _read_tail(
         self, offset: int, max_bytes: int, hwm: int

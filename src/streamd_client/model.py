@@ -27,7 +27,8 @@ from .errors import (
 from .summary import summary
 
 # Limits (units last in the names). Kinesis's where Kinesis has one.
-RECORD_DATA_BYTES_MAX = 1024 * 1024
+RECORD_DATA_BYTES_MAX = 1024 * 1024  # a stream's default (Kinesis's)
+RECORD_DATA_BYTES_CEILING = 10 * 1024 * 1024  # what UpdateMaxRecordSize may raise it to
 PARTITION_KEY_CHARS_MAX = 256
 PUT_RECORDS_COUNT_MAX = 500
 PUT_RECORDS_BYTES_MAX = 5 * 1024 * 1024

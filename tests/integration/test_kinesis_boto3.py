@@ -425,11 +425,12 @@ def test_update_shard_count(kinesis: Any, name: str) -> None:
 
 def test_unsupported_and_unknown_operations(kinesis: Any, gateway: ServerProcess) -> None:
     for call in (
-        lambda: kinesis.enable_enhanced_monitoring(StreamName="s", ShardLevelMetrics=["ALL"]),
         lambda: kinesis.start_stream_encryption(
             StreamName="s", EncryptionType="KMS", KeyId="alias/k"
         ),
-        lambda: kinesis.put_resource_policy(ResourceARN=ARN_PREFIX + "s", Policy="{}"),
+        lambda: kinesis.stop_stream_encryption(
+            StreamName="s", EncryptionType="KMS", KeyId="alias/k"
+        ),
     ):
         with pytest.raises(ClientError) as exc:
             call()

@@ -195,3 +195,12 @@ def test_serve_connection_limits_must_be_positive(flag: str, value: str) -> None
     with pytest.raises(SystemExit) as exit_info:
         parse("serve", flag, value)
     assert exit_info.value.code == common.EXIT_USAGE
+
+
+def test_serve_kinesis_account_id_reaches_the_config() -> None:
+    assert serve._serve_config(parse("serve")).kinesis_account_id == "000000000000"
+    config = serve._serve_config(parse("serve", "--kinesis-account-id", "123456789012"))
+    assert config.kinesis_account_id == "123456789012"
+    for bad in ("12345678901", "1234567890123", "12345678901a", "١٢٣٤٥٦٧٨٩٠١٢"):
+        with pytest.raises(ValueError, match="--kinesis-account-id"):
+            serve._serve_config(parse("serve", "--kinesis-account-id", bad))

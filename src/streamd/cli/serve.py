@@ -77,6 +77,13 @@ def _add_serve_kinesis(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument("--kinesis-region", default="us-east-1", metavar="REGION")
     serve.add_argument(
+        "--kinesis-account-id",
+        default="000000000000",
+        metavar="ID",
+        help="the 12-digit account id in ARNs the gateway answers and accepts (default "
+        "%(default)s; moto's is 123456789012)",
+    )
+    serve.add_argument(
         "--kinesis-access-key",
         default=None,
         metavar="KEY_ID",
@@ -317,6 +324,9 @@ def _serve_kinesis_options(args: argparse.Namespace) -> dict[str, Any]:
             "--kinesis-secret-key is not accepted: a secret on the command line shows in ps; "
             f"set ${SECRET_ENV} (with --kinesis-access-key) or use --kinesis-credentials FILE"
         )
+    account = args.kinesis_account_id
+    if not (len(account) == 12 and account.isascii() and account.isdigit()):
+        raise ValueError(f"--kinesis-account-id: expected 12 digits, got {account!r}")
     credentials: tuple[tuple[str, str], ...] = ()
     if args.kinesis_access_key is not None:
         credentials = ((args.kinesis_access_key, secret_from_environment(os.environ)),)
@@ -325,5 +335,6 @@ def _serve_kinesis_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "kinesis_listen": listen,
         "kinesis_region": args.kinesis_region,
+        "kinesis_account_id": account,
         "kinesis_credentials": credentials,
     }

@@ -163,6 +163,9 @@ async def _find_consumer(ctx: GatewayContext, body: dict[str, Any]) -> StreamCon
         consumer_name = check_consumer_name(body["ConsumerName"])
         return await store.get(name, _stream_id(ctx, name), consumer_name)
     parsed = parse_consumer_arn(arn)
+    foreign = ctx.foreign_arn("ConsumerARN", arn, parsed.region, parsed.account_id)
+    if foreign is not None:
+        raise foreign
     consumer = await store.get(
         parsed.stream_name, _stream_id(ctx, parsed.stream_name), parsed.consumer_name
     )

@@ -1,10 +1,13 @@
 """The gateway's operation registry: Kinesis operation name -> implementation.
 
 ``OPERATIONS`` holds everything streamd answers: stream administration (streams.py), records
-(records.py) and enhanced fan-out (fanout.py). ``UNSUPPORTED`` lists the rest of the Kinesis API
-(from botocore's service model at the time of writing): those are answered with an
-InvalidArgumentException naming the operation, never a silent success. A name in neither set is
-not a Kinesis operation at all: UnknownOperationException.
+(records.py), enhanced fan-out (fanout.py), stream and account settings (settings.py).
+``UNSUPPORTED`` lists the rest of the Kinesis API (botocore's service model at the time of
+writing): those are answered with an InvalidArgumentException naming the operation, never a
+silent success. A name in neither set is not a Kinesis operation at all:
+UnknownOperationException. tests/unit/test_kinesis_operations_model.py checks both sets against
+the installed botocore's model, so an operation a newer botocore adds fails that test until it
+is listed here.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Final
 
 from .fanout import FANOUT_OPERATIONS
 from .records import RECORD_OPERATIONS
+from .settings import SETTINGS_OPERATIONS
 from .streams import STREAM_OPERATIONS
 from .types import Operation
 
@@ -20,6 +24,7 @@ OPERATIONS: Final[dict[str, Operation]] = {
     **STREAM_OPERATIONS,
     **RECORD_OPERATIONS,
     **FANOUT_OPERATIONS,
+    **SETTINGS_OPERATIONS,
 }
 
 UNSUPPORTED: Final = frozenset(
@@ -54,12 +59,6 @@ UNSUPPORTED: Final = frozenset(
         "UpdateStreamMode",
         "UpdateStreamRecordDistributionStrategy",
         "UpdateStreamWarmThroughput",
-        # Enhanced fan-out names, while fanout.py does not answer them yet.
-        "RegisterStreamConsumer",
-        "DescribeStreamConsumer",
-        "ListStreamConsumers",
-        "DeregisterStreamConsumer",
-        "SubscribeToShard",
     }
     - OPERATIONS.keys()
 )

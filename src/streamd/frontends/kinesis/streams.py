@@ -69,8 +69,9 @@ def _name_of_arn(ctx: GatewayContext, arn: str, member: str) -> str:
     if m is None:
         raise invalid_argument(f"{member} {summary(arn, 300)} is not a Kinesis stream ARN")
     region, account, name = m.groups()
-    if region != ctx.region or account != ctx.account_id:
-        raise not_found(f"Stream {name} under account {account} not found.")
+    foreign = ctx.foreign_arn(member, arn, region, account)
+    if foreign is not None:
+        raise foreign
     return name
 
 
@@ -192,7 +193,7 @@ async def describe_stream(ctx: GatewayContext, body: dict[str, Any]) -> dict[str
             "Shards": [shard_shape(s) for s in shards[:limit]],
             "HasMoreShards": len(shards) > limit,
             "RetentionPeriodHours": meta.retention_hours,
-            "EnhancedMonitoring": [{"ShardLevelMetrics": []}],
+            "EnhancedMonitoring": [{"ShardLevelMetrics": list(meta.shard_level_metrics)}],
             "EncryptionType": "NONE",
         }
     }
@@ -205,10 +206,11 @@ async def describe_stream_summary(ctx: GatewayContext, body: dict[str, Any]) -> 
         "StreamDescriptionSummary": {
             **_summary(ctx, meta),
             "RetentionPeriodHours": meta.retention_hours,
-            "EnhancedMonitoring": [{"ShardLevelMetrics": []}],
+            "EnhancedMonitoring": [{"ShardLevelMetrics": list(meta.shard_level_metrics)}],
             "EncryptionType": "NONE",
             "OpenShardCount": len(meta.open_shards()),
             "ConsumerCount": len(consumers),
+            "MaxRecordSizeInKiB": meta.max_record_bytes // 1024,
         }
     }
 

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from streamd_client.summary import summary
+
 if TYPE_CHECKING:
     from ...engine import Engine
 
@@ -45,6 +47,20 @@ class GatewayContext:
 
     def stream_arn(self, name: str) -> str:
         return f"arn:aws:kinesis:{self.region}:{self.account_id}:stream/{name}"
+
+    def foreign_arn(self, member: str, arn: str, region: str, account: str) -> KinesisError | None:
+        """The error for an ARN of another account or region (None: it is this gateway's).
+
+        Kinesis answers ResourceNotFoundException (no such resource *here*); the message says
+        which account and region this gateway serves, and the flag that sets the account."""
+        if region == self.region and account == self.account_id:
+            return None
+        return KinesisError(
+            "ResourceNotFoundException",
+            f"{member} {summary(arn, 300)} names account {account} in {region}, but this gateway "
+            f"serves account {self.account_id} in {self.region} (set them with "
+            "`streamd serve --kinesis-account-id ID --kinesis-region R`)",
+        )
 
 
 Operation = Callable[[GatewayContext, dict[str, Any]], Awaitable["dict[str, Any] | Streaming"]]
