@@ -3,6 +3,8 @@ every kind of violation it must catch, and the indeterminate cases it must allow
 
 from __future__ import annotations
 
+import pytest
+
 from streamd.testing import History, Seen, check, make_data, parse_identity
 from streamd_client.model import make_sequence
 
@@ -130,3 +132,109 @@ def test_report_serializes() -> None:
     document = report.to_dict()
     assert document["ok"] is False and document["lost"] == 1
     assert "lost" in report.summary() and report.to_json().startswith("{")
+
+
+# -- the cluster checks (issue 13): each one shown failing on a planted bug ----------------------
+
+
+def test_plain_put_copies_are_allowed_but_idempotent_copies_are_not() -> None:
+    history = history_of(2)
+    history.record_sent("p", 0, make_data("p", 0, 40), at_least_once=True)
+    history.record_ack("p", 0, SHARD, seq(3))
+    found = [
+        *found_of(history),
+        Seen(SHARD, seq(2), "p", history.sent[("p", 0)]),  # the first try, its answer lost
+        Seen(SHARD, seq(3), "p", history.sent[("p", 0)]),  # the retry, acknowledged
+    ]
+    report = check(history, {SHARD: found})
+    assert report.ok, report.summary()
+    assert report.duplicates_allowed == 1
+    planted = [*found, Seen(SHARD, seq(4), "k", history.sent[("k", 0)])]
+    report = check(history, {SHARD: planted})
+    assert report.duplicated == [("k", 0)]
+
+
+def test_plain_put_whose_every_copy_vanished_is_lost() -> None:
+    history = History()
+    history.record_sent("p", 0, make_data("p", 0, 40), at_least_once=True)
+    history.record_failure("p", 0, "SHARD_UNAVAILABLE")
+    history.record_ack("p", 0, SHARD, seq(0))  # the writer's retry got through
+    assert not history.failed
+    report = check(history, {SHARD: []})
+    assert report.lost == [("p", 0)]
+
+
+def test_one_offset_two_records_is_caught() -> None:
+    history = history_of(2)
+    history.record_sent("x", 0, make_data("x", 0, 40))
+    history.record_ack("x", 0, SHARD, seq(1))  # a deposed leader acked it at offset 1
+    report = check(history, {SHARD: found_of(history)[:2]})
+    assert any("ack" in item for item in report.offset_conflict), report.summary()
+    assert report.lost == [("x", 0)]
+
+
+def test_readers_disagreeing_on_an_offset_is_caught() -> None:
+    history = history_of(2)
+    found = found_of(history)
+    history.record_observed(found[0], reader="r1")
+    history.record_observed(Seen(SHARD, seq(0), "k", history.sent[("k", 1)]), reader="r2")
+    report = check(history, {SHARD: found})
+    assert len(report.offset_conflict) == 1 and not report.ok
+
+
+def test_a_reader_skipping_an_offset_is_caught() -> None:
+    history = history_of(5)
+    found = found_of(history)
+    for seen in (found[0], found[1], found[3], found[4]):  # offset 2 never handed out
+        history.record_observed(seen, reader="tail-1")
+    report = check(history, {SHARD: found})
+    assert report.skipped == [f"tail-1 on {SHARD}: 1 records between 1 and 3"]
+    assert not report.retracted
+
+
+def test_a_reader_starting_past_the_first_record_is_caught() -> None:
+    history = history_of(3)
+    found = found_of(history)
+    history.record_reader_start("tail-1", SHARD, from_start=True)
+    history.record_observed(found[1], reader="tail-1")
+    report = check(history, {SHARD: found})
+    assert len(report.skipped) == 1
+    history = history_of(3)
+    history.record_reader_start("tail-1", SHARD, from_start=False)
+    history.record_observed(found[1], reader="tail-1")
+    assert check(history, {SHARD: found}).ok
+
+
+def test_a_reader_going_back_is_caught() -> None:
+    history = history_of(3)
+    found = found_of(history)
+    for seen in (found[0], found[1], found[1], found[2]):
+        history.record_observed(seen, reader="tail-1")
+    report = check(history, {SHARD: found})
+    assert len(report.went_back) == 1 and not report.skipped
+
+
+def test_time_to_resume_per_fault_and_shard() -> None:
+    other = "shardId-000000000001"
+    history = History()
+    for n, (sent_at, acked_at, shard) in enumerate(
+        [(0.0, 0.01, SHARD), (1.2, 3.5, SHARD), (1.5, 2.9, SHARD), (1.1, 1.3, other)]
+    ):
+        history.record_sent("k", n, make_data("k", n, 40), at_s=sent_at)
+        history.record_ack("k", n, shard, seq(n, 0 if shard == SHARD else 1), at_s=acked_at)
+    history.record_fault("kill -9 node1", 1.0, [SHARD, other])
+    found = {
+        SHARD: [Seen(SHARD, seq(n), "k", history.sent[("k", n)]) for n in range(3)],
+        other: [Seen(other, seq(3, 1), "k", history.sent[("k", 3)])],
+    }
+    report = check(history, found)
+    assert report.ok, report.summary()
+    resumes = {r.shard_id: r.resume_s for r in report.resumes}
+    assert resumes[SHARD] == pytest.approx(1.9)  # the earliest ack of a write sent after it
+    assert resumes[other] == pytest.approx(0.3)
+    assert report.resume_times_s() == [pytest.approx(1.9)]
+    assert "kill -9 node1: 2 shards, writes resumed after 1.900 s" in report.resume_summary()
+    history.record_fault("kill -9 node2", 4.0, [SHARD])
+    report = check(history, found)
+    assert report.not_resumed == ["kill -9 node2: " + SHARD]
+    assert "never on" in report.resume_summary()
