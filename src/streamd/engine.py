@@ -1420,24 +1420,26 @@ class Engine:
         wait_ms: int,
         *,
         forward: bool = True,
+        counted: bool = True,
     ) -> ReadResult:
         """Raises StreamNotFoundError, ShardNotFoundError, InvalidSequenceNumberError,
         CorruptDataError (for a stored batch that fails its CRC; details name its offsets).
 
         Cluster mode: a shard another node leads is read there (``forward``, as the Kinesis
         gateway and the group service do), or refused with NOT_LEADER (the native protocol:
-        its clients go to the leader themselves). Raises ShardUnavailableError."""
+        its clients go to the leader themselves). Raises ShardUnavailableError.
+        ``counted`` False: a probe (the groups' lag), left out of the read counts and metrics."""
         stream = self._stream(name)
         if shard_id not in stream.pipelines and forward and self._peers is not None:
             location = self.locator.locate(name, shard_id)
             if isinstance(location, Remote) and stream.meta.shard(shard_id) is not None:
                 return await self._peers.read(
-                    location.address, name, shard_id, position, max_bytes, wait_ms
+                    location.address, name, shard_id, position, max_bytes, wait_ms, counted=counted
                 )
         pipeline = stream.pipeline(shard_id)
         # A whole answer must fit in one frame (frame header and CBOR framing included).
         max_bytes = min(max_bytes, self.config.frame_bytes_max - 64 * 1024)
-        result = await pipeline.read(position, max_bytes, wait_ms)
+        result = await pipeline.read(position, max_bytes, wait_ms, counted=counted)
         if not result.shard_end:
             return result
         children = self._stream(name).meta.children_of(shard_id)

@@ -6,12 +6,21 @@ nothing measurable on the hot path. Names follow Prometheus conventions (unit su
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
 RECORDS_APPENDED = Counter(
     "streamd_records_appended_total", "Records committed to shard logs", ["stream"]
 )
 BYTES_APPENDED = Counter("streamd_batch_bytes_appended_total", "Batch bytes committed", ["stream"])
+RECORDS_READ = Counter(
+    "streamd_records_read_total", "Records returned to readers (native and Kinesis)", ["stream"]
+)
+BYTES_READ = Counter(
+    "streamd_read_bytes_total", "Stored batch bytes returned to readers", ["stream"]
+)
 GROUP_COMMITS = Counter("streamd_group_commits_total", "Group commits (one fsync each)", ["stream"])
 COMMIT_SECONDS = Histogram(
     "streamd_commit_seconds",
@@ -22,6 +31,12 @@ WRITES_REJECTED = Counter(
     "streamd_writes_rejected_total", "Writes refused before the log (by error code)", ["code"]
 )
 REQUESTS = Counter("streamd_requests_total", "Native protocol requests", ["op", "code"])
+REQUEST_SECONDS = Histogram(
+    "streamd_request_seconds",
+    "Native request time, decoded to answered (a long-poll read includes its wait)",
+    ["op"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0, 5.0),
+)
 CONNECTIONS = Gauge("streamd_connections", "Open client connections")
 CONNECTIONS_REFUSED = Counter(
     "streamd_connections_refused_total",
@@ -76,6 +91,30 @@ ETCD_REQUESTS = Counter(
 ETCD_WATCH_REOPENS = Counter(
     "streamd_etcd_watch_reopens_total", "etcd watch streams reopened (dropped, failed or silent)"
 )
+
+
+DATA_DIR_FREE = Gauge(
+    "streamd_data_dir_free_bytes",
+    "Bytes free to this process on the data directory's file system (read at each scrape)",
+)
+DATA_DIR_SIZE = Gauge(
+    "streamd_data_dir_size_bytes", "Size of the data directory's file system (read at each scrape)"
+)
+
+
+def watch_data_dir(data_dir: Path) -> None:
+    """Report the data directory's file system through the two gauges above, read at each
+    scrape (statvfs: no I/O on the data). NaN when it cannot be read, rather than a failed
+    scrape: a missing value says more than an old one."""
+
+    def usage(field: str) -> float:
+        try:
+            return float(getattr(shutil.disk_usage(data_dir), field))
+        except OSError:
+            return float("nan")
+
+    DATA_DIR_FREE.set_function(lambda: usage("free"))
+    DATA_DIR_SIZE.set_function(lambda: usage("total"))
 
 
 __all__ = ["REGISTRY"]  # node.py registers the per-shard collector (monitoring.py) in it

@@ -232,6 +232,7 @@ async def serve(
     """
     prepare_data_dir(config.data_dir)
     lock_fd = lock_data_dir(config.data_dir)
+    metrics.watch_data_dir(config.data_dir)  # disk space, read at each scrape
     node_limits.raise_nofile_limit()  # soft to hard: the shard budget is computed from it
     try:
         store = await _open_store(config)

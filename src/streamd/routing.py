@@ -124,6 +124,8 @@ class PeerCalls(Protocol):
         position: Position,
         max_bytes: int,
         wait_ms: int,
+        *,
+        counted: bool = True,
     ) -> ReadResult: ...
 
 

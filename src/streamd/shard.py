@@ -290,6 +290,8 @@ class ShardPipeline:
         self._bytes_appended = metrics.BYTES_APPENDED.labels(stream)
         self._group_commits = metrics.GROUP_COMMITS.labels(stream)
         self.counters = ShardCounters()  # enhanced monitoring (monitoring.py) reads these
+        self._records_read = metrics.RECORDS_READ.labels(stream)
+        self._bytes_read = metrics.BYTES_READ.labels(stream)
         self._io = IoThread(f"streamd-{stream}-{shard.shard_id}", pool=io_pool)
         self._token = trio.lowlevel.current_trio_token()  # the lane reports "appended" with it
 
@@ -850,9 +852,12 @@ class ShardPipeline:
             )
         return offset
 
-    async def read(self, position: Position, max_bytes: int, wait_ms: int) -> ReadResult:
+    async def read(
+        self, position: Position, max_bytes: int, wait_ms: int, *, counted: bool = True
+    ) -> ReadResult:
         """Committed batches from ``position``. Raises InvalidSequenceNumberError,
-        ShuttingDownError, DataCorruptError (a damaged stored range: details name it)."""
+        ShuttingDownError, DataCorruptError (a damaged stored range: details name it).
+        ``counted`` False: a probe, left out of the read counts (``counters``) and metrics."""
         offset = max(self.resolve(position), self.log.start_offset)
         skipped = self.log.quarantined_at(offset)
         if skipped is not None:  # moved aside by an operator: go on after it, and say so
@@ -875,7 +880,8 @@ class ShardPipeline:
                 next_offset, last_ms = header.next_offset, header.last_arrival_ms
         behind = millis_behind(tip_ms, last_ms, next_offset, hwm)
         next_offset = max(next_offset, offset)
-        self._count_read(batches, next_offset - offset, last_ms)
+        if counted:  # a lag probe reads nobody's records
+            self._count_read(batches, next_offset - offset, last_ms)
         ending = self.shard.ending_offset
         shard_end = ending is not None and next_offset >= ending
         return ReadResult(
@@ -891,8 +897,12 @@ class ShardPipeline:
 
     def _count_read(self, batches: list[bytes], records: int, last_ms: int) -> None:
         counters = self.counters
+        size = sum(map(len, batches))
         counters.outgoing_records += records
-        counters.outgoing_bytes += sum(map(len, batches))
+        counters.outgoing_bytes += size
+        if records > 0:
+            self._records_read.inc(records)
+            self._bytes_read.inc(size)
         if records > 0 and last_ms > 0:
             counters.iterator_age_ms = max(0, self.clock.now_ms() - last_ms)
 

@@ -54,7 +54,14 @@ class FakeEngine:
         return {"name": name, "created_ms": self.created_ms, "shards": shards}
 
     async def read(
-        self, name: str, shard_id: str, position: Position, max_bytes: int, wait_ms: int
+        self,
+        name: str,
+        shard_id: str,
+        position: Position,
+        max_bytes: int,
+        wait_ms: int,
+        *,
+        counted: bool = True,
     ) -> SimpleNamespace:
         tip = self.tips[shard_id]
         offset = {"trim_horizon": 0, "latest": tip}.get(position.kind)
@@ -255,10 +262,12 @@ async def test_a_latest_group_defers_a_shard_whose_tip_is_unavailable_not_every_
     down = shard_id_of(1)
     read = engine.read
 
-    async def read_or_unavailable(name: str, shard_id: str, *args: Any) -> SimpleNamespace:
+    async def read_or_unavailable(
+        name: str, shard_id: str, *args: Any, **kwargs: Any
+    ) -> SimpleNamespace:
         if shard_id == down:
             raise ShardUnavailableError(f"shard {shard_id} is unavailable", shard_id=shard_id)
-        return await read(name, shard_id, *args)
+        return await read(name, shard_id, *args, **kwargs)
 
     engine.read = read_or_unavailable  # type: ignore[method-assign]
     service = _service(store, engine, Clock())

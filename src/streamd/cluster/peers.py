@@ -129,14 +129,18 @@ class PeerPool:
         position: Position,
         max_bytes: int,
         wait_ms: int,
+        *,
+        counted: bool = True,
     ) -> ReadResult:
-        args = {
+        args: dict[str, Any] = {
             "stream": stream,
             "shard_id": shard_id,
             "from": position.to_wire(),
             "max_bytes": max_bytes,
             "wait_ms": wait_ms,
         }
+        if not counted:
+            args["probe"] = True  # the leader leaves it out of its read counts
         answer = await self.call(
             address, wire.OP_READ, args, timeout_s=self.request_timeout_s + wait_ms / 1000
         )

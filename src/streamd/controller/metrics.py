@@ -23,3 +23,12 @@ CLUSTER_NODES_LIVE = Gauge("streamd_cluster_nodes_live", "Live nodes the control
 SHARDS_UNAVAILABLE = Gauge(
     "streamd_cluster_shards_unavailable", "Shards with no live replica, as the controller sees"
 )
+SHARDS_UNDER_REPLICATED = Gauge(
+    "streamd_cluster_shards_under_replicated",
+    "Placed shards with a live replica but fewer live replicas than their replication factor, "
+    "as the controller sees (valid where streamd_controller_active is 1)",
+)
+NODES_DOWN = Gauge(
+    "streamd_cluster_nodes_down",
+    "Nodes that hold a shard replica but have no live registration, as the controller sees",
+)

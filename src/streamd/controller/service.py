@@ -42,7 +42,13 @@ from .decisions import Case, Decision, decide
 from .election import RECHECK_S_DEFAULT, Elector, Leadership
 from .errors import NodeLostError, NotControllerError
 from .membership import REQUEST_TIMEOUT_S_DEFAULT, Membership
-from .metrics import CLUSTER_NODES_LIVE, CONTROLLER_DECISIONS, SHARDS_UNAVAILABLE
+from .metrics import (
+    CLUSTER_NODES_LIVE,
+    CONTROLLER_DECISIONS,
+    NODES_DOWN,
+    SHARDS_UNAVAILABLE,
+    SHARDS_UNDER_REPLICATED,
+)
 from .tasks import bounded, open_nursery
 
 RESYNC_S_DEFAULT: Final = 5.0
@@ -151,8 +157,7 @@ class ControllerService:
         live = frozenset(kv.key[len(NODES_PREFIX) :] for kv in nodes)
         shards = _decoded(shard_kvs, ShardAssignment.decode)
         coordinators = _decoded(coord_kvs, CoordinatorPlacement.decode)
-        CLUSTER_NODES_LIVE.set(len(live))
-        SHARDS_UNAVAILABLE.set(sum(1 for s in shards.values() if s.status == "unavailable"))
+        _report_health(live, shards)
         revisions = {kv.key: kv.mod_revision for kv in [*shard_kvs, *coord_kvs]}
         expected = _catalog_shards(stream_kvs)
         for key, unassigned in expected.items():
@@ -192,6 +197,21 @@ class ControllerService:
                 log.warning("controller.watch_failed", prefix=prefix, error=str(exc))
                 await trio.sleep(_BACKOFF_S)
                 self._changed.set()
+
+
+def _report_health(live: frozenset[str], shards: dict[str, ShardAssignment]) -> None:
+    """The cluster's health gauges from one round's read (docs/operations.md, "Alerts")."""
+    CLUSTER_NODES_LIVE.set(len(live))
+    SHARDS_UNAVAILABLE.set(sum(1 for s in shards.values() if s.status == "unavailable"))
+    SHARDS_UNDER_REPLICATED.set(sum(1 for s in shards.values() if under_replicated(s, live)))
+    NODES_DOWN.set(len({n for s in shards.values() for n in s.replicas} - live))
+
+
+def under_replicated(shard: ShardAssignment, live: frozenset[str]) -> bool:
+    """Placed, served by at least one live replica, but short of its replication factor: one
+    more loss away from unavailable (a shard with none live counts as unavailable instead)."""
+    live_replicas = sum(1 for n in shard.replicas if n in live)
+    return 0 < live_replicas < shard.replication_factor
 
 
 def _catalog_shards(stream_kvs: list[KeyValue]) -> dict[str, ShardAssignment]:

@@ -146,6 +146,14 @@ class GroupCluster:
                 f"group {stream}/{group}: unreadable placement ({exc})", stream=stream, group=group
             ) from None
 
+    def coordinated_here(self, stream: str, group: str) -> bool:
+        """Whether the group's placement, as mirrored now, names this node."""
+        try:
+            placement = self.placement(stream, group)
+        except CoordinatorUnavailableError:
+            return False
+        return placement is not None and placement.node_id == self.nodes.node_id
+
     def _address(self, placement: CoordinatorPlacement) -> str | None:
         """None for here; the native address of a live other node; raises if nowhere."""
         node = placement.node_id

@@ -53,9 +53,11 @@ from streamd_client.group_errors import GroupActiveError, GroupNotFoundError
 from streamd_client.model import Position
 
 from ..meta import Compare, MetaStore
+from ..meta.errors import MetaError
 from ..meta.keys import COORDINATORS_PREFIX
 from .cluster import COORDINATOR_UNAVAILABLE, Fence, GroupCluster
 from .coordinator import Coordinator, Ready
+from .lag_metrics import LAG_REFRESH_S, LagSeries, SeriesKey
 from .state import GROUPS_PER_STREAM_MAX, SHARD_END, Checkpoint, GroupDoc, ShardInfo
 
 log = structlog.get_logger(__name__)
@@ -145,7 +147,7 @@ class StreamView:
 
     async def tip(self, stream: str, shard_id: str) -> int:
         """The shard's high watermark (the offset LATEST names)."""
-        result = await self.engine.read(stream, shard_id, Position.latest(), 1, 0)
+        result = await self.engine.read(stream, shard_id, Position.latest(), 1, 0, counted=False)
         return int(result.high_watermark)
 
     async def lag(self, stream: str, shard_id: str, start: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +156,8 @@ class StreamView:
         ``lag_ms`` is the tip's arrival time minus the arrival time of the first batch still to
         process (batch granularity: arrival times are kept per batch).
         """
-        result = await self.engine.read(stream, shard_id, Position.from_wire(start), 1, 0)
+        position = Position.from_wire(start)
+        result = await self.engine.read(stream, shard_id, position, 1, 0, counted=False)
         lag_records = max(0, result.high_watermark - result.start_offset)
         lag_ms = 0
         if lag_records and result.batches:
@@ -199,6 +202,7 @@ class GroupService:
         self.cluster = cluster  # None: the embedded default, every group here
         self._runners: dict[tuple[str, str], _Runner] = {}
         self._load_lock = trio.Lock()
+        self._lag_series = LagSeries()
         if cluster is not None:
             cluster.listen(self._placements_changed)
 
@@ -556,6 +560,39 @@ class GroupService:
                 except StreamdError:
                     continue
 
+    async def lag_snapshot(self) -> dict[SeriesKey, tuple[int, int]]:
+        """(records, ms) of lag per shard of every group this node coordinates (all of them in
+        the embedded default), as ``describe`` computes it; a group or shard whose lag cannot
+        be read now (its stream gone, its shard's node down) is left out."""
+        lags: dict[SeriesKey, tuple[int, int]] = {}
+        for kv in await self.store.range(_GROUP_PREFIX):
+            stream, _, group = kv.key[len(_GROUP_PREFIX) :].partition("/")
+            if self.cluster is not None and not self.cluster.coordinated_here(stream, group):
+                continue
+            try:
+                view = await self.describe(stream, group)
+            except StreamdError:
+                continue
+            for shard in view["shards"]:
+                if shard.get("lag_records") is not None:
+                    lag = (shard["lag_records"], shard["lag_ms"])
+                    lags[(stream, group, shard["shard_id"])] = lag
+        return lags
+
+    async def _export_lag(self, refresh_s: float) -> None:
+        """Keep the lag gauges (lag_metrics.py) current; each refresh bounded by its interval
+        times ten, so a slow store or peer delays the gauges but never piles refreshes up."""
+        try:
+            while True:
+                with trio.move_on_after(refresh_s * 10):
+                    try:
+                        self._lag_series.publish(await self.lag_snapshot())
+                    except (StreamdError, MetaError) as exc:  # the store away: try again later
+                        log.warning("group.lag_refresh_failed", error=str(exc))
+                await trio.sleep(refresh_s)
+        finally:
+            self._lag_series.clear()
+
     async def run(self, tick_s: float = GROUP_TICK_S) -> None:
         """Expire silent members on a timer too, not only when a request for their group
         arrives, so that idle groups log (and persist) expiries on time; in cluster mode also
@@ -563,6 +600,7 @@ class GroupService:
         async with trio.open_nursery() as nursery:
             if self.cluster is not None:
                 nursery.start_soon(self.cluster.run)
+            nursery.start_soon(self._export_lag, LAG_REFRESH_S)
             while True:
                 await trio.sleep(tick_s)
                 await self.tick_all()

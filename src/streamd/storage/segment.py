@@ -29,6 +29,7 @@ from __future__ import annotations
 import bisect
 import os
 import threading
+import time
 from operator import itemgetter
 from pathlib import Path
 from typing import NamedTuple, NoReturn
@@ -41,6 +42,7 @@ from streamd_client.errors import CorruptDataError, StorageFullError
 from .errors import FULL_DISK_ERRNOS, SyncFailedError
 from .fdcache import FdCache
 from .files import FILE_MODE, pread_exact, pwrite_all, segment_path
+from .metrics import FSYNC_SECONDS
 from .producers import ProducerTable
 
 log = structlog.get_logger(__name__)
@@ -201,7 +203,9 @@ class Segment:
         pinned = self.pin()
         assert pinned, "sync of a retired segment"
         try:
+            started = time.perf_counter()
             os.fdatasync(self.fd)
+            FSYNC_SECONDS.observe(time.perf_counter() - started)
             self._unsynced = False
         except OSError as exc:
             raise SyncFailedError(self.path.name, exc) from exc

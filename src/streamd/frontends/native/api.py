@@ -147,9 +147,12 @@ async def _read(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
     stream = _arg(args, "stream", str)
     shard_id = _arg(args, "shard_id", str)
     position = Position.from_wire(args.get("from"))
+    counted = not _arg(args, "probe", bool, False)  # a peer's lag probe (cluster/peers.py)
     del args  # a long-poll holds what it parsed, not the request's map (whatever else it held)
     # Not forwarded: a native client goes to the leader itself (NOT_LEADER names it).
-    result = await engine.read(stream, shard_id, position, max_bytes, wait_ms, forward=False)
+    result = await engine.read(
+        stream, shard_id, position, max_bytes, wait_ms, forward=False, counted=counted
+    )
     answer: dict[str, Any] = {
         "batches": result.batches,
         "start_offset": result.start_offset,

@@ -33,6 +33,7 @@ the operation handlers bound to the engine and the group service, and runs the s
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -229,6 +230,7 @@ class _Connection:
 
     async def _dispatch(self, request_id: int, op: str, args: dict[str, Any], reserve: int) -> None:
         code = "OK"
+        started = time.perf_counter()
         try:
             handler = self.handlers.get(op)
             if handler is None:
@@ -249,7 +251,9 @@ class _Connection:
         finally:
             self.in_flight -= 1
             self.last_active = trio.current_time()
-        metrics.REQUESTS.labels(op if op in self.handlers else "unknown", code).inc()
+        label = op if op in self.handlers else "unknown"
+        metrics.REQUESTS.labels(label, code).inc()
+        metrics.REQUEST_SECONDS.labels(label).observe(time.perf_counter() - started)
         self._send(reply, reserve)
 
     def _send(self, message: dict[str, Any], reserve: int = 0) -> None:
