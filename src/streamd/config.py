@@ -69,6 +69,9 @@ class ServerConfig:
     # gateway) at: the CLI defaults them to the listen addresses, refusing a wildcard host.
     advertise: str | None = None
     advertise_kinesis: str | None = None  # None: the gateway is off
+    # Replicas per shard of a stream created without saying (cluster mode; the embedded
+    # default holds one copy).
+    replication_factor: int = 1
     cluster_namespace: str = "streamd/"  # etcd key prefix, so clusters (tests) share one etcd
     cluster_id: str | None = None  # None: join whatever cluster etcd holds (or found one)
 

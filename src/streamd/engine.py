@@ -63,6 +63,7 @@ from . import layout, metrics, node_limits, reshard
 from .catalog import Catalog, ShardMeta, StreamMeta, StreamMode
 from .clock import Clock, WallClock
 from .cluster import reshard_fence
+from .cluster.replicated import ReplicatedShard, ReplicatedWrite, ReplicationWiring
 from .cluster.seals import SealHolds
 from .config import ServerConfig
 from .iothread import IoPool
@@ -107,6 +108,7 @@ _RESIZE_PAUSE_S_MAX = 2.0
 _CLUSTER_REROUTE_ROUNDS_MAX = 16
 _REROUTE_PAUSE_S = 0.05
 TAGS_PER_STREAM_MAX = 50
+RF_MAX = 5  # replicas per shard: a majority of 5 rides out two lost nodes
 TAG_KEY_CHARS_MAX = 128
 TAG_VALUE_CHARS_MAX = 256
 
@@ -129,6 +131,9 @@ class _Stream:
         self.directory = directory
         self.locator = locator
         self.pipelines: dict[str, ShardPipeline] = {}
+        # Replication factor > 1 (cluster mode): this node's replica of each shard it holds
+        # one of, leader or follower; the engine serves through the one it leads.
+        self.replicated: dict[str, ReplicatedShard] = {}
         self.route_starts: list[int] = []
         self.route_shards: list[ShardMeta] = []
         self.lock = trio.Lock()  # one metadata change at a time: a reshard step, a delete
@@ -167,6 +172,7 @@ class Engine:
         budget: node_limits.ShardBudget | None = None,
         locator: ShardLocator | None = None,
         peers: PeerCalls | None = None,
+        replication: ReplicationWiring | None = None,
         clock: Clock | None = None,
     ) -> None:
         """``budget``: how many shards this node may hold (default: from ``config`` and this
@@ -175,13 +181,15 @@ class Engine:
 
         Cluster mode (node.py): ``locator`` says which shards this node leads (it runs
         pipelines for those only), ``peers`` forwards server-routed puts and reads to the
-        others; the controller gives each shard its ``shards/`` document. Without them: the
-        embedded default.
+        others; the controller gives each shard its ``shards/`` document; ``replication``
+        runs a replica (cluster/replicated.py) of every shard of a stream with replication
+        factor > 1 that the document places here. Without them: the embedded default.
         """
         self.config = config
         self.clustered = locator is not None
         self.locator: ShardLocator = locator or EverythingLocal()
         self._peers = peers
+        self._replication = replication
         self.catalog = Catalog(store, clustered=self.clustered)
         self.committer = committer or LocalCommitter()
         self.clock: Clock = clock or WallClock()
@@ -303,6 +311,9 @@ class Engine:
     async def _sync_pipelines(self, stream: _Stream) -> None:
         """Start the pipelines of shards this node now leads; close those it no longer does.
         Caller holds ``stream.lock``."""
+        if self._replicates(stream.meta):
+            await self._sync_replicas(stream)
+            return
         name = stream.meta.name
         for shard in stream.meta.shards:
             running = stream.pipelines.get(shard.shard_id)
@@ -316,11 +327,64 @@ class Engine:
                 await running.close_log()
                 log.info("shard.not_leading", stream=name, shard_id=shard.shard_id)
 
+    def _replicates(self, meta: StreamMeta) -> bool:
+        return self._replication is not None and meta.replication_factor > 1
+
+    async def _sync_replicas(self, stream: _Stream) -> None:
+        """Run a replica of each shard the controller placed here, stop those it moved away
+        (their files stay), and lead those it names this node leader of. Caller holds
+        ``stream.lock`` (or is opening ``stream``)."""
+        wiring = self._replication
+        assert wiring is not None and self._nursery is not None and self._node_id is not None
+        wiring.refresh_ids()
+        name = stream.meta.name
+        for shard in stream.meta.shards:
+            assignment = wiring.assignment(name, shard.shard_id)
+            here = assignment is not None and self._node_id in assignment.replicas
+            replica = stream.replicated.get(shard.shard_id)
+            if here and replica is None:
+                replica = await ReplicatedShard.open(
+                    name,
+                    shard,
+                    layout.shard_dir(stream.directory, shard.shard_id),
+                    self._node_id,
+                    wiring.outbox,
+                    self._log_config,
+                    self.clock,
+                )
+                await self._nursery.start(replica.run)
+                wiring.host.add(replica.driver)
+                stream.replicated[shard.shard_id] = replica
+                log.info("shard.replica_started", stream=name, shard_id=shard.shard_id)
+            elif not here and replica is not None:
+                del stream.replicated[shard.shard_id]
+                await self._stop_replica(replica)
+                log.info("shard.replica_stopped", stream=name, shard_id=shard.shard_id)
+                continue
+            if replica is not None and assignment is not None:
+                replica.shard = shard
+                replica.follow_assignment(assignment, wiring.lease_valid())
+
+    async def _stop_replica(self, replica: ReplicatedShard) -> None:
+        assert self._replication is not None
+        self._replication.host.remove(replica.driver)
+        await replica.close()
+
+    def _led_replica(self, stream: _Stream, shard_id: str) -> ReplicatedShard | None:
+        """The replica this node serves ``shard_id`` through: one it holds and leads."""
+        replica = stream.replicated.get(shard_id)
+        if replica is None:
+            return None
+        return (
+            replica if isinstance(self.locator.locate(stream.meta.name, shard_id), Local) else None
+        )
+
     # -- per-node limits ------------------------------------------------------------------------
 
     def shards_held(self) -> int:
         """Shards with a pipeline (open, or closed and readable), plus those being made."""
-        return sum(len(s.pipelines) for s in self.streams.values()) + self._shards_reserved
+        held = sum(len(s.pipelines) + len(s.replicated) for s in self.streams.values())
+        return held + self._shards_reserved
 
     @contextmanager
     def _reserve_shards(self, count: int, what: str) -> Iterator[None]:
@@ -369,7 +433,9 @@ class Engine:
         stream = _Stream(meta, self._stream_dir(meta), self.locator)
         try:
             await trio.to_thread.run_sync(layout.make_dir, stream.directory)
-            for shard in meta.shards:
+            if self._replicates(meta):
+                await self._sync_replicas(stream)
+            for shard in () if self._replicates(meta) else meta.shards:
                 if self._leads(meta.name, shard.shard_id):
                     stream.pipelines[shard.shard_id] = await self._start_pipeline(stream, shard)
         except BaseException:
@@ -420,6 +486,9 @@ class Engine:
         for pipeline in stream.pipelines.values():
             await pipeline.close()
             await pipeline.close_log()
+        for replica in stream.replicated.values():
+            await self._stop_replica(replica)
+        stream.replicated.clear()
 
     async def _move_to_trash(self, directory: Path, label: str) -> None:
         trash = self.config.data_dir / layout.TRASH_DIR
@@ -502,9 +571,16 @@ class Engine:
         *,
         tags: dict[str, str] | None = None,
         mode: StreamMode = "PROVISIONED",
+        replication_factor: int | None = None,
     ) -> None:
-        """Raises InvalidArgumentError (and subclasses), LimitExceededError, StreamExistsError."""
+        """Raises InvalidArgumentError (and subclasses), LimitExceededError, StreamExistsError.
+
+        ``replication_factor``: replicas per shard (cluster mode only; default the server's
+        ``--replication-factor``, 1 in the embedded default)."""
         check_stream_name(name)
+        if replication_factor is None:
+            replication_factor = self.config.replication_factor if self.clustered else 1
+        self._check_replication_factor(replication_factor)
         check_shard_count(shard_count)
         check_retention_hours(retention_hours)
         if mode not in ("PROVISIONED", "ON_DEMAND"):
@@ -519,6 +595,7 @@ class Engine:
                     StreamMeta.new(name, shard_count, retention_hours, now_ms()),
                     tags=tags,
                     mode=mode,
+                    replication_factor=replication_factor,
                 )
                 await self.catalog.create(meta)
                 try:
@@ -528,6 +605,18 @@ class Engine:
                         await self._undo_create(meta, exc)
                     raise
         log.info("stream.created", stream=name, shards=shard_count, retention_hours=retention_hours)
+
+    def _check_replication_factor(self, replication_factor: int) -> None:
+        if type(replication_factor) is not int or not 1 <= replication_factor <= RF_MAX:
+            raise InvalidArgumentError(
+                f"replication factor must be an integer in 1..{RF_MAX}: "
+                f"{summary(replication_factor)}"
+            )
+        if replication_factor > 1 and self._replication is None:
+            raise InvalidArgumentError(
+                f"replication factor {replication_factor} needs cluster mode (serve --cluster); "
+                "a single node holds one copy"
+            )
 
     async def _undo_create(self, meta: StreamMeta, exc: BaseException) -> None:
         log.error("stream.create_failed", stream=meta.name, error=repr(exc)[:200])
@@ -596,6 +685,10 @@ class Engine:
                     shard["leader"], shard["leader_address"] = location.node_id, location.address
                 else:
                     shard["leader"] = shard["leader_address"] = None
+                if self._replication is not None:
+                    assignment = self._replication.assignment(name, shard["shard_id"])
+                    shard["replicas"] = list(assignment.replicas) if assignment else []
+            described["replication_factor"] = stream.meta.replication_factor
         return described
 
     def status_of(self, name: str) -> str:
@@ -724,6 +817,12 @@ class Engine:
     def _busy_or(self, name: str) -> _Stream:
         """The stream, unless another metadata change holds it. Raises ResourceInUseError."""
         stream = self._stream(name)
+        if self._replicates(stream.meta):
+            raise InvalidArgumentError(
+                f"stream {name!r} is replicated (replication factor "
+                f"{stream.meta.replication_factor}): resharding a replicated stream is not "
+                "supported yet"
+            )
         # Cluster mode: the follower holds the lock for a moment whenever it applies the
         # catalog, so only a reshard this node runs refuses at once (others: ``_active``).
         busy = name in self._runs if self.clustered else stream.lock.locked()
@@ -1314,11 +1413,13 @@ class Engine:
                     i
                 )
         closed: list[int] = []
-        waits: list[tuple[ShardPipeline, list[int], PendingWrite]] = []
+        waits: list[_Wait] = []
         remote: defaultdict[str, list[int]] = defaultdict(list)  # leader address -> indexes
         for position, indexes in by_route.items():
             shard_id = route[position].shard_id
-            pipeline = stream.pipelines.get(shard_id)
+            pipeline: ShardPipeline | ReplicatedShard | None = stream.pipelines.get(
+                shard_id
+            ) or self._led_replica(stream, shard_id)
             if pipeline is None:
                 location = self.locator.locate(stream.meta.name, shard_id)
                 if forward and self._peers is not None and isinstance(location, Remote):
@@ -1385,9 +1486,7 @@ class Engine:
                 reroute.append(i)
 
     @staticmethod
-    async def _wait_puts(
-        waits: list[tuple[ShardPipeline, list[int], PendingWrite]], outcomes: list[PutOutcome]
-    ) -> None:
+    async def _wait_puts(waits: list[_Wait], outcomes: list[PutOutcome]) -> None:
         for pipeline, indexes, write in waits:
             try:
                 base, _, _ = await write.wait()
@@ -1405,7 +1504,8 @@ class Engine:
         Raises StreamNotFoundError, ShardNotFoundError, InvalidBatchError, WrongShardError,
         ShardClosedError, ThrottledError, OutOfOrderSequenceError, StorageFullError.
         """
-        pipeline = self._stream(name).pipeline(shard_id)
+        stream = self._stream(name)
+        pipeline = self._led_replica(stream, shard_id) or stream.pipeline(shard_id)
         header = _validate_batch(data, pipeline.shard)
         write = pipeline.enqueue_batch(data, header)
         base, count, duplicate = await write.wait()
@@ -1436,7 +1536,7 @@ class Engine:
                 return await self._peers.read(
                     location.address, name, shard_id, position, max_bytes, wait_ms, counted=counted
                 )
-        pipeline = stream.pipeline(shard_id)
+        pipeline = self._led_replica(stream, shard_id) or stream.pipeline(shard_id)
         # A whole answer must fit in one frame (frame header and CBOR framing included).
         max_bytes = min(max_bytes, self.config.frame_bytes_max - 64 * 1024)
         result = await pipeline.read(position, max_bytes, wait_ms, counted=counted)
@@ -1455,6 +1555,10 @@ class Engine:
                 for c in children
             ),
         )
+
+
+# A write enqueued on a shard this node serves, with the indexes of its records in the put.
+_Wait = tuple[ShardPipeline | ReplicatedShard, list[int], PendingWrite | ReplicatedWrite]
 
 
 class _NoWrite(Exception):

@@ -41,6 +41,7 @@ from streamd_client.errors import MetadataUnavailableError
 from . import metrics, node_limits
 from .cluster.follow import RESYNC_S_DEFAULT, Follower
 from .cluster.peers import PeerPool, open_peer_pool
+from .cluster.replicated import ReplicationWiring
 from .cluster.shardmap import ShardMap
 from .config import ServerConfig, parse_host_port
 from .controller.errors import ClusterError, NodeLostError
@@ -50,6 +51,7 @@ from .engine import Engine
 from .frontends.admission import serve_listeners
 from .frontends.kinesis.http import Gateway, open_gateway_listeners
 from .frontends.native.api import BoundHandler, bind_handlers
+from .frontends.native.api_replication import bind_replication_handlers
 from .frontends.native.server import Server
 from .groups.cluster import GroupCluster
 from .groups.service import GroupService, StreamView
@@ -57,6 +59,7 @@ from .meta import MetaStore, SqliteMetaStore
 from .meta.errors import MetaError
 from .meta.etcd import EtcdMetaStore
 from .monitoring import ShardMetricsCollector
+from .replication.transport import PeerTransport, ReplicaHost, ReplicaIdCollision, ReplicaIds
 from .startup import StartupError, bind_error, lock_data_dir, prepare_data_dir
 
 log = structlog.get_logger(__name__)
@@ -77,6 +80,29 @@ class ClusterParts:
 
     shard_map: ShardMap
     peers: PeerPool
+    # Replication (streams with replication factor > 1): this node's replicas by shard, the
+    # transport their messages go out through, and the replica id -> node address map.
+    replica_host: ReplicaHost
+    transport: PeerTransport
+    replica_ids: ReplicaIds
+
+    def replication(self) -> ReplicationWiring:
+        shard_map = self.shard_map
+
+        def refresh_ids() -> None:
+            addresses = {n: native for n, (native, _) in shard_map.node_addresses().items()}
+            try:
+                self.replica_ids.update(addresses)
+            except ReplicaIdCollision as exc:  # loud, never silent (transport.py)
+                log.error("cluster.replica_id_collision", error=str(exc))
+
+        return ReplicationWiring(
+            self.replica_host,
+            self.transport,
+            shard_map.assignment,
+            lambda: shard_map.lease_valid(),
+            refresh_ids,
+        )
 
 
 def build_parts(
@@ -92,20 +118,32 @@ def build_parts(
             store,
             locator=cluster.shard_map,
             peers=cluster.peers,
+            replication=cluster.replication(),
         )
     # Cluster mode: each group's coordinator runs on the node its placement names; the others
     # forward its requests there (groups/cluster.py).
     placements = None if cluster is None else GroupCluster(store, cluster.shard_map, cluster.peers)
     groups = GroupService(store, StreamView(engine), cluster=placements)
-    return NodeParts(engine, groups, bind_handlers(engine, groups))
+    handlers = bind_handlers(engine, groups)
+    if cluster is not None:
+        handlers |= bind_replication_handlers(cluster.replica_host)
+    return NodeParts(engine, groups, handlers)
 
 
 @asynccontextmanager
 async def open_cluster_parts(config: ServerConfig, store: MetaStore) -> AsyncIterator[ClusterParts]:
     assert config.node_id is not None and config.advertise is not None
-    async with open_peer_pool() as peers:
+    async with open_peer_pool() as peers, trio.open_nursery() as senders:
+        ids = ReplicaIds()
         # lease_valid is bound once the node has joined (``_run_cluster``).
-        yield ClusterParts(ShardMap(store, config.node_id, config.advertise), peers)
+        yield ClusterParts(
+            ShardMap(store, config.node_id, config.advertise),
+            peers,
+            ReplicaHost(),
+            PeerTransport(config.node_id, ids, peers, senders),
+            ids,
+        )
+        senders.cancel_scope.cancel()
 
 
 async def _run_cluster(

@@ -234,17 +234,23 @@ class Client:
         name: str,
         shard_count: int,
         retention_hours: int = model.RETENTION_HOURS_DEFAULT,
+        *,
+        replication_factor: int | None = None,
     ) -> None:
         """Create a stream with ``shard_count`` shards of even hash-key ranges.
 
+        ``replication_factor``: replicas per shard (a cluster; default the server's).
+
         Raises: StreamExistsError, InvalidStreamNameError, InvalidArgumentError (shard count,
-        retention), LimitExceededError.
+        retention, replication factor), LimitExceededError.
         """
-        args = {
+        args: dict[str, Any] = {
             "stream": model.check_stream_name(name),
             "shard_count": model.check_shard_count(shard_count),
             "retention_hours": model.check_retention_hours(retention_hours),
         }
+        if replication_factor is not None:
+            args["replication_factor"] = replication_factor
         await self.call(wire.OP_CREATE_STREAM, args)
 
     async def delete_stream(self, name: str) -> None:

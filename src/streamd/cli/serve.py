@@ -126,6 +126,10 @@ def _add_serve_cluster(serve: argparse.ArgumentParser) -> None:
         "--cluster-id", default=None, metavar="ID",
         help="refuse to start if etcd holds another cluster's id (default: any)",
     )  # fmt: skip
+    serve.add_argument(
+        "--replication-factor", type=int, default=None, metavar="N",
+        help="replicas per shard of a stream created without saying (cluster; default 1)",
+    )  # fmt: skip
 
 
 def _serve_cluster_options(
@@ -144,6 +148,7 @@ def _serve_cluster_options(
                 ("--advertise-kinesis", args.advertise_kinesis),
                 ("--cluster-namespace", args.cluster_namespace),
                 ("--cluster-id", args.cluster_id),
+                ("--replication-factor", args.replication_factor),
             )
             if value is not None
         ]
@@ -177,7 +182,11 @@ def _serve_cluster_options(
         advertise_kinesis = _advertised(
             "--advertise-kinesis", args.advertise_kinesis, "--kinesis-listen", kinesis_listen, 4567
         )
+    rf = 1 if args.replication_factor is None else args.replication_factor
+    if not 1 <= rf <= 5:
+        raise ValueError(f"--replication-factor {rf}: replicas per shard are 1..5")
     return {
+        "replication_factor": rf,
         "cluster": endpoints,
         "node_id": args.node_id,
         "advertise": advertise,

@@ -25,6 +25,13 @@ def register(commands: Any) -> Any:
     create.add_argument("name")
     create.add_argument("--shards", type=int, required=True, metavar="N")
     create.add_argument("--retention-hours", type=int, default=24, metavar="H")
+    create.add_argument(
+        "--replication-factor",
+        type=int,
+        default=None,
+        metavar="N",
+        help="replicas per shard (a cluster; default: the server's --replication-factor)",
+    )
     create.set_defaults(run=_stream_create)
 
     listing = actions.add_parser("list", help="list streams")
@@ -52,7 +59,12 @@ def register(commands: Any) -> Any:
 
 async def _stream_create(args: argparse.Namespace) -> int:
     async with connect(args) as client:
-        await client.create_stream(args.name, args.shards, retention_hours=args.retention_hours)
+        await client.create_stream(
+            args.name,
+            args.shards,
+            retention_hours=args.retention_hours,
+            replication_factor=args.replication_factor,
+        )
     print(f"created stream {args.name} with {args.shards} shard(s)")
     return EXIT_OK
 

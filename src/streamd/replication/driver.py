@@ -101,6 +101,7 @@ class DriverConfig:
 class _Slot:
     done: trio.Event
     effect: m.WriteDone | m.WriteFailed | None = None
+    started_s: float = 0.0
 
 
 class ReplicaDriver:
@@ -349,21 +350,35 @@ class ReplicaDriver:
         it is committed (durable on a majority). Raises NotLeaderError, RequestTimeoutError
         (ambiguous: it may still commit), ThrottledError, StorageFullError,
         OutOfOrderSequenceError, ShardUnavailableError (driver stopped: ambiguous too)."""
-        if timeout_s is None:
-            timeout_s = self.replica_config.write_timeout_ms / 1000 + self.config.wait_margin_s
+        return await self.wait_write(self.begin_write(batch), timeout_s=timeout_s)
+
+    def begin_write(self, batch: StoredBatch) -> int:
+        """``write`` in two halves: this one steps the core at once (the leader appends and
+        ships ``batch`` before it returns, so writes begun one after another take consecutive
+        offsets); ``wait_write`` with the id it returns waits for the outcome. Raises
+        ShardUnavailableError (driver not running)."""
         write_id = next(self._ids)
-        slot = _Slot(trio.Event())
-        self._writes[write_id] = slot
-        started = trio.current_time()
+        self._writes[write_id] = _Slot(trio.Event(), started_s=trio.current_time())
         try:
             self._must_step(m.ClientWrite(write_id, batch))
+        except BaseException:
+            del self._writes[write_id]
+            raise
+        return write_id
+
+    async def wait_write(self, write_id: int, *, timeout_s: float | None = None) -> m.WriteDone:
+        """The outcome of ``begin_write``'s write (raises as ``write`` does)."""
+        if timeout_s is None:
+            timeout_s = self.replica_config.write_timeout_ms / 1000 + self.config.wait_margin_s
+        slot = self._writes[write_id]
+        try:
             with trio.move_on_after(timeout_s):
                 await slot.done.wait()
         finally:
             del self._writes[write_id]
         effect = slot.effect
         if isinstance(effect, m.WriteDone):
-            telemetry.COMMIT_SECONDS.observe(trio.current_time() - started)
+            telemetry.COMMIT_SECONDS.observe(trio.current_time() - slot.started_s)
             return effect
         if effect is None and not self._running:
             raise self._unavailable()

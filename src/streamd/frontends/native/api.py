@@ -63,6 +63,9 @@ async def _create_stream(engine: Engine, args: dict[str, Any]) -> dict[str, Any]
         _arg(args, "stream", str),
         _arg(args, "shard_count", int),
         _arg(args, "retention_hours", int, RETENTION_HOURS_DEFAULT),
+        replication_factor=(
+            _arg(args, "replication_factor", int) if "replication_factor" in args else None
+        ),
     )
     return {}
 

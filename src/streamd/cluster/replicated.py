@@ -1,0 +1,370 @@
+"""A shard replicated on several nodes: the replication core's driver behind the data path.
+
+Every node named in a shard's ``shards/`` document (its ``replicas``) runs one
+``ReplicatedShard`` for it: a ``ReplicaDriver`` (replication/driver.py) over a ``FileLogStore``
+in ``<shard dir>/replica/log`` with its meta file in ``<shard dir>/replica``. The engine routes
+puts and reads to the one the document names leader (a ``Local`` location); the others follow
+it through the core's messages, which the transport carries (replication/transport.py).
+
+**Leading.** When the document names this node leader at term T (its ``leader_epoch``), the
+node asks its replica to lead core epoch ``lead_epoch(T, persisted)``: ``T << 10``, or one more
+than the epoch its replica persisted if that already lies in T's range (this node led T before
+a restart). Core epochs must never be reused by two leaders, or by one leader across a restart
+(a restarted leader may have lost unsynced batches of its epoch, and would write other batches
+at those offsets under the same epoch). Ranges of different terms are disjoint and only the
+node the controller named leads in T's, each time under a fresh persisted epoch: unique without
+asking the controller again. After 1,023 restarts within one term the node declines (logged);
+the next term gives it a new range.
+
+**Writes.** A put's records become one batch in the storage format (docs/storage-format.md),
+zstd-compressed as the pipeline's, with offset and epoch 0 and the arrival time in its header;
+a producer's client-built batch is kept as it is (its producer id and sequence go into the
+``StoredBatch`` so the core's producer table answers retries). The whole encoded batch is the
+``StoredBatch`` payload, so nodes carry and store batches as they are, never re-encoded. The
+core stamps offset and epoch in the ``StoredBatch``; a read puts them into the payload's header
+(``batchfmt.restamp``), so clients get ordinary batches with real sequence numbers.
+
+**Reads** are the leader's, below its high watermark; the epoch-start control batch each
+leader writes takes one offset and is never returned (sequence numbers have a gap there, which
+Kinesis allows). Not yet on replicated shards: retention (the log keeps everything), AT_TIMESTAMP
+by index (it scans from the start), resharding, quarantine (the engine refuses those with a
+clear error), and a tail cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+
+from streamd_client import batch as batchfmt
+from streamd_client.errors import (
+    InvalidSequenceNumberError,
+    ShardClosedError,
+    ShardUnavailableError,
+)
+from streamd_client.model import Position, make_sequence, parse_sequence
+
+from .. import layout
+from ..catalog import ShardMeta
+from ..clock import Clock
+from ..meta.keys import ShardAssignment
+from ..replication.driver import DriverConfig, Outbox, ReplicaDriver
+from ..replication.metafile import MetaFile
+from ..replication.replica import ReplicaConfig
+from ..replication.transport import ReplicaHost, replica_id_of
+from ..shard import ReadResult, millis_behind
+from ..storage.config import LogConfig
+from ..storage.filestore import FileLogStore
+from ..storage.logstore import StoredBatch, make_batch
+
+log = structlog.get_logger(__name__)
+
+EPOCH_TERM_SHIFT = 10  # core epochs per controller term: 1,024 (one per restart of its leader)
+READ_BATCHES_MAX = 256
+SERVING_WAIT_S = 2.0  # a write or read on a leader still fencing waits this long for it
+# Batches looked at per step of an AT_TIMESTAMP scan (from the start of the log).
+TIMESTAMP_SCAN_BATCHES = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationWiring:
+    """What the engine needs from the node (node.py) to run replicas in a cluster."""
+
+    host: ReplicaHost  # where peers' messages find this node's replicas
+    outbox: Outbox  # where replicas send theirs (the PeerTransport)
+    assignment: Callable[[str, str], ShardAssignment | None]  # the shards/ document
+    lease_valid: Callable[[], bool]  # this node's membership lease may still hold
+    refresh_ids: Callable[[], None]  # learn the nodes' addresses again (replica id -> node)
+
+
+def replica_dir(shard_directory: Path) -> Path:
+    return shard_directory / "replica"
+
+
+def replica_log_dir(data_dir: Path, stream_id: str, shard_id: str) -> Path:
+    """Where a node keeps its replica's log of one shard (for tools and offline checks)."""
+    return replica_dir(layout.shard_dir(layout.stream_dir(data_dir, stream_id), shard_id)) / "log"
+
+
+def lead_epoch(term: int, persisted: int) -> int | None:
+    """The core epoch to lead controller term ``term`` with, given the replica's persisted
+    epoch; None when none is left (the replica saw a later term, or restarted 1,023 times)."""
+    first, after = term << EPOCH_TERM_SHIFT, (term + 1) << EPOCH_TERM_SHIFT
+    if persisted < first:
+        return first
+    if persisted + 1 < after:
+        return persisted + 1
+    return None
+
+
+@dataclass(slots=True)
+class ReplicatedWrite:
+    """A write on the leader's replica; ``wait`` as ``PendingWrite.wait``. Begun at once when
+    the replica serves (so writes to several shards commit in parallel), else in ``wait``,
+    once the replica serves (a leader still fencing or catching up)."""
+
+    shard: ReplicatedShard
+    record_count: int
+    batch: StoredBatch
+    write_id: int | None = None
+
+    async def wait(self) -> tuple[int, int, bool]:
+        """(base offset, record count, duplicate) once committed on a majority."""
+        driver = self.shard.driver
+        if self.write_id is None:
+            await driver.wait_serving(SERVING_WAIT_S)
+            self.write_id = driver.begin_write(self.batch)
+        done = await driver.wait_write(self.write_id)
+        return done.base_offset, self.record_count, done.duplicate
+
+
+class ReplicatedShard:
+    def __init__(
+        self,
+        stream: str,
+        shard: ShardMeta,
+        directory: Path,
+        store: FileLogStore,
+        node_id: str,
+        outbox: Outbox,
+        clock: Clock,
+        *,
+        replica_config: ReplicaConfig | None = None,
+        driver_config: DriverConfig | None = None,
+    ) -> None:
+        """``directory``: the replica's (``replica_dir``), ``store`` its log, open."""
+        self.stream = stream
+        self.shard = shard
+        self.directory = directory
+        self.node_id = node_id
+        self.clock = clock
+        self.store: FileLogStore | None = store
+        self.driver = ReplicaDriver(
+            stream,
+            shard.shard_id,
+            replica_id_of(node_id),
+            store,
+            MetaFile(directory),
+            outbox,
+            replica_config=replica_config,
+            config=driver_config,
+        )
+        self._led_term = 0  # the controller term this replica was last asked to lead
+        self._tip_ms = 0  # arrival time of the newest record written through this node
+        self._scope: trio.CancelScope | None = None
+        self._stopped = trio.Event()
+        self._log = log.bind(stream=stream, shard=shard.shard_id)
+
+    @classmethod
+    async def open(
+        cls,
+        stream: str,
+        shard: ShardMeta,
+        shard_directory: Path,
+        node_id: str,
+        outbox: Outbox,
+        log_config: LogConfig,
+        clock: Clock,
+        **kwargs: Any,
+    ) -> ReplicatedShard:
+        """Open (recover) the replica's log in a worker thread, then build the shard."""
+        directory = replica_dir(shard_directory)
+        config = LogConfig(
+            segment_bytes_max=log_config.segment_bytes_max,
+            segment_age_ms_max=log_config.segment_age_ms_max,
+            fsync=True,  # a replica's vote is a durable batch: never without fsync
+        )
+
+        def opened() -> FileLogStore:
+            directory.mkdir(parents=True, exist_ok=True)
+            return FileLogStore(directory / "log", config)
+
+        store = await trio.to_thread.run_sync(opened)
+        return cls(stream, shard, directory, store, node_id, outbox, clock, **kwargs)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the replica until ``close`` (or cancelled); the log is closed on the way out."""
+        try:
+            with trio.CancelScope() as self._scope:
+                await self.driver.run(task_status=task_status)
+        except Exception as exc:  # broken: this node must not serve the shard (logged)
+            self._log.error("replicated.stopped_broken", error=repr(exc))
+        finally:
+            store, self.store = self.store, None
+            if store is not None:
+                store.close(clean=self.driver.broken is None)
+            self._stopped.set()
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+            with trio.move_on_after(timeout_s):
+                await self._stopped.wait()
+
+    # -- leadership ---------------------------------------------------------------------------
+
+    def follow_assignment(self, assignment: ShardAssignment, lease_valid: bool) -> None:
+        """Lead when the controller's document names this node leader at a term not led yet."""
+        term = assignment.leader_epoch
+        if (
+            assignment.status != "ok"
+            or assignment.leader != self.node_id
+            or not lease_valid
+            or term <= self._led_term
+            or not self.driver.running
+        ):
+            return
+        self._led_term = term
+        epoch = lead_epoch(term, self.driver.epoch)
+        if epoch is None:
+            self._log.error("replicated.no_epoch_left", term=term, persisted=self.driver.epoch)
+            return
+        replicas = tuple(replica_id_of(n) for n in assignment.replicas)
+        declined = self.driver.lead(epoch, replicas)
+        self._log.info("replicated.lead", term=term, epoch=epoch, declined=declined)
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def enqueue_records(
+        self, keys: list[str], hashes: list[bytes], datas: list[bytes]
+    ) -> ReplicatedWrite:
+        self._check_open()
+        now = self.clock.now_ms()
+        data = batchfmt.encode_batch(
+            keys,
+            hashes,
+            datas,
+            base_offset=0,
+            leader_epoch=0,
+            first_arrival_ms=now,
+            last_arrival_ms=now,
+        )
+        self._tip_ms = now
+        return self._begin(ReplicatedWrite(self, len(keys), make_batch(0, len(keys), 0, data)))
+
+    def enqueue_batch(self, data: bytes, header: batchfmt.BatchHeader) -> ReplicatedWrite:
+        self._check_open()
+        now = self.clock.now_ms()
+        stamped = batchfmt.restamp(
+            data, base_offset=0, leader_epoch=0, first_arrival_ms=now, last_arrival_ms=now
+        )
+        self._tip_ms = now
+        batch = make_batch(
+            0,
+            header.record_count,
+            0,
+            stamped,
+            producer_id=header.producer_id,
+            producer_seq=header.producer_seq,
+        )
+        return self._begin(ReplicatedWrite(self, header.record_count, batch))
+
+    def _begin(self, write: ReplicatedWrite) -> ReplicatedWrite:
+        if self.driver.serving():
+            write.write_id = self.driver.begin_write(write.batch)
+        return write
+
+    def _check_open(self) -> None:
+        if not self.shard.is_open:
+            raise ShardClosedError(
+                f"shard {self.shard.shard_id} is closed", shard_id=self.shard.shard_id
+            )
+        if not self.driver.running:
+            raise ShardUnavailableError(
+                f"shard {self.shard.shard_id} of {self.stream!r} is not running here",
+                stream=self.stream,
+                shard_id=self.shard.shard_id,
+            )
+
+    def sequence_of(self, offset: int) -> str:
+        return make_sequence(self.shard.index, offset)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def read(self, position: Position, max_bytes: int, wait_ms: int) -> ReadResult:
+        """Committed batches from ``position``, as the pipeline's ``read`` answers. Raises
+        NotLeaderError, ShardUnavailableError, InvalidSequenceNumberError."""
+        driver = self.driver
+        if not driver.serving():
+            await driver.wait_serving(SERVING_WAIT_S)
+        offset = await self._resolve(position)
+        if offset >= driver.hw and wait_ms > 0:
+            await driver.wait_for_hw(offset, wait_ms / 1000)
+        stored, hw = await driver.read(offset, READ_BATCHES_MAX)
+        batches: list[bytes] = []
+        size, next_offset, last_ms = 0, offset, 0
+        for sb in stored:
+            if sb.next_offset <= offset:
+                continue
+            if sb.control:
+                next_offset = sb.next_offset
+                continue
+            header = batchfmt.parse_header(sb.payload)
+            if batches and size + len(sb.payload) > max_bytes:
+                break
+            batches.append(
+                batchfmt.restamp(
+                    sb.payload,
+                    base_offset=sb.base_offset,
+                    leader_epoch=sb.epoch,
+                    first_arrival_ms=header.first_arrival_ms,
+                    last_arrival_ms=header.last_arrival_ms,
+                )
+            )
+            size += len(sb.payload)
+            next_offset, last_ms = sb.next_offset, header.last_arrival_ms
+        tip_ms = max(self._tip_ms, last_ms)
+        return ReadResult(
+            batches,
+            offset,
+            max(next_offset, offset),
+            hw,
+            millis_behind(tip_ms, last_ms, next_offset, hw),
+            tip_arrival_ms=tip_ms,
+        )
+
+    async def _resolve(self, position: Position) -> int:
+        hw = self.driver.hw
+        kind = position.kind
+        if kind == "trim_horizon":
+            return 0
+        if kind == "latest":
+            return hw
+        if kind == "at_timestamp":
+            assert position.timestamp_ms is not None
+            return await self._offset_for_timestamp(position.timestamp_ms, hw)
+        if kind == "at_offset":
+            assert position.offset is not None
+            offset = position.offset
+        else:
+            index, offset = parse_sequence(position.sequence)
+            if index != self.shard.index:
+                raise InvalidSequenceNumberError(
+                    f"sequence number belongs to another shard, not {self.shard.shard_id}"
+                )
+            offset += kind == "after_sequence"
+        if offset > hw:
+            raise InvalidSequenceNumberError(
+                f"position {offset} lies beyond the shard's tip {hw}", high_watermark=hw
+            )
+        return offset
+
+    async def _offset_for_timestamp(self, timestamp_ms: int, hw: int) -> int:
+        """The first committed offset whose batch arrived at or after ``timestamp_ms``."""
+        offset = 0
+        while offset < hw:
+            stored, hw = await self.driver.read(offset, TIMESTAMP_SCAN_BATCHES)
+            if not stored:
+                break
+            for sb in stored:
+                if not sb.control and (
+                    batchfmt.parse_header(sb.payload).last_arrival_ms >= timestamp_ms
+                ):
+                    return max(sb.base_offset, offset)
+                offset = sb.next_offset
+        return hw
