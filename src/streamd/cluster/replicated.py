@@ -49,7 +49,7 @@ from streamd_client.errors import (
 )
 from streamd_client.model import Position, make_sequence, parse_sequence
 
-from .. import layout
+from .. import layout, metrics
 from ..catalog import ShardMeta
 from ..clock import Clock
 from ..meta.keys import ShardAssignment
@@ -286,9 +286,12 @@ class ReplicatedShard:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    async def read(self, position: Position, max_bytes: int, wait_ms: int) -> ReadResult:
-        """Committed batches from ``position``, as the pipeline's ``read`` answers. Raises
-        NotLeaderError, ShardUnavailableError, InvalidSequenceNumberError."""
+    async def read(
+        self, position: Position, max_bytes: int, wait_ms: int, *, counted: bool = True
+    ) -> ReadResult:
+        """Committed batches from ``position``, as the pipeline's ``read`` answers (``counted``
+        False: a lag probe, left out of the read metrics). Raises NotLeaderError,
+        ShardUnavailableError, InvalidSequenceNumberError."""
         driver = self.driver
         if not driver.serving():
             await driver.wait_serving(SERVING_WAIT_S)
@@ -319,6 +322,9 @@ class ReplicatedShard:
             size += len(sb.payload)
             next_offset, last_ms = sb.next_offset, header.last_arrival_ms
         tip_ms = max(self._tip_ms, last_ms)
+        if counted and batches:
+            metrics.RECORDS_READ.labels(self.stream).inc(next_offset - offset)
+            metrics.BYTES_READ.labels(self.stream).inc(size)
         return ReadResult(
             batches,
             offset,
