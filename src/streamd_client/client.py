@@ -517,10 +517,12 @@ class Client:
         follow: bool = False,
         wait_ms: int = 1000,
         max_bytes: int = READ_BYTES_MAX_DEFAULT,
+        deaggregate: bool = False,
     ) -> ShardReader:
         """An async iterator over one shard's records from ``start`` (default: trim horizon).
 
         Without ``follow`` it stops at the high watermark; with it, it long-polls forever.
+        ``deaggregate`` unpacks KPL aggregates into their user records (kpl.py).
         Raises: InvalidStreamNameError, InvalidArgumentError (shard id, wait_ms, max_bytes).
         """
         model.shard_index_of(shard_id)
@@ -533,6 +535,7 @@ class Client:
             follow=follow,
             wait_ms=wait_ms,
             max_bytes=max_bytes,
+            deaggregate=deaggregate,
         )
 
     def stream_reader(
@@ -543,10 +546,12 @@ class Client:
         follow: bool = False,
         wait_ms: int = 1000,
         max_bytes: int = READ_BYTES_MAX_DEFAULT,
+        deaggregate: bool = False,
     ) -> StreamReader:
         """Every shard's records from ``start`` (trim_horizon, latest or at_timestamp), child
         shards only after all their parents were read to their end (an async context manager;
-        stream_reader.py). Without ``follow`` it ends at every shard's tip.
+        stream_reader.py). Without ``follow`` it ends at every shard's tip. ``deaggregate``
+        unpacks KPL aggregates into their user records (kpl.py).
         Raises: InvalidStreamNameError, InvalidArgumentError (start, wait_ms, max_bytes).
         """
         _check_read_args(max_bytes, wait_ms, None)
@@ -562,6 +567,7 @@ class Client:
             follow=follow,
             wait_ms=wait_ms,
             max_bytes=max_bytes,
+            deaggregate=deaggregate,
         )
 
 

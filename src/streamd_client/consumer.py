@@ -25,7 +25,7 @@ from typing import Final, Self
 
 import anyio
 
-from . import batch
+from . import batch, kpl
 from .client_api import ShardReads
 from .errors import CorruptDataError, ProtocolError, StreamdError
 from .model import Position, make_sequence
@@ -139,7 +139,8 @@ class ShardReader(PagedRecords):
     Iteration raises: CorruptDataError (never skipped; DataCorruptError names the damaged range
     of the server's log, which an operator can quarantine), StreamNotFoundError, ShardNotFoundError,
     InvalidSequenceNumberError, and a retryable error once ``retries_max`` attempts in a row
-    failed.
+    failed. ``deaggregate`` unpacks KPL aggregates (kpl.py) into their user records (each with
+    its ``sub_sequence``; ``position`` inside an aggregate is the aggregate's own).
     """
 
     def __init__(
@@ -153,8 +154,10 @@ class ShardReader(PagedRecords):
         wait_ms: int,
         max_bytes: int,
         retries_max: int = READ_RETRIES_MAX_DEFAULT,
+        deaggregate: bool = False,
     ) -> None:
         super().__init__()
+        self.deaggregate = deaggregate
         self.stream = stream
         self.shard_id = shard_id
         self.follow = follow
@@ -198,8 +201,9 @@ class ShardReader(PagedRecords):
                 self._finished = True
             elif not self.follow and (at_tip or stuck):
                 self._finished = True
-            if result.records:
-                return result.records
+            records = kpl.deaggregate(result.records) if self.deaggregate else result.records
+            if records:
+                return records
         return None
 
     async def _read_with_retries(self) -> ReadResult:

@@ -57,6 +57,13 @@ class RecordTooLargeError(InvalidArgumentError):
     code = "RECORD_TOO_LARGE"
 
 
+class InvalidAggregateError(InvalidArgumentError):
+    """A record that claims to be a KPL aggregate (kpl.py) is malformed: bad MD5, truncated, a
+    wrong protobuf wire type, an index past its table. Raised on the client side only."""
+
+    code = "INVALID_AGGREGATE"
+
+
 class RequestTooLargeError(InvalidArgumentError):
     """A PutRecords request or batch exceeds its record count or byte limit."""
 

@@ -121,6 +121,9 @@ class GroupWorker:
     a read stuck at a range damaged on the server is tried again; the lease is kept meanwhile)
     and ``on_data_corrupt`` (the iterator style's callback for such a range; a processor has
     ``RecordProcessor.data_corrupt``). A damaged range never stops the worker.
+    ``deaggregate``: unpack KPL aggregates (kpl.py) into their user records; each carries its
+    ``sub_sequence``, and a checkpoint at one (``batch.checkpoint()``, automatic ones) points
+    inside the aggregate, so the next holder of the lease resumes after that user record.
 
     Entering raises what joining raises: StreamNotFoundError, InvalidArgumentError, transport
     errors. Leaving re-raises a processor's exception or a fatal (non-retryable) error.
@@ -146,6 +149,7 @@ class GroupWorker:
         member_id: str | None = None,
         corrupt_retry_s: float = CORRUPT_RETRY_S_DEFAULT,
         on_data_corrupt: CorruptCallback | None = None,
+        deaggregate: bool = False,
     ) -> None:
         group_admin.check_group_name(group)
         group_admin.check_initial(initial or Position.trim_horizon())
@@ -178,6 +182,7 @@ class GroupWorker:
             raise InvalidArgumentError("corrupt_retry_s must be positive")
         self.corrupt_retry_s = corrupt_retry_s
         self.on_data_corrupt = on_data_corrupt
+        self.deaggregate = deaggregate
         self.closing = anyio.Event()
         self.leases: dict[str, LeaseTask] = {}  # shard -> the task holding it
         self.heartbeat_interval_ms = min(500, session_timeout_ms // 3)

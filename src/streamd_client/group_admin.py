@@ -13,7 +13,7 @@ from typing import Any, Final, NamedTuple
 from . import group_errors as _group_errors  # registers the group error codes
 from .client_api import Caller
 from .errors import InvalidArgumentError, ProtocolError
-from .model import Position, check_stream_name
+from .model import SUB_SEQUENCE_MAX, Position, check_stream_name
 from .results import field
 from .summary import summary
 
@@ -41,6 +41,9 @@ class LeaseGrant(NamedTuple):
     epoch: int
     start: Position  # where the group's last checkpoint leaves off
     closed: bool  # the shard was closed by resharding: it ends
+    # The last checkpoint is inside the KPL aggregate at ``start`` (an at_sequence position):
+    # its user records up to and including this index are processed.
+    after_sub_sequence: int | None = None
 
 
 class Assignment(NamedTuple):
@@ -77,7 +80,12 @@ def _grant(body: Any) -> LeaseGrant:
         start = Position.from_wire(field(body, "start", dict))
     except InvalidArgumentError as exc:
         raise ProtocolError(f"malformed lease start: {exc.message}") from None
-    return LeaseGrant(field(body, "shard_id", str), epoch, start, field(body, "closed", bool))
+    sub = body.get("after_sub_sequence")
+    if sub is not None and (type(sub) is not int or not 0 <= sub <= SUB_SEQUENCE_MAX):
+        raise ProtocolError(f"malformed after_sub_sequence {summary(sub)}")
+    if sub is not None and start.kind != "at_sequence":
+        raise ProtocolError(f"after_sub_sequence with a {start.kind} start")
+    return LeaseGrant(field(body, "shard_id", str), epoch, start, field(body, "closed", bool), sub)
 
 
 def assignment_from_wire(body: Any) -> Assignment:
@@ -159,10 +167,12 @@ async def checkpoint(
     sequence: str,
     metadata: str | None = None,
     *,
+    sub_sequence: int | None = None,
     timeout_s: float | None = None,
 ) -> None:
-    """Store progress (a sequence number, or SHARD_END). Raises LeaseLostError (fenced: not
-    the lease's holder at that epoch), InvalidCheckpointError, ShardNotFoundError."""
+    """Store progress (a sequence number, or SHARD_END; ``sub_sequence``: only up to that user
+    record of the KPL aggregate at ``sequence``). Raises LeaseLostError (fenced: not the
+    lease's holder at that epoch), InvalidCheckpointError, ShardNotFoundError."""
     args: dict[str, Any] = {
         **_names(stream, group),
         "member_id": member_id,
@@ -172,6 +182,8 @@ async def checkpoint(
     }
     if metadata is not None:
         args["metadata"] = metadata
+    if sub_sequence is not None:
+        args["sub_sequence"] = sub_sequence
     await client.call(OP_GROUP_CHECKPOINT, args, timeout_s=timeout_s)
 
 

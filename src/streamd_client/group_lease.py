@@ -33,12 +33,12 @@ from typing import Final, NamedTuple, Protocol
 
 import anyio
 
-from . import group_admin
+from . import group_admin, kpl
 from .client_api import GroupClient
 from .consumer import backoff_s, log_skipped
 from .errors import DataCorruptError, ShardNotFoundError, StreamdError
 from .group_errors import LeaseLostError
-from .model import Position, parse_sequence
+from .model import SUB_SEQUENCE_MAX, Position, parse_sequence
 from .results import ReadResult, Record
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class WorkerHost(Protocol):
     member_id: str
     closing: anyio.Event
     corrupt_retry_s: float  # how often a read stuck at a damaged range is tried again
+    deaggregate: bool  # unpack KPL aggregates into their user records (kpl.py)
 
     @property
     def auto_checkpoint(self) -> bool: ...
@@ -94,12 +95,19 @@ class Checkpointer:
         return self._task.epoch
 
     async def checkpoint(
-        self, at: Record | str | None = None, *, metadata: str | None = None
+        self,
+        at: Record | str | None = None,
+        *,
+        sub_sequence: int | None = None,
+        metadata: str | None = None,
     ) -> None:
         """Record that everything up to and including ``at`` is processed.
 
         ``at`` is a Record, a sequence number, SHARD_END, or None for the last record handed to
-        the processor (nothing happens if there is none). Retries transient errors (such as
+        the processor (nothing happens if there is none). A user record of a KPL aggregate (a
+        Record with ``sub_sequence``; or a sequence number with ``sub_sequence``) checkpoints
+        inside the aggregate: a new holder of the lease resumes after that user record.
+        Retries transient errors (such as
         COORDINATOR_UNAVAILABLE while a cluster moves the group's coordinator) for up to
         CHECKPOINT_RETRY_S_MAX.
         Raises: LeaseLostError (fenced: the lease is gone; stop processing the shard),
@@ -110,10 +118,12 @@ class Checkpointer:
             last = self._task.last_processed
             if last is None:
                 return
-            sequence = last.sequence_number
+            sequence, sub_sequence = last.sequence_number, last.sub_sequence
+        elif isinstance(at, Record):
+            sequence, sub_sequence = at.sequence_number, at.sub_sequence
         else:
-            sequence = at.sequence_number if isinstance(at, Record) else at
-        await self._task.store_checkpoint(sequence, metadata)
+            sequence = at
+        await self._task.store_checkpoint(sequence, metadata, sub_sequence)
 
 
 class Batch:
@@ -200,6 +210,11 @@ class RecordProcessor(ABC):
         return  # optional: nothing to do by default
 
 
+def _rank(sub_sequence: int | None) -> int:
+    """Order within one record: its user records by index, then the whole record."""
+    return SUB_SEQUENCE_MAX + 1 if sub_sequence is None else sub_sequence
+
+
 class _Lost(Exception):
     """Internal: the lease task learnt its lease is gone."""
 
@@ -226,6 +241,10 @@ class LeaseTask:
         self.processor = processor
         self.checkpointer = Checkpointer(self)
         self.position = grant.start
+        # A checkpoint inside a KPL aggregate: the read starts at it; skip what was processed.
+        self._resume_inside: tuple[str, int] | None = None
+        if grant.after_sub_sequence is not None and grant.start.sequence is not None:
+            self._resume_inside = (grant.start.sequence, grant.after_sub_sequence)
         self.last_processed: Record | None = None
         self.records_processed = 0
         self.stopping = False
@@ -291,14 +310,15 @@ class LeaseTask:
             result = await self._read()
             if result is None:
                 break
-            if result.records:
+            records = self._user_records(result.records)
+            if records:
                 try:
                     await self.processor.process_records(
-                        Batch(self.checkpointer, result.records, result.millis_behind)
+                        Batch(self.checkpointer, records, result.millis_behind)
                     )
                 except Abandoned:
                     break
-                self._processed(result.records)
+                self._processed(records)
             self.position = result.next_position
             if result.shard_end:
                 # The server's word, not an inference from the grant and the high watermark:
@@ -314,6 +334,17 @@ class LeaseTask:
         await self.processor.shutdown_requested(self.checkpointer)
         if self.host.auto_checkpoint:
             await self._auto_checkpoint()
+
+    def _user_records(self, records: list[Record]) -> list[Record]:
+        """The records to hand over: deaggregated when asked, minus what a checkpoint inside
+        an aggregate already covers (only the first page holds that aggregate)."""
+        if self.host.deaggregate:
+            records = kpl.deaggregate(records)
+        if self._resume_inside is not None and records:
+            sequence, sub_sequence = self._resume_inside
+            self._resume_inside = None
+            records = kpl.after_sub_sequence(records, sequence, sub_sequence)
+        return records
 
     def _processed(self, records: list[Record]) -> None:
         self.last_processed = records[-1]
@@ -389,14 +420,17 @@ class LeaseTask:
         if self.last_processed is None or self._uncheckpointed == 0:
             self._checkpointed_at = anyio.current_time()
             return
+        last = self.last_processed
         try:
-            await self.store_checkpoint(self.last_processed.sequence_number, None)
+            await self.store_checkpoint(last.sequence_number, None, last.sub_sequence)
         except StreamdError as exc:
             if isinstance(exc, LeaseLostError) or not exc.retryable:
                 raise
             log.warning("checkpoint of %s postponed: %s", self.shard_id, exc.message)
 
-    async def store_checkpoint(self, sequence: str, metadata: str | None) -> None:
+    async def store_checkpoint(
+        self, sequence: str, metadata: str | None, sub_sequence: int | None = None
+    ) -> None:
         """Send a checkpoint (retrying transient errors); on fencing mark the lease lost.
 
         A checkpoint in flight is shielded from the lease task's cancellation (bounded by
@@ -419,6 +453,7 @@ class LeaseTask:
                         self.epoch,
                         sequence,
                         metadata,
+                        sub_sequence=sub_sequence,
                         timeout_s=CHECKPOINT_TIMEOUT_S,
                     )
                 break
@@ -433,8 +468,10 @@ class LeaseTask:
                 await anyio.sleep(pause_s)
         self.checkpointer.last_sequence = sequence
         self._checkpointed_at = anyio.current_time()
+        last = self.last_processed
         if sequence == SHARD_END or (
-            self.last_processed is not None
-            and parse_sequence(sequence)[1] >= self.last_processed.offset
+            last is not None
+            and (parse_sequence(sequence)[1], _rank(sub_sequence))
+            >= (last.offset, _rank(last.sub_sequence))
         ):
             self._uncheckpointed = 0

@@ -39,6 +39,7 @@ RETENTION_HOURS_DEFAULT = 24
 READ_BYTES_MAX = 10 * 1024 * 1024
 READ_WAIT_MS_MAX = 30_000
 TIMESTAMP_MS_MAX = 2**64 - 1
+SUB_SEQUENCE_MAX = 2**31 - 1  # a user record's index in a KPL aggregate (kpl.py), checkpointed
 
 HASH_KEY_MAX = 2**128 - 1
 STREAM_NAME_RE = re.compile(r"[a-zA-Z0-9_.-]{1,128}")

@@ -20,7 +20,11 @@ _T = TypeVar("_T")
 
 
 class Record(NamedTuple):
-    """One record as read back. ``arrival_ms`` is the server time its batch was sealed."""
+    """One record as read back. ``arrival_ms`` is the server time its batch was sealed.
+
+    ``sub_sequence`` is None for a stored record; a user record unpacked from a KPL aggregate
+    (kpl.py, readers with ``deaggregate=True``) has the aggregate's sequence number and offset
+    and its own index in the aggregate here (0, 1, ...)."""
 
     shard_id: str
     sequence_number: str
@@ -28,6 +32,7 @@ class Record(NamedTuple):
     data: bytes
     arrival_ms: int
     offset: int
+    sub_sequence: int | None = None
 
 
 class PutResult(NamedTuple):

@@ -138,8 +138,10 @@ class StreamReader(PagedRecords):
         follow: bool,
         wait_ms: int,
         max_bytes: int,
+        deaggregate: bool = False,
     ) -> None:
         super().__init__()
+        self.deaggregate = deaggregate  # KPL aggregates into user records (kpl.py)
         self.stream = stream
         self.start = start
         self.follow = follow
@@ -204,6 +206,7 @@ class StreamReader(PagedRecords):
                 follow=self.follow,
                 wait_ms=self.wait_ms,
                 max_bytes=self.max_bytes,
+                deaggregate=self.deaggregate,
             )
             try:
                 while (page := await reader.read_page()) is not None:

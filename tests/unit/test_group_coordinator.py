@@ -352,3 +352,37 @@ def test_an_expired_shard_is_revoked_then_forgotten() -> None:
     a.heartbeat(30)
     assert gone not in coord.leases and kept in coord.leases
     assert a.held == {kept: 1}
+
+
+def test_checkpoints_inside_a_kpl_aggregate_order_and_resume_there() -> None:
+    coord = coordinator(1)
+    (s0,) = shard_ids(1)
+    a = Worker(coord, "a", release_at_once=False)
+    a.join(0)
+    coord.checkpoint("a", s0, 1, seq(s0, 10), 1, sub_sequence=2)
+    coord.checkpoint("a", s0, 1, seq(s0, 10), 2, sub_sequence=2)  # the same again
+    coord.checkpoint("a", s0, 1, seq(s0, 10), 3, sub_sequence=5)
+    with pytest.raises(InvalidCheckpointError):
+        coord.checkpoint("a", s0, 1, seq(s0, 10), 4, sub_sequence=4)  # backwards inside
+    with pytest.raises(InvalidCheckpointError):
+        coord.checkpoint("a", s0, 1, seq(s0, 9), 4)  # an earlier record
+    assert coord.start_of(s0) == Position.at_sequence(seq(s0, 10)).to_wire()
+    (stored,) = [Checkpoint.decode(c.encode()) for c in coord.checkpoints.values()]
+    assert stored.sub_sequence == 5
+    shard = coord.describe(5)["shards"][0]
+    assert (shard["checkpoint"], shard["checkpoint_sub_sequence"]) == (seq(s0, 10), 5)
+    # The grant says where inside: a new holder skips user records 0..5 of that aggregate.
+    b = Worker(coord, "b")
+    a.leave(6)
+    b.join(7)
+    assert b.last is not None
+    (grant,) = b.last.assignment
+    assert grant.start == Position.at_sequence(seq(s0, 10)).to_wire()
+    assert grant.to_wire()["after_sub_sequence"] == 5
+    # The whole record comes after all of its user records; then nothing inside it again.
+    coord.checkpoint("b", s0, 2, seq(s0, 10), 8)
+    with pytest.raises(InvalidCheckpointError):
+        coord.checkpoint("b", s0, 2, seq(s0, 10), 9, sub_sequence=6)
+    assert coord.start_of(s0) == Position.after_sequence(seq(s0, 10)).to_wire()
+    with pytest.raises(InvalidCheckpointError):
+        coord.checkpoint("b", s0, 2, seq(s0, 11), 9, sub_sequence=-1)

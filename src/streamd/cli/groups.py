@@ -65,6 +65,11 @@ def register(commands: Any) -> None:
     )
     consume.add_argument("--limit", type=int, default=None, metavar="N", help="stop after N")
     consume.add_argument("--session-timeout-ms", type=int, default=3000, metavar="MS")
+    consume.add_argument(
+        "--deaggregate",
+        action="store_true",
+        help="unpack KPL-aggregated records; checkpoints may point inside an aggregate",
+    )
     consume.set_defaults(run=_consume)
 
     listing = actions.add_parser("list", help="list a stream's groups")
@@ -130,6 +135,7 @@ async def _consume(args: argparse.Namespace) -> int:
             checkpoint_every_records=args.checkpoint_every,
             checkpoint_every_s=args.checkpoint_interval_s,
             session_timeout_ms=args.session_timeout_ms,
+            deaggregate=args.deaggregate,
         )
         signals_group.start_soon(_stop_on_signal, worker)
         async with worker:

@@ -142,4 +142,6 @@ def record_document(record: Any, binary: str = "base64") -> dict[str, Any]:
         document["data"] = encode_binary(record.data, binary)
         document["encoding"] = binary
     document["arrival_time"] = iso_time(record.arrival_ms)
+    if getattr(record, "sub_sequence", None) is not None:  # a user record of a KPL aggregate
+        document["sub_sequence"] = record.sub_sequence
     return document

@@ -78,6 +78,11 @@ def _add_read(commands: Any) -> None:
     )
     read.add_argument("--limit", type=int, default=None, metavar="N", help="stop after N")
     read.add_argument("--follow", action="store_true", help="keep waiting for new records")
+    read.add_argument(
+        "--deaggregate",
+        action="store_true",
+        help="unpack KPL-aggregated records into their user records (sub_sequence in --json)",
+    )
     form = read.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true", help="one JSON object per record")
     form.add_argument(
@@ -220,12 +225,16 @@ async def _read(args: argparse.Namespace) -> int:
     async with connect(args) as client, AsyncExitStack() as stack:
         reader: Any
         if args.shard is None and position.sequence is None:
-            reader = client.stream_reader(args.name, position, follow=args.follow)
+            reader = client.stream_reader(
+                args.name, position, follow=args.follow, deaggregate=args.deaggregate
+            )
             await stack.enter_async_context(reader)
         else:
             description = await client.describe_stream(args.name)
             shard_id = _shard_to_read(args, description, position)
-            reader = client.reader(args.name, shard_id, position, follow=args.follow)
+            reader = client.reader(
+                args.name, shard_id, position, follow=args.follow, deaggregate=args.deaggregate
+            )
         while (page := await reader.read_page()) is not None:
             if args.limit is not None:
                 page = page[: args.limit - printed]

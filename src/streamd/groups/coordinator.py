@@ -40,7 +40,7 @@ from streamd_client.group_errors import (
     LeaseLostError,
     UnknownMemberError,
 )
-from streamd_client.model import Position, parse_sequence, shard_index_of
+from streamd_client.model import SUB_SEQUENCE_MAX, Position, parse_sequence, shard_index_of
 from streamd_client.summary import summary
 
 from .assign import balanced_sticky
@@ -92,14 +92,20 @@ class Grant:
     epoch: int
     start: dict[str, Any]  # Position wire form: where the last checkpoint leaves off
     closed: bool
+    # A checkpoint inside a KPL aggregate: ``start`` is at the aggregate, and its user records
+    # up to and including this one are done (the worker skips them).
+    after_sub_sequence: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire: dict[str, Any] = {
             "shard_id": self.shard_id,
             "epoch": self.epoch,
             "start": self.start,
             "closed": self.closed,
         }
+        if self.after_sub_sequence is not None:
+            wire["after_sub_sequence"] = self.after_sub_sequence
+        return wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,8 +311,12 @@ class Coordinator:
         sequence: str,
         now_ms: int,
         metadata: str | None = None,
+        sub_sequence: int | None = None,
     ) -> Checkpoint:
         """Store progress for a shard: ``sequence`` (processed up to and including) or SHARD_END.
+        ``sub_sequence``: only the user records of the KPL aggregate at ``sequence`` up to and
+        including that one are processed (ordered after the records before ``sequence`` and
+        before the whole of ``sequence``).
 
         Raises ShardNotFoundError, LeaseLostError (fenced: not the owner at that epoch),
         InvalidCheckpointError (other shard's sequence, backwards, SHARD_END of an open shard).
@@ -339,8 +349,15 @@ class Coordinator:
             raise InvalidCheckpointError(
                 f"checkpoint metadata is over {CHECKPOINT_METADATA_CHARS_MAX} characters"
             )
-        self._check_progress(info, sequence)
-        checkpoint = Checkpoint(sequence, epoch, member_id, now_ms, metadata)
+        if sub_sequence is not None and (
+            sequence == SHARD_END or not 0 <= sub_sequence <= SUB_SEQUENCE_MAX
+        ):
+            raise InvalidCheckpointError(
+                f"a sub-sequence number is 0..{SUB_SEQUENCE_MAX} with a sequence number, "
+                f"got {summary(sub_sequence)} with {summary(sequence)}"
+            )
+        self._check_progress(info, sequence, sub_sequence)
+        checkpoint = Checkpoint(sequence, epoch, member_id, now_ms, metadata, sub_sequence)
         self.checkpoints[shard_id] = checkpoint
         self._ready.checkpoints[shard_id] = checkpoint
         if sequence == SHARD_END:
@@ -387,6 +404,8 @@ class Coordinator:
     def start_of(self, shard_id: str) -> dict[str, Any]:
         """Where processing of the shard resumes (Position wire form)."""
         checkpoint = self.checkpoints.get(shard_id)
+        if checkpoint is not None and checkpoint.sub_sequence is not None:
+            return Position.at_sequence(checkpoint.sequence).to_wire()  # inside an aggregate
         if checkpoint is not None and checkpoint.sequence != SHARD_END:
             return Position.after_sequence(checkpoint.sequence).to_wire()
         if checkpoint is not None:  # finished: nothing left; the worker sees the end at once
@@ -438,6 +457,9 @@ class Coordinator:
                     "target": self.target.get(shard_id),
                     "parents": list(self.shards[shard_id].parents),
                     "checkpoint": None if checkpoint is None else checkpoint.sequence,
+                    "checkpoint_sub_sequence": None
+                    if checkpoint is None
+                    else checkpoint.sub_sequence,
                     "checkpoint_ms": None if checkpoint is None else checkpoint.updated_ms,
                     "metadata": None if checkpoint is None else checkpoint.metadata,
                     "start": self.start_of(shard_id),
@@ -476,7 +498,7 @@ class Coordinator:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _check_progress(self, info: ShardInfo, sequence: str) -> None:
+    def _check_progress(self, info: ShardInfo, sequence: str, sub_sequence: int | None) -> None:
         previous = self.checkpoints.get(info.shard_id)
         if sequence == SHARD_END:
             if not info.closed:
@@ -486,7 +508,9 @@ class Coordinator:
         if index != shard_index_of(info.shard_id):
             raise InvalidCheckpointError(f"sequence {sequence} is not of {info.shard_id}")
         if previous is not None and previous.sequence != SHARD_END:
-            if offset < parse_sequence(previous.sequence)[1]:
+            # (offset, sub-sequence), a whole record after every sub-record of it
+            before = (parse_sequence(previous.sequence)[1], _sub_rank(previous.sub_sequence))
+            if (offset, _sub_rank(sub_sequence)) < before:
                 raise InvalidCheckpointError(
                     f"checkpoint {sequence} is behind the stored {previous.sequence}",
                     checkpoint=previous.sequence,
@@ -564,11 +588,13 @@ class Coordinator:
             if lease.owner != member.member_id:
                 continue
             lease.delivered = True
+            checkpoint = self.checkpoints.get(shard_id)
             grant = Grant(
                 shard_id,
                 lease.epoch,
                 self.start_of(shard_id),
                 self.shards[shard_id].closed if shard_id in self.shards else True,
+                None if checkpoint is None else checkpoint.sub_sequence,
             )
             (keep if self.target.get(shard_id) == member.member_id else give_up).append(grant)
         return Answer(
@@ -583,6 +609,11 @@ class Coordinator:
         self._ready.events.append(
             Event(kind, {"stream": self.stream, "group": self.group, **fields})
         )
+
+
+def _sub_rank(sub_sequence: int | None) -> int:
+    """Order within one record: its sub-records by index, the whole record after all of them."""
+    return SUB_SEQUENCE_MAX + 1 if sub_sequence is None else sub_sequence
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:

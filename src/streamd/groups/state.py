@@ -82,24 +82,33 @@ class Checkpoint:
     member_id: str
     updated_ms: int
     metadata: str | None = None
+    # Inside a KPL aggregate (streamd_client/kpl.py): the record at ``sequence`` is processed
+    # up to and including this user record; None: the whole record is.
+    sub_sequence: int | None = None
 
     def encode(self) -> bytes:
-        return cbor2.dumps(
-            {
-                "v": DOC_VERSION,
-                "sequence": self.sequence,
-                "epoch": self.epoch,
-                "member_id": self.member_id,
-                "updated_ms": self.updated_ms,
-                "metadata": self.metadata,
-            }
-        )
+        doc = {
+            "v": DOC_VERSION,
+            "sequence": self.sequence,
+            "epoch": self.epoch,
+            "member_id": self.member_id,
+            "updated_ms": self.updated_ms,
+            "metadata": self.metadata,
+        }
+        if self.sub_sequence is not None:  # absent otherwise: documents stay as they were
+            doc["sub_sequence"] = self.sub_sequence
+        return cbor2.dumps(doc)
 
     @staticmethod
     def decode(raw: bytes) -> Checkpoint:
         doc = _load(raw)
         return Checkpoint(
-            doc["sequence"], doc["epoch"], doc["member_id"], doc["updated_ms"], doc["metadata"]
+            doc["sequence"],
+            doc["epoch"],
+            doc["member_id"],
+            doc["updated_ms"],
+            doc["metadata"],
+            doc.get("sub_sequence"),
         )
 
 

@@ -143,17 +143,21 @@ async def _checkpoint(groups: GroupService, args: dict[str, Any]) -> dict[str, A
     epoch = _arg(args, "epoch", int)
     sequence = _arg(args, "sequence", str)
     metadata = _arg(args, "metadata", str, None) if args.get("metadata") is not None else None
+    sub = _arg(args, "sub_sequence", int, None) if args.get("sub_sequence") is not None else None
     stored = await groups.step(
         stream,
         group,
-        lambda c, now: c.checkpoint(member_id, shard_id, epoch, sequence, now, metadata),
+        lambda c, now: c.checkpoint(member_id, shard_id, epoch, sequence, now, metadata, sub),
     )
-    return {
+    answer = {
         "shard_id": shard_id,
         "sequence": stored.sequence,
         "epoch": stored.epoch,
         "shard_end": stored.sequence == SHARD_END,
     }
+    if stored.sub_sequence is not None:
+        answer["sub_sequence"] = stored.sub_sequence
+    return answer
 
 
 async def _create(groups: GroupService, args: dict[str, Any]) -> dict[str, Any]:
