@@ -9,6 +9,8 @@ from typing import Literal
 
 from streamd_client.wire import FRAME_BYTES_MAX_DEFAULT
 
+from .quotas import QUOTAS_OFF, QuotaFigures
+
 FsyncMode = Literal["always", "interval", "never"]
 LogFormat = Literal["console", "json"]
 
@@ -58,6 +60,13 @@ class ServerConfig:
     kinesis_account_id: str = "000000000000"
     # (access_key_id, secret) pairs; SigV4 is verified only when at least one is configured.
     kinesis_credentials: tuple[tuple[str, str], ...] = ()
+    # Per-shard throughput quotas (docs/operations.md, "Throughput quotas"): off by default, so
+    # a benchmark is never throttled by surprise; `serve --quotas kinesis` gives Kinesis' figures.
+    quotas: QuotaFigures = QUOTAS_OFF
+    # On-demand streams (scaler.py): the most open shards the scaler grows one to, and how often
+    # it looks at the measured load.
+    on_demand_shards_max: int = 64
+    on_demand_interval_ms: int = 1000
     log_format: LogFormat = "console"
     log_level: str = "info"
     # Cluster mode (docs/cluster.md; `serve --cluster`). None: the embedded default, metadata in

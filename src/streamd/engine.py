@@ -68,6 +68,7 @@ from .cluster.seals import SealHolds
 from .config import ServerConfig
 from .iothread import IoPool
 from .meta import MetaStore
+from .quotas import check_quota_tags
 from .replication import Committer, LocalCommitter
 from .routing import (
     LOCAL,
@@ -84,6 +85,7 @@ from .routing import (
 )
 from .shard import PendingWrite, PipelineConfig, ReadResult, ShardPipeline, now_ms
 from .storage import FdCache, LogConfig, ShardLog
+from .throttle import Quotas
 
 log = structlog.get_logger(__name__)
 
@@ -193,6 +195,7 @@ class Engine:
         self.catalog = Catalog(store, clustered=self.clustered)
         self.committer = committer or LocalCommitter()
         self.clock: Clock = clock or WallClock()
+        self.quotas = Quotas(config.quotas, self.clock)  # throughput quotas (throttle.py)
         self.streams: dict[str, _Stream] = {}
         self._node_id: str | None = self.locator.self_node()[0] if self.clustered else None
         # Cluster mode: seals this node holds for reshards (any node's), and the streams whose
@@ -1420,7 +1423,13 @@ class Engine:
             pipeline: ShardPipeline | ReplicatedShard | None = stream.pipelines.get(
                 shard_id
             ) or self._led_replica(stream, shard_id)
-            if pipeline is None:
+            if pipeline is not None:  # over its write quota: a suffix gets THROTTLED outcomes
+                indexes = self.quotas.admit_records(
+                    stream.meta, shard_id, records, indexes, outcomes
+                )
+                if not indexes:
+                    continue
+            else:
                 location = self.locator.locate(stream.meta.name, shard_id)
                 if forward and self._peers is not None and isinstance(location, Remote):
                     remote[location.address] += indexes
@@ -1506,7 +1515,8 @@ class Engine:
         """
         stream = self._stream(name)
         pipeline = self._led_replica(stream, shard_id) or stream.pipeline(shard_id)
-        header = _validate_batch(data, pipeline.shard)
+        header, records = _validate_batch(data, pipeline.shard)
+        self.quotas.admit_batch(stream.meta, shard_id, records)  # raises ThrottledError
         write = pipeline.enqueue_batch(data, header)
         base, count, duplicate = await write.wait()
         return AppendOutcome(shard_id, base, pipeline.sequence_of(base), count, duplicate)
@@ -1521,9 +1531,12 @@ class Engine:
         *,
         forward: bool = True,
         counted: bool = True,
+        metered: bool = False,
     ) -> ReadResult:
         """Raises StreamNotFoundError, ShardNotFoundError, InvalidSequenceNumberError,
-        CorruptDataError (for a stored batch that fails its CRC; details name its offsets).
+        CorruptDataError (for a stored batch that fails its CRC; details name its offsets),
+        ThrottledError (``metered``: a polling read, GetRecords or the native read, over the
+        shard's read quota).
 
         Cluster mode: a shard another node leads is read there (``forward``, as the Kinesis
         gateway and the group service do), or refused with NOT_LEADER (the native protocol:
@@ -1534,12 +1547,23 @@ class Engine:
             location = self.locator.locate(name, shard_id)
             if isinstance(location, Remote) and stream.meta.shard(shard_id) is not None:
                 return await self._peers.read(
-                    location.address, name, shard_id, position, max_bytes, wait_ms, counted=counted
+                    location.address,
+                    name,
+                    shard_id,
+                    position,
+                    max_bytes,
+                    wait_ms,
+                    counted=counted,
+                    metered=metered,
                 )
         pipeline = self._led_replica(stream, shard_id) or stream.pipeline(shard_id)
         # A whole answer must fit in one frame (frame header and CBOR framing included).
         max_bytes = min(max_bytes, self.config.frame_bytes_max - 64 * 1024)
+        if metered:
+            self.quotas.admit_read(stream.meta, shard_id)
         result = await pipeline.read(position, max_bytes, wait_ms, counted=counted)
+        if metered:
+            self.quotas.charge_read(stream.meta, shard_id, result.batches)
         if not result.shard_end:
             return result
         children = self._stream(name).meta.children_of(shard_id)
@@ -1593,7 +1617,8 @@ def _active(meta: StreamMeta) -> StreamMeta:
 def _changed_tags(
     tags: dict[str, str], add: dict[str, str], remove: Sequence[str]
 ) -> dict[str, str]:
-    """The tags after a change. Raises InvalidArgumentError, LimitExceededError."""
+    """The tags after a change. Raises InvalidArgumentError (quota tags too: quotas.py),
+    LimitExceededError."""
     for key, value in add.items():
         if not isinstance(key, str) or not 1 <= len(key) <= TAG_KEY_CHARS_MAX:
             raise InvalidArgumentError(f"tag key must be 1..{TAG_KEY_CHARS_MAX} characters")
@@ -1604,10 +1629,11 @@ def _changed_tags(
         raise LimitExceededError(
             f"a stream holds at most {TAGS_PER_STREAM_MAX} tags; this would make {len(changed)}"
         )
+    check_quota_tags(changed)
     return changed
 
 
-def _validate_batch(data: bytes, shard: ShardMeta) -> batchfmt.BatchHeader:
+def _validate_batch(data: bytes, shard: ShardMeta) -> tuple[batchfmt.BatchHeader, batchfmt.Records]:
     """Check a client batch whole: header, payload CRC, records, limits, and routing."""
     try:
         header = batchfmt.parse_header(data)
@@ -1622,4 +1648,4 @@ def _validate_batch(data: bytes, shard: ShardMeta) -> batchfmt.BatchHeader:
     low = shard.hash_key_start.to_bytes(16, "big")
     high = min(shard.hash_key_end, HASH_KEY_MAX).to_bytes(16, "big")
     batchfmt.check_records(records, low, high)
-    return header
+    return header, records

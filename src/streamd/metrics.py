@@ -92,6 +92,33 @@ ETCD_WATCH_REOPENS = Counter(
     "streamd_etcd_watch_reopens_total", "etcd watch streams reopened (dropped, failed or silent)"
 )
 
+# Throughput quotas (throttle.py) and on-demand scaling (scaler.py), per shard.
+THROTTLED_RECORDS = Counter(
+    "streamd_throttled_records_total",
+    "Records refused with THROTTLED for the shard's write quota",
+    ["stream", "shard_id"],
+)
+THROTTLED_BYTES = Counter(
+    "streamd_throttled_bytes_total",
+    "Bytes (data + partition key) of records refused for the shard's write quota",
+    ["stream", "shard_id"],
+)
+THROTTLED_READS = Counter(
+    "streamd_throttled_reads_total",
+    "Polling reads (GetRecords, native read) refused for the shard's read quota",
+    ["stream", "shard_id"],
+)
+ON_DEMAND_DECISIONS = Counter(
+    "streamd_on_demand_decisions_total",
+    "Splits and merges the on-demand scaler decided (outcome: done, failed)",
+    ["stream", "action", "outcome"],
+)
+ON_DEMAND_SHARD_LOAD = Gauge(
+    "streamd_on_demand_shard_load_ratio",
+    "An on-demand stream's open shard's measured write load over its write quota (1: at it)",
+    ["stream", "shard_id"],
+)
+
 
 DATA_DIR_FREE = Gauge(
     "streamd_data_dir_free_bytes",

@@ -126,6 +126,7 @@ class PeerCalls(Protocol):
         wait_ms: int,
         *,
         counted: bool = True,
+        metered: bool = False,
     ) -> ReadResult: ...
 
 

@@ -38,6 +38,8 @@ class ProducerStats:
     retried_batches: int = 0  # attempts after the first, summed over batches
     duplicate_batches: int = 0  # acks with duplicate=true: a lost answer was recovered
     rerouted_batches: int = 0  # batches split onto new shards after a reshard
+    throttled_batches: int = 0  # THROTTLED answers with a retry-after hint, waited out
+    throttled_wait_s: float = 0.0  # the time those waits took, summed
 
 
 class Batch:

@@ -236,13 +236,21 @@ class Client:
         retention_hours: int = model.RETENTION_HOURS_DEFAULT,
         *,
         replication_factor: int | None = None,
+        mode: str | None = None,
+        quotas: Mapping[str, int | str] | None = None,
     ) -> None:
         """Create a stream with ``shard_count`` shards of even hash-key ranges.
 
         ``replication_factor``: replicas per shard (a cluster; default the server's).
+        ``mode``: "PROVISIONED" (the default) or "ON_DEMAND" (the server splits and merges its
+        shards from their measured write load; docs/operations.md). ``quotas``: this stream's
+        per-shard throughput figures over the server's, e.g. ``{"write_bytes_per_s": 65536}``
+        (keys write_bytes_per_s, write_records_per_s, read_bytes_per_s, read_calls_per_s,
+        fanout_bytes_per_s; a value is a positive int or "unlimited"); stored as the stream's
+        ``streamd:quota:*`` tags.
 
         Raises: StreamExistsError, InvalidStreamNameError, InvalidArgumentError (shard count,
-        retention, replication factor), LimitExceededError.
+        retention, replication factor, mode, quotas), LimitExceededError.
         """
         args: dict[str, Any] = {
             "stream": model.check_stream_name(name),
@@ -251,6 +259,10 @@ class Client:
         }
         if replication_factor is not None:
             args["replication_factor"] = replication_factor
+        if mode is not None:
+            args["mode"] = mode
+        if quotas:
+            args["quotas"] = dict(quotas)
         await self.call(wire.OP_CREATE_STREAM, args)
 
     async def delete_stream(self, name: str) -> None:
@@ -489,6 +501,7 @@ class Client:
         retries_max: int = 10,
         backoff_ms_initial: int = 20,
         backoff_ms_max: int = 2000,
+        throttled_wait_ms_max: int = 60_000,
     ) -> Producer:
         """A shard-aware, batching, idempotent Producer (an async context manager).
 
@@ -506,6 +519,7 @@ class Client:
             retries_max=retries_max,
             backoff_ms_initial=backoff_ms_initial,
             backoff_ms_max=backoff_ms_max,
+            throttled_wait_ms_max=throttled_wait_ms_max,
         )
 
     def reader(

@@ -27,7 +27,7 @@ import anyio
 
 from . import batch, kpl
 from .client_api import ShardReads
-from .errors import CorruptDataError, ProtocolError, StreamdError
+from .errors import CorruptDataError, ProtocolError, StreamdError, ThrottledError
 from .model import Position, make_sequence
 from .results import ChildShard, RawRead, ReadResult, Record, SkippedRange
 
@@ -222,7 +222,10 @@ class ShardReader(PagedRecords):
                 failures += 1
                 if not exc.retryable or failures > self.retries_max:
                     raise
-                await anyio.sleep(backoff_s(failures, READ_BACKOFF_MS_INITIAL, READ_BACKOFF_MS_MAX))
+                pause_s = backoff_s(failures, READ_BACKOFF_MS_INITIAL, READ_BACKOFF_MS_MAX)
+                if isinstance(exc, ThrottledError):  # over the shard's read quota: as told
+                    pause_s = max(pause_s, exc.retry_after_s or 0.0)
+                await anyio.sleep(pause_s)
 
 
 def backoff_s(attempt: int, backoff_ms_initial: int, backoff_ms_max: int) -> float:

@@ -138,10 +138,26 @@ class ResourceInUseError(StreamdError):
 
 
 class ThrottledError(StreamdError):
-    """The shard's bounded queue is full; back off and retry."""
+    """The shard is over its throughput quota, or its bounded write queue is full; back off and
+    retry. Nothing of the refused request was stored (a PutRecords answers it per record).
+
+    A quota refusal's details: ``shard_id``, ``quota`` (write_bytes, write_records, read_calls,
+    read_bytes) and ``retry_after_ms``, when the same request would pass if nothing else came
+    first (``retry_after_s``); the Producer and the readers wait that long. A full queue has
+    no hint: back off as after any retryable error.
+    """
 
     code = "THROTTLED"
     retryable = True
+    RETRY_AFTER_MS_MAX: ClassVar[int] = 600_000  # a larger hint is not believed
+
+    @property
+    def retry_after_s(self) -> float | None:
+        """The server's hint in seconds, None without a (sane) one."""
+        hint = self.details.get("retry_after_ms")
+        if isinstance(hint, bool) or not isinstance(hint, int):
+            return None
+        return hint / 1000 if 0 < hint <= self.RETRY_AFTER_MS_MAX else None
 
 
 class NotLeaderError(StreamdError):

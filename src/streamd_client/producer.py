@@ -23,6 +23,13 @@ ones, then the open one) is re-routed, in order, *in front of* its new shard's q
 sends nothing until the retired shards it may inherit from have handed over their records
 (``gates``), so order per key holds across a split or merge too (invariant 5).
 
+Throughput quotas: a THROTTLED answer with a ``retry_after_ms`` hint (the server's per-shard
+quota, docs/kinesis.md) is waited out, that long plus a little jitter, and the same bytes sent
+again; only this shard's sender waits, the others go on, and since a shard has one batch in
+flight nothing is reordered. Those waits do not use up ``retries_max``: they are bounded by
+``throttled_wait_ms_max`` per batch instead, after which the batch fails with the ThrottledError.
+A THROTTLED without a hint (a full queue) is an ordinary retry.
+
 Backpressure: ``buffer_records_max`` bounds the records buffered or in flight. ``put`` waits for
 space; ``put_nowait`` raises ``anyio.WouldBlock``. The records' memory is bounded with it.
 
@@ -36,6 +43,7 @@ fresh random producer id. ``producer_id`` is the id every shard starts with.
 
 from __future__ import annotations
 
+import random
 from bisect import bisect_right
 from contextlib import AsyncExitStack
 from enum import Enum
@@ -70,6 +78,7 @@ from .errors import (
     ShardClosedError,
     ShardNotFoundError,
     StreamdError,
+    ThrottledError,
     WrongShardError,
 )
 from .model import (
@@ -149,9 +158,15 @@ class Producer:
         retries_max: int = 10,
         backoff_ms_initial: int = 20,
         backoff_ms_max: int = 2000,
+        throttled_wait_ms_max: int = 60_000,
     ) -> None:
         _check_options(linger_ms, batch_records_max, batch_bytes_max, in_flight_max)
         _check_options_more(buffer_records_max, retries_max, backoff_ms_initial, backoff_ms_max)
+        if not 0 <= throttled_wait_ms_max <= 3_600_000:
+            raise InvalidArgumentError(
+                f"throttled_wait_ms_max must be 0..3600000, got {throttled_wait_ms_max}"
+            )
+        self.throttled_wait_ms_max = throttled_wait_ms_max
         self.stream = stream
         self.linger_ms = linger_ms
         self.batch_records_max = batch_records_max
@@ -421,6 +436,7 @@ class Producer:
             producer_seq=shard.next_seq,
         )
         attempt, ambiguous, map_version = 0, False, self._map_version
+        throttled_wait_s, throttled_budget_s = 0.0, self.throttled_wait_ms_max / 1000
         while True:
             try:
                 async with self._in_flight:
@@ -430,6 +446,14 @@ class Producer:
             else:
                 self._ack(shard, batch, result)
                 return False
+            hint_s = _retry_after_s(error)
+            if hint_s is not None and throttled_wait_s + hint_s <= throttled_budget_s:
+                wait_s = hint_s * (1 + random.random() / 10)  # jitter: shards not in lockstep
+                throttled_wait_s += wait_s
+                self.stats.throttled_batches += 1
+                self.stats.throttled_wait_s += wait_s
+                await anyio.sleep(wait_s)
+                continue
             ambiguous = ambiguous or isinstance(error, _AMBIGUOUS_ERRORS)
             action = _decide(error, attempt, self.retries_max)
             if action is _Action.REFRESH:
@@ -555,6 +579,11 @@ class Producer:
         batch.datas.append(data)
         batch.size_bytes += size
         return batch, len(batch.keys) - 1
+
+
+def _retry_after_s(error: StreamdError) -> float | None:
+    """The wait a THROTTLED answer asks for (its ``retry_after_ms``), None without a hint."""
+    return error.retry_after_s if isinstance(error, ThrottledError) else None
 
 
 def _decide_after_refresh(error: StreamdError, attempt: int, retries_max: int) -> _Action:

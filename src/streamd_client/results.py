@@ -43,14 +43,20 @@ class PutResult(NamedTuple):
 
 
 class RecordFailure(NamedTuple):
-    """Why one record of a ``put_records`` call was not stored (a code of errors.py)."""
+    """Why one record of a ``put_records`` call was not stored (a code of errors.py).
+
+    ``details`` as the error's: THROTTLED carries ``retry_after_ms`` (when the shard's quota
+    would take the record) and ``quota``."""
 
     code: str
     message: str
+    details: dict[str, object] | None = None
 
     def to_error(self) -> StreamdError:
         """The typed exception for this failure."""
-        return error_from_wire({"code": self.code, "message": self.message})
+        return error_from_wire(
+            {"code": self.code, "message": self.message, "details": self.details or {}}
+        )
 
 
 class PutRecordsEntry(NamedTuple):
@@ -261,7 +267,14 @@ def put_records_from_wire(body: Any, entry_count: int) -> PutRecordsResult:
     results: list[PutResult | RecordFailure] = []
     for item in items:
         if isinstance(item, dict) and "code" in item:
-            results.append(RecordFailure(field(item, "code", str), field(item, "message", str)))
+            details = item.get("details")
+            results.append(
+                RecordFailure(
+                    field(item, "code", str),
+                    field(item, "message", str),
+                    details if isinstance(details, dict) and details else None,
+                )
+            )
         else:
             results.append(PutResult(field(item, "shard_id", str), field(item, "sequence", str)))
     failed = sum(isinstance(r, RecordFailure) for r in results)

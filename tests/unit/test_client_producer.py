@@ -309,3 +309,31 @@ async def test_producer_survives_a_dropped_connection() -> None:
         await _results(pendings)
         assert sorted(int(d) for _, d in _all_records(server, "s")) == list(range(100))
         assert server.connections_accepted >= 2
+
+
+async def test_a_throttled_batch_waits_as_told_and_the_hint_uses_no_retry() -> None:
+    async with fake_server() as server, connect(server.endpoint) as client:
+        await client.create_stream("s", 1)
+        hint = errors.ThrottledError("quota", shard_id=SHARD0, retry_after_ms=100)
+        server.inject(wire.OP_APPEND_BATCH, "error", times=4, error=hint)
+        producer = client.producer("s", retries_max=1, backoff_ms_initial=1)
+        started = anyio.current_time()
+        async with producer:
+            pendings = [await producer.put(b"%d" % i, "k") for i in range(5)]
+        await _results(pendings)
+        assert anyio.current_time() - started >= 0.4  # 4 waits of 100 ms (plus jitter)
+        assert producer.stats.throttled_batches == 4 and producer.stats.retried_batches == 0
+        assert server.records("s", SHARD0) == [("k", b"%d" % i) for i in range(5)]
+
+
+async def test_throttled_waits_are_bounded_per_batch() -> None:
+    async with fake_server() as server, connect(server.endpoint) as client:
+        await client.create_stream("s", 1)
+        hint = errors.ThrottledError("quota", retry_after_ms=50)
+        server.inject(wire.OP_APPEND_BATCH, "error", times=100, error=hint)
+        producer = client.producer("s", retries_max=0, throttled_wait_ms_max=200)
+        async with producer:
+            pending = await producer.put(b"x", "k")
+        with pytest.raises(errors.ThrottledError):
+            await pending.result()
+        assert 3 <= producer.stats.throttled_batches <= 4

@@ -47,6 +47,7 @@ SANS_IO = (
     "streamd.groups.state",
     "streamd.groups.assign",
     "streamd.cluster.reshard_fence",
+    "streamd.quotas",
 )
 ASYNC_LIBRARIES = ("trio", "anyio")
 

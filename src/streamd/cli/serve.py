@@ -35,7 +35,58 @@ def register(commands: Any) -> None:
     _add_serve_cluster(serve)
     _add_serve_limits(serve)
     _add_serve_node_limits(serve)
+    _add_serve_quotas(serve)
     serve.set_defaults(handler=_serve)
+
+
+_QUOTA_FLAGS = (  # (flag, QuotaFigures field, what it limits per shard)
+    ("--shard-write-bytes-per-s", "write_bytes_per_s", "bytes written (data + partition key)"),
+    ("--shard-write-records-per-s", "write_records_per_s", "records written"),
+    ("--shard-read-bytes-per-s", "read_bytes_per_s", "bytes returned by polling reads"),
+    ("--shard-read-calls-per-s", "read_calls_per_s", "polling reads (GetRecords, native read)"),
+    ("--shard-fanout-bytes-per-s", "fanout_bytes_per_s", "bytes pushed to each fan-out consumer"),
+)
+
+
+def _add_serve_quotas(serve: argparse.ArgumentParser) -> None:
+    """Per-shard throughput quotas and on-demand scaling (docs/operations.md)."""
+    from ..config import ServerConfig
+
+    serve.add_argument(
+        "--quotas", choices=["off", "kinesis"], default="off",
+        help="per-shard throughput quotas: off (default) or Kinesis' figures (writes 1 MiB/s and "
+        "1000 records/s, reads 2 MiB/s and 5 calls/s, fan-out 2 MiB/s per consumer)",
+    )  # fmt: skip
+    for flag, _, what in _QUOTA_FLAGS:
+        serve.add_argument(
+            flag, type=positive_int, default=None, metavar="N",
+            help=f"per-shard limit on {what} per second (over --quotas' figure)",
+        )  # fmt: skip
+    serve.add_argument(
+        "--on-demand-shards-max", type=positive_int,
+        default=ServerConfig().on_demand_shards_max, metavar="N",
+        help="the most open shards an ON_DEMAND stream is scaled to (default %(default)s)",
+    )  # fmt: skip
+
+
+def _serve_quota_options(args: argparse.Namespace) -> dict[str, Any]:
+    """ServerConfig fields for the quotas. Raises ValueError naming the flag."""
+    from dataclasses import replace
+
+    from streamd_client.errors import StreamdError
+
+    from ..quotas import KINESIS_QUOTAS, QUOTAS_OFF, check_figure
+
+    figures = KINESIS_QUOTAS if args.quotas == "kinesis" else QUOTAS_OFF
+    for flag, name, _ in _QUOTA_FLAGS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            try:
+                check_figure(flag, value)
+            except StreamdError as exc:
+                raise ValueError(exc.message) from None
+            figures = replace(figures, **{name: value})
+    return {"quotas": figures, "on_demand_shards_max": args.on_demand_shards_max}
 
 
 def _add_serve_node_limits(serve: argparse.ArgumentParser) -> None:
@@ -310,6 +361,7 @@ def _serve_config(args: argparse.Namespace) -> Any:
         **kinesis,
         **_serve_cluster_options(args, args.listen, kinesis["kinesis_listen"]),
         **_serve_limit_options(args),
+        **_serve_quota_options(args),
     )
 
 

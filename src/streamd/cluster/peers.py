@@ -116,7 +116,7 @@ class PeerPool:
         outcomes = []
         for item in results:
             if isinstance(item, dict) and "code" in item:
-                outcomes.append(PutOutcome(error=error_from_wire({**item, "details": {}})))
+                outcomes.append(PutOutcome(error=error_from_wire({"details": {}, **item})))
             else:
                 outcomes.append(PutOutcome(str(item["shard_id"]), str(item["sequence"])))
         return outcomes
@@ -131,13 +131,16 @@ class PeerPool:
         wait_ms: int,
         *,
         counted: bool = True,
+        metered: bool = False,
     ) -> ReadResult:
+        """``metered``: a polling read, counted against the shard's read quota there."""
         args: dict[str, Any] = {
             "stream": stream,
             "shard_id": shard_id,
             "from": position.to_wire(),
             "max_bytes": max_bytes,
             "wait_ms": wait_ms,
+            "metered": metered,
         }
         if not counted:
             args["probe"] = True  # the leader leaves it out of its read counts

@@ -64,6 +64,7 @@ from .errors import (
     VALIDATION,
     kinesis_error_of,
 )
+from .fanout_pacing import PacedSource
 from .records import child_shard_doc
 from .streams import resolve_stream
 from .types import GatewayContext, KinesisError, Operation, Streaming
@@ -306,12 +307,13 @@ async def subscribe_to_shard(ctx: GatewayContext, body: dict[str, Any]) -> Strea
         raise kinesis_error_of(exc) from None
     assert isinstance(shard_id, str)
     position = _position_of(body.get("StartingPosition"))
+    arn = _consumer_arn(ctx, consumer)
     events = await open_subscription(
         _fanout(ctx).subscriptions,
-        ctx.engine,
+        PacedSource(ctx.engine, arn),  # each consumer's per-shard quota (fanout_pacing.py)
         consumer.stream_name,
         shard_id,
-        _consumer_arn(ctx, consumer),
+        arn,
         position,
         _codec(ctx),
     )

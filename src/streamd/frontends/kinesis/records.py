@@ -258,8 +258,8 @@ async def get_records(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, An
     meta = ctx.engine.stream_meta(it.stream)
     if meta.stream_id != it.stream_id:
         raise not_found(f"Shard {shard_id} in stream {it.stream} no longer exists (re-created)")
-    read = await ctx.engine.read(
-        it.stream, shard_id, Position.at_offset(it.offset), GET_RECORDS_BYTES_MAX, 0
+    read = await ctx.engine.read(  # over the shard's read quota: THROTTLED (docs/kinesis.md)
+        it.stream, shard_id, Position.at_offset(it.offset), GET_RECORDS_BYTES_MAX, 0, metered=True
     )
     raw = RawRead(
         read.batches,

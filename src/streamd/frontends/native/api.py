@@ -35,6 +35,7 @@ from streamd_client.summary import summary
 
 from ...engine import Engine
 from ...groups.service import GroupService
+from ...quotas import quota_tags
 from ...routing import RecordIn
 from .api_groups import GROUP_HANDLERS
 
@@ -59,6 +60,11 @@ def _arg(args: dict[str, Any], name: str, kind: type, default: Any = ...) -> Any
 
 
 async def _create_stream(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+    mode = _arg(args, "mode", str, "PROVISIONED")
+    if mode not in ("PROVISIONED", "ON_DEMAND"):
+        raise InvalidArgumentError(f"mode must be PROVISIONED or ON_DEMAND: {summary(mode)}")
+    # Per-stream quota figures, kept as the stream's streamd:quota:* tags (quotas.py).
+    tags = quota_tags(_arg(args, "quotas", dict, {}))
     await engine.create_stream(
         _arg(args, "stream", str),
         _arg(args, "shard_count", int),
@@ -66,6 +72,8 @@ async def _create_stream(engine: Engine, args: dict[str, Any]) -> dict[str, Any]
         replication_factor=(
             _arg(args, "replication_factor", int) if "replication_factor" in args else None
         ),
+        tags=tags,
+        mode="ON_DEMAND" if mode == "ON_DEMAND" else "PROVISIONED",
     )
     return {}
 
@@ -120,7 +128,10 @@ async def _put_records(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     for outcome in outcomes:
         if outcome.error is not None:
-            results.append({"code": outcome.error.code, "message": outcome.error.message})
+            failure: dict[str, Any] = {"code": outcome.error.code, "message": outcome.error.message}
+            if outcome.error.details:  # THROTTLED's retry_after_ms among them
+                failure["details"] = outcome.error.details
+            results.append(failure)
         else:
             results.append({"shard_id": outcome.shard_id, "sequence": outcome.sequence})
     failed = sum(1 for o in outcomes if o.error is not None)
@@ -151,10 +162,20 @@ async def _read(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
     shard_id = _arg(args, "shard_id", str)
     position = Position.from_wire(args.get("from"))
     counted = not _arg(args, "probe", bool, False)  # a peer's lag probe (cluster/peers.py)
+    # A polling read, counted against the shard's read quota, unless another node forwards a
+    # lookup of its own (cluster/peers.py says so).
+    metered = _arg(args, "metered", bool, True)
     del args  # a long-poll holds what it parsed, not the request's map (whatever else it held)
     # Not forwarded: a native client goes to the leader itself (NOT_LEADER names it).
     result = await engine.read(
-        stream, shard_id, position, max_bytes, wait_ms, forward=False, counted=counted
+        stream,
+        shard_id,
+        position,
+        max_bytes,
+        wait_ms,
+        forward=False,
+        counted=counted,
+        metered=metered,
     )
     answer: dict[str, Any] = {
         "batches": result.batches,
