@@ -204,3 +204,16 @@ def test_serve_kinesis_account_id_reaches_the_config() -> None:
     for bad in ("12345678901", "1234567890123", "12345678901a", "١٢٣٤٥٦٧٨٩٠١٢"):
         with pytest.raises(ValueError, match="--kinesis-account-id"):
             serve._serve_config(parse("serve", "--kinesis-account-id", bad))
+
+
+def test_serve_quotas_are_off_unless_asked_for() -> None:
+    from streamd.quotas import KINESIS_QUOTAS, QUOTAS_OFF
+
+    assert serve._serve_config(parse("serve")).quotas == QUOTAS_OFF
+    assert serve._serve_config(parse("serve", "--quotas", "kinesis")).quotas == KINESIS_QUOTAS
+    custom = serve._serve_config(
+        parse("serve", "--quotas", "kinesis", "--shard-write-records-per-s", "10")
+    ).quotas
+    assert custom.write_records_per_s == 10 and custom.write_bytes_per_s == 1024 * 1024
+    alone = serve._serve_config(parse("serve", "--shard-read-calls-per-s", "3")).quotas
+    assert alone.read_calls_per_s == 3 and alone.write_bytes_per_s is None
