@@ -365,13 +365,20 @@ class Engine:
                 log.info("shard.replica_stopped", stream=name, shard_id=shard.shard_id)
                 continue
             if replica is not None and assignment is not None:
-                replica.shard = shard
+                replica.adopt(shard)
+                progress = stream.meta.reshard if stream.meta.status == "UPDATING" else None
+                replica.reshard_id = None if progress is None else progress.get("id")
                 replica.follow_assignment(assignment, wiring.lease_valid())
 
     async def _stop_replica(self, replica: ReplicatedShard) -> None:
         assert self._replication is not None
         self._replication.host.remove(replica.driver)
         await replica.close()
+
+    @staticmethod
+    def _shard_here(stream: _Stream, shard_id: str) -> ShardPipeline | ReplicatedShard | None:
+        """The pipeline, or else the replica (led or followed), of ``shard_id`` on this node."""
+        return stream.pipelines.get(shard_id) or stream.replicated.get(shard_id)
 
     def _led_replica(self, stream: _Stream, shard_id: str) -> ReplicatedShard | None:
         """The replica this node serves ``shard_id`` through: one it holds and leads."""
@@ -820,12 +827,6 @@ class Engine:
     def _busy_or(self, name: str) -> _Stream:
         """The stream, unless another metadata change holds it. Raises ResourceInUseError."""
         stream = self._stream(name)
-        if self._replicates(stream.meta):
-            raise InvalidArgumentError(
-                f"stream {name!r} is replicated (replication factor "
-                f"{stream.meta.replication_factor}): resharding a replicated stream is not "
-                "supported yet"
-            )
         # Cluster mode: the follower holds the lock for a moment whenever it applies the
         # catalog, so only a reshard this node runs refuses at once (others: ``_active``).
         busy = name in self._runs if self.clustered else stream.lock.locked()
@@ -985,7 +986,7 @@ class Engine:
         routes follow. Caller holds ``stream.lock``."""
         stream.meta = meta
         for shard in meta.shards:
-            pipeline = stream.pipelines.get(shard.shard_id)
+            pipeline = self._shard_here(stream, shard.shard_id)
             if pipeline is not None and not shard.is_open and pipeline.shard.is_open:
                 self._seal_holds.drop(meta.name, shard.shard_id)
                 pipeline.close_shard(shard)
@@ -1139,7 +1140,7 @@ class Engine:
         """Seal one parent where it is led; returns its ending offset. ``sealed`` notes each
         parent asked (before the answer: an interrupted request may have sealed it)."""
         name = stream.meta.name
-        if shard_id in stream.pipelines:
+        if shard_id in stream.pipelines or self._led_replica(stream, shard_id):
             sealed.append((shard_id, LOCAL))
             return await self.seal_shard(name, shard_id, hold_ms=SEAL_HOLD_MS, token=token)
         location = self.locator.locate(name, shard_id)
@@ -1181,7 +1182,7 @@ class Engine:
         if not 1 <= len(token) <= _TOKEN_CHARS_MAX:
             raise InvalidArgumentError(f"token must be 1..{_TOKEN_CHARS_MAX} characters")
         stream = self._stream(name)
-        pipeline = stream.pipeline(shard_id)
+        pipeline = self._led_replica(stream, shard_id) or stream.pipeline(shard_id)
         if not pipeline.shard.is_open:
             raise InvalidArgumentError(f"shard {shard_id} is closed", shard_id=shard_id)
         self._seal_holds.drop(name, shard_id)
@@ -1203,7 +1204,7 @@ class Engine:
         if not self._seal_holds.drop(name, shard_id, token):
             return False
         stream = self.streams.get(name)
-        pipeline = None if stream is None else stream.pipelines.get(shard_id)
+        pipeline = None if stream is None else self._shard_here(stream, shard_id)
         if stream is not None and pipeline is not None and pipeline.shard.is_open:
             pipeline.unseal()
             stream.signal_reshaped()
@@ -1237,7 +1238,7 @@ class Engine:
         log.warning("reshard.seal_released", stream=name, shard_id=shard_id, decision=decided.value)
         if decided is reshard_fence.Release.CLOSED:
             return
-        pipeline = stream.pipelines.get(shard_id)
+        pipeline = self._shard_here(stream, shard_id)
         if pipeline is not None and pipeline.shard.is_open:
             pipeline.unseal()
             stream.signal_reshaped()

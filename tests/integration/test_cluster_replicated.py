@@ -7,8 +7,9 @@
   (epoch + 1), writes resume on its shards, every acknowledged record is read back, and the
   time from the kill to the first acknowledged write on those shards is printed; the killed
   node restarts as a follower and catches up (its replica log holds every acknowledged record);
-* refusals: replication factor 2 or more without a cluster, 0 or 6, and resharding a replicated
-  stream answer INVALID_ARGUMENT.
+* a split and a merge of a replicated stream from other nodes than the writer's: children get
+  three replicas, every record is read back once, per-key order holds along the lineage;
+* refusals: replication factor 0 or 6 answer INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -124,12 +125,46 @@ async def test_refusals(cluster: LocalCluster) -> None:
         for rf in (0, 6):
             with pytest.raises(InvalidArgumentError, match="replication factor"):
                 await client.create_stream(stream_name("bad"), 1, replication_factor=rf)
-        name = stream_name("noresh")
+
+
+async def test_split_and_merge_a_replicated_stream(cluster: LocalCluster) -> None:
+    """A split and a merge of an RF 3 stream, run through node 2 while node 1 takes writes:
+    parents close at their ending offsets, children get three replicas, every record put
+    before and after is read back once, in order per key along the lineage."""
+    name = stream_name("resh")
+    async with connect(cluster.bootstrap) as client:
         await client.create_stream(name, 2, replication_factor=3)
-        shard_id = min(await wait_served(client, name, 2))
-        with pytest.raises(InvalidArgumentError, match="replicated"):
-            await client.split_shard(name, shard_id)
-        await client.delete_stream(name)
+        first = min(await wait_served(client, name, 2))
+        acked: dict[str, list[tuple]] = {}
+        for i in range(60):
+            shard_id, sequence = await put_until_acked(client, name, f"k{i % 7}", bytes([i]))
+            acked.setdefault(shard_id, []).append((sequence, f"k{i % 7}", bytes([i])))
+    async with connect(cluster.endpoint(2)) as admin:
+        children = await admin.split_shard(name, first)
+        assert len(children) == 2
+    async with connect(cluster.bootstrap) as client:
+        served = await wait_served(client, name, 4)
+        for i in range(60, 120):
+            shard_id, sequence = await put_until_acked(client, name, f"k{i % 7}", bytes([i]))
+            acked.setdefault(shard_id, []).append((sequence, f"k{i % 7}", bytes([i])))
+        assert set(children) <= set(acked), "the children took writes"
+    async with connect(cluster.endpoint(3)) as admin:
+        merged = await admin.merge_shards(name, children[0], children[1])
+    async with connect(cluster.bootstrap) as client:
+        served = await wait_served(client, name, 5)
+        for i in range(120, 150):
+            shard_id, sequence = await put_until_acked(client, name, f"k{i % 7}", bytes([i]))
+            acked.setdefault(shard_id, []).append((sequence, f"k{i % 7}", bytes([i])))
+        assert merged in acked
+        found = await read_all(cluster.endpoint(1), name, list(served))
+        await client.delete_stream(name)  # the offline check of the last test finds one stream
+    for shard_id, rows in acked.items():
+        assert sorted(found[shard_id], key=lambda r: int(r[0])) == rows, shard_id
+    # Per key, along the lineage (parent before children before the merged shard): put order.
+    lineage = [first, *children, merged]
+    for key in {row[1] for rows in acked.values() for row in rows}:
+        seen = [row[2] for s in lineage for row in found.get(s, []) if row[1] == key]
+        assert seen == sorted(seen), key
 
 
 async def test_replicated_writes_survive_killing_a_leader(cluster: LocalCluster) -> None:

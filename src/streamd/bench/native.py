@@ -78,6 +78,13 @@ def add_parser(commands: Any, add_endpoint: Callable[[argparse.ArgumentParser], 
         sub.add_argument("--repeat", type=int, default=3, metavar="K", help="median of K runs")
         sub.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
         sub.add_argument("--json", action="store_true", help="print one JSON document")
+        sub.add_argument(
+            "--replication-factor",
+            type=int,
+            default=None,
+            metavar="N",
+            help="replicas per shard of the bench's stream (a cluster --endpoint)",
+        )
     produce.add_argument("--shards", type=int, default=4, metavar="S")
     produce.add_argument("--linger-ms", type=int, default=5)
     produce.add_argument("--batch-records-max", type=int, default=500)
@@ -190,7 +197,7 @@ async def _produce_once(args: argparse.Namespace, target: Target) -> dict[str, A
     payloads, keys = _payloads(args.record_bytes), _keys()
     stream = f"bench-{uuid.uuid4().hex[:12]}"
     async with connect(target.endpoint) as client:
-        await client.create_stream(stream, args.shards)
+        await client.create_stream(stream, args.shards, replication_factor=args.replication_factor)
         try:
             bulk = await _bulk_produce(args, target, client, stream, payloads, keys)
             _progress(
@@ -262,7 +269,7 @@ async def _consume_once(args: argparse.Namespace, target: Target) -> dict[str, A
 
     stream = f"bench-{uuid.uuid4().hex[:12]}"
     async with connect(target.endpoint) as client:
-        await client.create_stream(stream, 1)
+        await client.create_stream(stream, 1, replication_factor=args.replication_factor)
         try:
             shard_id = (await client.describe_stream(stream)).shards[0].shard_id
             await _prefill(args, client, stream)

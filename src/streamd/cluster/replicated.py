@@ -26,9 +26,16 @@ core stamps offset and epoch in the ``StoredBatch``; a read puts them into the p
 
 **Reads** are the leader's, below its high watermark; the epoch-start control batch each
 leader writes takes one offset and is never returned (sequence numbers have a gap there, which
-Kinesis allows). Not yet on replicated shards: retention (the log keeps everything), AT_TIMESTAMP
-by index (it scans from the start), resharding, quarantine (the engine refuses those with a
-clear error), and a tail cache.
+Kinesis allows).
+
+**Resharding** seals a parent on its leader (``seal``: no new writes, the writes under way
+answered, then a control batch committed in the leader's epoch, which only a leader of a
+majority can do) and closes it at the offset after that batch. A replica that starts leading
+while its stream's reshard is under way refuses writes until that reshard ends: its predecessor
+may have been sealed by a step whose switch is still coming.
+
+Not yet on replicated shards: retention (the log keeps everything), AT_TIMESTAMP by index (it
+scans from the start), quarantine, and a tail cache.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ import trio
 from streamd_client import batch as batchfmt
 from streamd_client.errors import (
     InvalidSequenceNumberError,
+    RequestTimeoutError,
     ShardClosedError,
     ShardUnavailableError,
 )
@@ -115,11 +123,15 @@ class ReplicatedWrite:
 
     async def wait(self) -> tuple[int, int, bool]:
         """(base offset, record count, duplicate) once committed on a majority."""
-        driver = self.shard.driver
-        if self.write_id is None:
-            await driver.wait_serving(SERVING_WAIT_S)
-            self.write_id = driver.begin_write(self.batch)
-        done = await driver.wait_write(self.write_id)
+        shard, driver = self.shard, self.shard.driver
+        try:
+            if self.write_id is None:
+                await driver.wait_serving(SERVING_WAIT_S)
+                shard.check_writable()  # sealed meanwhile: never begun, so never past the end
+                self.write_id = driver.begin_write(self.batch)
+            done = await driver.wait_write(self.write_id)
+        finally:
+            shard.writes_finished(1)
         return done.base_offset, self.record_count, done.duplicate
 
 
@@ -155,6 +167,15 @@ class ReplicatedShard:
             config=driver_config,
         )
         self._led_term = 0  # the controller term this replica was last asked to lead
+        # Resharding. ``reshard_id``: the stream's reshard under way (the engine keeps it). A
+        # seal refuses new writes; a replica that starts leading while a reshard is under way
+        # refuses them until that reshard ends (``_lead_fence``): a seal its predecessor took
+        # may be about to close the shard at an end this leader never saw.
+        self.reshard_id: str | None = None
+        self._lead_fence: str | None = None
+        self._sealed = False
+        self._writes = 0  # writes made, not yet answered (a seal waits for them)
+        self._writes_done = trio.Event()
         self._tip_ms = 0  # arrival time of the newest record written through this node
         self._scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
@@ -220,6 +241,9 @@ class ReplicatedShard:
         ):
             return
         self._led_term = term
+        # Term 1 is the shard's first leader (a new stream's, or a reshard's child): nobody
+        # before it can have been sealed.
+        self._lead_fence = self.reshard_id if term > 1 else None
         epoch = lead_epoch(term, self.driver.epoch)
         if epoch is None:
             self._log.error("replicated.no_epoch_left", term=term, persisted=self.driver.epoch)
@@ -270,6 +294,24 @@ class ReplicatedShard:
         return write
 
     def _check_open(self) -> None:
+        self.check_writable()
+        self._writes += 1
+
+    def writes_finished(self, count: int) -> None:
+        self._writes -= count
+        assert self._writes >= 0
+        if not self._writes:
+            self._writes_done.set()
+            self._writes_done = trio.Event()
+
+    def check_writable(self) -> None:
+        """Raises ShardClosedError (closed, sealed, or fenced by a reshard: the engine routes
+        the records again once the reshard's switch or undo is known), ShardUnavailableError."""
+        fenced = self._lead_fence is not None and self._lead_fence == self.reshard_id
+        if self._sealed or fenced:
+            raise ShardClosedError(
+                f"shard {self.shard.shard_id} is being resharded", shard_id=self.shard.shard_id
+            )
         if not self.shard.is_open:
             raise ShardClosedError(
                 f"shard {self.shard.shard_id} is closed", shard_id=self.shard.shard_id
@@ -280,6 +322,41 @@ class ReplicatedShard:
                 stream=self.stream,
                 shard_id=self.shard.shard_id,
             )
+
+    # -- resharding ---------------------------------------------------------------------------
+
+    async def seal(self, timeout_s: float) -> int:
+        """Refuse new writes, wait for those under way, then commit a control batch in this
+        leader's epoch: it commits only while this replica leads a majority (a deposed leader
+        fails here, NOT_LEADER), so every acknowledged write lies below the ending offset it
+        returns, and a later leader was elected after the seal (and fences itself: see
+        ``_lead_fence``). ``unseal`` undoes it. Raises RequestTimeoutError, NotLeaderError,
+        ShardUnavailableError; the shard stays sealed either way (the caller unseals)."""
+        assert self.shard.is_open
+        self._sealed = True
+        try:
+            with trio.fail_after(timeout_s):
+                while self._writes:
+                    await self._writes_done.wait()
+                marker = make_batch(0, 1, 0, b"", control=True)
+                done = await self.driver.write(marker, timeout_s=timeout_s)
+        except trio.TooSlowError:
+            raise RequestTimeoutError(
+                f"shard {self.shard.shard_id}'s writes did not finish in {timeout_s} s"
+            ) from None
+        return done.base_offset + 1
+
+    def unseal(self) -> None:
+        self._sealed = False
+
+    def adopt(self, shard: ShardMeta) -> None:
+        """The catalog's version of this shard (closed by a reshard's switch: its seal ends)."""
+        assert shard.shard_id == self.shard.shard_id
+        if self.shard.is_open and not shard.is_open:
+            self._sealed = False
+        self.shard = shard
+
+    close_shard = adopt
 
     def sequence_of(self, offset: int) -> str:
         return make_sequence(self.shard.index, offset)
@@ -299,6 +376,10 @@ class ReplicatedShard:
         if offset >= driver.hw and wait_ms > 0:
             await driver.wait_for_hw(offset, wait_ms / 1000)
         stored, hw = await driver.read(offset, READ_BATCHES_MAX)
+        ending = self.shard.ending_offset
+        if ending is not None:  # closed: what lies past the end was never acknowledged
+            hw = min(hw, ending)
+            stored = tuple(sb for sb in stored if sb.next_offset <= ending)
         batches: list[bytes] = []
         size, next_offset, last_ms = 0, offset, 0
         for sb in stored:
@@ -322,15 +403,17 @@ class ReplicatedShard:
             size += len(sb.payload)
             next_offset, last_ms = sb.next_offset, header.last_arrival_ms
         tip_ms = max(self._tip_ms, last_ms)
+        next_offset = max(next_offset, offset)
         if counted and batches:
             metrics.RECORDS_READ.labels(self.stream).inc(next_offset - offset)
             metrics.BYTES_READ.labels(self.stream).inc(size)
         return ReadResult(
             batches,
             offset,
-            max(next_offset, offset),
+            next_offset,
             hw,
             millis_behind(tip_ms, last_ms, next_offset, hw),
+            shard_end=ending is not None and next_offset >= ending,
             tip_arrival_ms=tip_ms,
         )
 
