@@ -111,6 +111,7 @@ _CLUSTER_REROUTE_ROUNDS_MAX = 16
 _REROUTE_PAUSE_S = 0.05
 TAGS_PER_STREAM_MAX = 50
 RF_MAX = 5  # replicas per shard: a majority of 5 rides out two lost nodes
+RF_TAG = "streamd:replication-factor"  # on create (Kinesis CreateStream has no such field)
 TAG_KEY_CHARS_MAX = 128
 TAG_VALUE_CHARS_MAX = 256
 
@@ -585,11 +586,12 @@ class Engine:
     ) -> None:
         """Raises InvalidArgumentError (and subclasses), LimitExceededError, StreamExistsError.
 
-        ``replication_factor``: replicas per shard (cluster mode only; default the server's
-        ``--replication-factor``, 1 in the embedded default)."""
+        ``replication_factor``: replicas per shard (cluster mode only), else the tag
+        ``streamd:replication-factor`` (how Kinesis CreateStream asks), else the server's
+        ``--replication-factor`` (at most the nodes live now), 1 in the embedded default."""
         check_stream_name(name)
         if replication_factor is None:
-            replication_factor = self.config.replication_factor if self.clustered else 1
+            replication_factor = self._default_replication_factor(tags or {})
         self._check_replication_factor(replication_factor)
         check_shard_count(shard_count)
         check_retention_hours(retention_hours)
@@ -615,6 +617,16 @@ class Engine:
                         await self._undo_create(meta, exc)
                     raise
         log.info("stream.created", stream=name, shards=shard_count, retention_hours=retention_hours)
+
+    def _default_replication_factor(self, tags: dict[str, str]) -> int:
+        asked = tags.get(RF_TAG)
+        if asked is not None:
+            if not asked.isdigit() or len(asked) > 1:
+                raise InvalidArgumentError(f"tag {RF_TAG} must be a number 1..{RF_MAX}")
+            return int(asked)
+        if self._replication is None:
+            return 1
+        return max(1, min(self.config.replication_factor, self._replication.live_nodes()))
 
     def _check_replication_factor(self, replication_factor: int) -> None:
         if type(replication_factor) is not int or not 1 <= replication_factor <= RF_MAX:

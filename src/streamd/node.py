@@ -102,6 +102,7 @@ class ClusterParts:
             shard_map.assignment,
             lambda: shard_map.lease_valid(),
             refresh_ids,
+            lambda: len(shard_map.node_addresses()),
         )
 
 

@@ -9,6 +9,8 @@
   node restarts as a follower and catches up (its replica log holds every acknowledged record);
 * a split and a merge of a replicated stream from other nodes than the writer's: children get
   three replicas, every record is read back once, per-key order holds along the lineage;
+* the cluster default is 3, and Kinesis CreateStream sets it with the tag
+  ``streamd:replication-factor``;
 * refusals: replication factor 0 or 6 answer INVALID_ARGUMENT.
 """
 
@@ -29,6 +31,8 @@ from streamd.storage.filestore import FileLogStore
 from streamd.testing.cluster import LocalCluster
 from streamd_client import Client, Position, connect
 from streamd_client.errors import InvalidArgumentError, StreamdError
+
+from .aws import kinesis_client
 
 PLACE_TIMEOUT_S = 20.0
 RESUME_TIMEOUT_S = 30.0
@@ -125,6 +129,26 @@ async def test_refusals(cluster: LocalCluster) -> None:
         for rf in (0, 6):
             with pytest.raises(InvalidArgumentError, match="replication factor"):
                 await client.create_stream(stream_name("bad"), 1, replication_factor=rf)
+
+
+async def test_replication_factor_defaults_to_3_and_a_kinesis_tag_sets_it(
+    cluster: LocalCluster,
+) -> None:
+    kinesis = kinesis_client(cluster.node(2))
+    tagged, plain = stream_name("tag1"), stream_name("dflt")
+    kinesis.create_stream(StreamName=tagged, ShardCount=1, Tags={"streamd:replication-factor": "1"})
+    kinesis.create_stream(StreamName=plain, ShardCount=1)
+    async with connect(cluster.bootstrap) as client:
+        with trio.fail_after(PLACE_TIMEOUT_S):
+            while True:
+                one = await described_shards(client, tagged)
+                three = await described_shards(client, plain)
+                if one[0].get("replicas") and len(three[0].get("replicas") or []) == 3:
+                    break
+                await trio.sleep(0.05)
+        assert len(one[0]["replicas"]) == 1
+        for name in (tagged, plain):
+            await client.delete_stream(name)
 
 
 async def test_split_and_merge_a_replicated_stream(cluster: LocalCluster) -> None:

@@ -327,7 +327,9 @@ async def test_a_killed_node_makes_only_its_shards_unavailable_and_serves_them_a
         return per_shard
 
     async with connect(cluster.endpoint(1)) as client:
-        await client.create_stream(stream, SHARDS)
+        # One copy per shard: a killed node's shards have nowhere to fail over (RF 3 failover
+        # is test_cluster_replicated.py's).
+        await client.create_stream(stream, SHARDS, replication_factor=1)
         leaders = await wait_placed(client, stream, set(NODES))
         described = (await client.call("describe_stream", {"stream": stream}))["stream"]
         ranges.extend(

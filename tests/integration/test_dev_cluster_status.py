@@ -77,7 +77,8 @@ def test_cluster_status_shows_the_dev_cluster_s_three_nodes_live_with_a_controll
             assert f"127.0.0.1:{kinesis}" in rows[node_id]
         assert ("*" in rows[doc["controller"]]) and sum("*" in r for r in rows.values()) == 1
 
-        # A 12-shard stream made through node1: placed 4/4/4, each node leading its 4.
+        # A 12-shard stream made through node1: every node holds a replica of each (the
+        # cluster default replication factor is 3) and leads 4.
         first = f"{nodes['node1'][0]}:{nodes['node1'][1]}"
         made = subprocess.run(
             [sys.executable, "-m", "streamd", "--endpoint", first, "stream", "create", "demo",
@@ -92,10 +93,10 @@ def test_cluster_status_shows_the_dev_cluster_s_three_nodes_live_with_a_controll
                 break
             assert time.monotonic() < deadline, doc
             time.sleep(0.2)
-        assert [(n["replicas"], n["leaders"]) for n in doc["nodes"]] == [(4, 4)] * 3, doc
+        assert [(n["replicas"], n["leaders"]) for n in doc["nodes"]] == [(12, 4)] * 3, doc
         text = cluster_status(url).stdout
         assert "shards: 12 (0 unavailable, 0 unassigned)" in text
-        assert all(line.split()[-2:] == ["4", "4"] for line in text.splitlines()[3:]), text
+        assert all(line.split()[-2:] == ["12", "4"] for line in text.splitlines()[3:]), text
 
         kids = children(process.pid)
         os.killpg(process.pid, signal.SIGINT)

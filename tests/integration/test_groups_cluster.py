@@ -117,7 +117,9 @@ async def _scenario(cluster: LocalCluster) -> None:
     workers: dict[str, GroupWorker] = {}
     try:
         async with connect(cluster.endpoint(1)) as admin, anyio.create_task_group() as tasks:
-            await admin.create_stream(STREAM, SHARDS)
+            # One copy per shard: the dead node's shards stay unreadable, which the lag checks
+            # below look at (groups over a replicated stream: scenarios/).
+            await admin.create_stream(STREAM, SHARDS, replication_factor=1)
             await admin.wait_for_active(STREAM, PLACED_S_MAX)
             sent = 0
             while sent < 300:

@@ -179,8 +179,12 @@ def _add_serve_cluster(serve: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     serve.add_argument(
         "--replication-factor", type=int, default=None, metavar="N",
-        help="replicas per shard of a stream created without saying (cluster; default 1)",
+        help="replicas per shard of a stream created without saying (cluster; default 3, "
+        "at most the nodes live at its creation)",
     )  # fmt: skip
+
+
+RF_CLUSTER_DEFAULT = 3  # a majority of 3 rides out one lost node
 
 
 def _serve_cluster_options(
@@ -233,7 +237,7 @@ def _serve_cluster_options(
         advertise_kinesis = _advertised(
             "--advertise-kinesis", args.advertise_kinesis, "--kinesis-listen", kinesis_listen, 4567
         )
-    rf = 1 if args.replication_factor is None else args.replication_factor
+    rf = RF_CLUSTER_DEFAULT if args.replication_factor is None else args.replication_factor
     if not 1 <= rf <= 5:
         raise ValueError(f"--replication-factor {rf}: replicas per shard are 1..5")
     return {

@@ -88,6 +88,7 @@ class ReplicationWiring:
     assignment: Callable[[str, str], ShardAssignment | None]  # the shards/ document
     lease_valid: Callable[[], bool]  # this node's membership lease may still hold
     refresh_ids: Callable[[], None]  # learn the nodes' addresses again (replica id -> node)
+    live_nodes: Callable[[], int]  # nodes registered now (a default RF is at most that)
 
 
 def replica_dir(shard_directory: Path) -> Path:
