@@ -83,6 +83,25 @@ class ServerConfig:
     replication_factor: int = 1
     cluster_namespace: str = "streamd/"  # etcd key prefix, so clusters (tests) share one etcd
     cluster_id: str | None = None  # None: join whatever cluster etcd holds (or found one)
+    # Security (docs/security.md). TLS on a listener when its cert and key are set; a client
+    # CA set: clients must present a certificate it signed (mutual TLS). The CLI defaults the
+    # gateway's files to the native listener's.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    kinesis_tls_cert: Path | None = None
+    kinesis_tls_key: Path | None = None
+    kinesis_tls_client_ca: Path | None = None
+    # Principals, their keys and policies (TOML, mode 600; re-read on SIGHUP). Set: the native
+    # handshake must authenticate and every request of both protocols is authorized.
+    credentials_file: Path | None = None
+    # Cluster mode, the client side of this node's connections to other nodes and to etcd:
+    # the CA that signed their certificates, and this node's certificate (mutual TLS); the
+    # access key id this node signs in to the others with (its secret: in credentials_file).
+    cluster_tls_ca: Path | None = None
+    cluster_tls_cert: Path | None = None
+    cluster_tls_key: Path | None = None
+    node_access_key: str | None = None
 
     @property
     def listen(self) -> str:

@@ -60,6 +60,7 @@ from .meta.errors import MetaError
 from .meta.etcd import EtcdMetaStore
 from .monitoring import ShardMetricsCollector
 from .replication.transport import PeerTransport, ReplicaHost, ReplicaIdCollision, ReplicaIds
+from .security.setup import NodeSecurity, open_node_security
 from .startup import StartupError, bind_error, lock_data_dir, prepare_data_dir
 
 log = structlog.get_logger(__name__)
@@ -132,9 +133,12 @@ def build_parts(
 
 
 @asynccontextmanager
-async def open_cluster_parts(config: ServerConfig, store: MetaStore) -> AsyncIterator[ClusterParts]:
+async def open_cluster_parts(
+    config: ServerConfig, store: MetaStore, security: NodeSecurity | None = None
+) -> AsyncIterator[ClusterParts]:
     assert config.node_id is not None and config.advertise is not None
-    async with open_peer_pool() as peers, trio.open_nursery() as senders:
+    peer_security = None if security is None else security.peers
+    async with open_peer_pool(peer_security) as peers, trio.open_nursery() as senders:
         ids = ReplicaIds()
         # lease_valid is bound once the node has joined (``_run_cluster``).
         yield ClusterParts(
@@ -179,12 +183,14 @@ async def _sweep_idle_peers(peers: PeerPool) -> None:
         await peers.close_idle()
 
 
-async def _open_store(config: ServerConfig) -> MetaStore:
+async def _open_store(config: ServerConfig, security: NodeSecurity) -> MetaStore:
     if config.cluster is None:
         return _open_meta_store(config)
     try:
         with trio.fail_after(10):
-            return await EtcdMetaStore.connect(config.cluster, namespace=config.cluster_namespace)
+            return await EtcdMetaStore.connect(
+                config.cluster, namespace=config.cluster_namespace, tls=security.etcd_tls
+            )
     except (MetadataUnavailableError, TimeoutError) as exc:
         raise StartupError(
             f"--cluster {','.join(config.cluster)}: etcd does not answer ({exc}); start etcd, "
@@ -269,20 +275,21 @@ async def serve(
 
     Raises StartupError (streamd/startup.py) for what stops it before it is ready.
     """
+    security = open_node_security(config)  # every TLS and credentials file, read once here
     prepare_data_dir(config.data_dir)
     lock_fd = lock_data_dir(config.data_dir)
     metrics.watch_data_dir(config.data_dir)  # disk space, read at each scrape
     node_limits.raise_nofile_limit()  # soft to hard: the shard budget is computed from it
     try:
-        store = await _open_store(config)
+        store = await _open_store(config, security)
     except BaseException:
         os.close(lock_fd)
         raise
     try:
-        async with _cluster_parts(config, store) as cluster:
+        async with _cluster_parts(config, store, security) as cluster:
             parts = build_parts(config, store, cluster)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                listeners, gateway = await _bind_all(config, parts.engine)
+                listeners, gateway = await _bind_all(config, parts.engine, security)
                 try:
                     async with _membership(config, store) as membership:
                         lost = await _run_node(
@@ -295,6 +302,7 @@ async def serve(
                             gateway,
                             signals,
                             task_status,
+                            security,
                         )
                 finally:  # closed already once served; not if the node never got that far
                     for listener in listeners + (gateway[1] if gateway else []):
@@ -316,6 +324,7 @@ async def _run_node(
     gateway: tuple[Gateway, list[trio.SocketListener]] | None,
     signals: AsyncIterator[int],
     task_status: trio.TaskStatus[tuple[str, int]],
+    security: NodeSecurity,
 ) -> bool:
     """Start every part, serve until a signal (or, in a cluster, the loss of this node's
     membership), then shut down in order. Returns whether the membership was lost."""
@@ -336,7 +345,8 @@ async def _run_node(
             root.start_soon(parts.groups.run)
             if gateway is not None:  # its body decoder's workers, before its listener
                 await root.start(gateway[0].run)
-            server = Server(config, parts.handlers)
+            await root.start(security.reload_on_sighup)  # certificates and credentials
+            server = Server(config, parts.handlers, guard=security.guard, tls=security.native_tls)
             host, port = listeners[0].socket.getsockname()[:2]
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as accept:
@@ -373,12 +383,12 @@ async def _run_node(
 
 @asynccontextmanager
 async def _cluster_parts(
-    config: ServerConfig, store: MetaStore
+    config: ServerConfig, store: MetaStore, security: NodeSecurity
 ) -> AsyncIterator[ClusterParts | None]:
     if config.cluster is None:
         yield None
         return
-    async with open_cluster_parts(config, store) as cluster:
+    async with open_cluster_parts(config, store, security) as cluster:
         yield cluster
 
 
@@ -394,14 +404,14 @@ def _open_meta_store(config: ServerConfig) -> SqliteMetaStore:
 
 
 async def _bind_all(
-    config: ServerConfig, engine: Engine
+    config: ServerConfig, engine: Engine, security: NodeSecurity
 ) -> tuple[list[trio.SocketListener], tuple[Gateway, list[trio.SocketListener]] | None]:
     """Bind every address before any stream is opened, so that a taken port is said at once
     and not after a long recovery. Raises StartupError; nothing stays bound then."""
     listeners = await _open_native(config)
     gateway = None
     try:
-        gateway = await _open_kinesis(config, engine)
+        gateway = await _open_kinesis(config, engine, security)
         _serve_metrics(config, engine)  # last: its thread cannot be stopped
     except BaseException:
         for listener in listeners + (gateway[1] if gateway else []):
@@ -430,14 +440,16 @@ def _serve_metrics(config: ServerConfig, engine: Engine) -> None:
 
 
 async def _open_kinesis(
-    config: ServerConfig, engine: Engine
+    config: ServerConfig, engine: Engine, security: NodeSecurity
 ) -> tuple[Gateway, list[trio.SocketListener]] | None:
     """Bind the Kinesis gateway's listener, if configured. Raises StartupError if the address
     is taken (kinesalite runs on 4567 too): ``--kinesis-listen off`` or another port."""
     if config.kinesis_listen is None:
         return None
     try:
-        return await open_gateway_listeners(config, engine)
+        return await open_gateway_listeners(
+            config, engine, guard=security.guard, tls=security.kinesis_tls
+        )
     except OSError as exc:
         raise bind_error(
             "--kinesis-listen",

@@ -12,6 +12,7 @@
 """
 
 from . import errors, group_errors  # group_errors registers its wire codes
+from .auth import Credentials
 from .client import Client, connect
 from .consumer import ShardReader
 from .model import Position
@@ -36,6 +37,7 @@ __all__ = [
     "AppendResult",
     "ChildShard",
     "Client",
+    "Credentials",
     "PendingPut",
     "Position",
     "Producer",

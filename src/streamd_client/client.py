@@ -27,6 +27,7 @@ is closed.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -36,6 +37,7 @@ import anyio.abc
 
 from . import model, wire
 from ._tasks import background_task_group
+from .auth import Credentials
 from .client_api import READ_BYTES_MAX_DEFAULT
 from .connection import (
     REQUESTS_IN_FLIGHT_MAX_DEFAULT,
@@ -69,6 +71,7 @@ from .results import (
     stream_from_wire,
 )
 from .router import Router, ShardKey
+from .security import PathArg, Security, security_for
 from .stream_reader import StreamReader
 
 CONNECT_TIMEOUT_S_DEFAULT: Final = 5.0
@@ -90,24 +93,41 @@ async def connect(
     connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT,
     request_timeout_s: float = REQUEST_TIMEOUT_S_DEFAULT,
     requests_in_flight_max: int = REQUESTS_IN_FLIGHT_MAX_DEFAULT,
+    ca: PathArg | None = None,
+    cert: PathArg | None = None,
+    key: PathArg | None = None,
+    tls: ssl.SSLContext | None = None,
+    credentials: Credentials | tuple[str, str] | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to ``"host:port"`` or a bootstrap list ``"h1:7070,h2:7070"`` and yield a
     Client; its connections close on exit.
+
+    ``"tls://host:port[,...]"`` connects with TLS, verifying the server's certificate against
+    ``ca`` (PEM; the system's trust store when None) and its name against the host;
+    ``cert``/``key`` present a client certificate (mutual TLS); ``tls`` takes a ready
+    ``ssl.SSLContext`` instead. ``credentials`` (access key id, secret) sign in to a server
+    that requires it (docs/protocol.md, "Authentication"); the secret never crosses the wire.
 
     Connects eagerly, so a wrong endpoint fails here: each address of the list in turn, each
     within ``connect_timeout_s``, until one answers. With one address, its error is raised as
     is; with several, the first one that retrying cannot fix (a ProtocolError: say, an HTTP
     port), else a ConnectionLostError naming every address and why it failed.
     Raises: InvalidArgumentError (endpoint), ConnectionLostError (cannot connect),
-    RequestTimeoutError, UnsupportedVersionError, ProtocolError.
+    RequestTimeoutError, UnsupportedVersionError, ProtocolError, TlsHandshakeError,
+    TlsRequiredError, UnauthenticatedError (at the first call, when the server requires
+    credentials and none or wrong ones were given).
     """
+    addresses, security = security_for(
+        endpoint, ca=ca, cert=cert, key=key, tls=tls, credentials=credentials
+    )
     async with background_task_group() as task_group:
         client = Client(
-            endpoint,
+            addresses,
             task_group,
             connect_timeout_s=connect_timeout_s,
             request_timeout_s=request_timeout_s,
             requests_in_flight_max=requests_in_flight_max,
+            security=security,
         )
         try:
             await client.connection()
@@ -127,9 +147,11 @@ class Client:
         connect_timeout_s: float,
         request_timeout_s: float,
         requests_in_flight_max: int,
+        security: Security | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.endpoints = parse_bootstrap(endpoint)  # the bootstrap list, in order
+        self.security = security or Security()
         self.connect_timeout_s = connect_timeout_s
         self.request_timeout_s = request_timeout_s
         self.requests_in_flight_max = requests_in_flight_max
@@ -147,6 +169,7 @@ class Client:
                 connect_timeout_s=connect_timeout_s,
                 request_timeout_s=request_timeout_s,
                 requests_in_flight_max=requests_in_flight_max,
+                security=self.security,
             ),
         )
 
@@ -207,6 +230,7 @@ class Client:
                     connect_timeout_s=self.connect_timeout_s,
                     request_timeout_s=self.request_timeout_s,
                     requests_in_flight_max=self.requests_in_flight_max,
+                    security=self.security,
                 )
             except StreamdError as exc:
                 if count == 1:

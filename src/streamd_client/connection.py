@@ -21,12 +21,14 @@ timeout), ``request_timeout_s`` for each request, the peer's ``frame_bytes_max``
 
 from __future__ import annotations
 
+import ssl
 from typing import Any, Final
 
 import anyio
 import anyio.abc
+from anyio.streams.tls import TLSStream
 
-from . import wire
+from . import auth, wire
 from .errors import (
     ConnectionLostError,
     InvalidArgumentError,
@@ -35,10 +37,14 @@ from .errors import (
     RequestTimeoutError,
     RequestTooLargeError,
     StreamdError,
+    TlsHandshakeError,
+    TlsRequiredError,
+    UnauthenticatedError,
     UnsupportedVersionError,
     error_from_wire,
 )
 from .results import field
+from .security import Security
 
 CLIENT_NAME: Final = "streamd-client/0.1"
 REQUESTS_IN_FLIGHT_MAX_DEFAULT: Final = 1024  # the server's per-connection bound
@@ -64,8 +70,8 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     if sep:
         raise InvalidArgumentError(
             f"endpoint {endpoint!r:.100} is a URL ({scheme:.20}://); the native protocol takes "
-            "host:port, the server's --listen address (127.0.0.1:7070 by default); http:// URLs "
-            "are for its Kinesis API (boto3, aws --endpoint-url)"
+            "host:port (tls://host:port for TLS), the server's --listen address (127.0.0.1:7070 "
+            "by default); http:// URLs are for its Kinesis API (boto3, aws --endpoint-url)"
         )
     host, sep, port = endpoint.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
@@ -123,6 +129,9 @@ class Connection:
         self.request_timeout_s = request_timeout_s
         self.frame_bytes_max = wire.FRAME_BYTES_MAX_DEFAULT  # the server's, from hello
         self.server_name = ""
+        self.auth_scheme: str | None = None  # from hello: the server wants authenticate
+        self.auth_nonce = b""  # from hello: what authenticate signs
+        self.principal: str | None = None  # who the server says we are, once authenticated
         self._stream = stream
         self._decoder = wire.FrameDecoder(
             wire.FRAME_BYTES_MAX_DEFAULT, wire.ANSWER_ITEMS_MAX_DEFAULT
@@ -187,6 +196,28 @@ class Connection:
         self.frame_bytes_max = frame_bytes_max
         self._decoder.frame_bytes_max = max(frame_bytes_max, wire.FRAME_BYTES_MAX_DEFAULT)
         self.server_name = str(answer.get("server", ""))
+        scheme = answer.get("auth")
+        if scheme is not None:
+            nonce = answer.get("nonce")
+            if scheme != auth.AUTH_SCHEME or not isinstance(nonce, bytes):
+                raise UnsupportedVersionError(f"server wants authentication {scheme!r:.40}")
+            if len(nonce) != auth.NONCE_BYTES:
+                raise ProtocolError(f"server nonce is {len(nonce)} bytes")
+            self.auth_scheme, self.auth_nonce = scheme, nonce
+
+    async def authenticate(self, credentials: auth.Credentials, timeout_s: float) -> None:
+        """Prove the key pair to the server (module doc of ``streamd_client.auth``); the
+        secret is never sent. Raises: UnauthenticatedError (the server refused: it closes the
+        connection), ConnectionLostError, RequestTimeoutError."""
+        signature = auth.sign(
+            credentials.secret_access_key, self.auth_nonce, credentials.access_key_id
+        )
+        answer = await self.request(
+            wire.OP_AUTHENTICATE,
+            {"access_key_id": credentials.access_key_id, "signature": signature},
+            timeout_s=timeout_s,
+        )
+        self.principal = str(answer.get("principal", ""))
 
     async def request(
         self, op: str, args: dict[str, Any], *, timeout_s: float | None = None
@@ -329,19 +360,25 @@ async def open_connection(
     connect_timeout_s: float,
     request_timeout_s: float,
     requests_in_flight_max: int = REQUESTS_IN_FLIGHT_MAX_DEFAULT,
+    security: Security | None = None,
 ) -> Connection:
     """Connect, start the connection's tasks in ``task_group`` and shake hands.
 
-    ``connect_timeout_s`` bounds the TCP connect and the hello together.
+    ``connect_timeout_s`` bounds the TCP connect, the TLS handshake (``security.tls``), the
+    hello and the authentication (``security.credentials``, when the server asks) together.
     Raises: InvalidArgumentError (endpoint), ConnectionLostError (cannot connect, or lost during
     the handshake), RequestTimeoutError, UnsupportedVersionError, ProtocolError (also when the
-    peer answered in HTTP: the message says so and what to connect to).
+    peer answered in HTTP: the message says so and what to connect to), TlsHandshakeError,
+    TlsRequiredError (a TLS listener and no ``tls://``), UnauthenticatedError.
     """
     host, port = parse_endpoint(endpoint)
+    secure = Security() if security is None else security
     deadline = anyio.current_time() + connect_timeout_s
     try:
         with anyio.fail_after(connect_timeout_s):
-            stream = await anyio.connect_tcp(host, port)  # anyio sets TCP_NODELAY
+            stream: anyio.abc.ByteStream = await anyio.connect_tcp(host, port)  # TCP_NODELAY
+            if secure.tls is not None:
+                stream = await _tls_handshake(stream, host, endpoint, secure.tls)
     except TimeoutError:
         raise ConnectionLostError(
             f"connecting to {endpoint} took longer than {connect_timeout_s} s"
@@ -357,16 +394,47 @@ async def open_connection(
     await task_group.start(connection.run)
     try:
         await connection.hello(max(deadline - anyio.current_time(), 0.001))
+        if connection.auth_scheme is not None and secure.credentials is not None:
+            await connection.authenticate(
+                secure.credentials, max(deadline - anyio.current_time(), 0.001)
+            )
     except StreamdError as exc:
         await connection.aclose()
         status_line = connection.http_status_line()
         if status_line is not None:  # not retryable: it will answer in HTTP every time
             raise ProtocolError(_http_peer_message(endpoint, status_line)) from exc
+        said = exc.__cause__
+        if isinstance(said, TlsRequiredError | UnauthenticatedError):  # the server's word
+            raise type(said)(f"{endpoint}: {said.message}") from exc
         raise
     except BaseException:
         await connection.aclose()
         raise
     return connection
+
+
+async def _tls_handshake(
+    stream: anyio.abc.ByteStream, host: str, endpoint: str, context: ssl.SSLContext
+) -> anyio.abc.ByteStream:
+    """The TLS client side over ``stream``; the server's certificate and name are verified.
+    Raises TlsHandshakeError saying why (its cause kept), the stream closed."""
+    try:
+        return await TLSStream.wrap(
+            stream, hostname=host, ssl_context=context, standard_compatible=False
+        )
+    except ssl.SSLCertVerificationError as exc:
+        await anyio.aclose_forcefully(stream)
+        raise TlsHandshakeError(
+            f"TLS handshake with {endpoint} failed: the server's certificate is not trusted "
+            f"({exc.verify_message}); check the CA (--tls-ca) and the name connected to"
+        ) from exc
+    except (ssl.SSLError, *_FOREIGN_ERRORS) as exc:
+        await anyio.aclose_forcefully(stream)
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        raise TlsHandshakeError(
+            f"TLS handshake with {endpoint} failed ({reason}): is the server listening with "
+            "TLS there (serve --tls-cert), and does it accept this client's certificate?"
+        ) from exc
 
 
 def _http_peer_message(endpoint: str, status_line: str) -> str:

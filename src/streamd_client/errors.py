@@ -283,6 +283,35 @@ class ShuttingDownError(StreamdError):
     retryable = True
 
 
+class TlsRequiredError(ProtocolError):
+    """The server's listener speaks TLS and the client sent plaintext (connect with
+    ``tls://HOST:PORT``)."""
+
+    code = "TLS_REQUIRED"
+
+
+class TlsHandshakeError(StreamdError):
+    """The TLS handshake failed: the server's certificate is not trusted (wrong CA, expired,
+    another name), the server refused ours, or the peer does not speak TLS. Retrying the same
+    connection cannot fix it."""
+
+    code = "TLS_HANDSHAKE_FAILED"
+
+
+class UnauthenticatedError(StreamdError):
+    """The connection has not proven who it is (no, wrong or replayed credentials): the server
+    answers this once and closes the connection. Never names the secret."""
+
+    code = "UNAUTHENTICATED"
+
+
+class AccessDeniedError(StreamdError):
+    """The authenticated principal's policy does not allow this action on this resource;
+    nothing was changed. ``details``: action, resource."""
+
+    code = "ACCESS_DENIED"
+
+
 def _all_subclasses(cls: type[StreamdError]) -> list[type[StreamdError]]:
     found: list[type[StreamdError]] = []
     for sub in cls.__subclasses__():

@@ -29,6 +29,7 @@ import anyio.abc
 
 from .connection import Connection, open_connection
 from .errors import LimitExceededError, RequestTimeoutError
+from .security import Security
 
 CONNECTIONS_MAX_DEFAULT: Final = 64  # nodes one client talks to at once
 IDLE_TIMEOUT_S_DEFAULT: Final = 60.0
@@ -59,6 +60,7 @@ class ConnectionPool:
     requests_in_flight_max: int
     connections_max: int = CONNECTIONS_MAX_DEFAULT
     idle_timeout_s: float = IDLE_TIMEOUT_S_DEFAULT
+    security: Security = field(default_factory=Security)  # TLS and credentials, as the client's
     stats: PoolStats = field(default_factory=PoolStats)
     _entries: dict[str, _Entry] = field(default_factory=dict)
     _opening: dict[str, anyio.Event] = field(default_factory=dict)
@@ -119,6 +121,7 @@ class ConnectionPool:
                 ),
                 request_timeout_s=self.request_timeout_s,
                 requests_in_flight_max=self.requests_in_flight_max,
+                security=self.security,
             )
             if self._closed:  # closed while we connected: do not leave it running
                 await connection.aclose()

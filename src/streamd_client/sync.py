@@ -15,6 +15,7 @@ Every method raises what its async counterpart raises (see client.py, producer.p
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import partial
@@ -23,6 +24,7 @@ from typing import Any
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from .auth import Credentials
 from .client import (
     CONNECT_TIMEOUT_S_DEFAULT,
     REQUEST_TIMEOUT_S_DEFAULT,
@@ -42,6 +44,7 @@ from .results import (
     Record,
     StreamDescription,
 )
+from .security import PathArg
 
 
 @contextmanager
@@ -51,11 +54,24 @@ def connect(
     connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT,
     request_timeout_s: float = REQUEST_TIMEOUT_S_DEFAULT,
     backend: str = "asyncio",
+    ca: PathArg | None = None,
+    cert: PathArg | None = None,
+    key: PathArg | None = None,
+    tls: ssl.SSLContext | None = None,
+    credentials: Credentials | tuple[str, str] | None = None,
 ) -> Iterator[SyncClient]:
-    """Connect to ``"host:port"``; yields a SyncClient. Raises: as the async ``connect``."""
+    """Connect to ``"host:port"`` (or ``"tls://host:port"``: ca, cert, key, tls and
+    credentials as the async ``connect``); yields a SyncClient. Raises: as ``connect``."""
     with start_blocking_portal(backend) as portal:
         client_cm = async_connect(
-            endpoint, connect_timeout_s=connect_timeout_s, request_timeout_s=request_timeout_s
+            endpoint,
+            connect_timeout_s=connect_timeout_s,
+            request_timeout_s=request_timeout_s,
+            ca=ca,
+            cert=cert,
+            key=key,
+            tls=tls,
+            credentials=credentials,
         )
         with portal.wrap_async_context_manager(client_cm) as client:
             yield SyncClient(portal, client)

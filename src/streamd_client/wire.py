@@ -51,6 +51,7 @@ NEED_DATA: Final = _NeedData()
 
 # Operation names.
 OP_HELLO: Final = "hello"
+OP_AUTHENTICATE: Final = "authenticate"
 OP_CREATE_STREAM: Final = "create_stream"
 OP_DELETE_STREAM: Final = "delete_stream"
 OP_LIST_STREAMS: Final = "list_streams"

@@ -52,6 +52,7 @@ class Target:
 
     endpoint: str
     server_pid: int | None
+    ca: str | None = None  # TLS: the CA that signed the server's certificate
 
 
 def add_parser(commands: Any, add_endpoint: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -85,6 +86,12 @@ def add_parser(commands: Any, add_endpoint: Callable[[argparse.ArgumentParser], 
             metavar="N",
             help="replicas per shard of the bench's stream (a cluster --endpoint)",
         )
+        sub.add_argument(
+            "--tls", action="store_true",
+            help="over TLS: the bench's own server gets `dev certs` certificates (with "
+            "--endpoint: give --tls-ca)",
+        )  # fmt: skip
+        sub.add_argument("--tls-ca", default=None, metavar="FILE", help="with --endpoint --tls")
     produce.add_argument("--shards", type=int, default=4, metavar="S")
     produce.add_argument("--linger-ms", type=int, default=5)
     produce.add_argument("--batch-records-max", type=int, default=500)
@@ -135,14 +142,44 @@ def run(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _target(args: argparse.Namespace) -> Iterator[Target]:
     if args.endpoint is not None:
-        yield Target(args.endpoint, args.server_pid)
+        if args.tls:
+            yield Target(f"tls://{args.endpoint}", args.server_pid, args.tls_ca)
+        else:
+            yield Target(args.endpoint, args.server_pid)
         return
     from ..testing import ServerProcess
 
-    _progress(f"starting a server (--fsync {args.fsync}) on a temporary data dir")
-    with ServerProcess(fsync=args.fsync, log_level="warning") as server:
+    with contextlib.ExitStack() as stack:
+        extra: list[str] = []
+        ca = None
+        if args.tls:
+            import tempfile
+            from pathlib import Path
+
+            from ..security.certs import write_dev_certs
+
+            certs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="streamd-tls-")))
+            write_dev_certs(certs)
+            extra = [
+                "--tls-cert",
+                str(certs / "server.pem"),
+                "--tls-key",
+                str(certs / "server.key"),
+            ]
+            ca = str(certs / "ca.pem")
+        _progress(f"starting a server (--fsync {args.fsync}, TLS {'on' if ca else 'off'})")
+        server = stack.enter_context(
+            ServerProcess(fsync=args.fsync, log_level="warning", extra_args=extra)
+        )
         _progress(f"server pid {server.pid} listening on {server.endpoint}")
-        yield Target(server.endpoint, server.pid)
+        endpoint = f"tls://{server.endpoint}" if ca else server.endpoint
+        yield Target(endpoint, server.pid, ca)
+
+
+def _connect(target: Target) -> Any:
+    from streamd_client import connect
+
+    return connect(target.endpoint, ca=target.ca)
 
 
 def _progress(message: str) -> None:
@@ -192,11 +229,10 @@ def _per_cpu_s(count: int, cpu_s: float | None) -> float | None:
 
 
 async def _produce_once(args: argparse.Namespace, target: Target) -> dict[str, Any]:
-    from streamd_client import connect
 
     payloads, keys = _payloads(args.record_bytes), _keys()
     stream = f"bench-{uuid.uuid4().hex[:12]}"
-    async with connect(target.endpoint) as client:
+    async with _connect(target) as client:
         await client.create_stream(stream, args.shards, replication_factor=args.replication_factor)
         try:
             bulk = await _bulk_produce(args, target, client, stream, payloads, keys)
@@ -265,10 +301,9 @@ async def _bulk_produce(
 
 
 async def _consume_once(args: argparse.Namespace, target: Target) -> dict[str, Any]:
-    from streamd_client import connect
 
     stream = f"bench-{uuid.uuid4().hex[:12]}"
-    async with connect(target.endpoint) as client:
+    async with _connect(target) as client:
         await client.create_stream(stream, 1, replication_factor=args.replication_factor)
         try:
             shard_id = (await client.describe_stream(stream)).shards[0].shard_id
@@ -393,6 +428,7 @@ def summarize(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str,
         "shards": args.shards,
         "fsync": args.fsync if args.endpoint is None else "(external server)",
         "client_backend": args.backend,
+        "tls": args.tls,
         "repeat": args.repeat,
         "cpus": os.cpu_count(),
         "median": _median_of(runs),
@@ -405,6 +441,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"streamd bench {report['benchmark']}: {report['records']:,} records x "
         f"{report['record_bytes']} B, {report['shards']} shard(s), fsync {report['fsync']}, "
+        f"TLS {'on' if report.get('tls') else 'off'}, "
         f"client on {report['client_backend']}, median of {report['repeat']} run(s)"
     ]
     if report["benchmark"] == "produce":

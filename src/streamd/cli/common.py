@@ -118,6 +118,9 @@ def run_client_command(args: argparse.Namespace) -> int:
         return anyio.run(command, args, backend="trio")
     except BaseException as raised:
         exc = _leaf(raised)
+        if isinstance(exc, cli_endpoint.EndpointError):
+            print_error(str(exc))
+            return EXIT_USAGE
         if isinstance(exc, errors.ConnectionLostError | errors.RequestTimeoutError):
             print_error(f"{exc.code}: {exc.message} (endpoint {args.endpoint})")
             return EXIT_UNREACHABLE
@@ -146,9 +149,11 @@ def print_error(message: str) -> None:
 
 
 def connect(args: argparse.Namespace) -> Any:
+    """The client for ``args``: endpoint, TLS files and credentials (cli/endpoint.py)."""
     from streamd_client import connect
 
-    return connect(args.endpoint, connect_timeout_s=5.0, request_timeout_s=30.0)
+    endpoint, security = cli_endpoint.security_options(args)
+    return connect(endpoint, connect_timeout_s=5.0, request_timeout_s=30.0, **security)
 
 
 def iso_time(ms: int) -> str:

@@ -85,6 +85,39 @@ def register(commands: Any) -> None:
         help="etcd's client port; its peer port is the next one (default 2379; 0: free ports)",
     )
     cluster.set_defaults(handler=_dev_cluster)
+    certs = actions.add_parser(
+        "certs",
+        help="write a local CA and server/client certificates into DIR (for trying TLS)",
+        description="Write ca.pem, ca.key, server.pem, server.key, client.pem and client.key "
+        "into DIR (keys 0600; never overwrites). The server certificate names localhost, "
+        "127.0.0.1 and ::1, plus each --host.",
+    )
+    certs.add_argument("dir", type=Path, metavar="DIR")
+    certs.add_argument(
+        "--host", action="append", default=[], metavar="NAME",
+        help="another name or IP address for the server certificate (repeatable)",
+    )  # fmt: skip
+    certs.add_argument("--days", type=int, default=365, metavar="N", help="validity (365)")
+    certs.set_defaults(handler=_dev_certs)
+
+
+def _dev_certs(args: argparse.Namespace) -> int:
+    from ..security.certs import write_dev_certs
+
+    if not 1 <= args.days <= 3650:
+        print("error: --days must be 1..3650", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        written = write_dev_certs(args.dir, args.host, args.days)
+    except OSError as exc:
+        print(f"error: {exc} (choose another DIR, or remove them)", file=sys.stderr)
+        return EXIT_USAGE
+    for path in written:
+        print(path)
+    ca, cert, key = (args.dir / n for n in ("ca.pem", "server.pem", "server.key"))
+    print(f"serve with: streamd serve --tls-cert {cert} --tls-key {key}")
+    print(f"connect with: streamd --endpoint tls://127.0.0.1:7070 --tls-ca {ca} stream list")
+    return EXIT_OK
 
 
 def _node_count(text: str) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import EXIT_OK, EXIT_USAGE, positive_float, positive_int
+from .serve_security import add_serve_security, check_safe_default, serve_security_options
 
 
 def register(commands: Any) -> None:
@@ -36,6 +37,7 @@ def register(commands: Any) -> None:
     _add_serve_limits(serve)
     _add_serve_node_limits(serve)
     _add_serve_quotas(serve)
+    add_serve_security(serve)
     serve.set_defaults(handler=_serve)
 
 
@@ -354,7 +356,7 @@ def _serve_config(args: argparse.Namespace) -> Any:
         except ValueError as exc:
             raise ValueError(f"--metrics-listen: {exc}") from None
     kinesis = _serve_kinesis_options(args)
-    return ServerConfig(
+    config = ServerConfig(
         data_dir=args.data_dir,
         listen_host=host,
         listen_port=port,
@@ -366,7 +368,13 @@ def _serve_config(args: argparse.Namespace) -> Any:
         **_serve_cluster_options(args, args.listen, kinesis["kinesis_listen"]),
         **_serve_limit_options(args),
         **_serve_quota_options(args),
+        **serve_security_options(args),
     )
+    kinesis_host = None
+    if kinesis["kinesis_listen"] is not None:
+        kinesis_host = parse_host_port(kinesis["kinesis_listen"], 4567)[0]
+    check_safe_default(args, host, kinesis_host)
+    return config
 
 
 def _serve_kinesis_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from streamd_client.connection import Connection, open_connection
 from streamd_client.errors import ConnectionLostError, error_from_wire
 from streamd_client.model import Position
 from streamd_client.results import raw_read_from_wire
+from streamd_client.security import Security
 
 from ..routing import PutOutcome, RecordIn
 from ..shard import ReadResult
@@ -60,8 +61,10 @@ class PeerPool:
         connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT,
         request_timeout_s: float = REQUEST_TIMEOUT_S_DEFAULT,
         idle_s: float = IDLE_S_DEFAULT,
+        security: Security | None = None,
     ) -> None:
         self._task_group = task_group
+        self.security = security  # TLS and this node's credentials (security/setup.py)
         self.connect_timeout_s = connect_timeout_s
         self.request_timeout_s = request_timeout_s
         self.idle_s = idle_s
@@ -85,6 +88,7 @@ class PeerPool:
                 address,
                 connect_timeout_s=self.connect_timeout_s,
                 request_timeout_s=self.request_timeout_s,
+                security=self.security,
             )
             self._peers[address] = _Peer(connection, trio.current_time())
             log.info("cluster.peer_connected", address=address)
@@ -206,10 +210,12 @@ class PeerPool:
 
 
 @asynccontextmanager
-async def open_peer_pool(**options: float) -> AsyncIterator[PeerPool]:
+async def open_peer_pool(
+    security: Security | None = None, **options: float
+) -> AsyncIterator[PeerPool]:
     """A PeerPool whose connections' tasks run in a task group of their own, closed on exit."""
     async with background_task_group() as task_group:
-        pool = PeerPool(task_group, **options)
+        pool = PeerPool(task_group, security=security, **options)
         try:
             yield pool
         finally:

@@ -11,6 +11,9 @@ What it guarantees (invariant 8, and "one client must never hurt the others"):
   the client already sent, so the close is not a reset that could destroy the refusal before the
   client reads it. At most ``refusals_in_flight_max`` refusals linger at once (each holds an fd);
   past that the refusal is sent and the socket closed at once.
+- **TLS** (``tls``: a ``security.tls.ServerTls``): after admission, and before the protocol
+  sees a byte, the connection is secured (plaintext refused, handshake bounded); ``run`` gets
+  the TLS stream. Admission comes first, so an over-limit client costs no handshake.
 - **Containment.** One connection's failure is logged and never takes the listener down; the
   open-connections gauge stays right and the socket is always closed.
 - **Accept under fd exhaustion.** ``serve_listeners`` accepts in our own loop: EMFILE, ENFILE,
@@ -27,7 +30,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import structlog
 import trio
@@ -35,6 +38,9 @@ from prometheus_client import Gauge
 
 from .. import metrics
 from ..config import ServerConfig
+
+if TYPE_CHECKING:
+    from ..security.tls import ServerTls
 
 log = structlog.get_logger(__name__)
 
@@ -87,8 +93,10 @@ class ConnectionSlots:
         events: str,
         listener: str,
         refusal: Callable[[str, str], bytes],
+        tls: ServerTls | None = None,
     ) -> None:
         self.limits = limits
+        self.tls = tls
         self.gauge = gauge
         self.events = events
         self.listener = listener
@@ -99,8 +107,13 @@ class ConnectionSlots:
         self._refusal_logged_at: dict[str, float] = {}
         self._refusals_unlogged: dict[str, int] = {}
 
-    async def serve(self, stream: trio.SocketStream, run: Callable[[str], Awaitable[None]]) -> None:
-        """``await run(peer)`` for this connection, or refuse it when over a bound."""
+    async def serve(
+        self,
+        stream: trio.SocketStream,
+        run: Callable[[str, trio.abc.Stream], Awaitable[None]],
+    ) -> None:
+        """``await run(peer, stream)`` for this connection (the TLS stream over it when the
+        listener has TLS), or refuse it when over a bound."""
         try:
             address, port = stream.socket.getpeername()[:2]
         except OSError:  # gone before we looked
@@ -116,8 +129,12 @@ class ConnectionSlots:
         self.per_address[host] = self.per_address.get(host, 0) + 1
         self.gauge.inc()
         log.debug(f"{self.events}.opened", peer=peer)
+        secured: trio.abc.Stream | None = stream
         try:
-            await run(peer)
+            if self.tls is not None:
+                secured = await self.tls.secure(stream, peer)
+            if secured is not None:
+                await run(peer, secured)
         except Exception:  # one connection's bug must never take the listener down
             log.exception(f"{self.events}.failed", peer=peer)
         finally:
@@ -130,7 +147,9 @@ class ConnectionSlots:
             self.gauge.dec()
             with trio.move_on_after(_CLOSE_TIMEOUT_S) as cleanup:
                 cleanup.shield = True
-                await stream.aclose()
+                await (stream if secured is None else secured).aclose()
+            if cleanup.cancelled_caught and secured is not stream:
+                await trio.aclose_forcefully(stream)  # a TLS peer that never said goodbye
             log.debug(f"{self.events}.closed", peer=peer)
 
     def _over_limit(self, host: str) -> str | None:

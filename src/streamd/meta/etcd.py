@@ -22,6 +22,7 @@ registrations and controller election use exactly these.
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Final
@@ -85,13 +86,18 @@ class EtcdMetaStore:
 
     @classmethod
     async def connect(
-        cls, endpoints: Sequence[str], *, namespace: str = "", request_timeout_s: float = 5.0
+        cls,
+        endpoints: Sequence[str],
+        *,
+        namespace: str = "",
+        request_timeout_s: float = 5.0,
+        tls: ssl.SSLContext | None = None,
     ) -> EtcdMetaStore:
         """A store on the etcd cluster at ``endpoints``, after checking it answers and is 3.4+.
 
         Raises MetadataUnavailableError (unreachable) or EtcdRequestError (too old, not etcd).
         """
-        client = EtcdClient(endpoints, request_timeout_s=request_timeout_s)
+        client = EtcdClient(endpoints, request_timeout_s=request_timeout_s, tls=tls)
         try:
             await client.version()
         except BaseException:

@@ -27,6 +27,7 @@ How it behaves:
 from __future__ import annotations
 
 import collections
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Final, cast
@@ -62,6 +63,10 @@ def endpoint_url(endpoint: str) -> str:
     return endpoint
 
 
+def _https(url: str) -> str:
+    return "https://" + url.removeprefix("http://").removeprefix("https://")
+
+
 class _ConnectFailed(Exception):
     """Connecting to one endpoint failed (``__cause__`` says why); nothing was sent to it."""
 
@@ -92,10 +97,15 @@ class EtcdClient:
         response_bytes_max: int = RESPONSE_BYTES_MAX_DEFAULT,
         connections_max: int = CONNECTIONS_MAX_DEFAULT,
         transport: httpx.AsyncBaseTransport | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls``: reach etcd over https with this context (its CA, and a client certificate
+        for etcd's --client-cert-auth); http:// endpoints become https://."""
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         self.endpoints = [endpoint_url(e) for e in endpoints]
+        if tls is not None:
+            self.endpoints = [_https(e) for e in self.endpoints]
         self.request_timeout_s = request_timeout_s
         self.response_bytes_max = response_bytes_max
         self._current = 0
@@ -109,6 +119,7 @@ class EtcdClient:
                 max_connections=connections_max, max_keepalive_connections=connections_max
             ),
             trust_env=False,  # loopback and cluster traffic never goes through an HTTP proxy
+            verify=True if tls is None else tls,
         )
 
     async def aclose(self) -> None:

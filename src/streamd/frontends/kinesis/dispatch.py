@@ -23,7 +23,9 @@ import trio
 from streamd_client.errors import StreamdError
 from streamd_client.summary import summary
 
+from ...security.guard import ANONYMOUS, Guard, audit
 from . import metrics
+from .access import audit_done, authorize
 from .codec import (
     CodecError,
     InvalidTextError,
@@ -47,7 +49,7 @@ from .errors import (
 from .operations import OPERATIONS, UNSUPPORTED
 from .records import NONE_FREE_OPERATIONS
 from .sigv4 import SignatureError, verify
-from .types import GatewayContext, KinesisError, Streaming
+from .types import GatewayContext, KinesisError, Operation, Streaming
 
 log = structlog.get_logger(__name__)
 
@@ -81,9 +83,12 @@ class Dispatcher:
         credentials: Mapping[str, str],
         operation_timeout_s: float,
         decoder: BodyDecoder | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self.ctx = ctx
         self.credentials = dict(credentials)
+        # With a guard holding any key pair, its table (re-read on SIGHUP) signs and authorizes.
+        self.guard = guard if guard is not None and guard.enabled else None
         self.operation_timeout_s = operation_timeout_s
         self.decoder = decoder  # None: every body is decoded inline (tests, small embeddings)
 
@@ -125,8 +130,12 @@ class Dispatcher:
                 f"Content-Type {summary(request.header('content-type'), 80)} is not supported; use "
                 f"{Protocol.JSON.value} or {Protocol.CBOR.value}",
             )
-        if self.credentials:
-            self._check_signature(request)
+        principal = None
+        if self.guard is not None:
+            key_id = self._check_signature(request, self.guard.signing_secrets())
+            principal = self.guard.principal_of_key(key_id)
+        elif self.credentials:
+            self._check_signature(request, self.credentials)
         if name is None:
             target = request.header("x-amz-target")
             raise KinesisError(
@@ -147,6 +156,28 @@ class Dispatcher:
             raise KinesisError(VALIDATION, str(exc)) from None
         except CodecError as exc:
             raise KinesisError(SERIALIZATION, str(exc)) from None
+        if self.guard is None:
+            return await self._run(request, protocol, name, operation, body)
+        action, resource = authorize(self.guard, principal, self.ctx, name, body, peer="")
+        outcome = "error"
+        try:
+            reply = await self._run(request, protocol, name, operation, body)
+            outcome = "ok"
+            return reply
+        except (KinesisError, StreamdError) as exc:
+            outcome = exc.type_name if isinstance(exc, KinesisError) else exc.code
+            raise
+        finally:
+            audit_done(principal, action, resource, outcome)
+
+    async def _run(
+        self,
+        request: Request,
+        protocol: Protocol,
+        name: str,
+        operation: Operation,
+        body: dict[str, Any],
+    ) -> Reply:
         result: dict[str, Any] | Streaming | None = None
         ctx = self.ctx
         if name in PROTOCOL_AWARE:  # event streams encode their events in the request's protocol
@@ -162,19 +193,21 @@ class Dispatcher:
         payload = encode_response(protocol, result, none_free=name in NONE_FREE_OPERATIONS)
         return Reply(200, _base_headers(protocol.value), payload)
 
-    def _check_signature(self, request: Request) -> None:
+    def _check_signature(self, request: Request, credentials: Mapping[str, str]) -> str:
+        """The access key id that signed the request. Raises KinesisError."""
         try:
-            verify(
+            return verify(
                 method=request.method,
                 target=request.target,
                 headers=request.headers,
                 body=request.body,
-                credentials=self.credentials,
+                credentials=credentials,
                 region=self.ctx.region,
                 now=datetime.now(UTC),
             )
         except SignatureError as exc:
             log.info("kinesis.signature_refused", error=exc.type_name, reason=exc.message[:200])
+            audit(ANONYMOUS, "authenticate", "*", exc.type_name, protocol="kinesis", peer="")
             raise KinesisError(exc.type_name, exc.message, exc.status) from None
 
 

@@ -38,6 +38,7 @@ INTERNAL_FAILURE: Final = "InternalFailureException"  # botocore's model names i
 # The per-record ErrorCode of a PutRecords answer is the short form, as Kinesis sends it.
 RECORD_INTERNAL_FAILURE: Final = "InternalFailure"
 SERVICE_UNAVAILABLE: Final = "ServiceUnavailable"
+ACCESS_DENIED: Final = "AccessDeniedException"
 
 # code -> (Kinesis name, HTTP status)
 _BY_CODE: Final[dict[str, tuple[str, int]]] = {
@@ -70,6 +71,8 @@ _BY_CODE: Final[dict[str, tuple[str, int]]] = {
     "TIMEOUT": (SERVICE_UNAVAILABLE, 503),
     "CONNECTION_LOST": (SERVICE_UNAVAILABLE, 503),
     "INTERNAL": (INTERNAL_FAILURE, 500),
+    "ACCESS_DENIED": (ACCESS_DENIED, 400),
+    "UNAUTHENTICATED": ("UnrecognizedClientException", 400),
 }
 
 

@@ -36,6 +36,8 @@ from ... import malloc
 from ... import metrics as server_metrics
 from ...config import ServerConfig, parse_host_port
 from ...engine import Engine
+from ...security.guard import Guard
+from ...security.tls import ServerTls
 from ..admission import ConnectionSlots, admission_limits
 from . import metrics
 from .body_limits import body_bytes_max, too_large
@@ -320,7 +322,15 @@ class Gateway:
     """The Kinesis HTTP listener's state: dispatcher, body decoder, limits, the bound on body
     bytes in flight, the connection count."""
 
-    def __init__(self, config: ServerConfig, engine: Engine, limits: HttpLimits) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        engine: Engine,
+        limits: HttpLimits,
+        *,
+        guard: Guard | None = None,
+        tls: ServerTls | None = None,
+    ) -> None:
         self.limits = limits
         ctx = GatewayContext(
             engine,
@@ -330,12 +340,17 @@ class Gateway:
         )
         self.decoder = BodyDecoder()
         self.dispatcher = Dispatcher(
-            ctx, dict(config.kinesis_credentials), limits.operation_timeout_s, self.decoder
+            ctx, dict(config.kinesis_credentials), limits.operation_timeout_s, self.decoder, guard
         )
-        self.signed = bool(config.kinesis_credentials)
+        self.signed = bool(config.kinesis_credentials) or (guard is not None and guard.enabled)
         self.budget = ByteBudget(limits.bodies_in_flight_bytes_max)
         self.slots = ConnectionSlots(
-            admission_limits(config), metrics.CONNECTIONS, "kinesis.connection", "kinesis", _refusal
+            admission_limits(config),
+            metrics.CONNECTIONS,
+            "kinesis.connection",
+            "kinesis",
+            _refusal,
+            tls,  # TLS at the listener: every connection is secured before HTTP sees a byte
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -351,8 +366,8 @@ class Gateway:
                     await trio.to_thread.run_sync(malloc.trim)
 
     async def handle(self, stream: trio.SocketStream) -> None:
-        async def run(peer: str) -> None:
-            await HttpConnection(stream, self.dispatcher, self.limits, peer, self.budget).run()
+        async def run(peer: str, secured: trio.abc.Stream) -> None:
+            await HttpConnection(secured, self.dispatcher, self.limits, peer, self.budget).run()
 
         await self.slots.serve(stream, run)
 
@@ -395,13 +410,18 @@ def _iterator_key(data_dir: Path) -> bytes:
 
 
 async def open_gateway_listeners(
-    config: ServerConfig, engine: Engine, limits: HttpLimits | None = None
+    config: ServerConfig,
+    engine: Engine,
+    limits: HttpLimits | None = None,
+    *,
+    guard: Guard | None = None,
+    tls: ServerTls | None = None,
 ) -> tuple[Gateway, list[trio.SocketListener]]:
     """Bind the gateway's address (``config.kinesis_listen``). Raises OSError (address in use)."""
     assert config.kinesis_listen is not None
     host, port = parse_host_port(config.kinesis_listen, KINESIS_PORT_DEFAULT)
     gateway = await trio.to_thread.run_sync(
-        partial(Gateway, config, engine, limits or http_limits(config))
+        partial(Gateway, config, engine, limits or http_limits(config), guard=guard, tls=tls)
     )
     listeners = await trio.open_tcp_listeners(port, host=host)
     return gateway, listeners

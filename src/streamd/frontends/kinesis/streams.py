@@ -92,7 +92,7 @@ def resolve_stream(ctx: GatewayContext, body: dict[str, Any]) -> str:
     return name
 
 
-def _resource_stream(ctx: GatewayContext, body: dict[str, Any]) -> str:
+def resource_stream(ctx: GatewayContext, body: dict[str, Any]) -> str:
     arn = req_str(body, "ResourceARN", max_len=2048)
     if "/consumer/" in arn:
         raise invalid_argument("tags on stream consumers are not supported by streamd")
@@ -408,17 +408,17 @@ async def list_tags_for_stream(ctx: GatewayContext, body: dict[str, Any]) -> dic
 
 
 async def tag_resource(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
-    await ctx.engine.update_tags(_resource_stream(ctx, body), _tags_in(body), [])
+    await ctx.engine.update_tags(resource_stream(ctx, body), _tags_in(body), [])
     return {}
 
 
 async def untag_resource(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
-    await ctx.engine.update_tags(_resource_stream(ctx, body), {}, _keys_in(body))
+    await ctx.engine.update_tags(resource_stream(ctx, body), {}, _keys_in(body))
     return {}
 
 
 async def list_tags_for_resource(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
-    meta = ctx.engine.stream_meta(_resource_stream(ctx, body))
+    meta = ctx.engine.stream_meta(resource_stream(ctx, body))
     return {"Tags": [{"Key": k, "Value": meta.tags[k]} for k in sorted(meta.tags)]}
 
 

@@ -48,6 +48,7 @@ from streamd_client.errors import (
     ProtocolError,
     RequestTimeoutError,
     StreamdError,
+    TlsRequiredError,
     UnknownOperationError,
     UnsupportedVersionError,
 )
@@ -55,8 +56,11 @@ from streamd_client.summary import summary
 
 from ... import __version__, metrics
 from ...config import ServerConfig
+from ...security.guard import Guard
+from ...security.tls import ServerTls
 from ..admission import ConnectionSlots, admission_limits
 from .api import BoundHandler
+from .session import Refused, Session
 
 log = structlog.get_logger(__name__)
 
@@ -67,15 +71,17 @@ _COALESCE_BYTES = 64 * 1024
 class _Connection:
     def __init__(
         self,
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         handlers: Mapping[str, BoundHandler],
         config: ServerConfig,
         peer: str,
+        guard: Guard | None = None,
     ) -> None:
         self.stream = stream
         self.handlers = handlers
         self.config = config
         self.peer = peer
+        self.session = Session(guard, peer)
         self.decoder = wire.FrameDecoder(config.frame_bytes_max)
         self.outbox: deque[bytes] = deque()
         self.outbox_ready = trio.Event()
@@ -103,6 +109,10 @@ class _Connection:
                 await self._drain_after_eof()
             except ProtocolError as exc:
                 error = exc
+            except Refused as refused:  # its answer, then the close
+                self._send(wire.error_response(refused.request_id, refused.error.to_wire()))
+                with trio.move_on_after(1.0):
+                    await self._until(lambda: self.broken or self.outbox_bytes == 0)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             nursery.cancel_scope.cancel()
@@ -169,6 +179,7 @@ class _Connection:
                         "version": wire.PROTOCOL_VERSION,
                         "server": f"streamd/{__version__}",
                         "frame_bytes_max": self.config.frame_bytes_max,
+                        **self.session.hello_fields(),
                     },
                 )
             )
@@ -194,6 +205,14 @@ class _Connection:
             request_id, op, args = wire.check_request(message)
         except ProtocolError as exc:  # the frame was whole: answer it, keep the connection
             self._send(wire.error_response(message["i"], exc.to_wire()))
+            return
+        try:
+            answer = self.session.admit(request_id, op, args)  # Raises Refused: close
+        except StreamdError as exc:
+            self._send(wire.error_response(request_id, exc.to_wire()))
+            return
+        if answer is not None:  # authenticate: answered here, it runs no handler
+            self._send(wire.response(request_id, answer))
             return
         if self.in_flight >= self.config.requests_in_flight_max:
             error = LimitExceededError(
@@ -231,10 +250,12 @@ class _Connection:
     async def _dispatch(self, request_id: int, op: str, args: dict[str, Any], reserve: int) -> None:
         code = "OK"
         started = time.perf_counter()
+        action: tuple[str, str] | None = None
         try:
             handler = self.handlers.get(op)
             if handler is None:
                 raise UnknownOperationError(f"unknown operation {summary(op)}")
+            action = self.session.authorize(op, args)  # before the handler: nothing changed
             call = handler(args)
             del args  # a long-poll keeps what its handler parsed, not the request's map
             reply = wire.response(request_id, await call)
@@ -251,6 +272,8 @@ class _Connection:
         finally:
             self.in_flight -= 1
             self.last_active = trio.current_time()
+        if action is not None:
+            self.session.done(*action, code)
         label = op if op in self.handlers else "unknown"
         metrics.REQUESTS.labels(label, code).inc()
         metrics.REQUEST_SECONDS.labels(label).observe(time.perf_counter() - started)
@@ -327,18 +350,35 @@ class Server:
     """The native listener's connection handler. ``handlers`` is every operation bound to what
     it works on (``api.bind_handlers``, called by the composition root, streamd/node.py)."""
 
-    def __init__(self, config: ServerConfig, handlers: Mapping[str, BoundHandler]) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        handlers: Mapping[str, BoundHandler],
+        *,
+        guard: Guard | None = None,
+        tls: ServerTls | None = None,
+    ) -> None:
         self.config = config
         self.handlers = handlers
+        self.guard = guard
         self.slots = ConnectionSlots(
-            admission_limits(config), metrics.CONNECTIONS, "connection", "native", _refusal
+            admission_limits(config), metrics.CONNECTIONS, "connection", "native", _refusal, tls
         )
 
     async def handle(self, stream: trio.SocketStream) -> None:
-        async def run(peer: str) -> None:
-            await _Connection(stream, self.handlers, self.config, peer).run()
+        async def run(peer: str, secured: trio.abc.Stream) -> None:
+            await _Connection(secured, self.handlers, self.config, peer, self.guard).run()
 
         await self.slots.serve(stream, run)
+
+
+def plaintext_refusal() -> bytes:
+    """What a plaintext client on a TLS listener gets before the close: a TLS_REQUIRED error
+    frame with request id 0 (the client library raises TlsRequiredError from it)."""
+    error = TlsRequiredError(
+        "this listener speaks TLS only: connect with tls://HOST:PORT (and --tls-ca CA.pem)"
+    )
+    return wire.encode_message(wire.error_response(0, error.to_wire()))
 
 
 def _refusal(reason: str, message: str) -> bytes:
