@@ -406,6 +406,18 @@ async def open_connection(
         said = exc.__cause__
         if isinstance(said, TlsRequiredError | UnauthenticatedError):  # the server's word
             raise type(said)(f"{endpoint}: {said.message}") from exc
+        if (
+            secure.tls is not None
+            and isinstance(exc, ConnectionLostError)
+            and not connection.server_name
+        ):
+            # TLS 1.3: the server checks our certificate after our side of the handshake is
+            # done, so its refusal arrives as the first read (an alert, or just the close).
+            raise TlsHandshakeError(
+                f"TLS connection to {endpoint} closed by the server before it answered hello "
+                f"({_tls_reason(exc)}): it may require a client certificate (--tls-cert/"
+                "--tls-key) signed by its --tls-client-ca"
+            ) from exc
         raise
     except BaseException:
         await connection.aclose()
@@ -435,6 +447,15 @@ async def _tls_handshake(
             f"TLS handshake with {endpoint} failed ({reason}): is the server listening with "
             "TLS there (serve --tls-cert), and does it accept this client's certificate?"
         ) from exc
+
+
+def _tls_reason(exc: BaseException) -> str:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return str(cause.reason or cause)
+        cause = cause.__cause__ or cause.__context__
+    return "no alert"
 
 
 def _http_peer_message(endpoint: str, status_line: str) -> str:

@@ -49,7 +49,7 @@ def test_explicit_advertise_namespace_and_cluster_id() -> None:
     config = config_of(
         *CLUSTER, "--node-id", "n1", "--listen", "0.0.0.0:7070", "--advertise", "h1.lan:7070",
         "--kinesis-listen", "[::]:4567", "--advertise-kinesis", "[fd00::1]:4567",
-        "--cluster-namespace", "test-1/", "--cluster-id", "prod-eu",
+        "--cluster-namespace", "test-1/", "--cluster-id", "prod-eu", "--insecure-no-auth",
     )  # fmt: skip
     assert config.advertise == "h1.lan:7070"
     assert config.advertise_kinesis == "[fd00::1]:4567"
