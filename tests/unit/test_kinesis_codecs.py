@@ -53,6 +53,8 @@ KINESIS_ERROR_NAMES = {
     "UnknownOperationException",
     "InternalFailureException",
     "ServiceUnavailable",
+    "AccessDeniedException",  # in Kinesis' model: a policy refused the request
+    "UnrecognizedClientException",  # AWS' common error for an unknown access key
 }
 
 
