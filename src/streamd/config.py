@@ -95,12 +95,16 @@ class ServerConfig:
     # Principals, their keys and policies (TOML, mode 600; re-read on SIGHUP). Set: the native
     # handshake must authenticate and every request of both protocols is authorized.
     credentials_file: Path | None = None
-    # Cluster mode, the client side of this node's connections to other nodes and to etcd:
-    # the CA that signed their certificates, and this node's certificate (mutual TLS); the
-    # access key id this node signs in to the others with (its secret: in credentials_file).
+    # Cluster mode, the client side of this node's connections to other nodes (cluster_tls_*)
+    # and to etcd (etcd_tls_*): the CA that signed their certificates, and this node's
+    # certificate (mutual TLS); the access key id this node signs in to the others with (its
+    # secret: in credentials_file).
     cluster_tls_ca: Path | None = None
     cluster_tls_cert: Path | None = None
     cluster_tls_key: Path | None = None
+    etcd_tls_ca: Path | None = None
+    etcd_tls_cert: Path | None = None
+    etcd_tls_key: Path | None = None
     node_access_key: str | None = None
 
     @property

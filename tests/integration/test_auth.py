@@ -169,7 +169,7 @@ NATIVE_CALLS: dict[str, tuple[str, dict[str, Any]]] = {
     "stream:list": ("list_streams", {}),
     "stream:put": (
         "put_records",
-        {"stream": "auth-x", "records": [{"partition_key": "k", "data": b"v"}]},
+        {"stream": "auth-x", "records": [{"k": "k", "d": b"v"}]},
     ),
     "stream:read": (
         "read",
@@ -223,7 +223,7 @@ async def test_a_refused_request_changes_nothing(secured: ServerProcess) -> None
             for op, args in (
                 ("delete_stream", {"stream": "auth-keep"}),
                 ("put_records", {"stream": "auth-keep",
-                                 "records": [{"partition_key": "k", "data": b"v"}]}),
+                                 "records": [{"k": "k", "d": b"v"}]}),
                 ("update_retention", {"stream": "auth-keep", "retention_hours": 72}),
                 ("create_stream", {"stream": "auth-never", "shard_count": 1}),
             ):  # fmt: skip

@@ -11,6 +11,7 @@ import pytest
 from streamd.frontends.kinesis.operations import OPERATIONS
 from streamd.frontends.native.api import HANDLERS
 from streamd.frontends.native.api_groups import GROUP_HANDLERS
+from streamd.replication.transport import OP_REPLICA_MESSAGES
 from streamd.security.actions import KINESIS_ACTIONS, NATIVE_ACTIONS, native_action
 from streamd.security.guard import Guard
 from streamd.security.principals import (
@@ -79,7 +80,7 @@ def test_a_file_others_can_read_is_refused(tmp_path: Path) -> None:
 
 
 def test_every_operation_of_both_protocols_names_its_action() -> None:
-    assert set(HANDLERS) | set(GROUP_HANDLERS) <= set(NATIVE_ACTIONS)
+    assert set(HANDLERS) | set(GROUP_HANDLERS) | {OP_REPLICA_MESSAGES} <= set(NATIVE_ACTIONS)
     assert set(OPERATIONS) <= set(KINESIS_ACTIONS)
     assert set(NATIVE_ACTIONS.values()) | set(KINESIS_ACTIONS.values()) <= ACTIONS
     assert native_action("no_such_op", {}) == ("cluster:admin", "*")  # fail closed

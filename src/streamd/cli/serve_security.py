@@ -42,15 +42,16 @@ def add_serve_security(serve: argparse.ArgumentParser) -> None:
         help="listen beyond loopback without credentials (anyone who reaches the port may "
         "read, write and delete)",
     )  # fmt: skip
-    group.add_argument(
-        "--cluster-tls-ca", type=Path, default=None, metavar="FILE",
-        help="cluster mode: reach the other nodes and etcd with TLS, trusting this CA",
-    )  # fmt: skip
-    group.add_argument(
-        "--cluster-tls-cert", type=Path, default=None, metavar="FILE",
-        help="cluster mode: this node's client certificate towards nodes and etcd (mTLS)",
-    )  # fmt: skip
-    group.add_argument("--cluster-tls-key", type=Path, default=None, metavar="FILE")
+    for prefix, what in (("cluster", "the other nodes"), ("etcd", "etcd (https)")):
+        group.add_argument(
+            f"--{prefix}-tls-ca", type=Path, default=None, metavar="FILE",
+            help=f"cluster mode: reach {what} with TLS, trusting this CA",
+        )  # fmt: skip
+        group.add_argument(
+            f"--{prefix}-tls-cert", type=Path, default=None, metavar="FILE",
+            help=f"cluster mode: this node's client certificate towards {what} (mTLS)",
+        )  # fmt: skip
+        group.add_argument(f"--{prefix}-tls-key", type=Path, default=None, metavar="FILE")
     group.add_argument(
         "--node-access-key", default=None, metavar="KEY_ID",
         help="cluster mode with --credentials: the key this node signs in to the others with "
@@ -64,9 +65,11 @@ def serve_security_options(args: argparse.Namespace) -> dict[str, Any]:
     _pair("--kinesis-tls-cert", args.kinesis_tls_cert, "--kinesis-tls-key", args.kinesis_tls_key)
     if args.tls_client_ca is not None and args.tls_cert is None:
         raise ValueError("--tls-client-ca needs --tls-cert and --tls-key (mTLS is TLS first)")
-    if args.cluster_tls_cert is not None and args.cluster_tls_ca is None:
-        raise ValueError("--cluster-tls-cert needs --cluster-tls-ca")
-    _pair("--cluster-tls-cert", args.cluster_tls_cert, "--cluster-tls-key", args.cluster_tls_key)
+    for prefix in ("cluster", "etcd"):
+        ca, cert, key = (getattr(args, f"{prefix}_tls_{part}") for part in ("ca", "cert", "key"))
+        if cert is not None and ca is None:
+            raise ValueError(f"--{prefix}-tls-cert needs --{prefix}-tls-ca")
+        _pair(f"--{prefix}-tls-cert", cert, f"--{prefix}-tls-key", key)
     kinesis_cert, kinesis_key = args.kinesis_tls_cert, args.kinesis_tls_key
     kinesis_ca = args.kinesis_tls_client_ca
     if kinesis_cert is None:
@@ -92,6 +95,9 @@ def serve_security_options(args: argparse.Namespace) -> dict[str, Any]:
         "cluster_tls_ca": args.cluster_tls_ca,
         "cluster_tls_cert": args.cluster_tls_cert,
         "cluster_tls_key": args.cluster_tls_key,
+        "etcd_tls_ca": args.etcd_tls_ca,
+        "etcd_tls_cert": args.etcd_tls_cert,
+        "etcd_tls_key": args.etcd_tls_key,
         "node_access_key": args.node_access_key,
     }
 

@@ -31,6 +31,7 @@ NATIVE_ACTIONS: Final[Mapping[str, str]] = {
     "cluster_nodes": "cluster:admin",
     "seal_shard": "cluster:admin",
     "unseal_shard": "cluster:admin",
+    "replica_messages": "cluster:admin",  # replication between nodes (cluster mode)
     "group_join": "group:consume",
     "group_heartbeat": "group:consume",
     "group_leave": "group:consume",
@@ -41,7 +42,7 @@ NATIVE_ACTIONS: Final[Mapping[str, str]] = {
     "group_reset": "group:admin",
     "group_delete": "group:admin",
 }
-_NATIVE_OVER_ALL: Final = frozenset({"list_streams", "cluster_nodes"})
+_NATIVE_OVER_ALL: Final = frozenset({"list_streams", "cluster_nodes", "replica_messages"})
 
 KINESIS_ACTIONS: Final[Mapping[str, str]] = {
     "CreateStream": "stream:create",
@@ -71,8 +72,17 @@ KINESIS_ACTIONS: Final[Mapping[str, str]] = {
     "DeregisterStreamConsumer": "group:admin",
     "DescribeStreamConsumer": "group:consume",
     "ListStreamConsumers": "group:consume",
+    "EnableEnhancedMonitoring": "stream:configure",
+    "DisableEnhancedMonitoring": "stream:configure",
+    "GetResourcePolicy": "stream:describe",
+    "PutResourcePolicy": "stream:configure",
+    "DeleteResourcePolicy": "stream:configure",
+    "DescribeAccountSettings": "stream:list",
+    "UpdateAccountSettings": "cluster:admin",
 }
-KINESIS_OVER_ALL: Final = frozenset({"ListStreams", "DescribeLimits"})
+KINESIS_OVER_ALL: Final = frozenset(
+    {"ListStreams", "DescribeLimits", "DescribeAccountSettings", "UpdateAccountSettings"}
+)
 UNLISTED_ACTION: Final = "cluster:admin"
 
 

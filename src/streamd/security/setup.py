@@ -3,8 +3,8 @@
 ``open_node_security`` reads every file once at start (a bad file is a StartupError naming
 its flag, before any port is bound): the Guard (``--credentials``, plus the gateway's key pairs
 without a policy), a ServerTls per listener that has a certificate, and, in cluster mode, the
-client side of this node's own connections: TLS to other nodes and to etcd
-(``--cluster-tls-ca/-cert/-key``) and the key it signs in to other nodes with
+client side of this node's own connections: TLS to other nodes (``--cluster-tls-ca/-cert/
+-key``) and to etcd (``--etcd-tls-ca/-cert/-key``) and the key it signs in to other nodes with
 (``--node-access-key``; its secret comes from the credentials file, never the command line).
 
 ``reload_on_sighup`` re-reads the credentials file and the listeners' certificates at each
@@ -17,6 +17,7 @@ from __future__ import annotations
 import signal
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 import trio
@@ -88,17 +89,26 @@ def open_node_security(config: ServerConfig) -> NodeSecurity:
     return security
 
 
+def _client_context(
+    flag: str, ca: Path | None, cert: Path | None, key: Path | None
+) -> ssl.SSLContext | None:
+    if ca is None:
+        return None
+    try:
+        return client_context(ca, cert, key)
+    except InvalidArgumentError as exc:
+        raise StartupError(f"{flag}-ca/-cert/-key: {exc.message}") from None
+
+
 def _cluster_client_side(
     config: ServerConfig, guard: Guard
 ) -> tuple[Security, ssl.SSLContext | None]:
-    context = None
-    if config.cluster_tls_ca is not None:
-        try:
-            context = client_context(
-                config.cluster_tls_ca, config.cluster_tls_cert, config.cluster_tls_key
-            )
-        except InvalidArgumentError as exc:
-            raise StartupError(f"--cluster-tls-ca/-cert/-key: {exc.message}") from None
+    context = _client_context(
+        "--cluster-tls", config.cluster_tls_ca, config.cluster_tls_cert, config.cluster_tls_key
+    )
+    etcd = _client_context(
+        "--etcd-tls", config.etcd_tls_ca, config.etcd_tls_cert, config.etcd_tls_key
+    )
     credentials = None
     if config.node_access_key is not None:
         found = guard.principals.lookup(config.node_access_key)
@@ -113,4 +123,4 @@ def _cluster_client_side(
             "--credentials in cluster mode needs --node-access-key KEY_ID: the key this node "
             'signs in to the other nodes with (give its principal actions = ["*"])'
         )
-    return Security(context, credentials), context
+    return Security(context, credentials), etcd
