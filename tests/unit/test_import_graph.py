@@ -42,6 +42,7 @@ SANS_IO = (
     "streamd.frontends.kinesis.codec",
     "streamd.frontends.kinesis.eventstream",
     "streamd.frontends.kinesis.http_wire",
+    "streamd.frontends.kinesis.h2_wire",
     "streamd.meta.etcd_codec",
     "streamd.groups.coordinator",
     "streamd.groups.state",

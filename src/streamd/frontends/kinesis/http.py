@@ -1,5 +1,10 @@
 """The Kinesis gateway's HTTP/1.1 server: trio sockets around the sans-I/O ``http_wire``.
 
+One port, two protocols: ``serve_connection`` reads a connection's first bytes and hands it to
+``http2.py`` when they are HTTP/2's preface (h2c with prior knowledge, what the JS SDK sends to
+an http:// endpoint), to ``HttpConnection`` below otherwise; HTTP/1.1 is told at its first byte,
+so it waits for nothing. Both hand the same ``Request`` to the same ``Dispatcher``.
+
 One task per connection (in the server's connection nursery), requests served one after the
 other on it (HTTP/1.1 keep-alive; pipelined requests are parsed as they arrive and answered in
 order, and the socket is read again only when no whole request is waiting). HTTP/1.0 and
@@ -24,7 +29,6 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Final
@@ -45,6 +49,9 @@ from .codec import Protocol, operation_of, protocol_of
 from .decoding import BodyDecoder
 from .dispatch import Dispatcher, Reply, Request, error_reply
 from .errors import SERVICE_UNAVAILABLE
+from .h2_wire import preface_match
+from .http2 import PROTOCOL_LABEL as HTTP2_LABEL
+from .http2 import Http2Connection
 from .http_wire import (
     CHUNKED_END,
     CLOSED,
@@ -58,35 +65,17 @@ from .http_wire import (
     encode_head,
 )
 from .inflight import ByteBudget
+from .limits import HttpLimits
 from .types import GatewayContext
 
 log = structlog.get_logger(__name__)
 
 KINESIS_PORT_DEFAULT: Final = 4567
+PROTOCOL_LABEL: Final = "http/1.1"
 ITERATOR_KEY_FILE: Final = "kinesis-iterator.key"
 _RECEIVE_BYTES: Final = 64 * 1024
 # While an admitted large body arrives: fewer, larger reads (its bytes are reserved already).
 _RECEIVE_BODY_BYTES: Final = 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class HttpLimits:
-    header_bytes_max: int = 16 * 1024
-    # Any body, whatever its operation: past it, a bare 413 (as Kinesis' front end answers).
-    # Each operation's own bound is lower (body_limits.py: PutRecords in JSON, 7.2 MiB, is the
-    # largest) and answers the error Kinesis gives for that operation.
-    body_bytes_max: int = 12 * 1024 * 1024
-    # All connections together: bodies larger than body_reserve_min_bytes reserve their size
-    # here before they are read, and wait at most body_wait_timeout_s for room (then 503).
-    bodies_in_flight_bytes_max: int = 64 * 1024 * 1024
-    body_reserve_min_bytes: int = 64 * 1024
-    body_wait_timeout_s: float = 5.0
-    refusal_linger_s: float = 5.0  # reading (and dropping) a refused body, so the answer lands
-    idle_timeout_s: float = 120.0  # keep-alive: longer than the SDKs' pool idle times
-    first_request_timeout_s: float = 10.0  # a new connection's first byte (as a native hello)
-    read_timeout_s: float = 30.0  # from a request's first byte to its last
-    send_timeout_s: float = 30.0
-    operation_timeout_s: float = 60.0
 
 
 class _Closed(Exception):
@@ -101,8 +90,11 @@ class HttpConnection:
         limits: HttpLimits,
         peer: str,
         budget: ByteBudget | None = None,
+        *,
+        initial: bytes = b"",
     ) -> None:
         self.stream = stream
+        self._initial = initial  # bytes already read (to tell HTTP/1.1 from HTTP/2)
         self.dispatcher = dispatcher
         self.limits = limits
         self.peer = peer
@@ -130,11 +122,13 @@ class HttpConnection:
                 if reply.streaming is not None:
                     self._release_body(self.requests_received)
                     await self._send_streaming(reply, chunked=http_11)
+                    metrics.STREAMS.labels(PROTOCOL_LABEL, "answered").inc()
                     return
                 await self._send_reply(reply, close=not keep_alive, head_only=head_only)
                 del reply
                 self._release_body(self.requests_received)
                 self.requests_served += 1
+                metrics.STREAMS.labels(PROTOCOL_LABEL, "answered").inc()
                 if not keep_alive:
                     return
         except HttpParseError as exc:
@@ -172,7 +166,11 @@ class HttpConnection:
             if idle and self.parser.request_started:
                 idle = False
                 deadline = trio.current_time() + self.limits.read_timeout_s
-            data = await self._receive(deadline)
+            data: bytes | bytearray | None
+            if self._initial:
+                data, self._initial = self._initial, b""
+            else:
+                data = await self._receive(deadline)
             if data is None:
                 if idle:  # idle keep-alive connection (or one that never sent): close quietly
                     phase = "before_first_request" if first else "keep_alive"
@@ -367,9 +365,69 @@ class Gateway:
 
     async def handle(self, stream: trio.SocketStream) -> None:
         async def run(peer: str, secured: trio.abc.Stream) -> None:
-            await HttpConnection(secured, self.dispatcher, self.limits, peer, self.budget).run()
+            await serve_connection(secured, self.dispatcher, self.limits, peer, self.budget)
 
         await self.slots.serve(stream, run)
+
+
+async def serve_connection(
+    stream: trio.abc.Stream,
+    dispatcher: Dispatcher,
+    limits: HttpLimits,
+    peer: str,
+    budget: ByteBudget,
+) -> None:
+    """Serve one admitted connection (plain TCP, or TLS already negotiated) in its protocol:
+    HTTP/2 when TLS's ALPN picked "h2" (once the listener offers it) or when the first bytes are
+    the preface (prior knowledge), HTTP/1.1 otherwise (garbage included: it gets the 400)."""
+    tls = isinstance(stream, trio.SSLStream)
+    if isinstance(stream, trio.SSLStream) and stream.selected_alpn_protocol() == "h2":
+        await _serve(Http2Connection(stream, dispatcher, limits, peer, budget), "h2", peer)
+        return
+    initial = await read_preface(stream, trio.current_time() + limits.first_request_timeout_s)
+    if initial is None:  # nothing in time, or closed at once: as HttpConnection would
+        server_metrics.CONNECTIONS_IDLE_CLOSED.labels("kinesis", "before_first_request").inc()
+        log.debug("kinesis.connection.idle_closed", peer=peer, phase="before_first_request")
+        return
+    connection: HttpConnection | Http2Connection
+    if preface_match(initial):
+        connection = Http2Connection(stream, dispatcher, limits, peer, budget, initial=initial)
+        label = "h2" if tls else HTTP2_LABEL
+    else:
+        connection = HttpConnection(stream, dispatcher, limits, peer, budget, initial=initial)
+        label = PROTOCOL_LABEL
+    await _serve(connection, label, peer)
+
+
+async def _serve(connection: HttpConnection | Http2Connection, label: str, peer: str) -> None:
+    log.debug("kinesis.connection.protocol", peer=peer, protocol=label)
+    metrics.PROTOCOL_CONNECTIONS_OPENED.labels(label).inc()
+    gauge = metrics.PROTOCOL_CONNECTIONS.labels(label)
+    gauge.inc()
+    try:
+        await connection.run()
+    finally:
+        gauge.dec()
+
+
+async def read_preface(stream: trio.abc.Stream, deadline: float) -> bytes | None:
+    """The connection's first bytes, read until they tell HTTP/2's preface from anything else
+    (HTTP/1.1 tells at its first byte, so it waits for nothing more). None when nothing came
+    before ``deadline`` or the peer closed first."""
+    data = b""
+    while True:
+        with trio.move_on_at(deadline):
+            try:
+                chunk = await stream.receive_some(_RECEIVE_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                chunk = b""
+            if not chunk:
+                return None if not data else data
+            data += chunk
+            if preface_match(data) is not None:
+                return data
+            continue
+        return data or None
 
 
 def _refusal(reason: str, message: str) -> bytes:

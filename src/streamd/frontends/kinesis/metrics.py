@@ -26,3 +26,26 @@ BAD_REQUESTS = Counter(
     "HTTP-level rejections before an operation ran (malformed, too large, timeouts)",
     ["reason"],
 )
+# By protocol: "http/1.1", "h2c" (HTTP/2 with prior knowledge, cleartext), "h2" (over TLS).
+PROTOCOL_CONNECTIONS = Gauge(
+    "streamd_kinesis_protocol_connections",
+    "Open Kinesis API connections by protocol (told apart by the first bytes)",
+    ["protocol"],
+)
+PROTOCOL_CONNECTIONS_OPENED = Counter(
+    "streamd_kinesis_protocol_connections_opened_total",
+    "Kinesis API connections opened, by protocol",
+    ["protocol"],
+)
+STREAMS = Counter(
+    "streamd_kinesis_streams_total",
+    "Request/answer exchanges by protocol (an HTTP/1.1 request, an HTTP/2 stream) and ending: "
+    "answered, refused (a limit), timeout, reset (by the peer), abandoned (connection ended)",
+    ["protocol", "ending"],
+)
+H2_OPEN_STREAMS = Gauge("streamd_kinesis_h2_open_streams", "HTTP/2 streams being served")
+H2_GOAWAYS = Counter(
+    "streamd_kinesis_h2_goaway_total",
+    "GOAWAY frames the gateway sent, by reason (idle, protocol_error, shutdown, peer_closed)",
+    ["reason"],
+)

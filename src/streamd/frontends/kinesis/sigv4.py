@@ -9,9 +9,11 @@ service and ``aws4_request``. The payload hash is always the SHA-256 of the body
 a captured request carry another body).
 
 What a signature must cover, so that a captured request cannot be turned into another one:
-``host``, ``x-amz-target`` (else a signed PutRecord replays as DeleteStream), ``content-type``
-and the date header (``x-amz-date``, or ``date`` when there is no ``x-amz-date``; else an old
-request replays with a fresh date). botocore, the aws CLI and the other SDKs sign all of them.
+``host`` (over HTTP/2 the JS SDK signs ``:authority`` instead, which the HTTP/2 layer keeps among
+the headers for this), ``x-amz-target`` (else a signed PutRecord replays as DeleteStream),
+``content-type`` and the date header (``x-amz-date``, or ``date`` when there is no
+``x-amz-date``; else an old request replays with a fresh date). botocore, the aws CLI and the
+other SDKs sign all of them.
 The date must be within 5 minutes of the server's clock (AWS's window for SigV4 requests).
 
 Failures are the errors (and statuses) the SDKs expect from a JSON-protocol AWS service:
@@ -167,6 +169,8 @@ def verify(
     if scope_service != SERVICE:
         raise _invalid(f"Credential should be scoped to correct service: '{SERVICE}'.")
     for name in SIGNED_HEADERS_REQUIRED:
+        if name == "host" and ":authority" in signed:  # HTTP/2: the JS SDK signs :authority
+            continue
         if name not in signed:
             raise _incomplete(
                 f"'{_HEADER_NAMES[name]}' must be a 'SignedHeader' in the AWS Authorization."
