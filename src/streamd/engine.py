@@ -1504,7 +1504,12 @@ class Engine:
             answers = [PutOutcome(error=exc)] * len(indexes)
         for i, answer in zip(indexes, answers, strict=True):
             outcomes[i] = answer
-            if isinstance(answer.error, ShardClosedError | NotLeaderError | ShardUnavailableError):
+            # STREAM_NOT_FOUND from the leader: its copy of the catalog has not caught up with
+            # a stream created a moment ago through another node (this one knows the stream).
+            if isinstance(
+                answer.error,
+                ShardClosedError | NotLeaderError | ShardUnavailableError | StreamNotFoundError,
+            ):
                 reroute.append(i)
 
     @staticmethod

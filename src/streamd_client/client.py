@@ -53,6 +53,7 @@ from .errors import (
     RequestTimeoutError,
     RequestTooLargeError,
     StreamdError,
+    StreamNotFoundError,
 )
 from .model import Position
 from .pool import ConnectionPool
@@ -77,6 +78,8 @@ from .stream_reader import StreamReader
 CONNECT_TIMEOUT_S_DEFAULT: Final = 5.0
 REQUEST_TIMEOUT_S_DEFAULT: Final = 30.0
 ACTIVE_POLL_INTERVAL_S_DEFAULT: Final = 0.2
+# wait_for_active: how long STREAM_NOT_FOUND counts as "not there yet" (a cluster catalog mirror).
+NOT_FOUND_GRACE_S: Final = 2.0
 
 # Resharding operations (docs/protocol.md); named here as group_admin names the group ops.
 OP_SPLIT_SHARD: Final = "split_shard"
@@ -388,16 +391,20 @@ class Client:
         progress differs from the previous one (the last, ACTIVE one included).
 
         Retryable errors in between (a lost connection: a restarted server resumes the
-        reshard) are retried until the deadline.
+        reshard) are retried until the deadline, and STREAM_NOT_FOUND for the first
+        ``NOT_FOUND_GRACE_S`` (in a cluster, a stream just created through another node reaches
+        this node's copy of the catalog a moment later).
         Raises: RequestTimeoutError (not ACTIVE within ``timeout_s``), StreamNotFoundError.
         """
         last: tuple[object, ...] | None = None
+        not_found_until = anyio.current_time() + NOT_FOUND_GRACE_S
         with anyio.move_on_after(timeout_s):
             while True:
                 try:
                     description = await self.describe_stream(stream)
                 except StreamdError as exc:
-                    if not exc.retryable:
+                    young = anyio.current_time() < not_found_until
+                    if not (exc.retryable or (young and isinstance(exc, StreamNotFoundError))):
                         raise
                     await anyio.sleep(poll_interval_s)
                     continue

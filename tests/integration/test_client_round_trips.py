@@ -10,6 +10,7 @@ import pytest
 
 from streamd.testing import ServerProcess
 from streamd_client import Position, PutRecordsEntry, PutResult, RecordFailure, connect
+from streamd_client.errors import StreamNotFoundError
 from streamd_client.model import parse_sequence
 from streamd_client.sync import connect as sync_connect
 
@@ -197,3 +198,24 @@ async def test_largest_read_fits_a_frame(endpoint: str, stream_name: str) -> Non
         assert [r.data for r in page.records] == [b"x" * (1 << 20)] * len(page.records)
         assert page.records  # compressed batches: all 12 may fit, but never a dropped frame
         await client.delete_stream(stream_name)
+
+
+async def test_wait_for_active_waits_out_a_stream_created_a_moment_later(
+    endpoint: str, stream_name: str
+) -> None:
+    """In a cluster a stream created through another node reaches this node's catalog a moment
+    later: wait_for_active takes STREAM_NOT_FOUND as "not yet" for its first 2 s, no longer."""
+    async with connect(endpoint) as client, connect(endpoint) as other:
+
+        async def create_soon() -> None:
+            await anyio.sleep(0.3)
+            await other.create_stream(stream_name, 1)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(create_soon)
+            described = await client.wait_for_active(stream_name, 10.0)
+        assert described.status == "ACTIVE"
+        started = anyio.current_time()
+        with pytest.raises(StreamNotFoundError):  # within the 10 s: the grace ended it
+            await client.wait_for_active(stream_name + "-never", 10.0, poll_interval_s=0.05)
+        assert anyio.current_time() - started >= 1.9

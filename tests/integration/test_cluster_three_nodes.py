@@ -299,6 +299,30 @@ async def test_records_put_through_node_1_read_back_byte_exact_through_nodes_2_a
         await client.delete_stream(stream)
 
 
+# -- a stream created through another node ---------------------------------------------------
+
+
+async def test_a_stream_created_through_node_2_takes_writes_through_node_3_once_active(
+    cluster: LocalCluster,
+) -> None:
+    stream = stream_name("fresh")
+    entries = [(b"first-%d" % i, f"k{i}") for i in range(60)]
+    async with connect(cluster.endpoint(2)) as creator, connect(cluster.endpoint(3)) as writer:
+        started = time.monotonic()
+        await creator.create_stream(stream, SHARDS)
+        created_s = time.monotonic() - started
+        await writer.wait_for_active(stream, timeout_s=PLACE_TIMEOUT_S)
+        active_s = time.monotonic() - started
+        results = await put_native(writer, stream, entries)
+        print(
+            f"create through node 2 returned in {created_s * 1000:.0f} ms; ACTIVE through node 3 "
+            f"after {active_s * 1000:.0f} ms; first put_records: "
+            f"{sum(isinstance(r, PutResult) for r in results)} of {len(entries)} acked"
+        )
+        assert [r for r in results if not isinstance(r, PutResult)] == []
+        await writer.delete_stream(stream)
+
+
 # -- a node dies ---------------------------------------------------------------------------------
 
 
@@ -427,6 +451,48 @@ async def test_a_killed_node_makes_only_its_shards_unavailable_and_serves_them_a
 def shard_for_key(ranges: list[tuple[int, int, str]], key: str) -> str:
     hashed = int.from_bytes(hashlib.md5(key.encode()).digest(), "big")
     return next(shard for start, end, shard in ranges if start <= hashed <= end)
+
+
+async def test_killing_the_controllers_node_elects_another_within_5_s_and_admin_works_again(
+    cluster: LocalCluster,
+) -> None:
+    controller = controller_of(cluster)
+    assert controller in NODES
+    survivors = [n for n in NODES if n != controller]
+    cluster.kill9(controller)
+    killed_at = time.monotonic()
+    with trio.fail_after(CONTROLLER_FAILOVER_S_MAX + 5):
+        while True:
+            new_controller = controller_of(cluster)
+            if new_controller not in (None, controller):
+                break
+            await trio.sleep(0.02)
+    failover_s = time.monotonic() - killed_at
+    print(
+        f"controller {controller} killed -9: {new_controller} controller after {failover_s:.2f} s"
+    )
+    assert new_controller in survivors
+    assert failover_s <= CONTROLLER_FAILOVER_S_MAX
+
+    stream = stream_name("after")
+    async with (
+        connect(cluster.endpoint(survivors[0])) as first,
+        connect(cluster.endpoint(survivors[1])) as second,
+    ):
+        await first.create_stream(stream, 6)
+        leaders = await wait_placed(second, stream, set(survivors))
+        assert collections.Counter(leaders.values()) == {n: 3 for n in survivors}
+        results = await put_native(second, stream, [(b"r%d" % i, f"k{i}") for i in range(60)])
+        assert [r for r in results if not isinstance(r, PutResult)] == []
+        await second.delete_stream(stream)
+        with trio.fail_after(PLACE_TIMEOUT_S):
+            while True:
+                if stream not in await first.list_streams():
+                    break
+                await trio.sleep(0.05)
+
+    cluster.restart(controller)  # the module's cluster is whole again
+    cluster.wait_registered()
 
 
 # -- refusals at start ---------------------------------------------------------------------------
