@@ -23,6 +23,7 @@
     streamd cluster status [--cluster etcd://HOST:PORT] [--cluster-namespace NS] [--json]
     streamd dev cluster [--nodes N] [--dir DIR] [--base-port P] [--kinesis-base-port P]
                         [--etcd-port P]                 (cli/cluster.py, cli/dev.py)
+    streamd top [--interval S] [--sort KEY] [--once] [--json]   (cli/top/)
 
 Client commands take ``--endpoint HOST:PORT``, before or after the command (default:
 $STREAMD_ENDPOINT, else 127.0.0.1:7070; see cli/endpoint.py), and run the async client
@@ -43,7 +44,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .. import __version__
-from . import admin, bench, cluster, dev, groups, records, reshard, serve, streams
+from . import admin, bench, cluster, dev, groups, records, reshard, serve, streams, top
 from . import endpoint as cli_endpoint
 from .common import EXIT_INTERRUPTED, EXIT_OK
 
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin.register(commands)  # streamd admin quarantine-range
     cluster.register(commands)  # streamd cluster status
     dev.register(commands)  # streamd dev cluster
+    top.register(commands)  # streamd top (cli/top/)
     return parser
 
 

@@ -61,6 +61,7 @@ from .. import layout, metrics
 from ..catalog import ShardMeta
 from ..clock import Clock
 from ..meta.keys import ShardAssignment
+from ..monitoring import ShardCounters
 from ..replication.driver import DriverConfig, Outbox, ReplicaDriver
 from ..replication.metafile import MetaFile
 from ..replication.replica import ReplicaConfig
@@ -133,6 +134,9 @@ class ReplicatedWrite:
             done = await driver.wait_write(self.write_id)
         finally:
             shard.writes_finished(1)
+        if not done.duplicate:  # node_stats (streamd top): bytes as stored, not as Kinesis counts
+            shard.counters.incoming_records += self.record_count
+            shard.counters.incoming_bytes += len(self.batch.payload)
         return done.base_offset, self.record_count, done.duplicate
 
 
@@ -178,6 +182,7 @@ class ReplicatedShard:
         self._writes = 0  # writes made, not yet answered (a seal waits for them)
         self._writes_done = trio.Event()
         self._tip_ms = 0  # arrival time of the newest record written through this node
+        self.counters = ShardCounters()  # what node_stats reports while this node leads it
         self._scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
         self._log = log.bind(stream=stream, shard=shard.shard_id)
@@ -408,6 +413,8 @@ class ReplicatedShard:
         if counted and batches:
             metrics.RECORDS_READ.labels(self.stream).inc(next_offset - offset)
             metrics.BYTES_READ.labels(self.stream).inc(size)
+            self.counters.outgoing_records += next_offset - offset
+            self.counters.outgoing_bytes += size
         return ReadResult(
             batches,
             offset,

@@ -135,6 +135,11 @@ class FileLogStore:
 
     # -- LogView -----------------------------------------------------------------------------
 
+    @property
+    def size_bytes(self) -> int:
+        """Segment bytes on disk (node_stats: streamd top)."""
+        return self._log.size_bytes
+
     def log_end(self) -> int:
         return self._log.next_offset
 

@@ -33,6 +33,7 @@ from streamd_client.model import (
 )
 from streamd_client.summary import summary
 
+from ... import node_stats
 from ...engine import Engine
 from ...groups.service import GroupService
 from ...quotas import quota_tags
@@ -259,6 +260,23 @@ async def _cluster_nodes(engine: Engine, args: dict[str, Any]) -> dict[str, Any]
     }
 
 
+async def _node_stats(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+    """Read-only totals of this node and of every shard it runs (streamd/node_stats.py)."""
+    rows, truncated = node_stats.shard_rows(engine.streams)
+    node_id, address = engine.locator.self_node() if engine.clustered else (None, None)
+    usage = node_stats.disk_usage(engine.config.data_dir)
+    return {
+        "node_id": node_id,
+        "address": address,
+        "shards_held": engine.shards_held(),
+        "data_dir_free_bytes": None if usage is None else usage[0],
+        "data_dir_size_bytes": None if usage is None else usage[1],
+        "columns": list(node_stats.COLUMNS),
+        "shards": rows,
+        "truncated": truncated,
+    }
+
+
 HANDLERS: dict[str, Handler] = {
     "create_stream": _create_stream,
     "delete_stream": _delete_stream,
@@ -273,6 +291,7 @@ HANDLERS: dict[str, Handler] = {
     "resize_stream": _resize_stream,
     "quarantine_range": _quarantine_range,
     "cluster_nodes": _cluster_nodes,
+    "node_stats": _node_stats,
     "seal_shard": _seal_shard,
     "unseal_shard": _unseal_shard,
 }
