@@ -244,3 +244,28 @@ def test_the_standard_library_context_verifies_names_by_default() -> None:
     context = client_context()
     assert context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED
     assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+
+
+async def test_dev_certs_serve_tls_and_mutual_tls(tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    done = subprocess.run(  # noqa: ASYNC221 (a short CLI run before any server exists)
+        [sys.executable, "-m", "streamd", "dev", "certs", str(certs)],
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    for key in ("ca.key", "server.key", "client.key"):
+        assert (certs / key).stat().st_mode & 0o077 == 0
+    again = subprocess.run(  # noqa: ASYNC221
+        [sys.executable, "-m", "streamd", "dev", "certs", str(certs)],
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert again.returncode == 2 and b"already holds" in again.stderr  # never overwritten
+    args = ["--tls-cert", str(certs / "server.pem"), "--tls-key", str(certs / "server.key"),
+            "--tls-client-ca", str(certs / "ca.pem")]  # fmt: skip
+    with ServerProcess(tmp_path / "data", extra_args=args) as server:
+        port = server.endpoint.rsplit(":", 1)[1]
+        async with connect(
+            f"tls://localhost:{port}",
+            ca=certs / "ca.pem", cert=certs / "client.pem", key=certs / "client.key",
+        ) as client:  # fmt: skip
+            assert await client.list_streams() == []

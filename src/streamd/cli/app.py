@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streamd",
         description="streamd: a durable, sharded, Kinesis-style log service.",
+        # No prefixes of global options: `bench produce --tls` is not an abbreviation of the
+        # global --tls-ca/--tls-cert/--tls-key.
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"streamd {__version__}")
     cli_endpoint.add_global(parser)

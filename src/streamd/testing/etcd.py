@@ -28,12 +28,14 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Final
@@ -71,6 +73,16 @@ def etcd_binary() -> str:
     return found
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """etcd's server certificate and key, and the CA its clients' certificates must be of
+    (the same CA signs both in the tests)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
 class EtcdProcess:
     """One etcd member on loopback. ``endpoint`` is ``HOST:PORT`` of its client URL."""
 
@@ -84,7 +96,10 @@ class EtcdProcess:
         peer_port: int = 0,
         start_timeout_s: float = START_TIMEOUT_S_DEFAULT,
         own_process_group: bool = False,
+        tls: EtcdTls | None = None,
     ) -> None:
+        """``tls``: serve clients over https with that certificate, and require client
+        certificates signed by its CA (etcd's --client-cert-auth)."""
         if (client_port == 0) != (peer_port == 0):
             raise ValueError("give both client_port and peer_port, or neither (free ports)")
         self._owns_dir = data_dir is None
@@ -95,6 +110,7 @@ class EtcdProcess:
         self.client_port = client_port  # 0: picked at the first start, kept for restarts
         self.peer_port = peer_port
         self.own_process_group = own_process_group  # a terminal's Ctrl-C does not reach it
+        self.tls = tls
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.etcd.log"
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
@@ -122,7 +138,7 @@ class EtcdProcess:
 
     @property
     def url(self) -> str:
-        return f"http://{self.endpoint}"
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
 
     @property
     def running(self) -> bool:
@@ -139,8 +155,12 @@ class EtcdProcess:
         return self._process.pid
 
     def command(self) -> list[str]:
-        client = f"http://{self.host}:{self.client_port}"
+        client = f"{'https' if self.tls else 'http'}://{self.host}:{self.client_port}"
         peer = f"http://{self.host}:{self.peer_port}"
+        tls_args = [] if self.tls is None else [
+            "--cert-file", str(self.tls.cert), "--key-file", str(self.tls.key),
+            "--trusted-ca-file", str(self.tls.ca), "--client-cert-auth",
+        ]  # fmt: skip
         return [
             etcd_binary(),
             "--name",
@@ -163,6 +183,7 @@ class EtcdProcess:
             "zap",
             "--log-outputs",
             "stderr",
+            *tls_args,
         ]
 
     def start(self) -> EtcdProcess:
@@ -220,8 +241,14 @@ class EtcdProcess:
 
     def healthy(self, timeout_s: float = 1.0) -> bool:
         """True if ``GET /health`` answers ``{"health": "true"}`` within ``timeout_s``."""
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls.ca))
+            context.load_cert_chain(str(self.tls.cert), str(self.tls.key))
         try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=timeout_s) as answer:
+            with urllib.request.urlopen(
+                f"{self.url}/health", timeout=timeout_s, context=context
+            ) as answer:
                 return bool(json.loads(answer.read()).get("health") == "true")
         except (OSError, ValueError, urllib.error.URLError):
             return False

@@ -100,7 +100,10 @@ class Session:
         return {"principal": self.principal.name}
 
     def _refuse(self, request_id: int, op: str, message: str) -> None:
-        audit(self.name, op, "*", "unauthenticated", protocol=PROTOCOL, peer=self.peer)
+        action, resource = (
+            ("authenticate", "*") if op == wire.OP_AUTHENTICATE else native_action(op, {})
+        )
+        audit(self.name, action, resource, "unauthenticated", protocol=PROTOCOL, peer=self.peer)
         raise Refused(request_id, UnauthenticatedError(message))
 
     def authorize(self, op: str, args: dict[str, Any]) -> tuple[str, str]:
