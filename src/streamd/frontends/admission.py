@@ -147,9 +147,12 @@ class ConnectionSlots:
             self.gauge.dec()
             with trio.move_on_after(_CLOSE_TIMEOUT_S) as cleanup:
                 cleanup.shield = True
-                await (stream if secured is None else secured).aclose()
-            if cleanup.cancelled_caught and secured is not stream:
-                await trio.aclose_forcefully(stream)  # a TLS peer that never said goodbye
+                try:
+                    await (stream if secured is None else secured).aclose()
+                except (trio.BrokenResourceError, trio.BusyResourceError, OSError):
+                    pass  # a TLS close_notify to a peer already gone
+            if secured is not stream:
+                await trio.aclose_forcefully(stream)  # the socket, whatever TLS managed
             log.debug(f"{self.events}.closed", peer=peer)
 
     def _over_limit(self, host: str) -> str | None:
