@@ -1533,7 +1533,7 @@ class Engine:
         """
         stream = self._stream(name)
         pipeline = self._led_replica(stream, shard_id) or stream.pipeline(shard_id)
-        header, records = _validate_batch(data, pipeline.shard)
+        header, records = _validate_batch(data, pipeline.shard, stream.meta.max_record_bytes)
         self.quotas.admit_batch(stream.meta, shard_id, records)  # raises ThrottledError
         write = pipeline.enqueue_batch(data, header)
         base, count, duplicate = await write.wait()
@@ -1651,7 +1651,9 @@ def _changed_tags(
     return changed
 
 
-def _validate_batch(data: bytes, shard: ShardMeta) -> tuple[batchfmt.BatchHeader, batchfmt.Records]:
+def _validate_batch(
+    data: bytes, shard: ShardMeta, record_bytes_max: int
+) -> tuple[batchfmt.BatchHeader, batchfmt.Records]:
     """Check a client batch whole: header, payload CRC, records, limits, and routing."""
     try:
         header = batchfmt.parse_header(data)
@@ -1665,5 +1667,5 @@ def _validate_batch(data: bytes, shard: ShardMeta) -> tuple[batchfmt.BatchHeader
         raise InvalidBatchError(f"batch rejected: {exc.message}") from None
     low = shard.hash_key_start.to_bytes(16, "big")
     high = min(shard.hash_key_end, HASH_KEY_MAX).to_bytes(16, "big")
-    batchfmt.check_records(records, low, high)
+    batchfmt.check_records(records, low, high, record_bytes_max)
     return header, records

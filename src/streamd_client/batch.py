@@ -55,7 +55,9 @@ HEADER_BYTES = 64
 HASH_BYTES = 16
 
 BATCH_RECORDS_MAX = 10_000
-BATCH_PAYLOAD_BYTES_MAX = 6 * 1024 * 1024  # uncompressed; > 5 MiB of data plus keys and framing
+# Uncompressed: above one write of 10 MiB of data and keys (a put_records to a stream of large
+# records, each a batch of its own) and its framing.
+BATCH_PAYLOAD_BYTES_MAX = 11 * 1024 * 1024
 BATCH_BYTES_MAX = HEADER_BYTES + BATCH_PAYLOAD_BYTES_MAX + 1024  # zstd may expand a little
 
 _HEADER = struct.Struct(">HBBIQIIQQQIIII")
@@ -263,8 +265,14 @@ def _array_length(raw: bytes, at: int) -> int:
     return int.from_bytes(raw[at + 1 : at + 1 + width], "big")
 
 
-def check_records(records: Records, hash_low: bytes, hash_high: bytes) -> None:
-    """Validate a client-built batch's records against the limits and the shard's hash range.
+def check_records(
+    records: Records,
+    hash_low: bytes,
+    hash_high: bytes,
+    record_bytes_max: int = RECORD_DATA_BYTES_MAX,
+) -> None:
+    """Validate a client-built batch's records against the limits (``record_bytes_max``: the
+    stream's max record size) and the shard's hash range.
 
     ``hash_low``/``hash_high`` are the shard's inclusive range as 16-byte big-endian strings, so
     byte order equals numeric order. C-level passes only; no Python loop per record.
@@ -276,8 +284,8 @@ def check_records(records: Records, hash_low: bytes, hash_high: bytes) -> None:
         raise InvalidBatchError("hash keys must be 16-byte strings")
     if min(map(len, keys)) < 1 or max(map(len, keys)) > PARTITION_KEY_CHARS_MAX:
         raise InvalidBatchError(f"partition keys must be 1..{PARTITION_KEY_CHARS_MAX} characters")
-    if max(map(len, datas)) > RECORD_DATA_BYTES_MAX:
-        raise InvalidBatchError(f"a record's data exceeds {RECORD_DATA_BYTES_MAX} bytes")
+    if max(map(len, datas)) > record_bytes_max:
+        raise InvalidBatchError(f"a record's data exceeds {record_bytes_max} bytes")
     if min(hashes) < hash_low or max(hashes) > hash_high:
         raise WrongShardError("a record's hash key lies outside the shard's range")
 

@@ -444,7 +444,9 @@ class Client:
     ) -> PutRecordsResult:
         """Store up to 500 records; each one succeeds or fails on its own (as Kinesis does).
 
-        Raises: RequestTooLargeError (over 500 records or 5 MiB), RecordTooLargeError,
+        Raises: RequestTooLargeError (over 500 records, or over 5 MiB: 10 MiB on a stream of
+        large records), RecordTooLargeError (over the stream's max record size, 1 MiB unless
+        UpdateMaxRecordSize raised it),
         InvalidPartitionKeyError, InvalidHashKeyError, InvalidArgumentError (an entry's shape),
         StreamNotFoundError, InvalidStreamNameError. Per-record failures are RecordFailure items.
         """
@@ -634,7 +636,9 @@ def _record_to_wire(entry: Any) -> dict[str, Any]:
         )
     record: dict[str, Any] = {
         "k": model.check_partition_key(entry[1]),
-        "d": model.check_record_data(entry[0]),
+        # The ceiling here; the stream's own max record size (1 MiB unless UpdateMaxRecordSize
+        # raised it) is the server's to apply: RecordTooLargeError comes back from there.
+        "d": model.check_record_data(entry[0], model.RECORD_DATA_BYTES_CEILING),
     }
     if len(entry) == 3 and entry[2] is not None:
         record["h"] = model.parse_explicit_hash_key(entry[2])
@@ -647,10 +651,9 @@ def _check_put_records_size(records: list[dict[str, Any]]) -> None:
             f"put_records takes 1..{model.PUT_RECORDS_COUNT_MAX} records, got {len(records)}"
         )
     size_bytes = sum(len(r["d"]) + len(r["k"].encode()) for r in records)
-    if size_bytes > model.PUT_RECORDS_BYTES_MAX:
-        raise RequestTooLargeError(
-            f"put_records carries {size_bytes} bytes; the limit is {model.PUT_RECORDS_BYTES_MAX}"
-        )
+    limit = model.PUT_RECORDS_LARGE_BYTES_MAX  # the server applies the stream's (5 MiB default)
+    if size_bytes > limit:
+        raise RequestTooLargeError(f"put_records carries {size_bytes} bytes; the limit is {limit}")
 
 
 def _check_read_args(max_bytes: int, wait_ms: int, limit: int | None) -> None:

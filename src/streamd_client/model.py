@@ -31,7 +31,8 @@ RECORD_DATA_BYTES_MAX = 1024 * 1024  # a stream's default (Kinesis's)
 RECORD_DATA_BYTES_CEILING = 10 * 1024 * 1024  # what UpdateMaxRecordSize may raise it to
 PARTITION_KEY_CHARS_MAX = 256
 PUT_RECORDS_COUNT_MAX = 500
-PUT_RECORDS_BYTES_MAX = 5 * 1024 * 1024
+PUT_RECORDS_BYTES_MAX = 5 * 1024 * 1024  # a stream at the default record size
+PUT_RECORDS_LARGE_BYTES_MAX = 10 * 1024 * 1024  # a stream whose records may exceed 1 MiB
 SHARD_COUNT_MAX = 1024
 RETENTION_HOURS_MIN = 24
 RETENTION_HOURS_MAX = 8760
@@ -76,16 +77,28 @@ def check_partition_key(key: object) -> str:
     return key
 
 
-def check_record_data(data: object) -> bytes:
+def check_record_data(data: object, limit_bytes: int = RECORD_DATA_BYTES_MAX) -> bytes:
+    """``data`` as bytes if it is at most ``limit_bytes`` long (a stream's max record size:
+    1 MiB unless UpdateMaxRecordSize raised it). Raises InvalidArgumentError,
+    RecordTooLargeError."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise InvalidArgumentError(f"record data must be bytes, got {type(data).__name__}")
-    if len(data) > RECORD_DATA_BYTES_MAX:
+    if len(data) > limit_bytes:
         raise RecordTooLargeError(
-            f"record data is {len(data)} bytes; the limit is {RECORD_DATA_BYTES_MAX}",
+            f"record data is {len(data)} bytes; the limit is {limit_bytes}",
             size_bytes=len(data),
-            limit_bytes=RECORD_DATA_BYTES_MAX,
+            limit_bytes=limit_bytes,
         )
     return bytes(data)
+
+
+def put_records_bytes_max(record_bytes_max: int) -> int:
+    """What one put_records may carry (data and partition keys) on a stream whose max record
+    size is ``record_bytes_max``: 5 MiB by default, 10 MiB once records may exceed 1 MiB
+    (Kinesis's PutRecords limits)."""
+    if record_bytes_max <= RECORD_DATA_BYTES_MAX:
+        return PUT_RECORDS_BYTES_MAX
+    return PUT_RECORDS_LARGE_BYTES_MAX
 
 
 def check_retention_hours(hours: object) -> int:

@@ -34,7 +34,7 @@ from .errors import ProtocolError
 
 PROTOCOL_VERSION: Final = 1
 SUPPORTED_VERSIONS: Final = (1,)
-FRAME_BYTES_MAX_DEFAULT: Final = 8 * 1024 * 1024
+FRAME_BYTES_MAX_DEFAULT: Final = 16 * 1024 * 1024  # a 10 MiB record and its framing
 FRAME_ITEMS_MAX_DEFAULT: Final = 65_536  # requests, as the server reads them
 ANSWER_ITEMS_MAX_DEFAULT: Final = 1 << 20  # answers, as the client reads them
 FRAME_DEPTH_MAX: Final = 16

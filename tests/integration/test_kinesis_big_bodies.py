@@ -213,9 +213,11 @@ def test_put_record_p99_stays_low_while_big_bodies_are_decoded(gateway: ServerPr
 def test_a_body_over_its_operation_bound_is_refused_before_it_is_read(
     gateway: ServerProcess,
 ) -> None:
-    """A client announcing an 11 MiB PutRecords gets InvalidArgumentException at once, while it is
-    still sending (the server reads and drops the rest, so the answer is not lost to a reset)."""
-    size = 11 * 1024 * 1024
+    """A client announcing a 15 MiB PutRecords (over the 13.8 MiB that 10 MiB of records, the
+    most a stream of large records takes, can be in JSON) gets InvalidArgumentException at once,
+    while it is still sending (the server reads and drops the rest, so the answer is not lost to
+    a reset)."""
+    size = 15 * 1024 * 1024
     with socket.create_connection(address(gateway), timeout=30) as sock:
         head = (
             "POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: Kinesis_20131202.PutRecords\r\n"
@@ -229,11 +231,11 @@ def test_a_body_over_its_operation_bound_is_refused_before_it_is_read(
         answer = json.loads(response.read())
         assert response.status == 400
         assert answer["__type"] == "InvalidArgumentException"
-        assert answer["message"].startswith("Records size exceeds 5 MB limit")
+        assert answer["message"].startswith("Records size exceeds 10 MB limit")
     status, answer = post(
         gateway,
         "PutRecord",
-        {"StreamName": "s", "Data": "x" * (2 * 1024 * 1024), "PartitionKey": "k"},
+        {"StreamName": "s", "Data": "x" * (14 * 1024 * 1024), "PartitionKey": "k"},
     )
     assert (status, answer["__type"]) == (400, "ValidationException")
     # A body within the bound still gets the operation's own check, as before.

@@ -154,7 +154,12 @@ def test_every_model_operation_answers_for_real_or_says_not_supported(kinesis: A
             answered[op] = "ok"
     assert set(answered) == set(MODEL.operation_names)
     # The implemented settings operations really ran with these example values.
-    for op in ("EnableEnhancedMonitoring", "PutResourcePolicy", "DescribeAccountSettings"):
+    for op in (
+        "EnableEnhancedMonitoring",
+        "PutResourcePolicy",
+        "DescribeAccountSettings",
+        "UpdateMaxRecordSize",
+    ):
         assert answered[op] == "ok", (op, answered[op])
 
 
@@ -307,8 +312,10 @@ def test_settings_survive_a_restart(kinesis: Any, gateway: ServerProcess) -> Non
     arn = ARN_PREFIX + name
     kinesis.put_resource_policy(ResourceARN=arn, Policy='{"Statement": []}')
     kinesis.enable_enhanced_monitoring(StreamName=name, ShardLevelMetrics=["IncomingBytes"])
+    kinesis.update_max_record_size(StreamARN=arn, MaxRecordSizeInKiB=2048)
     gateway.terminate()
     gateway.restart()
     summary = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
     assert summary["EnhancedMonitoring"] == [{"ShardLevelMetrics": ["IncomingBytes"]}]
+    assert summary["MaxRecordSizeInKiB"] == 2048
     assert kinesis.get_resource_policy(ResourceARN=arn)["Policy"] == '{"Statement": []}'

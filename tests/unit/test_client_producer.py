@@ -281,7 +281,7 @@ async def test_options_out_of_range_are_refused() -> None:
         with pytest.raises(errors.InvalidArgumentError):
             client.producer("s", batch_records_max=0)
         with pytest.raises(errors.InvalidArgumentError):
-            client.producer("s", batch_bytes_max=6 << 20)
+            client.producer("s", batch_bytes_max=12 << 20)  # over the batch payload bound
         with pytest.raises(errors.StreamNotFoundError):
             async with client.producer("missing"):
                 pass

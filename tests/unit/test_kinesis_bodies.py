@@ -22,9 +22,12 @@ MIB = 1024 * 1024
 
 
 def test_body_bounds_follow_kinesis_limits_per_protocol() -> None:
-    assert 5 * MIB < body_bytes_max("PutRecords", Protocol.CBOR) < 6 * MIB
-    assert 5 * MIB * 4 // 3 < body_bytes_max("PutRecords", Protocol.JSON) < 7.5 * MIB
-    assert MIB < body_bytes_max("PutRecord", Protocol.CBOR) < 1.1 * MIB
+    # The largest any stream takes (10 MiB records and PutRecords, UpdateMaxRecordSize): the
+    # stream's own limits come after decoding.
+    assert 10 * MIB < body_bytes_max("PutRecords", Protocol.CBOR) < 11 * MIB
+    assert 10 * MIB * 4 // 3 < body_bytes_max("PutRecords", Protocol.JSON) < 14 * MIB
+    assert 10 * MIB < body_bytes_max("PutRecord", Protocol.CBOR) < 10.1 * MIB
+    assert 10 * MIB * 4 // 3 < body_bytes_max("PutRecord", Protocol.JSON) < 13.5 * MIB
     assert body_bytes_max("ListStreams", Protocol.JSON) == MIB
     assert body_bytes_max(None, Protocol.JSON) == MIB
     assert too_large("PutRecords", 9 * MIB, 7 * MIB)[0] == "InvalidArgumentException"

@@ -305,7 +305,7 @@ async def test_a_body_over_its_operation_bound_is_refused_before_it_is_read() ->
     reader = ResponseReader()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(serve, dispatcher, server, None)
-        await client.send_all(kinesis_head("PutRecords", 8 * 1024 * 1024))
+        await client.send_all(kinesis_head("PutRecords", 15 * 1024 * 1024))
         with trio.fail_after(5):
             reader.parser.feed_data(await client.receive_some(65536))
         await client.send_all(b"x" * 100_000)  # what the client was still sending is drained
@@ -313,7 +313,7 @@ async def test_a_body_over_its_operation_bound_is_refused_before_it_is_read() ->
         reader.parser.feed_data(await reader.read_until_closed(client))
     (response,) = reader.responses
     assert response.status == 400
-    assert b"Records size exceeds 5 MB limit" in response.body
+    assert b"Records size exceeds 10 MB limit" in response.body
     assert b"InvalidArgumentException" in response.body
     assert dispatcher.requests == []
 

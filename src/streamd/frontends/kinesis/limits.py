@@ -11,9 +11,10 @@ from dataclasses import dataclass
 class HttpLimits:
     header_bytes_max: int = 16 * 1024
     # Any body, whatever its operation: past it, a bare 413 (as Kinesis' front end answers).
-    # Each operation's own bound is lower (body_limits.py: PutRecords in JSON, 7.2 MiB, is the
-    # largest) and answers the error Kinesis gives for that operation.
-    body_bytes_max: int = 12 * 1024 * 1024
+    # Each operation's own bound is lower (body_limits.py: PutRecords in JSON, 13.8 MiB, is the
+    # largest: 10 MiB of records for a stream of large records) and answers the error Kinesis
+    # gives for that operation.
+    body_bytes_max: int = 16 * 1024 * 1024
     # All connections together: bodies larger than body_reserve_min_bytes reserve their size
     # here before they are read, and wait at most body_wait_timeout_s for room (then 503).
     bodies_in_flight_bytes_max: int = 64 * 1024 * 1024

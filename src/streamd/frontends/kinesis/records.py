@@ -21,14 +21,14 @@ from typing import Any, Final
 from streamd_client.consumer import decode_read
 from streamd_client.errors import StreamdError
 from streamd_client.model import (
-    PUT_RECORDS_BYTES_MAX,
     PUT_RECORDS_COUNT_MAX,
-    RECORD_DATA_BYTES_MAX,
+    RECORD_DATA_BYTES_CEILING,
     Position,
     check_partition_key,
     hash_bytes_of,
     parse_explicit_hash_key,
     parse_sequence,
+    put_records_bytes_max,
     shard_id_of,
 )
 from streamd_client.results import ChildShard, RawRead
@@ -73,23 +73,26 @@ _ITERATOR_TYPES: Final = (
 # -- writes ---------------------------------------------------------------------------------------
 
 
-def _record_in(entry: dict[str, Any], where: str) -> RecordIn:
+def _record_in(entry: dict[str, Any], where: str, limit: int) -> RecordIn:
+    """One record of a request; ``limit``: the stream's max record size (UpdateMaxRecordSize)."""
     data = entry.get("Data")
     key = entry.get("PartitionKey")
     if (  # the common case, checked inline: PutRecords spends its time here
         type(data) is bytes
         and type(key) is str
         and 1 <= len(key) <= 256
-        and len(data) <= RECORD_DATA_BYTES_MAX
+        and len(data) <= limit
         and entry.get("ExplicitHashKey") is None
     ):
         return RecordIn(key, hashlib.md5(key.encode()).digest(), data)
     if not isinstance(data, bytes):
         raise validation(f"{where}Data must not be null and must be a blob")
-    if len(data) > RECORD_DATA_BYTES_MAX:
+    if len(data) > limit:
         raise validation(
             f"1 validation error detected: Value at '{where}data' failed to satisfy "
-            f"constraint: Member must have length less than or equal to {RECORD_DATA_BYTES_MAX}"
+            f"constraint: Member must have length less than or equal to {limit} (the "
+            "stream's max record size; UpdateMaxRecordSize raises it up to "
+            f"{RECORD_DATA_BYTES_CEILING})"
         )
     key = req_str(entry, "PartitionKey", max_len=256)
     check_partition_key(key)
@@ -107,7 +110,7 @@ def _record_in(entry: dict[str, Any], where: str) -> RecordIn:
 
 async def put_record(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
     name = resolve_stream(ctx, body)
-    record = _record_in(body, "")
+    record = _record_in(body, "", ctx.engine.stream_meta(name).max_record_bytes)
     ordering = opt_str(body, "SequenceNumberForOrdering", max_len=129)
     if ordering is not None and not _SEQUENCE_FOR_ORDERING_RE.fullmatch(ordering):
         raise validation("SequenceNumberForOrdering must match 0|([1-9]\\d{0,128})")
@@ -131,16 +134,17 @@ async def put_records(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, An
             f"1 validation error detected: Value {summary(count, 40)} at 'records' failed to "
             f"satisfy constraint: Member must have length between 1 and {PUT_RECORDS_COUNT_MAX}"
         )
+    limit = ctx.engine.stream_meta(name).max_record_bytes
     records = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise validation(f"Records.{i + 1} must be a structure")
-        records.append(_record_in(entry, f"records.{i + 1}.member."))
+        records.append(_record_in(entry, f"records.{i + 1}.member.", limit))
     total = sum(len(r.data) + len(r.partition_key.encode()) for r in records)
-    if total > PUT_RECORDS_BYTES_MAX:
+    request_bytes_max = put_records_bytes_max(limit)
+    if total > request_bytes_max:
         raise invalid_argument(
-            f"Records size exceeds {PUT_RECORDS_BYTES_MAX // (1024 * 1024)} MB limit "
-            f"({total} bytes)"
+            f"Records size exceeds {request_bytes_max // (1024 * 1024)} MB limit ({total} bytes)"
         )
     outcomes = await ctx.engine.put_records(name, records)
     results: list[dict[str, Any]] = []

@@ -199,6 +199,7 @@ SETTINGS_OPERATIONS: Final[dict[str, Operation]] = {
     "PutResourcePolicy": put_resource_policy,
     "GetResourcePolicy": get_resource_policy,
     "DeleteResourcePolicy": delete_resource_policy,
+    "UpdateMaxRecordSize": update_max_record_size,
     "DescribeAccountSettings": describe_account_settings,
     "UpdateAccountSettings": update_account_settings,
 }

@@ -20,16 +20,17 @@ from streamd_client.errors import (
     RequestTooLargeError,
 )
 from streamd_client.model import (
-    PUT_RECORDS_BYTES_MAX,
     PUT_RECORDS_COUNT_MAX,
     READ_BYTES_MAX,
     READ_WAIT_MS_MAX,
+    RECORD_DATA_BYTES_CEILING,
     RETENTION_HOURS_DEFAULT,
     Position,
     check_partition_key,
     check_record_data,
     hash_bytes_of,
     parse_explicit_hash_key,
+    put_records_bytes_max,
 )
 from streamd_client.summary import summary
 
@@ -101,7 +102,7 @@ def _record_in(raw: Any) -> RecordIn:
     if not isinstance(raw, dict):
         raise InvalidArgumentError("each record must be a map {k, d, h?}")
     key = check_partition_key(raw.get("k"))
-    data = check_record_data(raw.get("d"))
+    data = check_record_data(raw.get("d"), RECORD_DATA_BYTES_CEILING)  # the stream's: below
     explicit = raw.get("h")
     if explicit is None:
         hash_bytes = hash_bytes_of(key)
@@ -118,10 +119,14 @@ async def _put_records(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
             f"put_records takes 1..{PUT_RECORDS_COUNT_MAX} records, got {len(raw_records)}"
         )
     records = [_record_in(r) for r in raw_records]
+    record_bytes_max = engine.stream_meta(stream).max_record_bytes  # UpdateMaxRecordSize's
+    for record in records:
+        check_record_data(record.data, record_bytes_max)
     total = sum(len(r.data) + len(r.partition_key.encode()) for r in records)
-    if total > PUT_RECORDS_BYTES_MAX:
+    request_bytes_max = put_records_bytes_max(record_bytes_max)
+    if total > request_bytes_max:
         raise RequestTooLargeError(
-            f"put_records carries {total} bytes; the limit is {PUT_RECORDS_BYTES_MAX}"
+            f"put_records carries {total} bytes; the limit is {request_bytes_max}"
         )
     # A node forwarding server-routed puts marks them (cluster/peers.py): never forward again.
     forwarded = _arg(args, "forwarded", bool, False)
