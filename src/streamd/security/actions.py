@@ -77,6 +77,7 @@ KINESIS_ACTIONS: Final[Mapping[str, str]] = {
     "GetResourcePolicy": "stream:describe",
     "PutResourcePolicy": "stream:configure",
     "DeleteResourcePolicy": "stream:configure",
+    "UpdateMaxRecordSize": "stream:configure",
     "DescribeAccountSettings": "stream:list",
     "UpdateAccountSettings": "cluster:admin",
 }
