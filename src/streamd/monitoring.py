@@ -14,9 +14,10 @@ What is counted (docs/kinesis.md, "Enhanced monitoring"):
   partition keys plus 24 bytes a record; a client-built batch: its size).
 - Outgoing: records and stored (compressed) batch bytes that reads returned, from every front
   end (GetRecords, SubscribeToShard, native reads; iterator lookups read a record too).
-- WriteProvisionedThroughputExceeded: records refused with THROTTLED at the shard.
-  ReadProvisionedThroughputExceeded: reads refused by a read quota (``read_throttled``; stays 0
-  while no read quota is enforced).
+- WriteProvisionedThroughputExceeded: records refused with THROTTLED at the shard, for its
+  full write queue (``write_throttled``) or its write quota (throttle.py).
+  ReadProvisionedThroughputExceeded: polling reads refused by the shard's read quota
+  (throttle.py; 0 while no quota is enforced).
 - IteratorAgeMilliseconds: at the last read that returned records, the time between the read and
   the arrival of the last record it returned (exported in seconds, Prometheus's unit).
 """
@@ -41,8 +42,7 @@ class ShardCounters:
     incoming_bytes: int = 0
     outgoing_records: int = 0
     outgoing_bytes: int = 0
-    write_throttled: int = 0
-    read_throttled: int = 0
+    write_throttled: int = 0  # for a full write queue; quota refusals are throttle.py's
     iterator_age_ms: int = 0
 
 
@@ -74,13 +74,14 @@ _METRICS: Final = {
     ),
     "WriteProvisionedThroughputExceeded": (
         "streamd_shard_write_throttled_records",
-        "Records refused with THROTTLED by the shard (enhanced monitoring)",
+        "Records refused with THROTTLED by the shard: full queue or write quota (enhanced "
+        "monitoring)",
         "write_throttled",
         True,
     ),
     "ReadProvisionedThroughputExceeded": (
         "streamd_shard_read_throttled",
-        "Reads of the shard refused by its read quota (enhanced monitoring)",
+        "Polling reads of the shard refused by its read quota (enhanced monitoring)",
         "read_throttled",
         True,
     ),
@@ -105,9 +106,15 @@ class _Stream(Protocol):
     def pipelines(self) -> Mapping[str, _Pipeline]: ...
 
 
+class _Quotas(Protocol):
+    def refused(self, meta: StreamMeta, shard_id: str) -> tuple[int, int]: ...
+
+
 class _Engine(Protocol):
     @property
     def streams(self) -> Mapping[str, _Stream]: ...
+    @property
+    def quotas(self) -> _Quotas: ...
 
 
 class ShardMetricsCollector(Collector):
@@ -135,7 +142,10 @@ class ShardMetricsCollector(Collector):
                             if is_counter
                             else GaugeMetricFamily(name, help_text, labels=("stream", "shard"))
                         )
-                    value: float = getattr(pipeline.counters, attribute)
+                    value: float = getattr(pipeline.counters, attribute, 0)
+                    if attribute in ("write_throttled", "read_throttled"):
+                        records, reads = self.engine.quotas.refused(stream.meta, shard_id)
+                        value += records if attribute == "write_throttled" else reads
                     if not is_counter:
                         value /= 1000
                     family.add_metric((stream.meta.name, shard_id), value)

@@ -50,6 +50,9 @@ class Quotas:
         # stream id -> (the tags the figures were made from, the figures): tags dicts are
         # replaced, never changed, with the stream's metadata, so identity says "unchanged".
         self._figures: dict[str, tuple[dict[str, str], QuotaFigures]] = {}
+        # (stream id, shard id) -> [records refused for the write quota, reads refused]: what
+        # enhanced monitoring exports per shard (monitoring.py); pruned with the meters.
+        self._refused: dict[tuple[str, str], list[int]] = {}
 
     def _now_s(self) -> float:
         return self._clock.monotonic_ms() / 1000
@@ -133,6 +136,7 @@ class Quotas:
         if quota is None:
             return
         metrics.THROTTLED_READS.labels(meta.name, shard_id).inc()
+        self._refused.setdefault((meta.stream_id, shard_id), [0, 0])[1] += 1
         raise self._refusal(meta, shard_id, meter, quota, retry_after_s)
 
     def charge_read(self, meta: StreamMeta, shard_id: str, batches: Sequence[bytes]) -> None:
@@ -169,8 +173,15 @@ class Quotas:
         meter = self._book.get(meta.stream_id, shard_id)
         return (0.0, 0.0) if meter is None else meter.load(self._now_s())
 
+    def refused(self, meta: StreamMeta, shard_id: str) -> tuple[int, int]:
+        """(records refused for the shard's write quota, polling reads refused) so far."""
+        counts = self._refused.get((meta.stream_id, shard_id))
+        return (0, 0) if counts is None else (counts[0], counts[1])
+
     def prune(self, live: set[tuple[str, str]]) -> int:
         """Forget the meters of shards not in ``live`` ((stream id, shard id) pairs)."""
+        for key in [k for k in self._refused if k not in live]:
+            del self._refused[key]
         live_streams = {stream_id for stream_id, _ in live}
         for stream_id in [s for s in self._figures if s not in live_streams]:
             del self._figures[stream_id]
@@ -190,7 +201,7 @@ class Quotas:
             retry_after_ms=retry_after_ms,
         )
 
-    @staticmethod
-    def _count_writes(meta: StreamMeta, shard_id: str, records: int, size: int) -> None:
+    def _count_writes(self, meta: StreamMeta, shard_id: str, records: int, size: int) -> None:
+        self._refused.setdefault((meta.stream_id, shard_id), [0, 0])[0] += records
         metrics.THROTTLED_RECORDS.labels(meta.name, shard_id).inc(records)
         metrics.THROTTLED_BYTES.labels(meta.name, shard_id).inc(size)

@@ -319,3 +319,42 @@ def test_settings_survive_a_restart(kinesis: Any, gateway: ServerProcess) -> Non
     assert summary["EnhancedMonitoring"] == [{"ShardLevelMetrics": ["IncomingBytes"]}]
     assert summary["MaxRecordSizeInKiB"] == 2048
     assert kinesis.get_resource_policy(ResourceARN=arn)["Policy"] == '{"Statement": []}'
+
+
+def test_throttling_by_quota_shows_in_the_shard_level_throttle_metrics(
+    kinesis: Any, gateway: ServerProcess
+) -> None:
+    name = f"ops-{uuid.uuid4().hex[:10]}"
+    kinesis.create_stream(
+        StreamName=name,
+        ShardCount=1,
+        Tags={"streamd:quota:write-records-per-s": "5", "streamd:quota:read-calls-per-s": "1"},
+    )
+    kinesis.enable_enhanced_monitoring(
+        StreamName=name,
+        ShardLevelMetrics=[
+            "WriteProvisionedThroughputExceeded",
+            "ReadProvisionedThroughputExceeded",
+        ],
+    )
+    answer = kinesis.put_records(
+        StreamName=name, Records=[{"Data": b"x", "PartitionKey": f"k{i}"} for i in range(20)]
+    )
+    refused = answer["FailedRecordCount"]
+    assert refused >= 10  # a burst of 5 records a second, give or take the refill
+    it = kinesis.get_shard_iterator(
+        StreamName=name, ShardId="shardId-000000000000", ShardIteratorType="TRIM_HORIZON"
+    )["ShardIterator"]
+    throttled_reads = 0
+    for _ in range(3):
+        try:
+            it = kinesis.get_records(ShardIterator=it)["NextShardIterator"]
+        except ClientError as exc:
+            assert exc.response["Error"]["Code"] == "ProvisionedThroughputExceededException"
+            # botocore retries a throttled call: every attempt was a refused read
+            throttled_reads += 1 + exc.response["ResponseMetadata"]["RetryAttempts"]
+    assert throttled_reads >= 1
+    text = scrape(gateway)
+    shard = "shardId-000000000000"
+    assert series(text, "streamd_shard_write_throttled_records_total", name) == {shard: refused}
+    assert series(text, "streamd_shard_read_throttled_total", name) == {shard: throttled_reads}
