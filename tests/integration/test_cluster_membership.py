@@ -109,25 +109,29 @@ async def test_an_unreachable_etcd_is_refused() -> None:
         await store.aclose()
 
 
-async def test_a_node_whose_renewals_stall_declares_itself_lost_before_its_lease_lapses(
+async def test_a_node_whose_renewals_stall_lapses_before_its_lease_expires_then_is_lost(
     own_etcd: EtcdProcess,
 ) -> None:
+    """etcd frozen: the node stops acting as a member at its own bound (before etcd's expiry),
+    keeps renewing, and once etcd answers that the lease expired meanwhile, it is lost."""
     store = EtcdMetaStore(EtcdClient([own_etcd.endpoint], request_timeout_s=1.0))
     try:
-        with trio.fail_after(15):
+        with trio.fail_after(20):
             async with join_cluster(store, config("n1")) as member:
                 await trio.sleep(1.0)
                 bound = member.valid_until
                 own_etcd.pause()  # renewals hang: nothing answers
                 try:
-                    await member.lost.wait()
-                    lost_at = trio.current_time()
+                    await member.lapsed.wait()
+                    lapsed_at = trio.current_time()
+                    assert not member.lease_valid() and not member.lost.is_set()
+                    await trio.sleep(member.ttl_s + 1.0)  # etcd's expiry passes while frozen
                 finally:
                     own_etcd.resume()
-                assert not member.lease_valid()
-                # Lost at the local bound: before etcd's own expiry (bound + margin) at latest.
-                assert bound <= lost_at <= member.valid_until + 0.3
+                # Lapsed at the local bound: before etcd's own expiry (bound + margin) at latest.
+                assert bound <= lapsed_at <= member.valid_until + 0.3
                 with pytest.raises(NodeLostError):
                     member.check()
+                await member.lost.wait()  # the next renewal hears the lease is gone
     finally:
         await store.aclose()

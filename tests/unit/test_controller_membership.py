@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 import trio
 import trio.testing
 
-from streamd.controller.membership import MembershipConfig, join_cluster
+from streamd.controller.errors import NodeLostError
+from streamd.controller.membership import DETACHED_S_MAX_DEFAULT, MembershipConfig, join_cluster
 from streamd.meta import Lease, TxnResult
 from streamd.meta.errors import LeaseNotFoundError
 from streamd_client.errors import MetadataUnavailableError
@@ -69,19 +71,43 @@ async def test_renewals_every_third_of_the_ttl_keep_the_node_a_member(
     assert store.revoked == [7]  # a clean stop revokes
 
 
-async def test_a_hanging_renewal_makes_the_node_lost_at_its_own_bound(
+async def test_a_hanging_renewal_lapses_the_lease_at_its_own_bound_then_loses_the_node(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    store = ScriptedStore(lambda n: 3600.0 if n >= 3 else None)  # the 3rd never answers
+    store = ScriptedStore(lambda n: 3600.0 if n >= 3 else None)  # the 3rd on never answers
     async with join_cluster(store, config()) as member:  # type: ignore[arg-type]
-        await member.lost.wait()
-        lost_at = trio.current_time()
+        await member.lapsed.wait()
+        lapsed_at = trio.current_time()
         last_good_sent = store.keepalives[1]
-        assert lost_at == last_good_sent + TTL_S - MARGIN_S  # before etcd could expire it
-        assert not member.lease_valid()
+        assert lapsed_at == last_good_sent + TTL_S - MARGIN_S  # before etcd could expire it
+        assert not member.lease_valid() and not member.lost.is_set()
+        with pytest.raises(NodeLostError):
+            member.check()
+        await member.lost.wait()  # renewals went on, each bounded by the TTL, none answered
+        assert trio.current_time() >= lapsed_at + DETACHED_S_MAX_DEFAULT
+        assert len(store.keepalives) > 3
         assert store.revoked == [7]  # told etcd at once
+        renewals = len(store.keepalives)
         await trio.sleep(10)
-        assert len(store.keepalives) == 3  # no renewal after lost
+        assert len(store.keepalives) == renewals  # no renewal after lost
+
+
+async def test_a_lapsed_lease_that_etcd_still_holds_is_valid_again_after_a_renewal(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """etcd away for 10 s (killed and restarted: it extends leases): the node lapses, keeps
+    renewing, and is a member again when a renewal succeeds; never lost."""
+
+    def renew(n: int) -> object:
+        return MetadataUnavailableError("etcd down") if 3 <= n <= 100 else None
+
+    store = ScriptedStore(renew)
+    async with join_cluster(store, config()) as member:  # type: ignore[arg-type]
+        await member.lapsed.wait()
+        assert not member.lease_valid()
+        await trio.sleep(30)  # 98 refused renewals 0.1 s apart, then they succeed again
+        assert member.lease_valid() and not member.lost.is_set()
+        assert len(store.keepalives) > 100
 
 
 async def test_a_slow_answer_counts_from_when_the_renewal_was_sent(
@@ -89,7 +115,7 @@ async def test_a_slow_answer_counts_from_when_the_renewal_was_sent(
 ) -> None:
     store = ScriptedStore(lambda n: 0.5 if n == 1 else 3600.0)  # answers 0.5 s late, then hangs
     async with join_cluster(store, config()) as member:  # type: ignore[arg-type]
-        await member.lost.wait()
+        await member.lapsed.wait()
         assert trio.current_time() == store.keepalives[0] + TTL_S - MARGIN_S
 
 
@@ -120,5 +146,5 @@ async def test_a_renewal_that_would_answer_after_the_bound_does_not_save_the_nod
 ) -> None:
     store = ScriptedStore(lambda n: 1.0 if n == 1 else None)  # sent at TTL/3, answer too late
     async with join_cluster(store, config()) as member:  # type: ignore[arg-type]
-        await member.lost.wait()
+        await member.lapsed.wait()
         assert trio.current_time() == TTL_S - MARGIN_S  # the grant's bound; the answer is moot

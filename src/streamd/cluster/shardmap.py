@@ -6,7 +6,9 @@ cheap enough for every request. A shard is ``Local`` when its assignment names t
 leader with status ok *and* this node's membership lease is valid (a node that may have lost
 its lease must not act as leader: docs/cluster.md, node life cycle); ``Remote`` when another
 live node leads it; ``Unavailable`` otherwise (unassigned, status unavailable, or its leader's
-registration is gone and the controller has not moved it yet).
+registration is gone and the controller has not moved it yet). The lease condition holds for
+RF 1 shards only: a replicated shard's leader is fenced by its epoch, and serves while etcd is
+away (controller/membership.py, "lapsed").
 
 Listeners (``listen``) are told when anything under either prefix changed, so the engine can
 open or close pipelines as leadership moves.
@@ -97,7 +99,9 @@ class ShardMap:
         if assignment.status != "ok" or leader is None:
             return Unavailable(f"status {assignment.status}")
         if leader == self.node_id:
-            if not self.lease_valid():
+            # A replicated shard's leader is fenced by the replication core's epochs and quorum
+            # lease, not by this node's membership: it keeps serving while etcd is away.
+            if assignment.replication_factor == 1 and not self.lease_valid():
                 return Unavailable("this node's membership lease may have lapsed")
             return LOCAL
         registration = self.registration(leader)

@@ -12,9 +12,14 @@ the node must not act as a member longer than etcd counts it as one. So the node
 bound, on the local monotonic clock: the lease is valid until *send time of the last renewal
 that succeeded + granted TTL - margin*. A renewal is measured from when it was sent, never from
 when it was answered, so the bound is never later than etcd's. When the bound passes without a
-renewal, or etcd says the lease is gone, the node declares itself lost: ``lost`` is set,
-``lease_valid()`` is False, ``check()`` raises NodeLostError, and it makes no further renewal
-(it registers again only by joining again).
+renewal, the lease has *lapsed* here: ``lease_valid()`` is False and ``check()`` raises
+NodeLostError, so the node stops acting as a member (no controller work, no RF 1 shard, no group
+coordinator), but it keeps trying to renew: when etcd was only away (killed and restarted: etcd
+extends every lease when it comes back), a renewal succeeds and the lease is valid again, with
+nothing having changed in the cluster. The node is *lost* when etcd says the lease is gone, or
+after ``detached_s_max`` without a renewal: ``lost`` is set, and it makes no further renewal (it
+registers again only by joining again). Replicated shards keep being served meanwhile: their
+safety is the replication core's epochs and quorum, never this lease (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from .tasks import bounded, open_nursery
 LEASE_TTL_S_DEFAULT: Final = 2  # etcd's minimum
 LEASE_MARGIN_S_DEFAULT: Final = 0.5
 REQUEST_TIMEOUT_S_DEFAULT: Final = 2.0
+DETACHED_S_MAX_DEFAULT: Final = 60.0
 _RETRY_S: Final = 0.1
 _REVOKE_TIMEOUT_S: Final = 1.0
 
@@ -57,6 +63,8 @@ class MembershipConfig:
     lease_ttl_s: int = LEASE_TTL_S_DEFAULT
     lease_margin_s: float = LEASE_MARGIN_S_DEFAULT  # Invariant: < lease_ttl_s / 3
     request_timeout_s: float = REQUEST_TIMEOUT_S_DEFAULT  # each store call while joining
+    # How long a lapsed lease is renewed before the node counts itself lost (etcd away longer).
+    detached_s_max: float = DETACHED_S_MAX_DEFAULT
 
 
 class Membership:
@@ -71,6 +79,7 @@ class Membership:
         self.lease_id = lease_id
         self.ttl_s = config.lease_ttl_s
         self.lost = trio.Event()
+        self.lapsed = trio.Event()  # set (then replaced) each time the lease lapses here
         self.valid_until = 0.0  # trio.current_time() bound; see the module docstring
 
     @property
@@ -90,15 +99,29 @@ class Membership:
         self.valid_until = max(self.valid_until, sent_at + ttl_s - self.config.lease_margin_s)
 
     async def keep_alive(self) -> None:
-        """Renew every TTL/3 until cancelled or lost (then it returns, ``lost`` set)."""
+        """Renew every TTL/3 until cancelled or lost (then it returns, ``lost`` set); past the
+        bound (lapsed), keep trying every ``_RETRY_S`` for ``detached_s_max``."""
         next_at = trio.current_time() + self.ttl_s / 3
+        lapsed = False
         while not self.lost.is_set():
-            await trio.sleep_until(min(next_at, self.valid_until))
-            if trio.current_time() >= self.valid_until:
-                await self._declare_lost("no renewal succeeded in time")
+            if lapsed:
+                await trio.sleep_until(next_at)
+            else:
+                await trio.sleep_until(min(next_at, self.valid_until))
+            now = trio.current_time()
+            if now >= self.valid_until and not lapsed:
+                lapsed = True
+                self._lapse()
+            if lapsed and now >= self.valid_until + self.config.detached_s_max:
+                await self._declare_lost(
+                    f"no renewal succeeded for {self.config.detached_s_max:g} s past the bound"
+                )
                 return
-            sent_at = trio.current_time()
-            with trio.move_on_at(self.valid_until):
+            sent_at = now
+            # Valid: a renewal answered after the bound is moot. Lapsed: bounded by the TTL.
+            deadline = sent_at + self.ttl_s if lapsed else self.valid_until
+            next_at = trio.current_time() + _RETRY_S  # unless it succeeds
+            with trio.move_on_at(deadline):
                 try:
                     ttl_s = await self.store.keepalive(self.lease_id)
                 except LeaseNotFoundError:
@@ -107,11 +130,24 @@ class Membership:
                 except MetadataUnavailableError as exc:
                     LEASE_RENEWALS.labels("unavailable").inc()
                     log.warning("cluster.lease_renew_failed", lease=self.lease_id, error=str(exc))
-                    next_at = trio.current_time() + _RETRY_S
                     continue
                 LEASE_RENEWALS.labels("ok").inc()
                 self._renewed(sent_at, ttl_s)
                 next_at = sent_at + self.ttl_s / 3
+                if lapsed:
+                    lapsed = False
+                    log.warning("cluster.lease_regained", node=self.node_id, lease=self.lease_id)
+
+    def _lapse(self) -> None:
+        LEASE_RENEWALS.labels("lapsed").inc()
+        log.error(
+            "cluster.lease_lapsed",
+            node=self.node_id,
+            lease=self.lease_id,
+            detached_s_max=self.config.detached_s_max,
+        )
+        self.lapsed.set()
+        self.lapsed = trio.Event()
 
     async def _declare_lost(self, reason: str) -> None:
         LEASE_RENEWALS.labels("lost").inc()

@@ -6,7 +6,7 @@ from prometheus_client import Counter, Gauge
 
 LEASE_RENEWALS = Counter(
     "streamd_node_lease_renewals_total",
-    "Node lease keepalives by outcome (ok, unavailable, lost)",
+    "Node lease keepalives by outcome (ok, unavailable, lapsed, lost)",
     ["outcome"],
 )
 NODE_LOST = Counter("streamd_node_lost_total", "Times this node declared its lease lost")
