@@ -737,6 +737,20 @@ class Engine:
             )
         log.info("stream.retention_updated", stream=name, retention_hours=retention_hours)
 
+    async def update_stream_mode(self, name: str, mode: StreamMode) -> None:
+        """PROVISIONED <-> ON_DEMAND (an ON_DEMAND stream's shards are split and merged by the
+        scaler, scaler.py). Raises StreamNotFoundError, InvalidArgumentError,
+        ResourceInUseError (a reshard runs)."""
+        if mode not in ("PROVISIONED", "ON_DEMAND"):
+            raise InvalidArgumentError(
+                f"stream mode must be PROVISIONED or ON_DEMAND: {summary(mode)}"
+            )
+        stream = self._stream(name)
+        async with stream.lock:  # a reshard step replaces stream.meta: never interleave
+            stream = self._stream(name)
+            stream.meta = await self.catalog.update(name, lambda m: replace(_active(m), mode=mode))
+        log.info("stream.mode_updated", stream=name, mode=mode)
+
     async def update_tags(self, name: str, add: dict[str, str], remove: Sequence[str]) -> None:
         """Add (or overwrite) and remove tags. Raises StreamNotFoundError, InvalidArgumentError,
         LimitExceededError (more than 50 tags)."""

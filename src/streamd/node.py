@@ -60,6 +60,8 @@ from .meta.errors import MetaError
 from .meta.etcd import EtcdMetaStore
 from .monitoring import ShardMetricsCollector
 from .replication.transport import PeerTransport, ReplicaHost, ReplicaIdCollision, ReplicaIds
+from .scaler import OnDemandScaler
+from .scaling import ON_DEMAND_SHARDS_INITIAL, ScalingPolicy
 from .security.setup import NodeSecurity, open_node_security
 from .startup import StartupError, bind_error, lock_data_dir, prepare_data_dir
 
@@ -73,6 +75,7 @@ class NodeParts:
     engine: Engine
     groups: GroupService
     handlers: dict[str, BoundHandler]  # the native protocol's operations, bound
+    scaler: OnDemandScaler | None = None  # ON_DEMAND streams' scaler (embedded default only)
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,15 @@ def build_parts(
     handlers = bind_handlers(engine, groups)
     if cluster is not None:
         handlers |= bind_replication_handlers(cluster.replica_host)
-    return NodeParts(engine, groups, handlers)
+    # ON_DEMAND streams: split and merged from their measured load (scaler.py). In cluster mode
+    # a node sees only the shards it leads, too little to decide on: not run there yet.
+    scaler = None
+    if cluster is None:
+        policy = ScalingPolicy(
+            shards_max=max(config.on_demand_shards_max, ON_DEMAND_SHARDS_INITIAL)
+        )
+        scaler = OnDemandScaler(engine, policy, interval_s=config.on_demand_interval_ms / 1000)
+    return NodeParts(engine, groups, handlers, scaler)
 
 
 @asynccontextmanager
@@ -342,6 +353,8 @@ async def _run_node(
                 await _run_cluster(config, store, parts, cluster, root, membership)
             else:
                 await root.start(engine.run)
+            if parts.scaler is not None:
+                await root.start(parts.scaler.run)
             root.start_soon(parts.groups.run)
             if gateway is not None:  # its body decoder's workers, before its listener
                 await root.start(gateway[0].run)
@@ -371,6 +384,8 @@ async def _run_node(
                             log.info("server.stopping", signal=signal.Signals(signum).name)
                             break
                     accept.cancel_scope.cancel()
+                if parts.scaler is not None:
+                    parts.scaler.stop()  # no reshard starts while the engine closes
                 with trio.move_on_after(config.shutdown_grace_ms / 1000):
                     await engine.close()
                 await trio.sleep(0.05)  # let connection writers send the last acks

@@ -178,6 +178,10 @@ class Quotas:
         counts = self._refused.get((meta.stream_id, shard_id))
         return (0, 0) if counts is None else (counts[0], counts[1])
 
+    def metered_shards(self) -> int:
+        """How many shards have a meter now."""
+        return len(self._book)
+
     def prune(self, live: set[tuple[str, str]]) -> int:
         """Forget the meters of shards not in ``live`` ((stream id, shard id) pairs)."""
         for key in [k for k in self._refused if k not in live]:

@@ -49,6 +49,7 @@ SANS_IO = (
     "streamd.groups.assign",
     "streamd.cluster.reshard_fence",
     "streamd.quotas",
+    "streamd.scaling",
 )
 ASYNC_LIBRARIES = ("trio", "anyio")
 

@@ -467,6 +467,22 @@ async def update_shard_count(ctx: GatewayContext, body: dict[str, Any]) -> dict[
     }
 
 
+async def update_stream_mode(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
+    """PROVISIONED <-> ON_DEMAND; the shards stay as they are, and an ON_DEMAND stream's are
+    split and merged by the scaler from then on (docs/kinesis.md, "On-demand streams")."""
+    if opt_str(body, "StreamARN", max_len=2048) is None:
+        raise validation("StreamARN must not be null")
+    name = resolve_stream(ctx, body)
+    details = opt_map(body, "StreamModeDetails")
+    if details is None:
+        raise validation("StreamModeDetails must not be null")
+    mode = opt_enum(details, "StreamMode", ("PROVISIONED", "ON_DEMAND"))
+    if mode is None:
+        raise validation("StreamModeDetails.StreamMode must not be null")
+    await ctx.engine.update_stream_mode(name, _mode(mode))
+    return {}
+
+
 async def describe_limits(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
     metas = [ctx.engine.stream_meta(n) for n in ctx.engine.list_streams()]
     return {
@@ -495,5 +511,6 @@ STREAM_OPERATIONS: Final[dict[str, Operation]] = {
     "SplitShard": split_shard,
     "MergeShards": merge_shards,
     "UpdateShardCount": update_shard_count,
+    "UpdateStreamMode": update_stream_mode,
     "DescribeLimits": describe_limits,
 }
