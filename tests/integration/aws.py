@@ -4,6 +4,8 @@
 that a test sees the error the gateway answered, not what is left after botocore's retries.
 Keyword arguments choose other credentials or region (the gateway checks signatures only where
 it was given secrets) and pass further botocore ``Config`` options (e.g. ``read_timeout``).
+Note: legacy mode's ``max_attempts`` 1 still allows one retry (of throttling and 5xx too); a
+test that must see every answer passes ``retries={"total_max_attempts": 1}``.
 """
 
 from __future__ import annotations
@@ -30,5 +32,5 @@ def kinesis_client(
         region_name=region,
         aws_access_key_id=key,
         aws_secret_access_key=secret,
-        config=Config(retries={"max_attempts": 1}, **config),
+        config=Config(**{"retries": {"max_attempts": 1}, **config}),
     )
