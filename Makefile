@@ -5,10 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # `make run` serves with these; change any on the command line, e.g.
 #   make run LISTEN=127.0.0.1:7171 KINESIS_LISTEN=127.0.0.1:4568 DATA_DIR=/tmp/streamd-2
-# (KINESIS_LISTEN=off turns the Kinesis API off; SERVE_ARGS adds any other serve flag).
+# (KINESIS_LISTEN=off turns the Kinesis API off, CONSOLE_LISTEN=off the console in the browser;
+# SERVE_ARGS adds any other serve flag). The server prints the console's URL when it is ready.
 DATA_DIR ?= ./streamd-data
 LISTEN ?= 127.0.0.1:7070
 KINESIS_LISTEN ?= 127.0.0.1:4567
+CONSOLE_LISTEN ?= 127.0.0.1:8080
 SERVE_ARGS ?=
 # `make cluster` runs a local etcd and NODES nodes (`streamd dev cluster`, until Ctrl-C): data
 # under CLUSTER_DIR, native ports 7071.., Kinesis 4571.., etcd 2379 (CLUSTER_ARGS changes those,
@@ -27,7 +29,7 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/streamd serve --data-dir $(DATA_DIR) --listen $(LISTEN) \
-		--kinesis-listen $(KINESIS_LISTEN) $(SERVE_ARGS)
+		--kinesis-listen $(KINESIS_LISTEN) --console-listen $(CONSOLE_LISTEN) $(SERVE_ARGS)
 
 cluster: $(STAMP) etcd
 	$(BIN)/streamd dev cluster --nodes $(NODES) --dir $(CLUSTER_DIR) $(CLUSTER_ARGS)

@@ -67,6 +67,10 @@ class ServerConfig:
     # it looks at the measured load.
     on_demand_shards_max: int = 64
     on_demand_interval_ms: int = 1000
+    # Operator console (docs/console.md): HOST:PORT, off when None. The CLI's default is
+    # 127.0.0.1:8080 in the embedded default (off with --cluster); read-only: no admin forms.
+    console_listen: str | None = None
+    console_read_only: bool = False
     log_format: LogFormat = "console"
     log_level: str = "info"
     # Cluster mode (docs/cluster.md; `serve --cluster`). None: the embedded default, metadata in

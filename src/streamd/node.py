@@ -6,7 +6,8 @@ store, then builds, in this order:
     meta store (SQLite in the data dir) -> engine (streams, shard pipelines, catalog)
       -> group service (consumer groups over the same store and a view of the engine)
       -> native front end (frontends/native: every operation bound to engine or groups)
-      -> Kinesis gateway (frontends/kinesis: the engine) -> metrics listener
+      -> Kinesis gateway (frontends/kinesis: the engine)
+      -> console (frontends/console: the engine and the bound operations) -> metrics listener
 
 Cluster mode (``--cluster etcd://...``; docs/cluster.md) swaps the SQLite store for etcd and adds,
 before the engine runs: the node's membership (join_cluster: cluster id, registration on a
@@ -49,6 +50,7 @@ from .controller.membership import Membership, MembershipConfig, join_cluster
 from .controller.service import serve_as_controller
 from .engine import Engine
 from .frontends.admission import serve_listeners
+from .frontends.console.server import ConsoleServer, open_console
 from .frontends.kinesis.http import Gateway, open_gateway_listeners
 from .frontends.native.api import BoundHandler, bind_handlers
 from .frontends.native.api_replication import bind_replication_handlers
@@ -300,7 +302,7 @@ async def serve(
         async with _cluster_parts(config, store, security) as cluster:
             parts = build_parts(config, store, cluster)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                listeners, gateway = await _bind_all(config, parts.engine, security)
+                listeners, gateway, console = await _bind_all(config, parts, security)
                 try:
                     async with _membership(config, store) as membership:
                         lost = await _run_node(
@@ -311,12 +313,13 @@ async def serve(
                             membership,
                             listeners,
                             gateway,
+                            console,
                             signals,
                             task_status,
                             security,
                         )
                 finally:  # closed already once served; not if the node never got that far
-                    for listener in listeners + (gateway[1] if gateway else []):
+                    for listener in listeners + _listeners_of(gateway, console):
                         await listener.aclose()
     finally:
         await store.aclose()
@@ -333,6 +336,7 @@ async def _run_node(
     membership: Membership | None,
     listeners: list[trio.SocketListener],
     gateway: tuple[Gateway, list[trio.SocketListener]] | None,
+    console: tuple[ConsoleServer, list[trio.SocketListener]] | None,
     signals: AsyncIterator[int],
     task_status: trio.TaskStatus[tuple[str, int]],
     security: NodeSecurity,
@@ -358,6 +362,8 @@ async def _run_node(
             root.start_soon(parts.groups.run)
             if gateway is not None:  # its body decoder's workers, before its listener
                 await root.start(gateway[0].run)
+            if console is not None:  # its sampler and admin actions
+                await root.start(console[0].console.run)
             await root.start(security.reload_on_sighup)  # certificates and credentials
             server = Server(config, parts.handlers, guard=security.guard, tls=security.native_tls)
             host, port = listeners[0].socket.getsockname()[:2]
@@ -377,6 +383,8 @@ async def _run_node(
                     log.info("server.ready", listen=f"{host}:{port}")
                     if gateway is not None:
                         _serve_kinesis(accept, connections, *gateway)
+                    if console is not None:
+                        _serve_console(accept, connections, *console)
                     task_status.started((host, port))
                     with trio.CancelScope() as waiting:
                         accept.start_soon(_stop_when_lost, membership, waiting)
@@ -419,20 +427,32 @@ def _open_meta_store(config: ServerConfig) -> SqliteMetaStore:
 
 
 async def _bind_all(
-    config: ServerConfig, engine: Engine, security: NodeSecurity
-) -> tuple[list[trio.SocketListener], tuple[Gateway, list[trio.SocketListener]] | None]:
+    config: ServerConfig, parts: NodeParts, security: NodeSecurity
+) -> tuple[
+    list[trio.SocketListener],
+    tuple[Gateway, list[trio.SocketListener]] | None,
+    tuple[ConsoleServer, list[trio.SocketListener]] | None,
+]:
     """Bind every address before any stream is opened, so that a taken port is said at once
     and not after a long recovery. Raises StartupError; nothing stays bound then."""
     listeners = await _open_native(config)
-    gateway = None
+    gateway = console = None
     try:
-        gateway = await _open_kinesis(config, engine, security)
-        _serve_metrics(config, engine)  # last: its thread cannot be stopped
+        gateway = await _open_kinesis(config, parts.engine, security)
+        console = await _open_console(config, parts)
+        _serve_metrics(config, parts.engine)  # last: its thread cannot be stopped
     except BaseException:
-        for listener in listeners + (gateway[1] if gateway else []):
+        for listener in listeners + _listeners_of(gateway, console):
             await listener.aclose()
         raise
-    return listeners, gateway
+    return listeners, gateway, console
+
+
+def _listeners_of(
+    gateway: tuple[Gateway, list[trio.SocketListener]] | None,
+    console: tuple[ConsoleServer, list[trio.SocketListener]] | None,
+) -> list[trio.SocketListener]:
+    return (gateway[1] if gateway else []) + (console[1] if console else [])
 
 
 async def _open_native(config: ServerConfig) -> list[trio.SocketListener]:
@@ -494,6 +514,46 @@ def _serve_kinesis(
     host, port = listeners[0].socket.getsockname()[:2]
     print(f"streamd kinesis ready: listening on {host}:{port}", flush=True)
     log.info("server.kinesis_ready", listen=f"{host}:{port}", sigv4=bool(gateway.signed))
+
+
+async def _open_console(
+    config: ServerConfig, parts: NodeParts
+) -> tuple[ConsoleServer, list[trio.SocketListener]] | None:
+    """Bind the console's listener, if configured (docs/console.md). Raises StartupError."""
+    if config.console_listen is None:
+        return None
+    try:
+        return await open_console(config, parts.engine, parts.handlers)
+    except OSError as exc:
+        raise bind_error(
+            "--console-listen",
+            config.console_listen,
+            exc,
+            hint="choose another with --console-listen HOST:PORT, or turn the console off "
+            "with --console-listen off",
+        ) from None
+
+
+def _serve_console(
+    accept: trio.Nursery,
+    connections: trio.Nursery,
+    console: ConsoleServer,
+    listeners: list[trio.SocketListener],
+) -> None:
+    accept.start_soon(
+        partial(
+            serve_listeners,
+            handler_nursery=connections,
+            events="console.connection",
+            listener="console",
+        ),
+        console.handle,
+        listeners,
+    )
+    host, port = listeners[0].socket.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"streamd console ready: http://{shown}:{port}/", flush=True)
+    log.info("server.console_ready", listen=f"{host}:{port}", read_only=console.console.read_only)
 
 
 def run_server(config: ServerConfig) -> None:

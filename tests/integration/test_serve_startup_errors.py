@@ -24,7 +24,9 @@ SERVE_TIMEOUT_S = 30
 
 def serve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "streamd", "serve", *args],
+        # The console stays off unless a test names it: the CLI's 8080 may be taken here.
+        [sys.executable, "-m", "streamd", "serve", *args]
+        + ([] if "--console-listen" in args else ["--console-listen", "off"]),
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
@@ -59,8 +61,9 @@ def taken_port() -> Iterator[int]:
         ("--listen", "choose another with --listen HOST:PORT"),
         ("--kinesis-listen", "--kinesis-listen off"),
         ("--metrics-listen", None),
+        ("--console-listen", "--console-listen off"),
     ],
-    ids=["native", "kinesis", "metrics"],
+    ids=["native", "kinesis", "metrics", "console"],
 )
 def test_a_taken_port_names_the_address_and_its_flag(
     tmp_path: Path, taken_port: int, flag: str, hint: str | None

@@ -33,6 +33,7 @@ def register(commands: Any) -> None:
         "--metrics-listen", default=None, metavar="HOST:PORT", help="serve Prometheus /metrics"
     )
     _add_serve_kinesis(serve)
+    _add_serve_console(serve)
     _add_serve_cluster(serve)
     _add_serve_limits(serve)
     _add_serve_node_limits(serve)
@@ -151,6 +152,39 @@ def _add_serve_kinesis(serve: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="AWS credentials file (INI); with any credentials, requests must be SigV4-signed",
     )
+
+
+def _add_serve_console(serve: argparse.ArgumentParser) -> None:
+    """The operator console's options (docs/console.md)."""
+    serve.add_argument(
+        "--console-listen",
+        default=None,
+        metavar="HOST:PORT|off",
+        help="operator console in the browser (default 127.0.0.1:8080; off with --cluster "
+        "unless given; 'off' disables it)",
+    )
+    serve.add_argument(
+        "--console-read-only",
+        action="store_true",
+        help="the console shows everything but changes nothing (no admin forms)",
+    )
+
+
+def _serve_console_options(args: argparse.Namespace) -> dict[str, Any]:
+    """ServerConfig fields for the console. Raises ValueError naming the flag."""
+    from ..config import parse_host_port
+
+    listen = args.console_listen
+    if listen is None:
+        listen = None if args.cluster else "127.0.0.1:8080"
+    elif listen == "off":
+        listen = None
+    if listen is not None:
+        try:
+            parse_host_port(listen, 8080)
+        except ValueError as exc:
+            raise ValueError(f"--console-listen: {exc}") from None
+    return {"console_listen": listen, "console_read_only": args.console_read_only}
 
 
 def _add_serve_cluster(serve: argparse.ArgumentParser) -> None:
@@ -365,6 +399,7 @@ def _serve_config(args: argparse.Namespace) -> Any:
         log_level=args.log_level,
         metrics_listen=args.metrics_listen,
         **kinesis,
+        **_serve_console_options(args),
         **_serve_cluster_options(args, args.listen, kinesis["kinesis_listen"]),
         **_serve_limit_options(args),
         **_serve_quota_options(args),

@@ -7,7 +7,9 @@ mode the line ``streamd cluster: node ID joined cluster CID`` comes first (``clu
 ``kinesis=True`` the Kinesis gateway listens too (on ``kinesis_port``, 0 = a free port) and the
 second ready line (``streamd kinesis ready: listening on HOST:PORT``) gives ``kinesis_endpoint``;
 without it the gateway is off (``--kinesis-listen off``), so that test servers never fight over
-the CLI's default port 4567. Faults are
+the CLI's default port 4567. Likewise ``console=True`` turns the operator console on (on
+``console_port``; ``console_url`` from its ready line, which comes after the Kinesis one), and
+without it ``--console-listen off`` keeps test servers off the CLI's default 8080. Faults are
 methods: ``kill9()`` (SIGKILL: no shutdown code runs, exactly what a power cut does to the
 process), ``terminate()`` (SIGTERM: the clean path), ``restart()`` (same data dir, same port by
 default so that clients keep their endpoint across a crash).
@@ -52,6 +54,7 @@ from streamd import layout
 
 READY_RE: Final = re.compile(rb"^streamd ready: listening on (\S+):(\d+)\s*$")
 KINESIS_READY_RE: Final = re.compile(rb"^streamd kinesis ready: listening on (\S+):(\d+)\s*$")
+CONSOLE_READY_RE: Final = re.compile(rb"^streamd console ready: http://(\S+):(\d+)/\s*$")
 # Cluster mode prints this line before the ready line (CLUSTER-CONTRACT, docs/cluster.md).
 CLUSTER_READY_RE: Final = re.compile(rb"^streamd cluster: node (\S+) joined cluster (\S+)\s*$")
 START_TIMEOUT_S_DEFAULT: Final = 20.0
@@ -151,6 +154,8 @@ class ServerProcess:
         start_timeout_s: float = START_TIMEOUT_S_DEFAULT,
         kinesis: bool = False,
         kinesis_port: int = 0,
+        console: bool = False,
+        console_port: int = 0,
         env: Mapping[str, str] | None = None,
         rlimit_nofile: int | None = None,
         own_process_group: bool = False,
@@ -169,6 +174,8 @@ class ServerProcess:
         self.start_timeout_s = start_timeout_s
         self.kinesis = kinesis
         self.kinesis_port = kinesis_port  # like ``port``: kept for restarts once known
+        self.console = console
+        self.console_port = console_port  # like ``port``: kept for restarts once known
         self.env = dict(env or {})  # added to this process's environment for the server
         self.rlimit_nofile = rlimit_nofile
         self.own_process_group = own_process_group  # a terminal's Ctrl-C does not reach it
@@ -210,6 +217,13 @@ class ServerProcess:
         return f"http://{self.host}:{self.kinesis_port}"
 
     @property
+    def console_url(self) -> str:
+        """``http://HOST:PORT`` of the running server's console (``console=True``)."""
+        if not self.console or self.console_port == 0:
+            raise RuntimeError("the console is off or has not started yet")
+        return f"http://{self.host}:{self.console_port}"
+
+    @property
     def pid(self) -> int:
         if self._process is None:
             raise RuntimeError("the server is not running")
@@ -237,6 +251,8 @@ class ServerProcess:
             self.log_level,
             "--kinesis-listen",
             f"{self.host}:{self.kinesis_port}" if self.kinesis else "off",
+            "--console-listen",
+            f"{self.host}:{self.console_port}" if self.console else "off",
             *self.extra_args,
         ]
 
@@ -315,13 +331,21 @@ class ServerProcess:
                     f"unexpected second line on stdout: {lines[1]!r}\n{self.log_tail()}"
                 )
             self.kinesis_port = int(kinesis_match.group(2))
+        if self.console:
+            console_line = lines[2 if self.kinesis else 1]
+            console_match = CONSOLE_READY_RE.match(console_line)
+            if console_match is None:
+                raise ServerStartError(
+                    f"unexpected console line on stdout: {console_line!r}\n{self.log_tail()}"
+                )
+            self.console_port = int(console_match.group(2))
         return match.group(1).decode(), int(match.group(2))
 
     def _ready_lines(self, buffered: bytes) -> list[bytes] | None:
         """The complete lines so far once they are enough to judge (the ready line, the
         Kinesis one, and the cluster line before them when there is one), else None."""
         lines = buffered.split(b"\n")[:-1]
-        needed = 2 if self.kinesis else 1
+        needed = 1 + int(self.kinesis) + int(self.console)
         if lines and CLUSTER_READY_RE.match(lines[0]):
             needed += 1
         return lines if len(lines) >= needed else None
