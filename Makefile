@@ -19,7 +19,7 @@ NODES ?= 3
 CLUSTER_DIR ?= ./streamd-cluster
 CLUSTER_ARGS ?=
 
-.PHONY: run cluster test test-slow lint fmt bench clean etcd
+.PHONY: run cluster test test-slow lint fmt bench clean etcd browser
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -47,7 +47,19 @@ etcd:
 	    echo "etcd not found: run 'sudo apt-get install etcd-server' (the etcd tests will fail)"; \
 	  fi; }
 
-test: $(STAMP) etcd
+# The console's browser tests drive Chromium (Debian packages chromium, chromium-driver):
+# installed here when missing and we are root; otherwise say how (those tests fail with it).
+browser:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium and chromium-driver (apt-get)"; \
+	    apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "chromium not found: run 'sudo apt-get install chromium chromium-driver'"; \
+	  fi; }
+
+test: $(STAMP) etcd browser
 	$(BIN)/pytest -q
 
 test-slow: $(STAMP) etcd
