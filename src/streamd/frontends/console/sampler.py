@@ -2,14 +2,14 @@
 
 ``RateSampler.sample`` reads, for every shard this node leads, its high watermark (records
 committed so far) and its log's size, and the server's per-stream read counter
-(``streamd_records_read_total``, which leaves out the console's own browsing); the differences from the previous sample, over the time
-between them, are the write and read rates. It keeps the last ``HISTORY_SAMPLES`` per-shard
-write rates in one float32 ring per shard (10,000 shards x 120 samples is under 5 MB), with one
-shared ring of sample times, for the live charts. Cost: one pass over the node's shards per
-second (attribute reads only), no I/O.
+(``streamd_records_read_total``, which leaves out the console's own browsing); the differences
+from the previous sample, over the time between them, are the write and read rates. It keeps
+the last ``HISTORY_SAMPLES`` per-shard write rates in one float32 ring per shard (10,000 shards
+x 120 samples is under 5 MB), with one shared ring of sample times, for the live charts. Cost:
+one pass over the node's shards per second (attribute reads only), no I/O.
 
-In cluster mode only the shards this node leads are sampled (their leaders sample the others);
-the node counts also how many shards each node leads, from the shard map it follows.
+In cluster mode only the shard pipelines this node runs are sampled (their leaders sample the
+others); the node counts also how many open shards each node leads, from the shard map.
 """
 
 from __future__ import annotations
