@@ -439,7 +439,7 @@ async def _bind_all(
     gateway = console = None
     try:
         gateway = await _open_kinesis(config, parts.engine, security)
-        console = await _open_console(config, parts)
+        console = await _open_console(config, parts, security)
         _serve_metrics(config, parts.engine)  # last: its thread cannot be stopped
     except BaseException:
         for listener in listeners + _listeners_of(gateway, console):
@@ -517,13 +517,13 @@ def _serve_kinesis(
 
 
 async def _open_console(
-    config: ServerConfig, parts: NodeParts
+    config: ServerConfig, parts: NodeParts, security: NodeSecurity
 ) -> tuple[ConsoleServer, list[trio.SocketListener]] | None:
     """Bind the console's listener, if configured (docs/console.md). Raises StartupError."""
     if config.console_listen is None:
         return None
     try:
-        return await open_console(config, parts.engine, parts.handlers)
+        return await open_console(config, parts.engine, parts.handlers, security.guard)
     except OSError as exc:
         raise bind_error(
             "--console-listen",

@@ -50,7 +50,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser(server: ServerProcess) -> Iterator[Any]:
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
     if missing:
         pytest.fail(
@@ -76,9 +76,24 @@ def browser() -> Iterator[Any]:
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(WAIT_S)
     try:
+        sign_in(driver, server)
         yield driver
     finally:
         driver.quit()
+
+
+def sign_in(driver: Any, server: ServerProcess) -> None:
+    """The server has credentials (its SigV4 key pair), so the console asks who is there."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(server.console_url + "/")
+    assert "/login?next=" in driver.current_url  # every page needs a sign-in
+    driver.find_element(By.ID, "key-id").send_keys(ACCESS_KEY)
+    secret = driver.find_element(By.ID, "key-secret")
+    secret.send_keys(SECRET)
+    secret.submit()
+    until("signed in", lambda: "signed in as" in text_of(driver, "header"))
+    assert driver.current_url.rstrip("/") == server.console_url
 
 
 @pytest.fixture(scope="module")
@@ -316,7 +331,9 @@ def test_an_unknown_stream_or_shard_gets_a_404_page(server: ServerProcess, brows
         browser.get(server.console_url + path)
         assert browser.find_element(By.TAG_NAME, "h1").text == "Not found"
         assert said in text_of(browser, "main")
-        assert httpx.get(server.console_url + path).status_code == 404
+        cookie = browser.get_cookie("streamd_console")["value"]  # the signed-in session
+        answer = httpx.get(server.console_url + path, cookies={"streamd_console": cookie})
+        assert answer.status_code == 404
     stream = name("nf")
     cli(server, "stream", "create", stream, "--shards", "1")
     browser.get(f"{server.console_url}/streams/{stream}/shards/shardId-000000000042/records")

@@ -1,6 +1,6 @@
 """The console application in-process over a real engine: 404 pages, CSRF refusals, confirmed
-admin forms, read-only mode, escaping of stored values, the HTTP connection over a memory
-stream (frontends/console/app.py, http.py)."""
+admin forms, read-only mode, sign-in and policies, escaping of stored values, the HTTP
+connection over a memory stream (frontends/console/app.py, signin.py, http.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from streamd.frontends.console.http import ConsoleConnection, ConsoleHttpLimits,
 from streamd.meta.sqlite import SqliteMetaStore
 from streamd.node import NodeParts, build_parts
 from streamd.routing import RecordIn
+from streamd.security.guard import Guard
 from streamd_client.model import hash_bytes_of
 
 HOST = "127.0.0.1:8080"
@@ -28,13 +29,13 @@ ORIGIN = f"http://{HOST}"
 
 @asynccontextmanager
 async def running_console(
-    data_dir: Path, *, read_only: bool = False
+    data_dir: Path, *, read_only: bool = False, guard: Guard | None = None
 ) -> AsyncIterator[tuple[NodeParts, Console]]:
     store = SqliteMetaStore(data_dir / "meta.sqlite3")
     parts = build_parts(ServerConfig(data_dir=data_dir), store)
     async with trio.open_nursery() as nursery:
         await nursery.start(parts.engine.run)
-        console = Console(parts.engine, parts.handlers, read_only=read_only)
+        console = Console(parts.engine, parts.handlers, read_only=read_only, guard=guard)
         await nursery.start(console.run)
         try:
             yield parts, console
@@ -217,3 +218,89 @@ async def test_the_http_connection_answers_pages_and_static_files(tmp_path: Path
         assert b"content-security-policy: default-src 'self'" in first
         assert b"HTTP/1.1 404 " in rest
         assert f"set-cookie: {COOKIE_NAME}=".encode() in rest
+
+
+CREDENTIALS = """
+[[principal]]
+name = "reader"
+keys = [{ access_key_id = "AKREADER", secret_access_key = "reader-secret-0123456789" }]
+allow = [{ actions = ["stream:list", "stream:describe", "stream:read"], streams = ["*"] }]
+
+[[principal]]
+name = "ops"
+keys = [{ access_key_id = "AKOPS", secret_access_key = "ops-secret-0123456789ab" }]
+allow = [{ actions = ["*"], streams = ["*"] }]
+"""
+
+
+@asynccontextmanager
+async def guarded_console(tmp_path: Path) -> AsyncIterator[tuple[NodeParts, Console]]:
+    path = tmp_path / "credentials.toml"
+    path.write_text(CREDENTIALS)
+    path.chmod(0o600)
+    async with running_console(tmp_path, guard=Guard(path)) as running:
+        yield running
+
+
+async def sign_in(console: Console, key_id: str, secret: str) -> tuple[int, str | None]:
+    """(status, the signed-in session cookie)."""
+    cookie, token = await session_of(console)
+    fields = {"access_key_id": key_id, "secret": secret, "csrf": token, "next": "/streams/s"}
+    answer = await console.answer(post("/login", fields, cookie=cookie, origin=ORIGIN))
+    new = dict(answer.headers).get("set-cookie")
+    return answer.status, None if new is None else new.split(";")[0]
+
+
+async def test_with_credentials_every_page_needs_a_sign_in(tmp_path: Path) -> None:
+    async with guarded_console(tmp_path) as (parts, console):
+        await parts.engine.create_stream("s", 1, 24)
+        for path in ("/", "/streams/s", "/streams/s/shards/shardId-000000000000/records"):
+            answer = await console.answer(get(path))
+            assert answer.status == 303, path
+            assert dict(answer.headers)["location"].startswith("/login?next=")
+        assert (await console.answer(get("/events/streams/s"))).status == 401
+        assert (await console.answer(get("/static/console.js"))).status == 200
+        page = await console.answer(get("/login"))
+        assert page.status == 200 and b'name="secret" type="password"' in page.body
+
+
+async def test_a_wrong_secret_is_refused_and_a_right_one_opens_a_new_session(
+    tmp_path: Path,
+) -> None:
+    async with guarded_console(tmp_path) as (parts, console):
+        await parts.engine.create_stream("s", 1, 24)
+        status, cookie = await sign_in(console, "AKREADER", "not-the-secret-at-all")
+        assert status == 401 and cookie is None
+        status, cookie = await sign_in(console, "AKNOBODY", "reader-secret-0123456789")
+        assert status == 401 and cookie is None
+        before, _ = await session_of(console)
+        status, cookie = await sign_in(console, "AKREADER", "reader-secret-0123456789")
+        assert status == 303 and cookie is not None and cookie != before
+        page = await console.answer(get("/streams/s", cookie=cookie))
+        assert page.status == 200 and b"signed in as reader" in page.body
+        assert b"reader-secret" not in page.body
+
+
+async def test_a_signed_in_principal_gets_only_what_its_policy_allows(tmp_path: Path) -> None:
+    async with guarded_console(tmp_path) as (parts, console):
+        await parts.engine.create_stream("s", 1, 24)
+        _, reader = await sign_in(console, "AKREADER", "reader-secret-0123456789")
+        assert reader is not None
+        records = await console.answer(
+            get("/streams/s/shards/shardId-000000000000/records", cookie=reader)
+        )
+        assert records.status == 200
+        token = console.sessions.token_for(reader.split("=", 1)[1])
+        fields = {"csrf": token, "confirm": "yes", "confirm_name": "s"}
+        denied = await console.answer(
+            post("/streams/s/delete", fields, cookie=reader, origin=ORIGIN)
+        )
+        assert denied.status == 403 and b"not allowed stream:delete" in denied.body
+        assert parts.engine.list_streams() == ["s"]
+        _, ops = await sign_in(console, "AKOPS", "ops-secret-0123456789ab")
+        assert ops is not None
+        token = console.sessions.token_for(ops.split("=", 1)[1])
+        fields = {"csrf": token, "confirm": "yes", "confirm_name": "s"}
+        allowed = await console.answer(post("/streams/s/delete", fields, cookie=ops, origin=ORIGIN))
+        assert allowed.status == 202
+        await eventually(lambda: parts.engine.list_streams() == [])

@@ -173,6 +173,7 @@ def _add_serve_console(serve: argparse.ArgumentParser) -> None:
 def _serve_console_options(args: argparse.Namespace) -> dict[str, Any]:
     """ServerConfig fields for the console. Raises ValueError naming the flag."""
     from ..config import parse_host_port
+    from .serve_security import is_loopback
 
     listen = args.console_listen
     if listen is None:
@@ -181,9 +182,16 @@ def _serve_console_options(args: argparse.Namespace) -> dict[str, Any]:
         listen = None
     if listen is not None:
         try:
-            parse_host_port(listen, 8080)
+            host, _ = parse_host_port(listen, 8080)
         except ValueError as exc:
             raise ValueError(f"--console-listen: {exc}") from None
+        if not is_loopback(host) and not args.insecure_no_auth:
+            # The console has no TLS: a secret typed into its sign-in would cross in clear.
+            raise ValueError(
+                f"--console-listen {host} is reachable from other hosts and the console has no "
+                "TLS: keep it on 127.0.0.1 (reach it through an SSH tunnel or a TLS proxy), or "
+                "pass --insecure-no-auth"
+            )
     return {"console_listen": listen, "console_read_only": args.console_read_only}
 
 

@@ -26,6 +26,7 @@ import structlog
 import trio
 
 from streamd_client.errors import (
+    AccessDeniedError,
     InvalidArgumentError,
     LimitExceededError,
     ShardNotFoundError,
@@ -35,6 +36,8 @@ from streamd_client.errors import (
 from streamd_client.group_errors import GroupNotFoundError
 
 from ...engine import Engine
+from ...security.guard import Guard
+from ...security.principals import Principal
 from ..native.api import BoundHandler
 from . import pages
 from . import records as rec
@@ -46,10 +49,12 @@ from .html import esc, notice, page_number, shell, stream_url
 from .http import Request, Response
 from .live import Live
 from .sampler import RateSampler
+from .signin import SignIns, required
 
 log = structlog.get_logger(__name__)
 
 CALL_TIMEOUT_S: Final = 3.0
+SIGN_IN_FAILED_PAUSE_S: Final = 0.5
 _STATIC_TYPES: Final = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
@@ -70,6 +75,7 @@ class PageContext:
     session: str
     csrf: str
     new_session: bool
+    principal: Principal | None = None  # signed in (only when the node has credentials)
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -94,11 +100,13 @@ class Console:
         *,
         read_only: bool = False,
         allowed_hosts: frozenset[str] = frozenset(),
+        guard: Guard | None = None,
     ) -> None:
         self.engine = engine
         self.handlers = handlers
         self.read_only = read_only
         self.sessions = Sessions(allowed_hosts=allowed_hosts)
+        self.signins = SignIns(guard)
         self.sampler = RateSampler(engine)
         self.watches = GroupWatches(self.describe_group)
         self.actions = Actions(engine)
@@ -159,7 +167,11 @@ class Console:
             segments = []
         ctx = self._context(request)
         try:
-            if request.method in ("GET", "HEAD"):
+            if segments in (["login"], ["logout"]):
+                response = await self._sign_in_or_out(request, segments[0], ctx)
+            elif not self._allowed(request, segments, ctx):
+                response = self._to_sign_in(request, ctx)
+            elif request.method in ("GET", "HEAD"):
                 response = await self._get(request, segments, ctx)
             elif request.method == "POST":
                 response = await self._post(request, segments, ctx)
@@ -170,6 +182,8 @@ class Console:
         except CsrfRefused as exc:
             log.warning("console.csrf_refused", reason=exc.reason, path=request.path[:200])
             response = self._error(403, "Refused", exc.reason, ctx, request)
+        except AccessDeniedError as exc:
+            response = self._error(403, "Not allowed", exc.message, ctx, request)
         if ctx.new_session:
             response.headers.append(("set-cookie", session_cookie(ctx.session)))
         return response
@@ -179,10 +193,84 @@ class Console:
         new = session is None
         if session is None:
             session = self.sessions.new_session()
-        return PageContext(session, self.sessions.token_for(session), new)
+        principal = self.signins.principal_of(None if new else session)
+        return PageContext(session, self.sessions.token_for(session), new, principal)
+
+    def _allowed(self, request: Request, segments: list[str], ctx: PageContext) -> bool:
+        """False: sign in first. Raises AccessDeniedError (the principal may not) and
+        CsrfRefused (another Host)."""
+        self.sessions.check_host(request.header("host"))  # DNS rebinding: refuse other names
+        form = form_of(request.body) if request.method == "POST" else {}
+        if request.method == "POST":  # a forged form is refused before anything else
+            token = form.get("csrf") or request.header("x-csrf-token")
+            session = None if ctx.new_session else ctx.session
+            origin = request.header("origin")
+            self.sessions.check_post(request.header("host"), origin, session, token)
+        if not self.signins.required:
+            return True
+        name = form.get("name", "")
+        need = required(request.method, segments, name)
+        if need is None:
+            return True
+        if ctx.principal is None:
+            return False
+        assert self.signins.guard is not None
+        self.signins.guard.authorize(
+            ctx.principal, need[0], need[1], protocol="console", peer=request.header("host") or ""
+        )
+        return True
+
+    def _to_sign_in(self, request: Request, ctx: PageContext) -> Response:
+        if (
+            request.method == "GET"
+            and not request.wants_fragment
+            and request.path[:8] != "/events/"
+        ):
+            target = "/login?" + urlencode({"next": request.path})
+            return Response(303, b"", headers=[("location", target), ("cache-control", "no-store")])
+        return self._error(401, "Sign in", "sign in first (reload the page)", ctx, request)
+
+    async def _sign_in_or_out(self, request: Request, which: str, ctx: PageContext) -> Response:
+        self.sessions.check_host(request.header("host"))
+        next_path = request.query.get("next", "/")
+        if not next_path.startswith("/") or next_path.startswith("//"):
+            next_path = "/"
+        if request.method != "POST":
+            if which == "logout" or not self.signins.required:
+                return Response(303, b"", headers=[("location", "/")])
+            body = pages.sign_in_form(ctx.csrf, next_path, None)
+            return self._page("Sign in", body, ctx)
+        form = form_of(request.body)
+        session = None if ctx.new_session else ctx.session
+        self.sessions.check_post(
+            request.header("host"), request.header("origin"), session, form.get("csrf")
+        )
+        if which == "logout":
+            self.signins.sign_out(session)
+            return Response(303, b"", headers=[("location", "/login")])
+        if not self.signins.required:
+            return Response(303, b"", headers=[("location", "/")])
+        principal = self.signins.check(
+            form.get("access_key_id", ""), form.get("secret", ""), request.header("host") or ""
+        )
+        if principal is None:
+            await trio.sleep(SIGN_IN_FAILED_PAUSE_S)  # a guesser gets one try per pause
+            body = pages.sign_in_form(ctx.csrf, next_path, "the access key id or secret is wrong")
+            response = self._page("Sign in", body, ctx)
+            response.status = 401
+            return response
+        fresh = self.sessions.new_session()  # never the id the browser held before
+        self.signins.sign_in(fresh, principal)
+        log.info("console.signed_in", principal=principal.name)
+        target = form.get("next") or "/"
+        if not target.startswith("/") or target.startswith("//"):
+            target = "/"
+        headers = [("location", target), ("set-cookie", session_cookie(fresh))]
+        return Response(303, b"", headers=headers)
 
     def _page(self, title: str, body: str, ctx: PageContext, **kw: Any) -> Response:
-        text = shell(title, body, csrf=ctx.csrf, read_only=self.read_only, **kw)
+        who = None if ctx.principal is None else ctx.principal.name
+        text = shell(title, body, csrf=ctx.csrf, read_only=self.read_only, who=who, **kw)
         return Response(200, text.encode(), headers=[("cache-control", "no-store")])
 
     def _error(
@@ -196,7 +284,6 @@ class Console:
         return Response(status, body.encode(), headers=[("cache-control", "no-store")])
 
     async def _get(self, request: Request, segments: list[str], ctx: PageContext) -> Response:
-        self.sessions.check_host(request.header("host"))  # DNS rebinding: refuse other names
         match segments:
             case [""]:
                 return await self._overview(request, ctx)
@@ -321,10 +408,7 @@ class Console:
         return self._page(f"Group {group}", body, ctx, events=events, crumbs=crumbs)
 
     async def _post(self, request: Request, segments: list[str], ctx: PageContext) -> Response:
-        form = form_of(request.body)
-        token = form.get("csrf") or request.header("x-csrf-token")
-        session = None if ctx.new_session else ctx.session
-        self.sessions.check_post(request.header("host"), request.header("origin"), session, token)
+        form = form_of(request.body)  # its CSRF checks passed (``_allowed``)
         if self.read_only:
             raise CsrfRefused("this console is read-only (--console-read-only)")
         match segments:

@@ -58,11 +58,17 @@ def shell(
     events: str | None = None,
     read_only: bool = False,
     crumbs: Sequence[tuple[str, str]] = (),
+    who: str | None = None,
 ) -> str:
     """A whole page. ``events``: the Server-Sent Events URL that keeps it live."""
     trail = "".join(f'<li><a href="{esc(h)}">{esc(t)}</a></li>' for t, h in crumbs)
     mode = '<span class="badge" title="--console-read-only">read-only</span>' if read_only else ""
     live = f' data-events="{esc(events)}"' if events else ""
+    if who is not None:
+        mode += (
+            f'<form class="signout" action="/logout" method="post">signed in as {esc(who)} '
+            f'{hidden("csrf", csrf)}<button type="submit">Sign out</button></form>'
+        )
     headers = data_json({"x-csrf-token": csrf})
     return f"""<!doctype html>
 <html lang="en">

@@ -571,3 +571,23 @@ def group_body(members: str, shards: str, events: str, lag_chart: dict[str, Any]
 
 def error_body(message: str, hint: str) -> str:
     return f'<p class="notice notice-error" role="alert">{esc(message)}</p><p>{hint}</p>'
+
+
+# -- sign-in ---------------------------------------------------------------------------------------
+
+
+def sign_in_form(csrf: str, next_path: str, error: str | None) -> str:
+    warn = notice(error, "error") if error else ""
+    return (
+        f"{warn}<p>This node has credentials: sign in with an access key of a principal "
+        "(docs/security.md). What each page shows and allows follows its policy.</p>"
+        '<form class="signin" action="/login" method="post">'
+        + hidden("csrf", csrf)
+        + hidden("next", next_path)
+        + '<p><label for="key-id">Access key id</label> '
+        '<input id="key-id" name="access_key_id" required autocomplete="username"></p>'
+        '<p><label for="key-secret">Secret access key</label> '
+        '<input id="key-secret" name="secret" type="password" required '
+        'autocomplete="current-password"></p>'
+        '<button type="submit">Sign in</button></form>'
+    )

@@ -15,6 +15,7 @@ from prometheus_client import Gauge
 
 from ...config import ServerConfig, is_wildcard_host, parse_host_port
 from ...engine import Engine
+from ...security.guard import Guard
 from ..admission import AdmissionLimits, ConnectionSlots
 from ..native.api import BoundHandler
 from .app import Console
@@ -52,12 +53,18 @@ class ConsoleServer:
 
 
 async def open_console(
-    config: ServerConfig, engine: Engine, handlers: dict[str, BoundHandler]
+    config: ServerConfig,
+    engine: Engine,
+    handlers: dict[str, BoundHandler],
+    guard: Guard | None = None,
 ) -> tuple[ConsoleServer, list[trio.SocketListener]]:
-    """Bind ``config.console_listen`` and build the console. Raises OSError (address in use)."""
+    """Bind ``config.console_listen`` and build the console; with an enabled ``guard`` it asks
+    for a sign-in (signin.py). Raises OSError (address in use)."""
     assert config.console_listen is not None
     host, port = parse_host_port(config.console_listen, CONSOLE_PORT_DEFAULT)
     allowed = frozenset() if is_wildcard_host(host) else frozenset({host.strip("[]")})
-    console = Console(engine, handlers, read_only=config.console_read_only, allowed_hosts=allowed)
+    console = Console(
+        engine, handlers, read_only=config.console_read_only, allowed_hosts=allowed, guard=guard
+    )
     listeners = await trio.open_tcp_listeners(port, host=host)
     return ConsoleServer(console), listeners
