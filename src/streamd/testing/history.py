@@ -23,6 +23,8 @@ reads every shard from the trim horizon and ``check()`` compares:
 | under_replicated| fewer than a majority of a shard's replicas hold its committed prefix    |
 | damaged         | a replica's committed prefix holds a batch failing its CRC              |
 | not_resumed     | no write sent after a fault was ever acknowledged on an affected shard  |
+| read_refused    | a reader's page of committed records was refused by the client as      |
+|                 | malformed (``record_refused_read``)                                    |
 
 Two delivery guarantees: records written through the idempotent producer are checked *exactly
 once* (a second copy is ``duplicated``); records written with plain ``put_records`` and retried
@@ -132,6 +134,7 @@ class History:
     sent_at: dict[RecordId, float] = field(default_factory=dict)  # first send, monotonic s
     acked_at: dict[RecordId, float] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
+    refused_reads: list[str] = field(default_factory=list)  # reads the client refused
 
     def record_sent(
         self,
@@ -170,6 +173,10 @@ class History:
         self.observed.setdefault(seen.shard_id, []).append(seen)
         self.observed_by.setdefault((reader, seen.shard_id), []).append(seen)
 
+    def record_refused_read(self, reader: str, shard_id: str, detail: str) -> None:
+        """A read of committed records the client refused (a malformed page)."""
+        self.refused_reads.append(f"{reader} on {shard_id} {detail}")
+
     def record_fault(self, name: str, at_s: float, shards: Iterable[str]) -> None:
         self.faults.append(Fault(name, at_s, tuple(sorted(shards))))
 
@@ -202,6 +209,7 @@ class CheckReport:
     under_replicated: list[str] = field(default_factory=list)
     damaged: list[str] = field(default_factory=list)
     not_resumed: list[str] = field(default_factory=list)
+    read_refused: list[str] = field(default_factory=list)
     resumes: list[Resume] = field(default_factory=list)
 
     VIOLATIONS = (
@@ -220,6 +228,7 @@ class CheckReport:
         "under_replicated",
         "damaged",
         "not_resumed",
+        "read_refused",
     )
 
     @property
@@ -340,6 +349,7 @@ def check(
     if replicas is not None:
         _check_replicas(found_lists, replicas, replica_count, report)
     _check_resumes(history, report)
+    report.read_refused = list(history.refused_reads)
     return report
 
 

@@ -22,14 +22,13 @@ and the load's figures are printed; exit status 1 on any violation, and the clus
 (data dirs, node logs) is kept for a post-mortem.
 
 Where the replica logs are: ``streamd.cluster.replicated.replica_log_dir`` (the replicated
-engine's layout); a node without that directory but with the single-copy layout
-(``streams-by-id/<id>/<shard>``, replication factor 1) is read there.
+engine's layout, ``<shard dir>/replica/log``); with replication factor 1 the shard's own log
+(``streams-by-id/<id>/<shard>``) is read instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import random
 import shutil
@@ -48,6 +47,8 @@ from streamd_client import Client, connect, errors
 from streamd_client.model import parse_sequence
 from streamd_client.results import StreamDescription
 
+from .. import layout
+from ..cluster.replicated import replica_log_dir
 from .cluster import LocalCluster
 from .history import CheckReport, History, check
 from .replica_check import ReplicaSnapshot, range_table, snapshot_log
@@ -182,13 +183,19 @@ class ScenarioContext:
         return self.rng.choice(sorted(n for n, c in counts.items() if c == most))
 
     async def wait_leaders(self, *, not_on: Sequence[str] = (), timeout_s: float = 30.0) -> float:
-        """Wait until every shard has a leader, none on ``not_on``; returns the seconds waited.
-        Raises TimeoutError."""
+        """Wait until every shard has a leader, none on ``not_on``, and its whole replica set;
+        returns the seconds waited. Raises TimeoutError."""
         started = time.monotonic()
+        rf = self.options.replication_factor
         with trio.fail_after(timeout_s):
             while True:
-                leaders = await self.leaders()
-                if all(v is not None and v not in not_on for v in leaders.values()):
+                shards = await self.describe()
+                if all(
+                    s.get("leader") is not None
+                    and s.get("leader") not in not_on
+                    and len(s.get("replicas") or [s.get("leader")]) >= rf
+                    for s in shards
+                ):
                     return time.monotonic() - started
                 await trio.sleep(_POLL_S)
 
@@ -261,7 +268,7 @@ async def run_scenario(
             ctx = ScenarioContext(cluster, client, stream, shards, history, rng, options)
             await ctx.wait_leaders(timeout_s=PLACE_TIMEOUT_S)
             workload = await _run_load(ctx, fault_round)
-            found = {s: await read_all(client, stream, s) for s in shards.ids}
+            found = {s: await read_all(client, stream, s, history) for s in shards.ids}
         await trio.to_thread.run_sync(cluster.stop)
         snapshots = _snapshots(cluster, stream, shards.ids)
         report = check(history, found, replicas=snapshots, replica_count=options.replication_factor)
@@ -287,10 +294,9 @@ async def run_scenario(
 
 
 async def _create(client: Client, stream: str, options: ScenarioOptions) -> Shards:
-    args: dict[str, Any] = {"stream": stream, "shard_count": options.shards}
-    if options.replication_factor != 1:
-        args["replication_factor"] = options.replication_factor
-    await client.call("create_stream", args)
+    await client.create_stream(
+        stream, options.shards, replication_factor=options.replication_factor
+    )
     description: StreamDescription = await client.wait_for_active(stream, PLACE_TIMEOUT_S)
     open_shards = description.open_shards
     return Shards([s.shard_id for s in open_shards], [s.hash_key_start for s in open_shards])
@@ -335,18 +341,17 @@ def _end_of(records: Sequence[Any]) -> int:
     return parse_sequence(records[-1].sequence_number)[1] + 1 if records else 0
 
 
-def _replica_dir(node_dir: Path, stream: str, shard_id: str) -> Path | None:
-    """Where ``node_dir`` holds its replica log of the shard (module doc), or None."""
-    try:
-        replicated = importlib.import_module("streamd.cluster.replicated")
-    except ImportError:
-        replicated = None
-    if replicated is not None:
-        path = Path(replicated.replica_log_dir(node_dir, stream, shard_id))
-        if path.is_dir():
-            return path
-    single = sorted(node_dir.glob(f"streams-by-id/*/{shard_id}"))
-    return single[0] if len(single) == 1 else None
+def _replica_dir(node_dir: Path, shard_id: str) -> Path | None:
+    """Where ``node_dir`` holds its replica log of the shard (module doc), or None. The
+    scenario's cluster holds one stream, so its one stream directory is the one."""
+    for stream_dir in sorted((node_dir / layout.STREAMS_DIR).glob("*")):
+        replicated = replica_log_dir(node_dir, stream_dir.name, shard_id)
+        if replicated.is_dir():
+            return replicated
+        single = layout.shard_dir(stream_dir, shard_id)
+        if single.is_dir() and any(single.glob("*.log")):
+            return single  # replication factor 1: the shard's own log
+    return None
 
 
 def _snapshots(
@@ -356,7 +361,7 @@ def _snapshots(
     for shard_id in shard_ids:
         shots = out.setdefault(shard_id, [])
         for node_id, node in cluster.nodes.items():
-            directory = _replica_dir(node.data_dir, stream, shard_id)
+            directory = _replica_dir(node.data_dir, shard_id)
             if directory is not None:
                 shots.append(snapshot_log(directory, node_id))
     return out

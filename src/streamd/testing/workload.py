@@ -38,7 +38,7 @@ import trio
 from streamd_client import Client, Position, connect, errors
 from streamd_client.model import hash_key_of
 from streamd_client.producer import Producer
-from streamd_client.results import PutResult, Record
+from streamd_client.results import PutResult, ReadResult, Record
 
 from .history import History, Seen, make_data
 
@@ -275,17 +275,38 @@ class Workload:
             try:
                 async with connect(bootstrap, request_timeout_s=3.0) as client:
                     while True:
-                        reader = client.reader(self.stream, shard_id, position, follow=True)
-                        try:
-                            async for record in reader:
-                                self.history.record_observed(_seen(record), reader=name)
-                        finally:
-                            position = reader.position
+                        page = await read_page(
+                            client, self.stream, shard_id, position, self.history, name, 500
+                        )
+                        for record in page.records:
+                            self.history.record_observed(_seen(record), reader=name)
+                        position = page.next_position
             except errors.StreamdError as exc:
-                if not exc.retryable and not isinstance(exc, errors.ConnectionLostError):
+                if not exc.retryable:
                     raise
                 self.stats.reader_restarts += 1
                 await trio.sleep(_READER_BACKOFF_S)
+
+
+async def read_page(
+    client: Client,
+    stream: str,
+    shard_id: str,
+    position: Position,
+    history: History,
+    reader: str,
+    wait_ms: int,
+) -> ReadResult:
+    """One page from ``position``, as an ordinary reader asks for it. A page the client refuses
+    as malformed (a ProtocolError: say, "read skipped offsets") is recorded in the history as a
+    refused read (a violation) and then read again one batch per page (``max_bytes`` 1), so
+    the check still sees every record behind it instead of stopping there."""
+    try:
+        return await client.read(stream, shard_id, position, wait_ms=wait_ms)
+    except errors.ProtocolError as exc:
+        where = position.offset if position.kind == "at_offset" else position.kind
+        history.record_refused_read(reader, shard_id, f"from {where}: {exc.message}")
+    return await client.read(stream, shard_id, position, max_bytes=1, wait_ms=wait_ms)
 
 
 async def _wait_all(semaphore: trio.Semaphore, total: int) -> None:
@@ -297,22 +318,26 @@ async def _wait_all(semaphore: trio.Semaphore, total: int) -> None:
 
 
 async def read_all(
-    client: Client, stream: str, shard_id: str, *, timeout_s: float = 60.0
+    client: Client, stream: str, shard_id: str, history: History, *, timeout_s: float = 60.0
 ) -> list[Seen]:
     """Every record of a shard from the trim horizon to its high watermark, retrying what a
     recovering cluster answers (a leader not serving yet). Raises TimeoutError."""
+    records: list[Seen] = []
+    position = Position.trim_horizon()
     with trio.fail_after(timeout_s):
         while True:
             try:
-                reader = client.reader(stream, shard_id, Position.trim_horizon(), max_bytes=4 << 20)
-                return [
-                    Seen(r.shard_id, r.sequence_number, r.partition_key, r.data)
-                    async for r in reader
-                ]
+                page = await read_page(client, stream, shard_id, position, history, "final", 0)
             except errors.StreamdError as exc:
                 if not exc.retryable:
                     raise
                 await trio.sleep(0.2)
+                continue
+            records += [_seen(record) for record in page.records]
+            stuck = not page.records and page.next_position == position
+            position = page.next_position
+            if stuck or (position.offset or 0) >= page.high_watermark:
+                return records
 
 
 def _seen(record: Record) -> Seen:
