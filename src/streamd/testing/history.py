@@ -23,6 +23,7 @@ reads every shard from the trim horizon and ``check()`` compares:
 | under_replicated| fewer than a majority of a shard's replicas hold its committed prefix    |
 | damaged         | a replica's committed prefix holds a batch failing its CRC              |
 | not_resumed     | no write sent after a fault was ever acknowledged on an affected shard  |
+| scenario        | a scenario's own check failed (``History.scenario_violations``)        |
 | read_refused    | a reader's page of committed records was refused by the client as      |
 |                 | malformed (``record_refused_read``)                                    |
 
@@ -135,6 +136,7 @@ class History:
     acked_at: dict[RecordId, float] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
     refused_reads: list[str] = field(default_factory=list)  # reads the client refused
+    scenario_violations: list[str] = field(default_factory=list)
 
     def record_sent(
         self,
@@ -210,6 +212,7 @@ class CheckReport:
     damaged: list[str] = field(default_factory=list)
     not_resumed: list[str] = field(default_factory=list)
     read_refused: list[str] = field(default_factory=list)
+    scenario: list[str] = field(default_factory=list)  # what a scenario checked itself
     resumes: list[Resume] = field(default_factory=list)
 
     VIOLATIONS = (
@@ -229,6 +232,7 @@ class CheckReport:
         "damaged",
         "not_resumed",
         "read_refused",
+        "scenario",
     )
 
     @property
@@ -350,6 +354,7 @@ def check(
         _check_replicas(found_lists, replicas, replica_count, report)
     _check_resumes(history, report)
     report.read_refused = list(history.refused_reads)
+    report.scenario = list(history.scenario_violations)
     return report
 
 

@@ -22,6 +22,9 @@ nodes stopped): only the part it holds is compared. Above the committed end repl
 what "compare checksums per range across nodes" in issue 13 asks for); a mismatching range is
 then narrowed to its first differing batch by the per-batch comparison.
 
+``cut_tail`` is the one piece of file surgery: it cuts an unsynced-looking tail off a stopped
+node's active segment (scenario 5, coordinated power loss), never below a given offset.
+
 Why the stored bytes and not the decoded records: replication must carry stored batches as they
 are (never re-encoded), so every replica's committed prefix is byte-identical, header included.
 """
@@ -201,3 +204,30 @@ def range_table(
         body = " ".join(f"{node}={value}" for node, value in sorted(cells.items()))
         lines.append(f"[{start},{min(end, start + range_offsets)}) {verdict}: {body}")
     return lines
+
+
+def cut_tail(directory: Path, keep_end: int, cut_bytes: int) -> int:
+    """Cut up to ``cut_bytes`` off the active (last) segment of the log in ``directory``, never
+    into the batch holding offset ``keep_end - 1`` or any before it: what a crash may do to
+    an unsynced tail. Returns the bytes cut (0 when the floor is at the end). For offline use
+    only (the node is stopped). Raises OSError."""
+    segments = sorted(directory.glob("*.log"))
+    if not segments or cut_bytes <= 0:
+        return 0
+    active = segments[-1]
+    data = active.read_bytes()
+    floor, at = 0, 0
+    while at + batchfmt.HEADER_BYTES <= len(data):
+        try:
+            header = batchfmt.parse_header(data, at)
+        except CorruptDataError:
+            break
+        if header.base_offset >= keep_end or at + header.length > len(data):
+            break
+        at += header.length
+        floor = at
+    size = max(floor, len(data) - cut_bytes)
+    if size < len(data):
+        with active.open("r+b") as file:
+            file.truncate(size)
+    return len(data) - size

@@ -143,6 +143,48 @@ class ScenarioContext:
         self.notes.append(message)
         self.say(message)
 
+    def violation(self, message: str) -> None:
+        """A scenario-specific invariant failed (reported with the checker's)."""
+        self.history.scenario_violations.append(message)
+        self.say(f"VIOLATION: {message}")
+
+    def acked_between(self, start_s: float, end_s: float) -> dict[str, int]:
+        """Shard -> acks received in ``[start_s, end_s)`` (monotonic seconds)."""
+        counts: dict[str, int] = {}
+        for rid, (shard, _seq) in self.history.acked.items():
+            if start_s <= self.history.acked_at.get(rid, -1.0) < end_s:
+                counts[shard] = counts.get(shard, 0) + 1
+        return counts
+
+    def keep_end(self, shard_id: str) -> int:
+        """One past the highest offset any ack or reader named on the shard: what no crash
+        may take from a majority."""
+        best = -1
+        for shard, sequence in self.history.acked.values():
+            if shard == shard_id:
+                best = max(best, parse_sequence(sequence)[1])
+        for seen in self.history.observed.get(shard_id, []):
+            best = max(best, parse_sequence(seen.sequence_number)[1])
+        return best + 1
+
+    def side_load(self, bootstrap: str, prefix: str, options: LoadOptions) -> Workload:
+        """A second workload on the stream through ``bootstrap`` only (its own keys)."""
+        options.key_prefix, options.readers = prefix, False
+        return Workload(
+            self.stream,
+            self.shards,
+            self.history,
+            options,
+            writer_bootstrap=bootstrap,
+            reader_bootstrap=lambda shard_id: bootstrap,
+        )
+
+    def replica_dirs(self, node_id: str) -> dict[str, Path]:
+        """Shard -> the node's replica log directory (read or cut only while it is stopped)."""
+        data_dir = self.cluster.node(node_id).data_dir
+        found = {s: _replica_dir(data_dir, s) for s in self.shards.ids}
+        return {s: path for s, path in found.items() if path is not None}
+
     def fault(self, name: str, shards: Sequence[str]) -> None:
         """Record that a fault strikes now, affecting ``shards``."""
         self.history.record_fault(name, time.monotonic(), shards)
@@ -219,10 +261,14 @@ class ScenarioContext:
 
     # -- faults (blocking cluster calls run in a worker thread) ----------------------------------
 
-    async def kill9(self, node_id: str, shards: Sequence[str] | None = None) -> None:
-        """kill -9 ``node_id``; the fault affects the shards it led (or ``shards``)."""
-        affected = await self.led_by(node_id) if shards is None else list(shards)
-        self.fault(f"kill -9 {node_id}", affected)
+    async def kill9(
+        self, node_id: str, shards: Sequence[str] | None = None, *, record: bool = True
+    ) -> None:
+        """kill -9 ``node_id``; the fault (unless ``record`` is False: the caller records
+        one of its own) affects the shards it led (or ``shards``)."""
+        if record:
+            affected = await self.led_by(node_id) if shards is None else list(shards)
+            self.fault(f"kill -9 {node_id}", affected)
         await trio.to_thread.run_sync(self.cluster.kill9, node_id)
 
     async def restart(self, node_id: str) -> None:

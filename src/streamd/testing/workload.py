@@ -59,6 +59,7 @@ class LoadOptions:
     plain_in_flight_max: int = 4
     pending_groups_max: int = 4_000
     readers: bool = True
+    key_prefix: str = ""  # keeps the record ids of two workloads on one stream apart
     request_timeout_s: float = 3.0
 
 
@@ -144,7 +145,7 @@ class Workload:
                     await producer.flush()
 
     async def _offer(self, producer: Producer, stop: trio.Event, waiters: trio.Nursery) -> None:
-        keys = [f"i{n}" for n in range(self.options.keys)]
+        keys = [f"{self.options.key_prefix}i{n}" for n in range(self.options.keys)]
         counters = dict.fromkeys(keys, 0)
         per_tick = max(1, round(self.options.producer_rate * TICK_S))
         index = 0
@@ -192,7 +193,7 @@ class Workload:
         ) as client:
             retry: list[tuple[str, int]] = []
             in_flight = trio.Semaphore(self.options.plain_in_flight_max)
-            keys = [f"p{n}" for n in range(self.options.keys)]
+            keys = [f"{self.options.key_prefix}p{n}" for n in range(self.options.keys)]
             counters = dict.fromkeys(keys, 0)
             per_tick = max(1, round(self.options.plain_rate * TICK_S))
             index = 0
@@ -267,7 +268,7 @@ class Workload:
             nursery.cancel_scope.cancel()
 
     async def _tail(self, shard_id: str) -> None:
-        name = f"tail-{shard_id[-3:]}"
+        name = f"{self.options.key_prefix}tail-{shard_id[-3:]}"
         self.history.record_reader_start(name, shard_id, from_start=True)
         position = Position.trim_horizon()
         bootstrap = self.reader_bootstrap(shard_id)
