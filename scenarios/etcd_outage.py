@@ -4,7 +4,8 @@ Each round kills etcd with SIGKILL, leaves it down for ``OUTAGE_S`` (10 s by def
 restarts it on the same data dir and ports. etcd is not on the write path: existing leaders
 must keep taking writes throughout (checked: every shard acknowledges writes sent in each
 second of the outage), and no failover may happen without etcd (the leaders after the outage
-are the leaders before it, unless a node died). Afterwards the cluster carries on.
+are the leaders before it, unless a node died), and no node may stop itself for want of etcd
+(a violation names those that did; they are restarted so that the check can go on).
 
     python -m scenarios.etcd_outage --rounds 3 --seed 7
 
@@ -33,6 +34,10 @@ async def fault_round(ctx: ScenarioContext, round_index: int) -> None:
     end = time.monotonic()
     await trio.to_thread.run_sync(ctx.cluster.etcd.restart)
     ctx.say("etcd restarted")
+    stopped = sorted(n for n in ctx.cluster.nodes if not ctx.running(n))
+    if stopped:
+        ctx.violation(f"nodes that stopped themselves during the etcd outage: {stopped}")
+        await ctx.heal()
     silent: list[str] = []
     at = start
     while at + WINDOW_S <= end:

@@ -9,6 +9,9 @@ deposed leader wakes up with those requests in hand. It must not acknowledge any
 the old leader; whatever it acknowledges (after forwarding, or once it learns the new epoch)
 must be in the final log at the acknowledged sequence number.
 
+A node that finds its membership lease lapsed stops itself (``cluster.node_lost``); the round
+then restarts it, as a supervisor would.
+
     python -m scenarios.pause_leader --rounds 10 --seed 7
 
 Proves: a deposed leader never commits (invariant 4); the checker's ``lost``, ``moved`` and
@@ -61,6 +64,9 @@ async def fault_round(ctx: ScenarioContext, round_index: int) -> None:
         f"{stale_after} acks after SIGCONT (each checked against the final log); acks on all "
         f"shards after SIGCONT: {sum(after.values())}"
     )
+    if not ctx.running(victim):  # it stops itself once it finds its lease lapsed
+        ctx.note(f"round {round_index + 1}: {victim} stopped itself (membership lost)")
+        await ctx.restart(victim)
     await ctx.wait_leaders(timeout_s=30.0)
 
 

@@ -24,8 +24,8 @@ reads every shard from the trim horizon and ``check()`` compares:
 | damaged         | a replica's committed prefix holds a batch failing its CRC              |
 | not_resumed     | no write sent after a fault was ever acknowledged on an affected shard  |
 | scenario        | a scenario's own check failed (``History.scenario_violations``)        |
-| read_refused    | a reader's page of committed records was refused by the client as      |
-|                 | malformed (``record_refused_read``)                                    |
+| read_refused    | a read of committed records was refused: by the client as malformed,   |
+|                 | or by the server with a non-retryable error (``record_refused_read``)  |
 
 Two delivery guarantees: records written through the idempotent producer are checked *exactly
 once* (a second copy is ``duplicated``); records written with plain ``put_records`` and retried
@@ -176,8 +176,11 @@ class History:
         self.observed_by.setdefault((reader, seen.shard_id), []).append(seen)
 
     def record_refused_read(self, reader: str, shard_id: str, detail: str) -> None:
-        """A read of committed records the client refused (a malformed page)."""
-        self.refused_reads.append(f"{reader} on {shard_id} {detail}")
+        """A read of committed records refused: by the client (a malformed page) or by the
+        server (a non-retryable error). Kept once per distinct refusal, at most 1,000."""
+        entry = f"{reader} on {shard_id} {detail}"
+        if len(self.refused_reads) < 1_000 and entry not in self.refused_reads[-20:]:
+            self.refused_reads.append(entry)
 
     def record_fault(self, name: str, at_s: float, shards: Iterable[str]) -> None:
         self.faults.append(Fault(name, at_s, tuple(sorted(shards))))

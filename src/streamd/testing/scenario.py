@@ -371,7 +371,10 @@ async def _run_load(ctx: ScenarioContext, fault_round: FaultRound) -> Workload:
         await trio.sleep(options.warmup_s)
         for round_index in range(options.rounds):
             ctx.say(f"round {round_index + 1} of {options.rounds}")
-            await fault_round(ctx, round_index)
+            try:
+                await fault_round(ctx, round_index)
+            except trio.TooSlowError:  # a wait inside the round ran out: the cluster is stuck
+                ctx.violation(f"round {round_index + 1} timed out waiting for the cluster")
         await ctx.heal()
         healed_at = time.monotonic()
         waited = await ctx.wait_leaders(timeout_s=RECOVER_TIMEOUT_S)

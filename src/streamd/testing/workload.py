@@ -283,8 +283,11 @@ class Workload:
                             self.history.record_observed(_seen(record), reader=name)
                         position = page.next_position
             except errors.StreamdError as exc:
-                if not exc.retryable:
-                    raise
+                if not exc.retryable:  # a refusal of committed records: say so, try again
+                    where = position.offset if position.kind == "at_offset" else position.kind
+                    self.history.record_refused_read(
+                        name, shard_id, f"from {where}: {exc.code}: {exc.message}"
+                    )
                 self.stats.reader_restarts += 1
                 await trio.sleep(_READER_BACKOFF_S)
 
