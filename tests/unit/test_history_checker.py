@@ -238,3 +238,16 @@ def test_time_to_resume_per_fault_and_shard() -> None:
     report = check(history, found)
     assert report.not_resumed == ["kill -9 node2: " + SHARD]
     assert "never on" in report.resume_summary()
+
+
+def test_a_refused_read_and_a_scenario_violation_fail_the_check() -> None:
+    history = history_of(2)
+    found = found_of(history)
+    assert check(history, {SHARD: found}).ok
+    history.record_refused_read("tail-000", SHARD, "from 5: read skipped offsets 9..9")
+    history.record_refused_read("tail-000", SHARD, "from 5: read skipped offsets 9..9")
+    report = check(history, {SHARD: found})
+    assert report.read_refused == [f"tail-000 on {SHARD} from 5: read skipped offsets 9..9"]
+    history = history_of(2)
+    history.scenario_violations.append("acks while 2 of 3 nodes were down")
+    assert check(history, {SHARD: found}).scenario == ["acks while 2 of 3 nodes were down"]

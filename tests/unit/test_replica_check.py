@@ -121,3 +121,17 @@ def test_check_reports_replica_findings(tmp_path: Path) -> None:
     assert report.replica_batches_compared == 30
     shots = snapshots(tmp_path / "ok", dict.fromkeys(("n1", "n2", "n3"), batches(30)))
     assert check(history, final, replicas={SHARD: shots}, replica_count=3).ok
+
+
+def test_cut_tail_never_cuts_below_what_must_be_kept(tmp_path: Path) -> None:
+    from streamd.testing.replica_check import cut_tail
+
+    directory = write_log(tmp_path / "n1", batches(30))
+    assert cut_tail(directory, 60, 1 << 20) == 0  # everything must be kept
+    cut = cut_tail(directory, 40, 1 << 20)
+    assert cut > 0
+    shot = snapshot_log(directory, "n1")
+    assert shot.end >= 40 and shot.end < 60
+    directory = write_log(tmp_path / "n2", batches(30))
+    cut_tail(directory, 0, 7)  # a torn tail: recovery cuts the half batch
+    assert snapshot_log(directory, "n2").end == 58

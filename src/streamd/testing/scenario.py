@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
 import shutil
 import sys
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import structlog
 import trio
 
 from streamd_client import Client, connect, errors
@@ -460,6 +462,8 @@ def main(
         }
     )
     options.say(f"seed {options.seed}")
+    # The offline replica check opens logs in this process: their info lines are noise here.
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     result = trio.run(run_scenario, name, fault_round, options)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.text())
     if not result.ok:
