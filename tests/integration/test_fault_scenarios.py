@@ -1,11 +1,15 @@
-"""The cluster fault scenarios of issue 13 (scenarios/*.py), one short round each.
+"""The cluster fault scenarios of issue 13 (scenarios/*.py) with real processes.
 
-Each test runs its scenario for real (etcd, three ``streamd serve --cluster`` nodes,
-replication factor 3, an idempotent Producer, plain put_records, tailing readers) for one
-round with a light load, then demands the history checker's verdict: every violation kind
-fails the test, except the kinds ``KNOWN_BUGS`` lists for that scenario, which make it an
-``xfail`` naming the bug (so a known bug shows as XFAIL with its examples, a new one fails,
-and a fixed one passes). Long rounds: ``--slow``, or ``python -m scenarios.NAME --rounds N``.
+Every test runs scenarios for real (etcd, three ``streamd serve --cluster`` nodes,
+replication factor 3, an idempotent Producer, plain put_records, tailing readers) and demands
+the history checker's verdict: every violation kind fails the test, except the kinds
+``KNOWN_BUGS`` lists for that scenario, which make it an ``xfail`` naming the bug (so a known
+bug shows as XFAIL with its first example, a new one fails, and a fixed one passes).
+
+``make test`` runs one test: every scenario's fault round in turn on one cluster
+(scenarios/all_faults.py), a cluster start and a final check shared to keep it near two
+minutes on this machine. ``--slow`` adds one short round of each scenario on its own cluster
+and 8-round runs of three of them; ``python -m scenarios.NAME --rounds N`` runs long ones.
 
 The scenarios live in scenarios/ (runnable modules, not an installed package): loaded by path.
 """
@@ -30,35 +34,50 @@ READ_GAP = (
     "ProtocolError): cluster/replicated.py ReplicatedShard.read should end the page before a "
     "control batch that follows records (or report the gap)"
 )
-NOT_FOUND = (
-    "a node that is restarting (or shutting down) answers STREAM_NOT_FOUND, which is not "
-    "retryable, for a stream that exists"
+NOT_SERVING = (
+    "ReplicatedShard.read goes on when wait_serving(2 s) returns False and resolves the "
+    "position against a replica that does not serve yet: INVALID_SEQUENCE_NUMBER 'position N "
+    "lies beyond the shard's tip M' (not retryable) instead of NOT_LEADER/SHARD_UNAVAILABLE"
 )
+NOT_FOUND = (
+    "a node that is restarting answers STREAM_NOT_FOUND (not retryable) for a stream that exists"
+)
+READS = f"{READ_GAP}; {NOT_SERVING}; {NOT_FOUND}"
 SEQUENCE_REUSE = (
-    "acknowledged Producer records lost after a node's SIGTERM: a later batch is acknowledged "
-    "at the base offset of the previous batch of the same producer (offset_conflict: the ack "
-    "names offsets holding the earlier batch's records); the replicated write answers a "
-    "'retry' with the new batch's record count, not the stored one, so the client's count "
-    "check cannot catch it"
+    "acknowledged Producer records lost around a leader's SIGTERM: a later batch is "
+    "acknowledged at the base offset of the producer's previous batch (offset_conflict: the ack "
+    "names offsets that hold the earlier batch's records). Likely: the previous batch got a "
+    "non-ambiguous error (STREAM_NOT_FOUND) although it was committed, so the Producer reused "
+    "its sequence for the next batch, which the leader took for a retry; the replicated write "
+    "answers a retry with the new batch's record count, not the stored one, so the client's "
+    "count check cannot catch it"
 )
 LEASE_STOP = (
     "with etcd down every node finds its membership lease lapsed after ~2 s and stops itself, "
     "so existing leaders do not keep taking writes"
 )
 KNOWN_BUGS: dict[str, dict[str, str]] = {
-    "kill_leader": {"read_refused": f"{READ_GAP}; {NOT_FOUND}"},
-    "pause_leader": {"read_refused": f"{READ_GAP}; {NOT_FOUND}"},
-    "kill_majority": {"read_refused": f"{READ_GAP}; {NOT_FOUND}"},
-    "power_loss": {"read_refused": f"{READ_GAP}; {NOT_FOUND}"},
-    "double_failover": {"read_refused": f"{READ_GAP}; {NOT_FOUND}"},
-    "etcd_outage": {"read_refused": f"{READ_GAP}; {NOT_FOUND}", "scenario": LEASE_STOP},
+    "all_faults": {
+        "read_refused": READS,
+        "lost": SEQUENCE_REUSE,
+        "offset_conflict": SEQUENCE_REUSE,
+        "moved": SEQUENCE_REUSE,
+        "scenario": LEASE_STOP,
+    },
+    "kill_leader": {"read_refused": READS},
+    "pause_leader": {"read_refused": READS},
+    "kill_majority": {"read_refused": READS},
+    "power_loss": {"read_refused": READS},
+    "double_failover": {"read_refused": READS},
+    "etcd_outage": {"read_refused": READS, "scenario": LEASE_STOP},
     "rolling_restart": {
-        "read_refused": f"{READ_GAP}; {NOT_FOUND}",
+        "read_refused": READS,
         "lost": SEQUENCE_REUSE,
         "offset_conflict": SEQUENCE_REUSE,
         "moved": SEQUENCE_REUSE,
     },
 }
+ALL = tuple(name for name in KNOWN_BUGS if name != "all_faults")
 
 
 def load(name: str) -> ModuleType:
@@ -95,22 +114,29 @@ def verdict(name: str, result: ScenarioResult) -> None:
         pytest.xfail(f"known bug(s): {reasons}")
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "kill_leader",
-        "pause_leader",
-        "kill_majority",
-        "power_loss",
-        "double_failover",
-        "etcd_outage",
-        "rolling_restart",
-    ],
-)
-async def test_short_round(name: str, tmp_path: Path) -> None:
+def shortened(name: str) -> ModuleType:
     module = load(name)
+    if name == "pause_leader":
+        module.PAUSE_S = 3.0  # CI: still longer than the 2 s membership lease
     if name == "etcd_outage":
-        module.OUTAGE_S = 4.0  # CI: long enough for leases (2 s) to lapse without etcd
+        module.OUTAGE_S = 3.0  # CI: long enough for the leases (2 s) to lapse without etcd
+    return module
+
+
+async def test_every_fault_on_one_cluster(tmp_path: Path) -> None:
+    """CI's round: every scenario's fault round in turn (scenarios/all_faults.py) on one
+    cluster under one light load, one check at the end."""
+    all_faults = load("all_faults")
+    all_faults._rounds.update({name: shortened(name).fault_round for name in all_faults.ORDER})
+    options = short_options(tmp_path, seed=11)
+    options.load = LoadOptions(producer_rate=800, plain_rate=80, records_max=100_000)
+    verdict("all_faults", await run_scenario("all_faults", all_faults.fault_round, options))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ALL)
+async def test_short_round(name: str, tmp_path: Path) -> None:
+    module = shortened(name)
     result = await run_scenario(name, module.fault_round, short_options(tmp_path, seed=11))
     verdict(name, result)
 

@@ -51,7 +51,7 @@ from streamd_client.results import StreamDescription
 
 from .. import layout
 from ..cluster.replicated import replica_log_dir
-from .cluster import LocalCluster
+from .cluster import ClusterStartError, LocalCluster
 from .history import CheckReport, History, check
 from .replica_check import ReplicaSnapshot, range_table, snapshot_log
 from .workload import LoadOptions, Shards, Workload, read_all
@@ -60,6 +60,7 @@ PLACE_TIMEOUT_S: Final = 30.0
 RECOVER_TIMEOUT_S: Final = 60.0
 SETTLE_TIMEOUT_S: Final = 120.0
 _POLL_S: Final = 0.05
+RESTART_ATTEMPTS_MAX: Final = 3
 
 FaultRound = Callable[["ScenarioContext", int], Awaitable[None]]
 
@@ -274,8 +275,21 @@ class ScenarioContext:
         await trio.to_thread.run_sync(self.cluster.kill9, node_id)
 
     async def restart(self, node_id: str) -> None:
-        await trio.to_thread.run_sync(self.cluster.restart, node_id)
-        self.say(f"{node_id} restarted")
+        """Start a stopped node again. A start that misses its ready line (20 s: the machine
+        may be loaded far beyond its cores) is tried again, up to ``RESTART_ATTEMPTS_MAX``
+        times, each noted. Raises ClusterStartError after that."""
+        for attempt in range(1, RESTART_ATTEMPTS_MAX + 1):
+            try:
+                await trio.to_thread.run_sync(self.cluster.restart, node_id)
+            except ClusterStartError as exc:
+                self.note(f"{node_id} restart attempt {attempt} failed: {str(exc)[:200]}")
+                if attempt == RESTART_ATTEMPTS_MAX:
+                    raise
+                if self.running(node_id):
+                    await self.terminate(node_id)
+            else:
+                self.say(f"{node_id} restarted")
+                return
 
     async def terminate(self, node_id: str) -> None:
         await trio.to_thread.run_sync(self.cluster.terminate, node_id)
