@@ -6,10 +6,11 @@ the history checker's verdict: every violation kind fails the test, except the k
 ``KNOWN_BUGS`` lists for that scenario, which make it an ``xfail`` naming the bug (so a known
 bug shows as XFAIL with its first example, a new one fails, and a fixed one passes).
 
-``make test`` runs one test: every scenario's fault round in turn on one cluster
-(scenarios/all_faults.py), a cluster start and a final check shared to keep it near two
-minutes on this machine. ``--slow`` adds one short round of each scenario on its own cluster
-and 8-round runs of three of them; ``python -m scenarios.NAME --rounds N`` runs long ones.
+``make test`` runs one test: the failover scenarios' rounds in turn on one cluster
+(scenarios/all_faults.py CI_ORDER: kill_leader, kill_majority, double_failover,
+rolling_restart), sharing a cluster start and a final check. ``--slow`` adds all seven rounds
+on one cluster, one short round of each scenario on its own cluster, and 8-round runs of
+three of them; ``python -m scenarios.NAME --rounds N`` runs long ones.
 
 The scenarios live in scenarios/ (runnable modules, not an installed package): loaded by path.
 """
@@ -123,13 +124,24 @@ def shortened(name: str) -> ModuleType:
     return module
 
 
+async def test_failovers_on_one_cluster(tmp_path: Path) -> None:
+    """CI's round: the failover scenarios' rounds in turn (all_faults.CI_ORDER: kill_leader,
+    kill_majority, double_failover, rolling_restart) on one cluster under one light load, one
+    check at the end."""
+    all_faults = load("all_faults")
+    all_faults._rounds.update({name: shortened(name).fault_round for name in all_faults.CI_ORDER})
+    options = short_options(tmp_path, seed=11)
+    options.load = LoadOptions(producer_rate=800, plain_rate=80, records_max=400_000)
+    verdict("all_faults", await run_scenario("all_faults", all_faults.fault_round, options))
+
+
+@pytest.mark.slow
 async def test_every_fault_on_one_cluster(tmp_path: Path) -> None:
-    """CI's round: every scenario's fault round in turn (scenarios/all_faults.py) on one
-    cluster under one light load, one check at the end."""
+    """All seven rounds (all_faults.ORDER) on one cluster."""
     all_faults = load("all_faults")
     all_faults._rounds.update({name: shortened(name).fault_round for name in all_faults.ORDER})
     options = short_options(tmp_path, seed=11)
-    options.load = LoadOptions(producer_rate=800, plain_rate=80, records_max=100_000)
+    options.load = LoadOptions(producer_rate=800, plain_rate=80, records_max=400_000)
     verdict("all_faults", await run_scenario("all_faults", all_faults.fault_round, options))
 
 

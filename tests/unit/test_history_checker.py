@@ -236,6 +236,9 @@ def test_time_to_resume_per_fault_and_shard() -> None:
     assert "kill -9 node1: 2 shards, writes resumed after 1.900 s" in report.resume_summary()
     history.record_fault("kill -9 node2", 4.0, [SHARD])
     report = check(history, found)
+    assert report.not_resumed == []  # nothing was sent after it: no verdict
+    history.record_sent("k", 9, make_data("k", 9, 40), at_s=4.5)  # sent, never acked
+    report = check(history, found)
     assert report.not_resumed == ["kill -9 node2: " + SHARD]
     assert "never on" in report.resume_summary()
 

@@ -22,7 +22,7 @@ reads every shard from the trim horizon and ``check()`` compares:
 | divergent       | two replicas' committed prefixes differ (replica_check.compare_replicas)|
 | under_replicated| fewer than a majority of a shard's replicas hold its committed prefix    |
 | damaged         | a replica's committed prefix holds a batch failing its CRC              |
-| not_resumed     | no write sent after a fault was ever acknowledged on an affected shard  |
+| not_resumed     | writes were sent after a fault, but none on an affected shard was acked |
 | scenario        | a scenario's own check failed (``History.scenario_violations``)        |
 | read_refused    | a read of committed records was refused: by the client as malformed,   |
 |                 | or by the server with a non-retryable error (``record_refused_read``)  |
@@ -511,6 +511,7 @@ def _check_resumes(history: History, report: CheckReport) -> None:
             best = min(best, pairs[i][1])
             suffix_min[i] = best
         earliest_after[shard_id] = ([p[0] for p in pairs], suffix_min)
+    last_send_s = max(history.sent_at.values(), default=float("-inf"))
     for fault in history.faults:
         for shard_id in fault.shards:
             sends, suffix_min = earliest_after.get(shard_id, ([], []))
@@ -519,4 +520,5 @@ def _check_resumes(history: History, report: CheckReport) -> None:
                 report.resumes.append(Resume(fault, shard_id, suffix_min[i] - fault.at_s))
             else:
                 report.resumes.append(Resume(fault, shard_id, None))
-                report.not_resumed.append(f"{fault.name}: {shard_id}")
+                if last_send_s >= fault.at_s:  # writes were offered after it, none got through
+                    report.not_resumed.append(f"{fault.name}: {shard_id}")

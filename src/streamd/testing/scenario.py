@@ -342,6 +342,11 @@ async def run_scenario(
     finally:
         await trio.to_thread.run_sync(cluster.close)
     stats = workload.stats
+    if stats.budget_spent_at_s is not None:
+        ctx.note(
+            f"the load's {options.load.records_max} records ran out "
+            f"{stats.budget_spent_at_s - started:.1f} s in: later faults met no writes"
+        )
     load = {
         "producer_sent": stats.producer_sent,
         "plain_sent": stats.plain_sent,

@@ -80,6 +80,7 @@ class LoadStats:
     plain_sent: int = 0
     plain_retries: int = 0
     reader_restarts: int = 0
+    budget_spent_at_s: float | None = None  # when ``records_max`` ran out (load stopped)
     errors: dict[str, int] = field(default_factory=dict)
 
     def count_error(self, code: str) -> None:
@@ -113,6 +114,8 @@ class Workload:
     def _take(self, wanted: int) -> int:
         granted = min(wanted, self._budget)
         self._budget -= granted
+        if granted < wanted and self.stats.budget_spent_at_s is None:
+            self.stats.budget_spent_at_s = self.clock()
         return granted
 
     async def run(self, stop: trio.Event) -> None:
