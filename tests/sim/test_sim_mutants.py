@@ -17,17 +17,23 @@ BOUNDS = {
     "skip_fencing": 100,
     "skip_truncation": 100,
     "old_epoch_commit": 600,
+    "joiner_votes_at_once": 40,
 }
+# Only replica-set changes can show this one (a set that never changes has no joiner).
+RECONFIG = {"joiner_votes_at_once"}
 
 
 @pytest.mark.parametrize("replicas", [3, 5])
 @pytest.mark.parametrize("mutant", sorted(MUTANTS))
 def test_the_simulator_finds_the_mutant(mutant: str, replicas: int) -> None:
-    config = SimConfig(replicas=replicas, hunt=True, factory=MUTANTS[mutant])
+    config = SimConfig(
+        replicas=replicas, hunt=True, reconfig=mutant in RECONFIG, factory=MUTANTS[mutant]
+    )
     for seed in range(BOUNDS[mutant]):
         result = run_seed(seed, config)
         if not result.ok:
             assert "liveness" not in result.failure, result.failure
             assert result.replay_command().endswith(f"--mutant {mutant} -v")
+            assert mutant not in RECONFIG or "--reconfig" in result.replay_command()
             return
     pytest.fail(f"{mutant} survived {BOUNDS[mutant]} seeds with {replicas} replicas")

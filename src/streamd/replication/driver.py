@@ -140,6 +140,8 @@ class ReplicaDriver:
         self._writes: dict[int, _Slot] = {}
         self._reads: dict[int, m.ReadDone | m.ReadFailed] = {}
         self._declined: list[m.LeadDeclined] = []
+        # Joining replicas this node's leader found caught up: (replica id, core epoch).
+        self.caught_up: set[tuple[int, int]] = set()
         self._changed = trio.Event()  # set (and replaced) on every hw or role change
         self._sync_wanted: int | None = None  # generation of the queued sync
         self._sync_wake = trio.Event()
@@ -312,6 +314,12 @@ class ReplicaDriver:
         elif isinstance(effect, m.LeadDeclined):
             self._log.info("replication.lead_declined", epoch=effect.epoch, reason=effect.reason)
             self._declined.append(effect)
+        elif isinstance(effect, m.JoinerCaughtUp):
+            self._log.info(
+                "replication.joiner_caught_up", joiner=effect.replica, epoch=effect.epoch
+            )
+            self.caught_up.add((effect.replica, effect.epoch))
+            self._wake()
 
     def _wake(self) -> None:
         self._changed.set()
@@ -337,11 +345,14 @@ class ReplicaDriver:
             return False
         return True
 
-    def lead(self, epoch: int, replicas: tuple[int, ...]) -> str | None:
-        """The controller's command: lead ``epoch`` over ``replicas``. None if taken (fencing
-        has begun), else why the replica declined. Raises ShardUnavailableError."""
+    def lead(
+        self, epoch: int, replicas: tuple[int, ...], joining: tuple[int, ...] = ()
+    ) -> str | None:
+        """The controller's command: lead ``epoch`` over ``replicas`` (``joining``: those not
+        voting yet). None if taken (fencing has begun), else why the replica declined. Raises
+        ShardUnavailableError."""
         self._declined = []
-        self._must_step(m.Lead(epoch, replicas))
+        self._must_step(m.Lead(epoch, replicas, joining))
         declined = [d for d in self._declined if d.epoch == epoch]
         return declined[0].reason if declined else None
 

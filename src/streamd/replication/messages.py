@@ -198,10 +198,15 @@ class Damaged:
 @dataclass(frozen=True, slots=True)
 class Lead:
     """The controller (through etcd) makes this replica the leader of ``epoch`` over
-    ``replicas`` (itself included)."""
+    ``replicas`` (itself included). ``joining``: those of ``replicas`` just added to the set
+    (a replacement or a move), not yet known to hold the committed prefix. The leader ships
+    them the log like any follower, but they count in no fencing majority, in no choice of
+    the most up-to-date log, in no commit quorum and in no lease, until a later ``Lead``
+    names them voters (docs/replication.md, "Replica set changes")."""
 
     epoch: int
     replicas: tuple[int, ...]
+    joining: tuple[int, ...] = ()
 
 
 Event = Receive | Tick | ClientWrite | ClientRead | Durable | StorageFailed | Damaged | Lead
@@ -294,6 +299,17 @@ class LeadDeclined:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class JoinerCaughtUp:
+    """A joining replica now holds durably this leader's log through its epoch-start batch,
+    hence every batch committed before this epoch (and it takes the later ones like any
+    follower): the controller may name it a voter (a new ``Lead`` with it out of
+    ``joining``). Emitted once per joining replica per epoch."""
+
+    replica: int
+    epoch: int
+
+
 Effect = (
     Send
     | AppendBatches
@@ -307,4 +323,5 @@ Effect = (
     | HighWatermark
     | RoleChanged
     | LeadDeclined
+    | JoinerCaughtUp
 )

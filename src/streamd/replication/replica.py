@@ -81,6 +81,7 @@ class Replica:
         self.role = Role.FOLLOWER
         self.leader: int | None = None
         self.replicas: tuple[int, ...] = ()
+        self.joining: frozenset[int] = frozenset()  # of replicas: not voters yet (Lead)
         # Invariant: _log_end and _epochs mirror the log as the driver will hold it.
         self._log_end = view.log_end()
         self._epochs = list(view.epoch_history())
@@ -94,6 +95,7 @@ class Replica:
         self._fence_acks: dict[int, m.FenceAck] = {}
         self._fence_sent_ms = 0
         self._source: int | None = None
+        self._source_match = 0  # our log matches the source's below this (its replies said)
         self._fetch_sent_ms = 0
         self._fetch_heard_ms = 0
         self._out: list[m.Effect] = []
@@ -103,6 +105,7 @@ class Replica:
         self._producers: Producers | None = None  # built from the log on first use
         self.epoch_start_offset = -1  # where our epoch-start batch sits
         self._epoch_start_written = False
+        self._caught_up: set[int] = set()  # joining replicas reported caught up this epoch
 
     # -- the entry points --------------------------------------------------------------------
 
@@ -230,10 +233,15 @@ class Replica:
         if not self.meta.whole or self.id not in command.replicas:
             self._out.append(m.LeadDeclined(command.epoch, "log is being repaired"))
             return
+        if self.id in command.joining:
+            self._out.append(m.LeadDeclined(command.epoch, "joining: not a voter yet"))
+            return
         self._step_down("leading a newer epoch")
         self._persist(replace(self.meta, epoch=command.epoch))
         self.leader = self.id
         self.replicas = command.replicas
+        self.joining = frozenset(command.joining) & frozenset(command.replicas)
+        self._caught_up = set()
         self._set_role(Role.FENCING, f"controller: lead epoch {command.epoch}")
         self.begin_fencing()
 
@@ -267,8 +275,13 @@ class Replica:
         self._fence_acks[ack.src] = ack
         self._decide_fencing()
 
+    def counts(self, replica: int) -> bool:
+        """Whether ``replica`` votes (fencing, choice, commit, lease): a joining replica does
+        not, whatever its log holds (it may be empty, or stale from an earlier membership)."""
+        return replica not in self.joining
+
     def _decide_fencing(self) -> None:
-        whole = [a for a in self._fence_acks.values() if a.whole]
+        whole = [a for a in self._fence_acks.values() if a.whole and self.counts(a.src)]
         if len(whole) < majority_of(len(self.replicas)):
             return
         best = max(whole, key=lambda a: (a.last_epoch, a.log_end, a.src == self.id))
@@ -279,6 +292,7 @@ class Replica:
             self.become_leader()
             return
         self._source = best.src
+        self._source_match = 0
         self._fetch_heard_ms = self.now_ms
         self._set_role(Role.CATCHING_UP, f"replica {best.src} holds the most up-to-date log")
         self._send_fetch(self._log_end, self.last_epoch)
@@ -324,11 +338,14 @@ class Replica:
             return
         self._fetch_heard_ms = self.now_ms
         if reply.diverge_at is not None:
+            if reply.diverge_at < self._source_match:
+                return  # a late (or duplicated) answer to a fetch from before we matched
             self._back_up_fetch(reply.diverge_at, reply.diverge_epoch)
             return
         if reply.from_offset > self._log_end or any(not b.intact() for b in reply.batches):
             return  # stale (from before we truncated) or damaged in flight: ask again on tick
-        self._take_batches(reply.from_offset, reply.batches)
+        end = self._take_batches(reply.from_offset, reply.batches)
+        self._source_match = max(self._source_match, min(end, self._log_end))
         if self._log_end >= reply.source_end and not reply.batches:
             self.become_leader()
         else:
@@ -514,7 +531,9 @@ class Replica:
         return self.role is Role.LEADING and self.hw > self.epoch_start_offset and self.lease_ok()
 
     def lease_ok(self) -> bool:
-        heard = [self.now_ms] + [p.heard_ms for p in self.progress.values()]
+        heard = [self.now_ms] + [
+            p.heard_ms for peer, p in self.progress.items() if self.counts(peer)
+        ]
         return lease_holds(heard, len(self.replicas), self.now_ms, self.config.lease_ms)
 
     def on_client_write(self, write: m.ClientWrite) -> None:
@@ -602,6 +621,7 @@ class Replica:
         progress = self.progress.get(ack.src)
         if progress is None or not progress.take_ack(ack, self.now_ms):
             return
+        self._check_caught_up(ack.src, progress)
         self.advance_commit()
         if self.role is Role.LEADING and progress.next_offset < self.view.log_end():
             self._ship(ack.src, progress)
@@ -620,8 +640,21 @@ class Replica:
         self._ship(nack.src, progress)
 
     def quorum_end(self) -> int:
-        ends = [self.durable_end] + [p.durable_end for p in self.progress.values()]
+        ends = [self.durable_end] + [
+            p.durable_end for peer, p in self.progress.items() if self.counts(peer)
+        ]
         return quorum_end(ends, len(self.replicas))
+
+    def _check_caught_up(self, peer: int, progress: Progress) -> None:
+        """A joining follower durable through our epoch-start batch holds every batch
+        committed before our epoch (our log has them all below it): say so, once."""
+        if (
+            peer in self.joining
+            and peer not in self._caught_up
+            and progress.durable_end > self.epoch_start_offset
+        ):
+            self._caught_up.add(peer)
+            self._out.append(m.JoinerCaughtUp(peer, self.epoch))
 
     def commit_point(self, quorum: int) -> int:
         return commit_point(quorum, self.epoch_start_offset, self.hw)

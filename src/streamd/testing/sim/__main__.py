@@ -3,6 +3,7 @@
     python -m streamd.testing.sim --seeds 10000 --replicas 5     # many seeds, a summary
     python -m streamd.testing.sim --seed 1234 --replicas 3 -v     # replay one, whole trace
     python -m streamd.testing.sim --seeds 2000 --mutant skip_fencing --hunt
+    python -m streamd.testing.sim --seeds 2000 --reconfig      # replica-set changes too
 
 Exit status 1 if any seed failed; each failure prints its seed, the command that replays it
 and the tail of its trace.
@@ -26,6 +27,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None, help="run this one seed")
     p.add_argument("--replicas", type=int, choices=(3, 5), default=3)
     p.add_argument("--hunt", action="store_true", help="leader churn, one batch per message")
+    p.add_argument(
+        "--reconfig", action="store_true", help="replica-set changes: replace a lost member, move"
+    )
     p.add_argument("--mutant", choices=sorted(MUTANTS), default=None)
     p.add_argument("-v", "--verbose", action="store_true", help="print the whole trace")
     return p.parse_args(argv)
@@ -44,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     config = SimConfig(
         replicas=args.replicas,
         hunt=args.hunt,
+        reconfig=args.reconfig,
         factory=MUTANTS[args.mutant] if args.mutant else None,
         trace_tail=TRACE_ALL if args.verbose else TRACE_TAIL,
     )

@@ -4,8 +4,11 @@ It watches effects as the world carries them out and looks at the replicas' stor
 truth no replica can fake):
 
 * an ack (``WriteDone``) names a batch that is, at that moment, durable on a majority of the
-  replica stores at the acked offset: no ack before a majority, none from a deposed leader
-  that lost its batch; and one batch is acked at one offset only;
+  replica stores at the acked offset (the stores of the replica sets from the batch's own
+  epoch to the acking leader's: after a replica-set change a batch committed before it may
+  sit on one member of the new set and on the old member, until the new one catches up):
+  no ack before a majority, none from a deposed leader that lost its batch; and one batch
+  is acked at one offset only;
 * every high watermark a leader publishes covers batches durable on a majority; the batches
   below it enter the *committed* map, where an offset never changes its batch and a batch never
   moves to another offset;
@@ -22,7 +25,7 @@ A failed check raises ``Violation``; the world turns it into a failed run with i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from ...replication.quorum import majority_of
 from ...storage.logstore import StoredBatch
@@ -41,9 +44,19 @@ def ident(batch: StoredBatch) -> Ident:
 
 
 class Checker:
-    def __init__(self, logs: Sequence[MemoryLog]) -> None:
+    def __init__(
+        self,
+        logs: Sequence[MemoryLog],
+        replicas: int | None = None,
+        sets_between: Callable[[int, int], Iterable[int]] | None = None,
+    ) -> None:
+        """``logs``: every node's, by node id; ``replicas``: the replica set's size (default
+        every log); ``sets_between(first, last)``: the node ids of the sets epochs ``first``
+        to ``last`` were handed out with (default every node)."""
         self.logs = logs
-        self.majority = majority_of(len(logs))
+        size = len(logs) if replicas is None else replicas
+        self.majority = majority_of(size)
+        self.sets_between = sets_between or (lambda first, last: range(len(logs)))
         self.committed: dict[int, tuple[Ident, int]] = {}  # offset -> (batch, its base)
         self.committed_end = 0
         self.where: dict[Ident, int] = {}
@@ -62,9 +75,11 @@ class Checker:
 
     # -- ground truth ------------------------------------------------------------------------
 
-    def durable_copies(self, offset: int, want: Ident) -> int:
+    def durable_copies(self, offset: int, want: Ident, first: int, last: int) -> int:
+        """Durable copies of ``want`` at ``offset`` in the sets of epochs ``first``..``last``."""
         copies = 0
-        for log, lost in zip(self.logs, self.damaged, strict=True):
+        for node_id in sorted(set(self.sets_between(first, last))):
+            log, lost = self.logs[node_id], self.damaged[node_id]
             found = log.batch_at(offset)
             if found is not None and found[1] and found[0].base_offset == offset:
                 copies += ident(found[0]) == want
@@ -110,7 +125,9 @@ class Checker:
             offset = batch.next_offset
         last = node.log.batch_at(hw - 1)
         assert last is not None
-        copies = self.durable_copies(last[0].base_offset, ident(last[0]))
+        copies = self.durable_copies(
+            last[0].base_offset, ident(last[0]), last[0].epoch, self._epoch(node)
+        )
         if copies < self.majority:
             self.fail(f"n{node.id} moved hw to {hw} with {copies} durable copies of its last batch")
         self.published[node.id] = hw
@@ -123,7 +140,7 @@ class Checker:
             self.fail(f"n{node.id} acked offset {base_offset}, which its log does not hold")
             return
         batch_ident = ident(found[0])
-        copies = self.durable_copies(base_offset, batch_ident)
+        copies = self.durable_copies(base_offset, batch_ident, found[0].epoch, self._epoch(node))
         if copies < self.majority:
             self.fail(f"n{node.id} acked {batch_ident}@{base_offset} with {copies} durable copies")
         earlier = self.acked.get(batch_ident)
@@ -133,6 +150,10 @@ class Checker:
             self.fail(f"{batch_ident} acked at {base_offset} but not committed there")
         self.acked[batch_ident] = base_offset
         self.acks += 1
+
+    @staticmethod
+    def _epoch(node: Node) -> int:
+        return node.replica.epoch if node.replica is not None else node.meta.epoch
 
     def on_read(self, batches: Sequence[StoredBatch]) -> None:
         for batch in batches:

@@ -84,3 +84,36 @@ def draw_schedule(
         )
     faults.sort(key=lambda f: (f.at_ms, f.kind, f.node))
     return faults
+
+
+RECONFIG_KINDS = (
+    "replace",  # a member lost for good (never restarts): replaced by a spare after a grace
+    "move",  # a live member's replica moved to a spare (an operator's move, or a drain)
+)
+
+
+def draw_reconfig(rng: random.Random, replicas: int, fault_phase_ms: int) -> list[Fault]:
+    """Replica-set changes for the ``reconfig`` profile: 1 to 3, at most one member lost for
+    good (with one lost and another change joining, a second loss would leave no majority of
+    voters: the protocol then waits, as it must, and the run could not converge). ``node`` is
+    a position in the replica set as it is when the change strikes; ``duration_ms`` the grace
+    before a lost member is replaced."""
+    changes = []
+    lost = False
+    for _ in range(rng.randint(1, 3)):
+        kind = rng.choice(RECONFIG_KINDS)
+        if kind == "replace" and lost:
+            kind = "move"
+        lost = lost or kind == "replace"
+        changes.append(
+            Fault(
+                at_ms=rng.randrange(fault_phase_ms),
+                kind=kind,
+                node=rng.randrange(replicas),
+                other=-1,
+                group=(),
+                duration_ms=rng.randint(30, 300),
+            )
+        )
+    changes.sort(key=lambda f: (f.at_ms, f.kind, f.node))
+    return changes

@@ -45,9 +45,19 @@ class OldEpochCommit(Replica):
         return max(self.hw, quorum) if self.role is Role.LEADING else self.hw
 
 
+class JoinerVotesAtOnce(Replica):
+    """A replica just added to the set (empty, or stale from an earlier membership) votes at
+    once: in the fencing majority, the choice of the most up-to-date log, commit and lease.
+    Only the ``reconfig`` profile changes the set, so only it can find this one."""
+
+    def counts(self, replica: int) -> bool:
+        return True
+
+
 MUTANTS: dict[str, type[Replica]] = {
     "ack_before_majority": AckBeforeMajority,
     "skip_fencing": SkipFencing,
     "skip_truncation": SkipTruncation,
     "old_epoch_commit": OldEpochCommit,
+    "joiner_votes_at_once": JoinerVotesAtOnce,
 }

@@ -21,6 +21,7 @@ class Node:
         self.paused_until = 0
         self.stall_until = 0
         self.full_count = 0
+        self.lost = False  # lost for good (reconfig): never restarted
         self.sync_running = False
         self.sync_again: int | None = None  # generation of a sync asked for while one ran
         # The role as of the effect being carried out (RoleChanged effects, in order): a step

@@ -6,6 +6,13 @@ so a seed replays exactly. The world is the replicas' driver: it feeds each ``Re
 events and carries out the effects in order, as the trio driver will (messages through the
 simulated network, writes to the node's ``MemoryLog``, fsyncs that take time and may stall).
 
+With ``reconfig`` the schedule also changes the replica set (faults.py, ``draw_reconfig``):
+a member lost for good is replaced by a spare node after a grace period, and a live member is
+moved to a spare (the node left out keeps running, and may come back later with its stale
+log). The model controller makes one change at a time: the new member joins (``Lead.joining``)
+and becomes a voter, under a new epoch, only once a leader reported it caught up
+(``JoinerCaughtUp``), as the etcd controller does.
+
 A run has two phases. In the fault phase the schedule (faults.py) strikes while clients write
 and readers read. Then every fault heals (crashed replicas restart, partitions close, disks
 empty) and the run goes on until the cluster has converged (one leader serving, every replica
@@ -32,7 +39,7 @@ from ...replication.roles import Role
 from ...storage.logstore import StoreFullError
 from ...storage.memlog import MemoryLog
 from .checker import Checker, Violation
-from .faults import Fault, NetProfile, draw_net, draw_schedule
+from .faults import Fault, NetProfile, draw_net, draw_reconfig, draw_schedule
 from .node import Node
 from .workload import Client, Reader
 
@@ -58,6 +65,9 @@ class SimConfig:
     # Hunting profile (mutant tests): churn leaders through the whole fault phase, and ship
     # one batch per message.
     hunt: bool = False
+    # Replica-set changes (replace a lost member, move a live one) among ``spares`` extra nodes.
+    reconfig: bool = False
+    spares: int = 2
 
 
 @dataclass
@@ -90,8 +100,16 @@ class World:
         self.config = config
         self.rng = random.Random(seed)
         self.clock = VirtualClock()
-        self.nodes = [Node(i) for i in range(config.replicas)]
-        self.ids = tuple(range(config.replicas))
+        spares = config.spares if config.reconfig else 0
+        self.nodes = [Node(i) for i in range(config.replicas + spares)]
+        self.ids = tuple(range(config.replicas + spares))  # every node, spares included
+        # The controller's replica set and who of it is still joining (not a voter yet);
+        # the set each epoch was handed out with (the checker counts copies in it).
+        self.members: tuple[int, ...] = tuple(range(config.replicas))
+        self.joining: tuple[int, ...] = ()
+        self.joined_epoch = 0  # the epoch the joining member entered the set at
+        self.members_at: dict[int, tuple[int, ...]] = {0: self.members}
+        self.changes = 0
         self.net: NetProfile = draw_net(self.rng)
         # Message size from the seed too: one batch per append splits what a leader ships over
         # many messages, which is where the subtle interleavings live.
@@ -102,8 +120,13 @@ class World:
         self.schedule: list[Fault] = draw_schedule(
             self.rng, config.replicas, config.fault_phase_ms, config.faults_max
         )
+        self.reconfig: list[Fault] = (
+            draw_reconfig(self.rng, config.replicas, config.fault_phase_ms)
+            if config.reconfig
+            else []
+        )
         self.blocked: Counter[tuple[int, int]] = Counter()
-        self.checker = Checker([n.log for n in self.nodes])
+        self.checker = Checker([n.log for n in self.nodes], config.replicas, self._sets_between)
         self._queue: list[tuple[int, int, str, tuple[Any, ...]]] = []
         self._seq = 0
         self.steps = 0
@@ -161,7 +184,7 @@ class World:
             failure=failure,
             trace_hash=self._hash.hexdigest(),
             trace_tail=list(self._tail),
-            faults=[f.describe() for f in self.schedule],
+            faults=[f.describe() for f in self.schedule + self.reconfig],
             end_ms=self.now,
             steps=self.steps,
             acks=self.checker.acks,
@@ -174,16 +197,19 @@ class World:
         from .mutants import MUTANTS
 
         flags = " --hunt" if self.config.hunt else ""
+        flags += " --reconfig" if self.config.reconfig else ""
         for name, cls in MUTANTS.items():
             if self.config.factory is cls:
                 flags += f" --mutant {name}"
         return flags
 
     def _start(self) -> None:
-        for node in self.nodes:
-            self._boot(node)
+        for node_id in self.members:
+            self._boot(self.nodes[node_id])
         for fault in self.schedule:
-            self.at(fault.at_ms, "fault", fault)
+            self.at(fault.at_ms, "fault", fault, True)
+        for change in self.reconfig:
+            self.at(change.at_ms, "reconfig", change)
         self.at(self.config.fault_phase_ms, "heal")
         self.at(self.config.fault_phase_ms + self.config.liveness_ms, "deadline")
         self.at(0, "tick")
@@ -286,6 +312,8 @@ class World:
         elif isinstance(effect, m.LeadDeclined):
             self.trace(f"n{node.id} declines e{effect.epoch}: {effect.reason}")
             self.after(20, "controller_pick")
+        elif isinstance(effect, m.JoinerCaughtUp):
+            self._joiner_caught_up(effect)
 
     def _reply(self, owner: Client | Reader | None, effect: m.Effect) -> None:
         if owner is None or self.rng.random() < self.net.drop:
@@ -368,7 +396,9 @@ class World:
         self.leader_hint = node_id
         self.last_serving_ms = self.now
         self.trace(f"controller: n{node_id} leads e{self.epoch}")
-        self.after(self.rng.randint(1, 5), "feed_lead", node_id, m.Lead(self.epoch, self.ids))
+        self.members_at[self.epoch] = self.members
+        lead = m.Lead(self.epoch, self.members, self.joining)
+        self.after(self.rng.randint(1, 5), "feed_lead", node_id, lead)
         if self.now < self.churn_until:
             cut = Fault(0, "partition", node_id, -1, (), self.rng.randint(30, 300))
             self.after(self.rng.randint(5, 60), "fault", cut)
@@ -389,8 +419,86 @@ class World:
         self.after(100, "controller")
 
     def _do_controller_pick(self) -> None:
-        alive = [n.id for n in self.nodes if n.alive] or list(self.ids)
+        voters = [n for n in self.members if n not in self.joining]
+        alive = [n for n in voters if self.nodes[n].alive] or voters
         self._elect(self.rng.choice(alive))
+
+    def _sets_between(self, first: int, last: int) -> set[int]:
+        """The members of the replica sets the controller handed epochs ``first``..``last``
+        out with."""
+        found = {n for e, s in self.members_at.items() if first <= e <= last for n in s}
+        return found or set(self.members)
+
+    # -- replica-set changes (the model of the controller's re-replication) -------------------
+
+    def _do_reconfig(self, change: Fault) -> None:
+        """``replace``: the member at that position is lost for good now, and replaced once
+        the grace (``duration_ms``) is over; ``move``: it is moved to a spare at once."""
+        node_id = self.members[change.node]
+        others = [self.nodes[n] for n in self.members if n != node_id]
+        joiner_beside = bool(self.joining) and node_id not in self.joining
+        if change.kind == "replace" and (joiner_beside or any(self._unsound(n) for n in others)):
+            # A loss for good beside a joiner (no vote yet), a lost or a damaged member leaves
+            # no whole majority of voters, which no protocol survives (the shard waits, safe,
+            # for the lost node): strike later, or not at all after heal.
+            if not self.healed:
+                self.after(50, "reconfig", change)
+            return
+        self.trace(f"reconfig {change.describe()} (n{node_id})")
+        if change.kind == "replace":
+            node = self.nodes[node_id]
+            self._crash(node)
+            node.lost = True
+            self.after(change.duration_ms, "change", node_id)
+        else:
+            self._do_change(node_id)
+
+    @staticmethod
+    def _unsound(node: Node) -> bool:
+        """Lost for good, or holding a damaged log (found yet or not)."""
+        return node.lost or not node.meta.whole or node.log.first_damaged() is not None
+
+    def _do_change(self, out: int) -> None:
+        """Replace member ``out`` by a spare: one change at a time, so wait while one joins."""
+        if out not in self.members:
+            return
+        spares = [n.id for n in self.nodes if n.id not in self.members and not n.lost]
+        others = [self.nodes[n] for n in self.members if n != out]
+        damaged = any(self._unsound(n) for n in others)
+        if (self.joining and out not in self.joining) or damaged or not spares:
+            # One change at a time (a joiner itself may be replaced: it has no vote), and none
+            # while another member is lost or refetches a damaged log: the change's new epoch
+            # must fence a whole majority of voters, which the old leader needed no more.
+            self.after(50, "change", out)
+            return
+        new = self.rng.choice(spares)
+        self.members = tuple(new if n == out else n for n in self.members)
+        self.joining = (new,)
+        self.changes += 1
+        node = self.nodes[new]
+        self.trace(f"controller: n{out} -> n{new}, members {list(self.members)}, joining")
+        if node.replica is None:
+            self._do_restart(new)  # a spare's first start, or one moved out earlier and down
+        voters = [n for n in self.members if n not in self.joining]
+        alive = [n for n in voters if self.nodes[n].alive] or voters
+        leader = self.leader_hint if self.leader_hint in alive else self.rng.choice(alive)
+        self._elect(leader)
+        self.joined_epoch = self.epoch
+
+    def _joiner_caught_up(self, effect: m.JoinerCaughtUp) -> None:
+        """A leader of an epoch the joiner was already joining in says it holds the committed
+        prefix: it becomes a voter, under a new epoch (the same leader if it still serves)."""
+        if effect.replica not in self.joining or effect.epoch < self.joined_epoch:
+            return
+        if self.members_at.get(effect.epoch) != self.members:
+            return
+        self.trace(f"controller: n{effect.replica} caught up (e{effect.epoch}): a voter now")
+        self.joining = ()
+        leader = self.leader_hint
+        if leader is None or not self.nodes[leader].alive:
+            self._do_controller_pick()
+        else:
+            self._elect(leader)
 
     @staticmethod
     def _serving(node: Node) -> bool:
@@ -398,9 +506,16 @@ class World:
 
     # -- faults ------------------------------------------------------------------------------
 
-    def _do_fault(self, fault: Fault) -> None:
+    def _do_fault(self, fault: Fault, scheduled: bool = False) -> None:
         if self.healed:
             return
+        if self.config.reconfig and scheduled:  # positions in the current replica set
+            fault = replace(
+                fault,
+                node=self.members[fault.node],
+                other=self.members[fault.other] if fault.other >= 0 else -1,
+                group=tuple(self.members[g] for g in fault.group),
+            )
         if fault.kind.endswith("_leader"):
             target = self.leader_hint if self.leader_hint is not None else fault.node
             kind = "partition" if fault.kind == "isolate_leader" else "crash"
@@ -409,6 +524,8 @@ class World:
         node = self.nodes[fault.node]
         kind = fault.kind
         if kind == "elect":
+            if fault.node in self.joining or fault.node not in self.members:
+                return
             self._elect(fault.node)
         elif kind == "crash":
             self._crash(node)
@@ -471,7 +588,7 @@ class World:
 
     def _do_restart(self, node_id: int) -> None:
         node = self.nodes[node_id]
-        if node.replica is not None:
+        if node.replica is not None or node.lost:
             return
         if node.log.recover():
             self.trace(f"n{node.id} recovery cut a torn tail at {node.log.log_end()}")
@@ -486,6 +603,8 @@ class World:
     def _bitflip(self, node: Node) -> None:
         if any(not n.meta.whole or n.log.first_damaged() is not None for n in self.nodes):
             return  # one damaged replica at a time keeps a whole majority for liveness
+        if self.joining or any(self.nodes[n].lost for n in self.members):
+            return  # a joiner votes nowhere yet, a lost member neither: no more losses
         damaged = node.log.flip_bit(self.rng)
         if damaged is None:
             return
@@ -510,7 +629,8 @@ class World:
             node.full_count = 0
             node.log.full = False
             if node.replica is None:
-                self._do_restart(node.id)
+                if node.id in self.members or node.incarnation:
+                    self._do_restart(node.id)
             else:
                 self._do_scrub(node.id)
         for client in self.clients:
@@ -518,11 +638,13 @@ class World:
 
     def _converged(self) -> bool:
         leaders = [n for n in self.nodes if self._serving(n)]
-        if len(leaders) != 1 or any(not c.done() for c in self.clients):
+        if len(leaders) != 1 or any(not c.done() for c in self.clients) or self.joining:
             return False
         leader = leaders[0].replica
         assert leader is not None
-        for node in self.nodes:
+        if self.config.reconfig and self.members_at.get(leader.epoch) != self.members:
+            return False  # the one serving still leads an older replica set
+        for node in (self.nodes[n] for n in self.members):
             replica = node.replica
             if (
                 replica is None
@@ -537,6 +659,6 @@ class World:
     def _finish(self) -> None:
         leader = next(n for n in self.nodes if self._serving(n))
         assert leader.replica is not None
-        ordered = [leader] + [n for n in self.nodes if n is not leader]
+        ordered = [leader] + [self.nodes[n] for n in self.members if n != leader.id]
         self.checker.final(ordered, leader.replica.hw)
         self.trace(f"converged: leader n{leader.id} e{leader.replica.epoch} hw {leader.replica.hw}")
