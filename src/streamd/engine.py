@@ -44,6 +44,7 @@ from streamd_client.errors import (
     ShardClosedError,
     ShardNotFoundError,
     ShardUnavailableError,
+    ShuttingDownError,
     StorageFullError,
     StreamdError,
     StreamNotFoundError,
@@ -220,6 +221,7 @@ class Engine:
         self._shards_reserved = 0  # shards of creates and reshards under way, not yet opened
         self._nursery: trio.Nursery | None = None
         self._admin_lock = trio.Lock()
+        self._closing = False  # close() began: requests get SHUTTING_DOWN (retryable)
         self._resize_scopes: set[trio.CancelScope] = set()
         # Streams whose files a full-disk delete removed but whose metadata it could not: a
         # retried delete finishes them (``_delete_on_full_disk``).
@@ -263,6 +265,7 @@ class Engine:
         A running resize stops between steps (or its current step is undone before its switch);
         it resumes at the next start.
         """
+        self._closing = True
         for scope in self._resize_scopes:
             scope.cancel()
         for stream in list(self.streams.values()):
@@ -563,6 +566,8 @@ class Engine:
 
     def _stream(self, name: str) -> _Stream:
         check_stream_name(name)
+        if self._closing:  # not STREAM_NOT_FOUND: the stream exists, another node serves it
+            raise ShuttingDownError(f"this node is stopping; stream {name!r} is served elsewhere")
         stream = self.streams.get(name)
         if stream is None or stream.meta.status == "DELETING":
             raise StreamNotFoundError(f"stream {name!r} not found", stream=name)

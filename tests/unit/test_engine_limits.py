@@ -12,7 +12,7 @@ from engine_harness import running_engine
 
 from streamd import node_limits
 from streamd.storage import ShardLog
-from streamd_client.errors import LimitExceededError
+from streamd_client.errors import LimitExceededError, ShuttingDownError
 
 
 def stream_dirs(data_dir: Path) -> list[str]:
@@ -81,3 +81,14 @@ def test_the_budget_leaves_room_for_the_fixed_needs_and_names_the_limit() -> Non
     roomy = node_limits.ShardBudget(4096, 1 << 20, 2048, 512, 16)
     assert roomy.shards_allowed == 4096 and roomy.startup_problems(4096) == []
     assert budget.startup_problems(200)  # too many stored shards: says what to raise
+
+
+async def test_a_closing_engine_answers_shutting_down_not_stream_not_found(tmp_path: Path) -> None:
+    """A stopping node's streams still exist (another node serves them in a cluster): requests
+    get SHUTTING_DOWN, retryable, and an idempotent producer retries its batch instead of
+    taking its sequence for unwritten."""
+    async with running_engine(tmp_path) as engine:
+        await engine.create_stream("s", 1, 24)
+        await engine.close()
+        with pytest.raises(ShuttingDownError):
+            engine.describe_stream("s")

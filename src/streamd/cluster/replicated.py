@@ -128,7 +128,8 @@ class ReplicatedWrite:
         shard, driver = self.shard, self.shard.driver
         try:
             if self.write_id is None:
-                await driver.wait_serving(SERVING_WAIT_S)
+                if not await driver.wait_serving(SERVING_WAIT_S):
+                    raise shard._not_serving()
                 shard.check_writable()  # sealed meanwhile: never begun, so never past the end
                 self.write_id = driver.begin_write(self.batch)
             done = await driver.wait_write(self.write_id)
@@ -364,6 +365,14 @@ class ReplicatedShard:
 
     close_shard = adopt
 
+    def _not_serving(self) -> ShardUnavailableError:
+        """A replica told to lead that does not serve yet (fencing, catching up): retryable."""
+        return ShardUnavailableError(
+            f"shard {self.shard.shard_id} of {self.stream!r}: its new leader is not serving yet",
+            stream=self.stream,
+            shard_id=self.shard.shard_id,
+        )
+
     def sequence_of(self, offset: int) -> str:
         return make_sequence(self.shard.index, offset)
 
@@ -376,8 +385,8 @@ class ReplicatedShard:
         False: a lag probe, left out of the read metrics). Raises NotLeaderError,
         ShardUnavailableError, InvalidSequenceNumberError."""
         driver = self.driver
-        if not driver.serving():
-            await driver.wait_serving(SERVING_WAIT_S)
+        if not driver.serving() and not await driver.wait_serving(SERVING_WAIT_S):
+            raise self._not_serving()
         offset = await self._resolve(position)
         if offset >= driver.hw and wait_ms > 0:
             await driver.wait_for_hw(offset, wait_ms / 1000)
@@ -392,6 +401,8 @@ class ReplicatedShard:
             if sb.next_offset <= offset:
                 continue
             if sb.control:
+                if batches:  # a page has no gap after its first record: end it here
+                    break
                 next_offset = sb.next_offset
                 continue
             header = batchfmt.parse_header(sb.payload)

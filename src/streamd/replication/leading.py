@@ -111,6 +111,9 @@ def iter_log(view: LogView, end: int) -> Iterator[StoredBatch]:
         offset = batches[-1].next_offset
 
 
+OUT_OF_ORDER: tuple[str, int, int] = ("out_of_order", 0, 0)
+
+
 class Producers:
     """Idempotence: is an incoming (producer id, sequence) new, a retry of a batch in the log,
     or out of order? Derived from the log alone."""
@@ -140,7 +143,9 @@ class Producers:
             return "new", 0, 0
         for seq, base, count in known:
             if seq == batch.producer_seq:
-                return "retry", base, count
+                # A retry is the same batch: another record count under a sequence already in
+                # the log is a producer reusing it, never a retry to answer with the old offsets.
+                return ("retry", base, count) if count == batch.record_count else OUT_OF_ORDER
         if batch.producer_seq == known[-1][0] + 1:
             return "new", 0, 0
-        return "out_of_order", 0, 0
+        return OUT_OF_ORDER
