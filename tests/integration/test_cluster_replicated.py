@@ -11,7 +11,7 @@
   three replicas, every record is read back once, per-key order holds along the lineage;
 * the cluster default is 3, and Kinesis CreateStream sets it with the tag
   ``streamd:replication-factor``;
-* etcd killed for 5 s: the leaders keep acknowledging writes, no node leaves, nothing is lost;
+* etcd killed for 3 s: the leaders keep acknowledging writes, no node leaves, nothing is lost;
 * refusals: replication factor 0 or 6 answer INVALID_ARGUMENT.
 """
 
@@ -192,7 +192,7 @@ async def test_split_and_merge_a_replicated_stream(cluster: LocalCluster) -> Non
         assert seen == sorted(seen), key
 
 
-async def test_writes_go_on_while_etcd_is_killed_for_5_s(cluster: LocalCluster) -> None:
+async def test_writes_go_on_while_etcd_is_killed(cluster: LocalCluster) -> None:
     """etcd is not on the write path: with it killed, the leaders of a replicated stream keep
     acknowledging writes; when it is back (it extends the leases), every node is still a
     member and nothing acknowledged is lost."""
@@ -201,18 +201,27 @@ async def test_writes_go_on_while_etcd_is_killed_for_5_s(cluster: LocalCluster) 
         await client.create_stream(name, 3, replication_factor=3)
         shards = list(await wait_served(client, name, 3))
         acked: dict[str, list[tuple]] = {s: [] for s in shards}
+
+        async def write_for(seconds: float, tag: str) -> int:
+            began, count = time.monotonic(), 0
+            while time.monotonic() - began < seconds:
+                key, data = f"{tag}{count % 11}", b"%s%d" % (tag.encode(), count)
+                shard_id, sequence = await put_until_acked(client, name, key, data)
+                acked[shard_id].append((sequence, key, data))
+                count += 1
+            return count
+
+        with_etcd = await write_for(3.0, "a")
+        outage = {s: len(rows) for s, rows in acked.items()}
         cluster.etcd.kill9()
-        down_at = time.monotonic()
         try:
-            i = 0
-            while time.monotonic() - down_at < 5.0:
-                shard_id, sequence = await put_until_acked(client, name, f"e{i % 11}", b"%d" % i)
-                acked[shard_id].append((sequence, f"e{i % 11}", b"%d" % i))
-                i += 1
+            without = await write_for(3.0, "b")
         finally:
             cluster.etcd.restart()
-        assert all(len(rows) > 10 for rows in acked.values()), {s: len(r) for s, r in acked.items()}
-        print(f"{i} writes acknowledged with etcd down for 5 s")
+        outage = {s: len(rows) - outage[s] for s, rows in acked.items()}
+        print(f"writes in 3 s: {with_etcd} with etcd, {without} with etcd killed")
+        assert all(outage.values()), outage  # every shard's leader took writes meanwhile
+        assert without >= with_etcd / 4  # a busy machine is noisy; a stall is not this
         await trio.sleep(2.0)
         assert cluster.exited() == {}, "a node left the cluster"
         found = await read_all(cluster.endpoint(2), name, shards)
