@@ -52,7 +52,7 @@ from streamd_client.results import StreamDescription
 from .. import layout
 from ..cluster.replicated import replica_log_dir
 from .cluster import ClusterStartError, LocalCluster
-from .history import CheckReport, History, check
+from .history import CheckReport, History, Seen, check
 from .replica_check import ReplicaSnapshot, range_table, snapshot_log
 from .workload import LoadOptions, Shards, Workload, read_all
 
@@ -330,7 +330,7 @@ async def run_scenario(
             ctx = ScenarioContext(cluster, client, stream, shards, history, rng, options)
             await ctx.wait_leaders(timeout_s=PLACE_TIMEOUT_S)
             workload = await _run_load(ctx, fault_round)
-            found = {s: await read_all(client, stream, s, history) for s in shards.ids}
+            found = {s: await _final_read(ctx, s) for s in shards.ids}
         await trio.to_thread.run_sync(cluster.stop)
         snapshots = _snapshots(cluster, stream, shards.ids)
         report = check(history, found, replicas=snapshots, replica_count=options.replication_factor)
@@ -401,10 +401,24 @@ async def _run_load(ctx: ScenarioContext, fault_round: FaultRound) -> Workload:
         waited = await ctx.wait_leaders(timeout_s=RECOVER_TIMEOUT_S)
         resumed = await ctx.wait_acked_after(healed_at, ctx.shards.ids, timeout_s=RECOVER_TIMEOUT_S)
         ctx.say(f"healed: leaders after {waited:.2f} s, writes on every shard after {resumed} s")
+        if resumed is None:
+            ctx.violation(
+                f"writes did not resume on every shard within {RECOVER_TIMEOUT_S} s of the heal"
+            )
         await trio.sleep(options.cooldown_s)
         stop.set()  # the workload settles every record's fate, then returns
         nursery.cancel_scope.deadline = trio.current_time() + SETTLE_TIMEOUT_S
     return workload
+
+
+async def _final_read(ctx: ScenarioContext, shard_id: str) -> list[Seen]:
+    """The whole shard; a shard that cannot be read to its end in time is a violation (the
+    check then runs on what could be read, or nothing)."""
+    try:
+        return await read_all(ctx.client, ctx.stream, shard_id, ctx.history)
+    except (trio.TooSlowError, errors.StreamdError) as exc:
+        ctx.violation(f"final read of {shard_id} failed: {exc!r:.200}")
+        return []
 
 
 def _end_of(records: Sequence[Any]) -> int:
