@@ -53,6 +53,11 @@ SEQUENCE_REUSE = (
     "answers a retry with the new batch's record count, not the stored one, so the client's "
     "count check cannot catch it"
 )
+DAMAGE_STOPS = (
+    "a replica reading a batch that fails its CRC stops for good (replication.broken, "
+    "replicated.stopped_broken) instead of refetching, and a replica that declines to lead "
+    "while repairing is left named leader: shards take no writes after the heal"
+)
 LEASE_STOP = (
     "with etcd down every node finds its membership lease lapsed after ~2 s and stops itself, "
     "so existing leaders do not keep taking writes"
@@ -71,6 +76,13 @@ KNOWN_BUGS: dict[str, dict[str, str]] = {
     "power_loss": {"read_refused": READS},
     "double_failover": {"read_refused": READS},
     "etcd_outage": {"read_refused": READS, "scenario": LEASE_STOP},
+    "damaged_replica": {
+        "read_refused": READS,
+        "scenario": DAMAGE_STOPS,
+        "lost": DAMAGE_STOPS,  # the shards that could not be read to their end
+        "not_resumed": DAMAGE_STOPS,
+        "under_replicated": DAMAGE_STOPS,
+    },
     "rolling_restart": {
         "read_refused": READS,
         "lost": SEQUENCE_REUSE,
