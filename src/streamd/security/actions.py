@@ -29,6 +29,7 @@ NATIVE_ACTIONS: Final[Mapping[str, str]] = {
     "resize_stream": "stream:reshard",
     "quarantine_range": "cluster:admin",
     "cluster_nodes": "cluster:admin",
+    "node_stats": "cluster:admin",  # every shard of the node: what `streamd top` samples
     "seal_shard": "cluster:admin",
     "unseal_shard": "cluster:admin",
     "replica_messages": "cluster:admin",  # replication between nodes (cluster mode)
@@ -42,7 +43,9 @@ NATIVE_ACTIONS: Final[Mapping[str, str]] = {
     "group_reset": "group:admin",
     "group_delete": "group:admin",
 }
-_NATIVE_OVER_ALL: Final = frozenset({"list_streams", "cluster_nodes", "replica_messages"})
+_NATIVE_OVER_ALL: Final = frozenset(
+    {"list_streams", "cluster_nodes", "node_stats", "replica_messages"}
+)
 
 KINESIS_ACTIONS: Final[Mapping[str, str]] = {
     "CreateStream": "stream:create",
@@ -60,6 +63,7 @@ KINESIS_ACTIONS: Final[Mapping[str, str]] = {
     "SplitShard": "stream:reshard",
     "MergeShards": "stream:reshard",
     "UpdateShardCount": "stream:reshard",
+    "UpdateStreamMode": "stream:reshard",  # ON_DEMAND streams reshard themselves
     "IncreaseStreamRetentionPeriod": "stream:configure",
     "DecreaseStreamRetentionPeriod": "stream:configure",
     "AddTagsToStream": "stream:configure",

@@ -46,7 +46,7 @@ from .admin import STREAM_ACTIONS, AdminForms, form_of
 from .csrf import CsrfRefused, Sessions, session_cookie, session_of
 from .groupwatch import GroupWatches
 from .html import esc, notice, page_number, shell, stream_url
-from .http import Request, Response
+from .http import NotFound, Request, Response
 from .live import Live
 from .sampler import RateSampler
 from .signin import SignIns, required
@@ -60,12 +60,6 @@ _STATIC_TYPES: Final = {
     ".css": "text/css; charset=utf-8",
     ".txt": "text/plain; charset=utf-8",
 }
-
-
-class NotFound(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 @dataclass(slots=True)

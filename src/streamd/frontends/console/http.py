@@ -40,6 +40,14 @@ _RECEIVE_BYTES: Final = 64 * 1024
 QUERY_FIELDS_MAX: Final = 64
 
 
+class NotFound(Exception):
+    """No page, file, stream, shard or group at the path asked for: answered 404."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 @dataclass(frozen=True, slots=True)
 class ConsoleHttpLimits:
     header_bytes_max: int = 16 * 1024

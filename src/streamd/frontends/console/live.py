@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import trio
 
@@ -29,10 +29,30 @@ from . import pages
 from . import records as rec
 from .groupwatch import GroupWatch
 from .html import PAGE_SIZE, notice, page_number, paginate
-from .http import Request, Response
+from .http import NotFound, Request, Response
 
 if TYPE_CHECKING:
-    from .app import Console
+    from ...engine import Engine
+    from .actions import Actions
+    from .groupwatch import GroupWatches
+    from .sampler import RateSampler
+
+
+class Console(Protocol):
+    """What the live views use of the console (``app.Console``), named here so that the two
+    modules do not import each other."""
+
+    engine: Engine
+    sampler: RateSampler
+    actions: Actions
+    watches: GroupWatches
+
+    def stream_or_404(self, name: str) -> dict[str, Any]: ...
+
+    async def nodes(self) -> list[dict[str, Any]] | None: ...
+
+    async def groups_of(self, stream: str) -> tuple[list[dict[str, Any]] | None, str | None]: ...
+
 
 LIVE_INTERVAL_S: Final = 1.0
 KEEPALIVE_S: Final = 15.0
@@ -153,8 +173,6 @@ class Live:
     # -- event streams -------------------------------------------------------------------------
 
     async def events(self, request: Request, rest: list[str]) -> Response:
-        from .app import NotFound
-
         render: Callable[[], Awaitable[Update]]
         match rest:
             case ["overview"]:
