@@ -153,6 +153,9 @@ class Catalog:
     def __init__(self, store: MetaStore, *, clustered: bool = False) -> None:
         self.store = store
         self.clustered = clustered
+        # The store revision of this catalog's own last write per stream: a mirror of the
+        # catalog older than it must not be applied over it (cluster/follow.py).
+        self.written: dict[str, int] = {}
 
     async def load_all(self) -> list[StreamMeta]:
         return [StreamMeta.decode(kv.value) for kv in await self.store.range(_PREFIX)]
@@ -171,8 +174,10 @@ class Catalog:
         key = _PREFIX + meta.name
         if self.clustered:
             check_name("stream", meta.name)  # a key part in etcd
-        if not await self.store.txn([Compare(key, 0)], puts=[(key, meta.encode())]):
+        done = await self.store.txn([Compare(key, 0)], puts=[(key, meta.encode())])
+        if not done:
             raise StreamExistsError(f"stream {meta.name!r} already exists")
+        self.written[meta.name] = done.revision
 
     async def update(self, name: str, change: Callable[[StreamMeta], StreamMeta]) -> StreamMeta:
         """Apply ``change`` atomically (it may raise to refuse). Raises StreamNotFoundError."""
@@ -183,7 +188,9 @@ class Catalog:
                 raise StreamNotFoundError(f"stream {name!r} not found")
             old = StreamMeta.decode(kv.value)
             new = change(old)
-            if await self.store.txn([Compare(key, kv.mod_revision)], puts=[(key, new.encode())]):
+            done = await self.store.txn([Compare(key, kv.mod_revision)], puts=[(key, new.encode())])
+            if done:
+                self.written[name] = done.revision
                 return new
         raise InternalError(f"stream {name!r} metadata kept changing under update")
 
@@ -195,7 +202,8 @@ class Catalog:
         owned = [f"groups/{name}/", f"group-checkpoints/{name}/", f"consumers/{name}/"]
         if self.clustered:
             owned.append(f"{SHARDS_PREFIX}{name}/")
-        await self.store.txn([], deletes=[_PREFIX + name], delete_prefixes=owned)
+        done = await self.store.txn([], deletes=[_PREFIX + name], delete_prefixes=owned)
+        self.written[name] = done.revision
 
 
 def with_status(meta: StreamMeta, status: StreamStatus) -> StreamMeta:

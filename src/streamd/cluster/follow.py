@@ -67,6 +67,11 @@ class Follower:
             known = {n for n in map(Catalog.name_of, self.catalog.values) if n is not None}
             names = known | set(self.engine.streams)
         for name in sorted(names):
+            if self.catalog.revision < self.engine.catalog.written.get(name, 0):
+                # This node wrote the stream's document after the mirror's view: applying the
+                # mirror's older copy would take the engine back (a describe right after a
+                # resize said ACTIVE with the shards before it). The watch brings the write.
+                continue
             raw = self.catalog.values.get(CATALOG_PREFIX + name)
             try:
                 meta = None if raw is None else StreamMeta.decode(raw)
