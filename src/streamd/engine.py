@@ -277,12 +277,17 @@ class Engine:
 
     # -- cluster mode: following the shared catalog and the shard map ---------------------------
 
-    async def apply_catalog(self, name: str, meta: StreamMeta | None) -> None:
+    async def apply_catalog(self, name: str, meta: StreamMeta | None, *, as_of: int) -> None:
         """Make this node's view of stream ``name`` match the catalog's document ``meta``
-        (None: gone), as another node changed it, and run pipelines for exactly the shards this
-        node leads now. Idempotent: the cluster follower (cluster/follow.py) calls it for every
-        changed stream, and for all of them after any shard-map change or resync."""
+        (None: gone) as of store revision ``as_of``, as another node changed it, and run
+        pipelines for exactly the shards this node leads now. Idempotent: the cluster follower
+        (cluster/follow.py) calls it for every changed stream, and for all of them after any
+        shard-map change or resync. A document older than this node's own last write of the
+        stream is ignored (checked under the locks: the write may land while this waits for
+        them); the follower's watch brings the newer one."""
         async with self._admin_lock:
+            if as_of < self.catalog.written.get(name, 0):
+                return
             stream = self.streams.get(name)
             if meta is None or meta.status == "DELETING":
                 if stream is not None:
@@ -296,6 +301,8 @@ class Engine:
                 self._watch_runner(stream)
                 return
             async with stream.lock:
+                if as_of < self.catalog.written.get(name, 0):
+                    return
                 changed = meta != stream.meta
                 # Adopted even when equal: a document this node wrote itself may have closed
                 # shards it leads (another node's switch) without its pipelines knowing.

@@ -1,5 +1,6 @@
 """A seal made for another node's reshard step (Engine.seal_shard, cluster mode) cannot outlive
-that node: when its hold expires the sealing node decides on the catalog. In process, on real
+that node: when its hold expires the sealing node decides on the catalog; and the follower's
+copy of the catalog never takes the engine back behind its own write. In process, on real
 files, with a locator that says this node leads every shard."""
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ async def test_a_hold_that_expires_after_the_switch_keeps_the_shard_sealed(
         switched = await engine.catalog.update("s", switch)
         await trio.sleep(HOLD_MS / 1000 + 0.3)  # the hold expired meanwhile
         assert sealed(engine)  # never unsealed behind a switch that applied
-        await engine.apply_catalog("s", switched)  # what the follower does
+        # What the follower does (its mirror holds the switch).
+        await engine.apply_catalog("s", switched, as_of=engine.catalog.written["s"])
         parent = engine.streams["s"].pipelines[PARENT]
         assert parent.shard.ending_offset == 1 and parent.high_watermark == 1
         assert len(engine._seal_holds) == 0
@@ -198,3 +200,19 @@ async def test_seal_shard_is_refused_outside_a_cluster_and_out_of_bounds(
         await embedded.close()
         nursery.cancel_scope.cancel()
     await embedded_store.aclose()
+
+
+async def test_a_catalog_copy_older_than_this_nodes_write_is_not_applied(tmp_path: Path) -> None:
+    async with cluster_engine(tmp_path) as (engine, _):
+        await engine.create_stream("s", 1, 24)
+        created = engine.catalog.written["s"]
+        old = await engine.catalog.get("s")
+        assert old is not None
+        await engine.update_retention("s", 48)
+        # The follower read its mirror before this node's write and applies it only now (it
+        # waited for the stream's lock meanwhile): the engine keeps its own, newer document.
+        await engine.apply_catalog("s", old, as_of=created)
+        assert engine.describe_stream("s")["retention_hours"] == 48
+        newer = replace(old, retention_hours=72)  # a later document (as of a later revision)
+        await engine.apply_catalog("s", newer, as_of=engine.catalog.written["s"] + 1)
+        assert engine.describe_stream("s")["retention_hours"] == 72

@@ -67,11 +67,6 @@ class Follower:
             known = {n for n in map(Catalog.name_of, self.catalog.values) if n is not None}
             names = known | set(self.engine.streams)
         for name in sorted(names):
-            if self.catalog.revision < self.engine.catalog.written.get(name, 0):
-                # This node wrote the stream's document after the mirror's view: applying the
-                # mirror's older copy would take the engine back (a describe right after a
-                # resize said ACTIVE with the shards before it). The watch brings the write.
-                continue
             raw = self.catalog.values.get(CATALOG_PREFIX + name)
             try:
                 meta = None if raw is None else StreamMeta.decode(raw)
@@ -79,7 +74,7 @@ class Follower:
                 log.error("cluster.unreadable", stream=name, error=repr(exc)[:200])
                 continue
             try:
-                await self.engine.apply_catalog(name, meta)
+                await self.engine.apply_catalog(name, meta, as_of=self.catalog.revision)
             except StreamdError as exc:  # retried at the next change or resync
                 log.warning("cluster.apply_failed", stream=name, code=exc.code, error=str(exc))
                 self._dirty = None
