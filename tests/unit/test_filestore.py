@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from streamd.storage.config import LogConfig
-from streamd.storage.filestore import FileLogStore
+from streamd.storage.filestore import FileLogStore, encode_stored
 from streamd.storage.logstore import (
     EpochStart,
     StoreCorruptError,
@@ -105,4 +105,25 @@ def test_a_full_disk_mid_append_leaves_nothing_of_that_append(
     assert store.epoch_history()[-1] == EpochStart(5, 6)
     store.append(more)
     assert store.read(0, 100) == [*batches, *more]
+    store.close()
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_a_log_cut_at_a_batch_whose_header_rotted(tmp_path: Path, clean: bool) -> None:
+    """A replica repairing itself cuts its log at the damaged batch: finding where that batch
+    starts must not need its header (the damaged_replica scenario stopped the replica for good
+    on 'unreadable batch header')."""
+    store, batches = seeded(tmp_path)
+    store.close(clean=clean)
+    position = sum(len(encode_stored(b)) for b in batches[:2])  # batch [4, 6) in segment 0
+    path = tmp_path / f"{0:020d}.log"
+    data = bytearray(path.read_bytes())
+    data[position + 2] ^= 0x40
+    path.write_bytes(bytes(data))
+    store = FileLogStore(tmp_path, CONFIG)
+    assert store.first_damaged() == 4
+    store.truncate_to(4)
+    assert store.log_end() == 4 and store.read(0, 100) == batches[:2]
+    store.append(batches[2:4])  # refetched from the leader
+    assert store.sync() == 7 and store.read(0, 100) == batches[:4]
     store.close()

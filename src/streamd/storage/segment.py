@@ -380,10 +380,24 @@ class Segment:
         if offset >= self.next_offset:
             assert offset == self.next_offset, (offset, self.next_offset)
             return self.size_bytes
-        found = self._seek(offset, self.size_bytes)
-        if found is None or found[1].base_offset != offset:
-            raise CorruptDataError(f"no batch of {self.path.name} starts at offset {offset}")
-        return found[0]
+        # Walk the headers before the batch only: a cut at a damaged batch (a replica repairing
+        # its log) must not need that batch's own header.
+        entries = self.entries
+        i = bisect.bisect_right(entries, offset, key=_entry_offset) - 1
+        if i >= 0:
+            position, expected = entries[i].position, entries[i].offset
+            while position < self.size_bytes and expected < offset:
+                try:
+                    header = self._header_at(position)
+                    if header.base_offset != expected:
+                        raise CorruptDataError("batch does not continue the log here")
+                except CorruptDataError as exc:
+                    raise self._unreadable(position, expected, exc) from exc
+                position += header.length
+                expected = header.next_offset
+            if expected == offset:
+                return position
+        raise CorruptDataError(f"no batch of {self.path.name} starts at offset {offset}")
 
     def stretch_at(self, offset: int) -> Stretch:
         """The batch or damaged stretch holding ``offset``, read from the file (not trusted from
