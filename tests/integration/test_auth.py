@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import anyio
 import boto3
 import pytest
 from botocore.auth import SigV4Auth
@@ -213,6 +214,14 @@ async def test_each_action_is_denied_without_the_policy_and_allowed_with_it(
             if "stream" in args:  # the pattern matters: the same action on "other" is denied
                 with pytest.raises(AccessDeniedError):
                     await allowed.call(op, {**args, "stream": "other"})
+    log = await anyio.Path(secured.log_path).read_text()
+    audited = {
+        (e["principal"], e["action"], e["outcome"])
+        for e in map(json.loads, (line for line in log.splitlines() if '"audit"' in line))
+    }
+    assert ("nobody", "cluster:admin", "denied") in audited  # a refusal is always audited
+    assert ("p-stream-reshard", "stream:reshard", "ok") in audited
+    assert ("p-cluster-admin", "cluster:admin", "ok") not in audited  # cluster_nodes: a read
 
 
 async def test_a_refused_request_changes_nothing(secured: ServerProcess) -> None:

@@ -273,7 +273,7 @@ class _Connection:
             self.in_flight -= 1
             self.last_active = trio.current_time()
         if action is not None:
-            self.session.done(*action, code)
+            self.session.done(op, *action, code)
         label = op if op in self.handlers else "unknown"
         metrics.REQUESTS.labels(label, code).inc()
         metrics.REQUEST_SECONDS.labels(label).observe(time.perf_counter() - started)

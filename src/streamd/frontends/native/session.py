@@ -27,7 +27,7 @@ import structlog
 from streamd_client import auth, wire
 from streamd_client.errors import InvalidArgumentError, UnauthenticatedError
 
-from ...security.actions import native_action
+from ...security.actions import UNAUDITED_NATIVE_OPS, native_action
 from ...security.guard import ANONYMOUS, Guard, audit, is_admin
 from ...security.principals import Principal
 
@@ -116,7 +116,7 @@ class Session:
             )
         return action, resource
 
-    def done(self, action: str, resource: str, code: str) -> None:
+    def done(self, op: str, action: str, resource: str, code: str) -> None:
         """Audit an admin action's outcome (``code``: OK or the error code)."""
-        if is_admin(action):
+        if is_admin(action) and op not in UNAUDITED_NATIVE_OPS:
             audit(self.name, action, resource, code.lower(), protocol=PROTOCOL, peer=self.peer)
