@@ -20,7 +20,7 @@ def test_bench_against_streamd_prints_positive_figures(capsys: pytest.CaptureFix
     tiny = ["--put-records-calls", "2", "--batch-records", "20", "--single-puts", "10"]
     assert main([*tiny, "--repeat", "1", "--shards", "2", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    (streamd,) = [t for t in doc["targets"] if t["target"].startswith("streamd")]
+    (streamd,) = [t for t in doc["targets"] if t["target"].startswith("streamd (")]
     (run,) = streamd["runs"]
     assert run["drained_records"] == 2 * 20 + 1  # the puts and the warm-up record
     for figure in (
@@ -44,3 +44,16 @@ def test_the_table_names_every_target(capsys: pytest.CaptureFixture[str], tmp_pa
     assert len(numbers) == 8 and all(n > 0 for n in numbers[:4])
     assert "skipped: no node_modules/.bin/kinesalite" in out
     assert "kinesis-mock" in out and "skipped: no --kinesis-mock DIR" in out
+
+
+def test_bench_through_one_node_of_a_cluster(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--cluster 3``: the same workload through node 1 of three (RF 3, etcd), every node's
+    CPU counted."""
+    tiny = ["--put-records-calls", "2", "--batch-records", "20", "--single-puts", "10"]
+    assert main([*tiny, "--repeat", "1", "--shards", "2", "--cluster", "3", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    (cluster,) = [t for t in doc["targets"] if t["target"].startswith("streamd cluster")]
+    assert "3 nodes, RF 3" in cluster["target"]
+    (run,) = cluster["runs"]
+    assert run["drained_records"] == 2 * 20 + 1 and run["put_failed_records"] == 0
+    assert run["target_cpu_ms_per_put_record"] > 0

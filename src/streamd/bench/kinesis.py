@@ -91,11 +91,11 @@ class TargetResult:
 
 @dataclass(slots=True)
 class Target:
-    """A running Kinesis endpoint: its URL and (when known) the PID whose CPU we read."""
+    """A running Kinesis endpoint: its URL and (when known) the PIDs whose CPU we read."""
 
     name: str
     endpoint: str
-    pid: int | None
+    pids: tuple[int, ...]
 
 
 def _free_port() -> int:
@@ -131,7 +131,7 @@ def _node_target(name: str, command: list[str], port: int, env: dict[str, str]) 
         )
     try:
         _wait_listening(port, process, log)
-        yield Target(name, f"http://127.0.0.1:{port}", process.pid)
+        yield Target(name, f"http://127.0.0.1:{port}", (process.pid,))
     finally:
         process.terminate()
         try:
@@ -161,12 +161,29 @@ def _streamd_target() -> Iterator[Target]:
     from ..testing import ServerProcess
 
     with ServerProcess(fsync="always", kinesis=True, log_level="warning") as server:
-        yield Target("streamd", server.kinesis_endpoint, server.pid)
+        yield Target("streamd", server.kinesis_endpoint, (server.pid,))
+
+
+@contextlib.contextmanager
+def _cluster_target(nodes: int) -> Iterator[Target]:
+    """``nodes`` cluster nodes and etcd; every request goes to node 1's gateway, which forwards
+    what other nodes lead. The stream gets the cluster's default replication factor
+    (min(3, nodes)). CPU: every node's, summed (replication runs on all of them)."""
+    from ..testing.cluster import LocalCluster
+
+    with LocalCluster(nodes, fsync="always", kinesis=True, log_level="warning") as cluster:
+        cluster.wait_registered(timeout_s=START_TIMEOUT_S)
+        pids = tuple(node.pid for node in cluster.nodes.values())
+        yield Target("streamd cluster", cluster.kinesis_endpoint(1), pids)
 
 
 def _targets(args: argparse.Namespace) -> Iterator[tuple[str, Callable[[], Any] | str]]:
     """(name, context-manager factory) per target, or (name, why it is skipped)."""
     yield "streamd (fsync always)", _streamd_target
+    if args.cluster:
+        nodes = args.cluster
+        label = f"streamd cluster ({nodes} nodes, RF {min(3, nodes)}, via node 1)"
+        yield label, lambda: _cluster_target(nodes)
     if args.kinesalite is None:
         yield "kinesalite", "skipped: no --kinesalite DIR"
     else:
@@ -227,10 +244,10 @@ def _create_stream(client: Any, name: str, shards: int) -> list[str]:
 
 
 def _cpu(target: Target) -> float | None:
-    if target.pid is None:
+    if not target.pids:
         return None
     with contextlib.suppress(OSError):
-        return process_cpu_seconds(target.pid)
+        return sum(process_cpu_seconds(pid) for pid in target.pids)
     return None
 
 
@@ -377,6 +394,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kinesalite", metavar="DIR", help="where `npm install kinesalite` ran")
     parser.add_argument(
         "--kinesis-mock", metavar="DIR", help="where `npm install kinesis-local` ran"
+    )
+    parser.add_argument(
+        "--cluster",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="also a local cluster of N nodes with etcd (streamd dev cluster's shape)",
     )
     parser.add_argument("--only", choices=["streamd", "kinesalite", "kinesis-mock"], default=None)
     parser.add_argument("--put-records-calls", type=_positive, default=40)
