@@ -29,10 +29,12 @@ engine's layout, ``<shard dir>/replica/log``); with replication factor 1 the sha
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -88,6 +90,7 @@ class ScenarioResult:
     load: dict[str, Any]
     notes: list[str]
     ranges: list[str]
+    figures: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -101,6 +104,7 @@ class ScenarioResult:
             "elapsed_s": round(self.elapsed_s, 2),
             "load": self.load,
             "notes": self.notes,
+            "figures": self.figures,
         }
 
     def text(self) -> str:
@@ -112,8 +116,33 @@ class ScenarioResult:
             + "".join(f"\n  {line}" for line in different[:10])
         )
         lines += [f"note: {note}" for note in self.notes]
+        lines += [distribution(name, values) for name, values in self.figures.items()]
         lines.append(f"load: {self.load}; elapsed {self.elapsed_s:.1f} s")
         return "\n".join(lines)
+
+
+def distribution(name: str, values: Sequence[float], bucket_s: float = 0.1) -> str:
+    """``name``: count, min, median, p90, p99, max, then a text histogram of ``bucket_s``."""
+    ordered = sorted(values)
+    if not ordered:
+        return f"{name}: no values"
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    lines = [
+        f"{name}: n {len(ordered)}, min {ordered[0]:.3f} s, median "
+        f"{statistics.median(ordered):.3f} s, p90 {at(0.9):.3f} s, p99 {at(0.99):.3f} s, "
+        f"max {ordered[-1]:.3f} s"
+    ]
+    counts: dict[int, int] = {}
+    for value in ordered:
+        counts[int(value // bucket_s)] = counts.get(int(value // bucket_s), 0) + 1
+    for bucket in range(min(counts), max(counts) + 1):
+        count = counts.get(bucket, 0)
+        low = bucket * bucket_s
+        lines.append(f"  [{low:.1f}, {low + bucket_s:.1f}) s {count:4d} {'#' * count}")
+    return "\n".join(lines)
 
 
 class ScenarioContext:
@@ -137,6 +166,7 @@ class ScenarioContext:
         self.rng = rng
         self.options = options
         self.notes: list[str] = []
+        self.figures: dict[str, list[float]] = {}
 
     def say(self, message: str) -> None:
         self.options.say(message)
@@ -145,6 +175,10 @@ class ScenarioContext:
         """A figure or observation to print with the report."""
         self.notes.append(message)
         self.say(message)
+
+    def figure(self, name: str, value: float) -> None:
+        """One measurement of ``name``; the report prints each name's distribution."""
+        self.figures.setdefault(name, []).append(value)
 
     def violation(self, message: str) -> None:
         """A scenario-specific invariant failed (reported with the checker's)."""
@@ -243,6 +277,19 @@ class ScenarioContext:
                 ):
                     return time.monotonic() - started
                 await trio.sleep(_POLL_S)
+
+    async def wait_node_gone(self, node_id: str, at_s: float, *, timeout_s: float) -> float | None:
+        """Wait until the cluster no longer lists ``node_id`` as live (etcd let its lease go and
+        the nodes' watch saw it); returns the seconds from ``at_s`` (None: not within
+        ``timeout_s``). Polled every 20 ms through ``cluster_nodes``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(errors.StreamdError):
+                answer = await self.client.call("cluster_nodes", {}, timeout_s=1.0)
+                if node_id not in {n["node_id"] for n in answer["nodes"]}:
+                    return time.monotonic() - at_s
+            await trio.sleep(0.02)
+        return None
 
     async def wait_acked_after(
         self, at_s: float, shards: Sequence[str], *, timeout_s: float = 30.0
@@ -354,7 +401,8 @@ async def run_scenario(
         "reader_restarts": stats.reader_restarts,
         "errors": stats.errors,
     }
-    result = ScenarioResult(name, report, root, time.monotonic() - started, load, ctx.notes, ranges)
+    elapsed = time.monotonic() - started
+    result = ScenarioResult(name, report, root, elapsed, load, ctx.notes, ranges, ctx.figures)
     if report.ok and options.root_dir is None:
         shutil.rmtree(root, ignore_errors=True)
     return result
