@@ -511,6 +511,22 @@ class Engine:
             await self._stop_replica(replica)
         stream.replicated.clear()
 
+    async def remove_unknown_streams(self, known_ids: set[str]) -> list[str]:
+        """Cluster mode, at start: trash the directories of streams the catalog no longer
+        holds (deleted while this node was down, so it never saw the delete); returns their
+        ids. Stream ids are never reused, so a directory whose id is not in the catalog is
+        garbage."""
+        root = self.config.data_dir / layout.STREAMS_DIR
+        here = {stream.meta.stream_id for stream in self.streams.values()}
+        entries = await trio.to_thread.run_sync(
+            lambda: sorted(root.iterdir()) if root.is_dir() else []
+        )
+        removed = [d.name for d in entries if d.is_dir() and d.name not in known_ids | here]
+        for stream_id in removed:
+            await self._move_to_trash(root / stream_id, stream_id)
+            log.info("stream.removed_unknown", stream_id=stream_id)
+        return removed
+
     async def _move_to_trash(self, directory: Path, label: str) -> None:
         trash = self.config.data_dir / layout.TRASH_DIR
         try:

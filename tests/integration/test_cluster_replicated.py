@@ -12,6 +12,9 @@
 * the cluster default is 3, and Kinesis CreateStream sets it with the tag
   ``streamd:replication-factor``;
 * etcd killed for 3 s: the leaders keep acknowledging writes, no node leaves, nothing is lost;
+* through the Kinesis gateway, sequence numbers and shard iterators taken before a leader's
+  kill -9 read the same records after the failover; the stream deleted while that node was
+  down is gone from its disk when it starts again;
 * refusals: replication factor 0 or 6 answer INVALID_ARGUMENT.
 """
 
@@ -228,6 +231,84 @@ async def test_writes_go_on_while_etcd_is_killed(cluster: LocalCluster) -> None:
         for shard_id, rows in acked.items():
             assert sorted(found[shard_id], key=lambda r: int(r[0])) == rows, shard_id
         await client.delete_stream(name)
+
+
+def test_kinesis_iterators_and_sequence_numbers_stay_valid_across_failover(
+    cluster: LocalCluster,
+) -> None:
+    """Through a gateway on a node that does not lead the shard: sequence numbers and shard
+    iterators taken before the leader's kill -9 still read, after it, exactly the records they
+    named, in order, with the records written after the failover behind them."""
+    name = stream_name("rf3-kinesis")
+
+    async def leader_of_the_shard() -> str:
+        async with connect(cluster.bootstrap) as client:
+            await client.create_stream(name, 1, replication_factor=3)
+            return (await wait_served(client, name, 1))["shardId-000000000000"]
+
+    def stream_dirs(node: str) -> set[str]:
+        return {d.name for d in (cluster.node(node).data_dir / layout.STREAMS_DIR).iterdir()}
+
+    existing = set().union(*(stream_dirs(n) for n in ("node1", "node2", "node3")))
+    leader = trio.run(leader_of_the_shard)
+    (stream_id,) = stream_dirs(leader) - existing
+    gateway = next(n for n in ("node1", "node2", "node3") if n != leader)
+    kinesis = kinesis_client(cluster.node(gateway))
+    shard = "shardId-000000000000"
+    before = [f"before-{i}".encode() for i in range(50)]
+    put = kinesis.put_records(
+        StreamName=name, Records=[{"Data": d, "PartitionKey": "k"} for d in before]
+    )
+    assert put["FailedRecordCount"] == 0
+    sequences = [r["SequenceNumber"] for r in put["Records"]]
+
+    def iterator(kind: str, **more: str) -> str:
+        got = kinesis.get_shard_iterator(
+            StreamName=name, ShardId=shard, ShardIteratorType=kind, **more
+        )
+        return str(got["ShardIterator"])
+
+    at_tenth = iterator("AT_SEQUENCE_NUMBER", StartingSequenceNumber=sequences[10])
+    after_tenth = iterator("AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=sequences[10])
+    first_page = kinesis.get_records(ShardIterator=iterator("TRIM_HORIZON"), Limit=20)
+    assert [r["Data"] for r in first_page["Records"]] == before[:20]
+    mid_stream = first_page["NextShardIterator"]
+
+    cluster.kill9(leader)
+    after: list[bytes] = []
+    deadline = time.monotonic() + RESUME_TIMEOUT_S
+    while len(after) < 30:  # retried through the failover, one record at a time
+        data = f"after-{len(after)}".encode()
+        try:
+            kinesis.put_record(StreamName=name, Data=data, PartitionKey="k")
+            after.append(data)
+        except kinesis.exceptions.ClientError:
+            assert time.monotonic() < deadline, "writes did not resume after the failover"
+            time.sleep(0.05)
+
+    def read_on(start: str) -> list[dict[str, object]]:
+        records: list[dict[str, object]] = []
+        position = start
+        for _ in range(50):
+            page = kinesis.get_records(ShardIterator=position, Limit=25)
+            records += page["Records"]
+            if not page["Records"] and page.get("MillisBehindLatest", 0) == 0:
+                break
+            position = page["NextShardIterator"]
+        return records
+
+    everything = before + after
+    assert [r["Data"] for r in read_on(mid_stream)] == everything[20:]
+    from_tenth = read_on(at_tenth)
+    assert from_tenth[0]["SequenceNumber"] == sequences[10]
+    assert [r["Data"] for r in from_tenth] == everything[10:]
+    assert [r["Data"] for r in read_on(after_tenth)] == everything[11:]
+    kinesis.delete_stream(StreamName=name)
+    cluster.restart(leader)
+    cluster.wait_registered()
+    # Deleted while the leader's node was down: it finds the stream gone at its start and
+    # trashes the stream's files (Engine.remove_unknown_streams).
+    assert stream_id not in stream_dirs(leader)
 
 
 async def test_replicated_writes_survive_killing_a_leader(cluster: LocalCluster) -> None:

@@ -54,6 +54,9 @@ class Follower:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.catalog.run)
             await self.apply(None)  # everything, once, before the node serves
+            known = self._known_stream_ids()
+            if known is not None:  # before serving: no stream is being created here yet
+                await self.engine.remove_unknown_streams(known)
             task_status.started()
             while True:
                 with trio.move_on_after(self.resync_s):
@@ -61,6 +64,17 @@ class Follower:
                 self._wake = trio.Event()
                 dirty, self._dirty = self._dirty, set()
                 await self.apply(dirty)
+
+    def _known_stream_ids(self) -> set[str] | None:
+        """The ids of every stream in the catalog; None if a document is unreadable (then no
+        directory is known to be garbage)."""
+        known = set()
+        for raw in self.catalog.values.values():
+            try:
+                known.add(StreamMeta.decode(raw).stream_id)
+            except Exception:
+                return None
+        return known
 
     async def apply(self, names: set[str] | None) -> None:
         if names is None:
