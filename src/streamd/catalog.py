@@ -101,6 +101,9 @@ class StreamMeta:
     shard_level_metrics: tuple[str, ...] = ()
     resource_policy: str | None = None
     max_record_bytes: int = RECORD_DATA_BYTES_MAX
+    # Encryption at rest (StartStreamEncryption): the keyring key new batches are sealed with,
+    # as the caller named it (alias, key id or ARN); None: new batches are stored as plaintext.
+    encryption_key_id: str | None = None
 
     @staticmethod
     def new(name: str, shard_count: int, retention_hours: int, now_ms: int) -> StreamMeta:
@@ -134,6 +137,8 @@ class StreamMeta:
             "reshard": None if self.reshard is None else dict(self.reshard),
             "shard_level_metrics": list(self.shard_level_metrics),
             "max_record_bytes": self.max_record_bytes,
+            "encryption_type": "NONE" if self.encryption_key_id is None else "KMS",
+            "key_id": self.encryption_key_id,
         }
 
     def encode(self) -> bytes:

@@ -99,6 +99,8 @@ class ServerConfig:
     # Principals, their keys and policies (TOML, mode 600; re-read on SIGHUP). Set: the native
     # handshake must authenticate and every request of both protocols is authorized.
     credentials_file: Path | None = None
+    # Keys for encryption at rest (JSON, mode 600; security/keyring.py has the format).
+    keyring_file: Path | None = None
     # Cluster mode, the client side of this node's connections to other nodes (cluster_tls_*)
     # and to etcd (etcd_tls_*): the CA that signed their certificates, and this node's
     # certificate (mutual TLS); the access key id this node signs in to the others with (its

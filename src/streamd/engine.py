@@ -84,7 +84,9 @@ from .routing import (
     Unavailable,
     located_error,
 )
+from .security.keyring import Keyring, KeyringError
 from .shard import PendingWrite, PipelineConfig, ReadResult, ShardPipeline, now_ms
+from .startup import StartupError
 from .storage import FdCache, LogConfig, ShardLog
 from .throttle import Quotas
 
@@ -190,6 +192,13 @@ class Engine:
         factor > 1 that the document places here. Without them: the embedded default.
         """
         self.config = config
+        # Encryption at rest: the keyring (--keyring), or None (StartStreamEncryption refused).
+        self.keyring: Keyring | None = None
+        if config.keyring_file is not None:
+            try:
+                self.keyring = Keyring.load(config.keyring_file)
+            except KeyringError as exc:
+                raise StartupError(f"--keyring: {exc}") from None
         self.clustered = locator is not None
         self.locator: ShardLocator = locator or EverythingLocal()
         self._peers = peers
@@ -482,6 +491,8 @@ class Engine:
             io_pool=self._io_pool,
             clock=self.clock,
         )
+        pipeline.keys = self.keyring
+        pipeline.key_id = stream.meta.encryption_key_id
         await self._nursery.start(pipeline.run)  # its high watermark is the committer's
         return pipeline
 
@@ -764,6 +775,35 @@ class Engine:
                 name, lambda m: replace(_active(m), retention_hours=retention_hours)
             )
         log.info("stream.retention_updated", stream=name, retention_hours=retention_hours)
+
+    async def set_encryption(self, name: str, key_id: str | None) -> None:
+        """Start (``key_id``: a keyring key, as alias, key id or ARN) or stop (None) sealing
+        new batches of a stream; stored batches keep the key they name, so all stay readable.
+        Raises StreamNotFoundError, InvalidArgumentError (no keyring, an unknown key, or a
+        replicated stream: not yet supported)."""
+        check_stream_name(name)
+        if key_id is not None:
+            if self.keyring is None:
+                raise InvalidArgumentError(
+                    "encryption at rest needs a keyring: start the server with --keyring FILE"
+                )
+            if not isinstance(key_id, str) or not self.keyring.has(key_id):
+                raise InvalidArgumentError(f"the keyring holds no key {summary(key_id)}")
+        stream = self._stream(name)
+        async with stream.lock:  # a reshard step replaces stream.meta: never interleave
+            stream = self._stream(name)
+            if key_id is not None and self._replicates(stream.meta):
+                raise InvalidArgumentError(
+                    "encryption at rest of replicated streams (replication factor > 1) is not "
+                    "supported yet"
+                )
+            stream.meta = await self.catalog.update(
+                name, lambda m: replace(_active(m), encryption_key_id=key_id)
+            )
+            for pipeline in stream.pipelines.values():
+                pipeline.keys = self.keyring
+                pipeline.key_id = key_id
+        log.info("stream.encryption_set", stream=name, key_id=key_id)
 
     async def update_stream_mode(self, name: str, mode: StreamMode) -> None:
         """PROVISIONED <-> ON_DEMAND (an ON_DEMAND stream's shards are split and merged by the

@@ -301,6 +301,7 @@ async def serve(
     try:
         async with _cluster_parts(config, store, security) as cluster:
             parts = build_parts(config, store, cluster)
+            security.keyring = parts.engine.keyring  # re-read at SIGHUP with the rest
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 listeners, gateway, console = await _bind_all(config, parts, security)
                 try:

@@ -65,7 +65,7 @@ from .clock import Clock, WallClock
 from .iothread import IoPool, IoThread
 from .monitoring import ShardCounters
 from .replication import Committer, Proposal
-from .storage import OffsetTrimmedError, SyncFailedError
+from .storage import OffsetTrimmedError, SyncFailedError, at_rest
 
 if TYPE_CHECKING:
     from .storage import ShardLog
@@ -294,6 +294,11 @@ class ShardPipeline:
         self._bytes_read = metrics.BYTES_READ.labels(stream)
         self._io = IoThread(f"streamd-{stream}-{shard.shard_id}", pool=io_pool)
         self._token = trio.lowlevel.current_trio_token()  # the lane reports "appended" with it
+        # Encryption at rest (storage/at_rest.py): the node's keyring, and the key new batches
+        # are sealed with (None: stored as plaintext). The engine sets it from the stream's
+        # metadata; batches already stored keep the key they name.
+        self.keys: at_rest.KeySource | None = None
+        self.key_id: str | None = None
 
     # -- writers ------------------------------------------------------------------------------
 
@@ -747,7 +752,11 @@ class ShardPipeline:
         written: list[_Planned] = []
         error: StreamdError | None = None
         for planned in plan:
-            planned.data = self._encode(planned, stamp_ms)
+            try:
+                planned.data = self._encode(planned, stamp_ms)
+            except LookupError as exc:  # the keyring lost the stream's key (a reload)
+                error = InternalError(f"cannot encrypt: {exc}")
+                break
             planned.last_arrival_ms = stamp_ms
             try:
                 self.log.append(planned.data)
@@ -773,6 +782,15 @@ class ShardPipeline:
         return written, error, None, self.log.next_offset
 
     def _encode(self, planned: _Planned, stamp_ms: int) -> bytes:
+        """The stored batch: sealed here when the stream is encrypted, so the log, the tail
+        cache and what ships to replicas all hold ciphertext. Raises UnknownKeyError."""
+        data = self._encode_plain(planned, stamp_ms)
+        key_id, keys = self.key_id, self.keys
+        if key_id is None or keys is None:
+            return data
+        return at_rest.seal(data, keys, key_id)
+
+    def _encode_plain(self, planned: _Planned, stamp_ms: int) -> bytes:
         first_ms = min(stamp_ms, *(w.arrival_ms for w in planned.writes))
         head = planned.writes[0]
         if head.batch is not None:
@@ -868,6 +886,8 @@ class ShardPipeline:
                     await self._committed.wait()
         hwm, tip_ms = self.high_watermark, self.last_arrival_ms  # moved together by _publish
         batches, last_ms, next_offset = self._read_tail(offset, max_bytes, hwm)
+        if batches:
+            batches = self._open_sealed(offset, batches)
         if batches is None:
             try:
                 data = await self._read_disk(offset, max_bytes, hwm)
@@ -933,7 +953,7 @@ class ShardPipeline:
             raise ShuttingDownError(f"shard {self.shard.shard_id} is closing")
         self._disk_reads += 1
         try:
-            return await trio.to_thread.run_sync(self.log.read, offset, max_bytes, hwm)
+            return await trio.to_thread.run_sync(self._read_plain, offset, max_bytes, hwm)
         except CorruptDataError as exc:
             raise self._damaged(offset, exc) from None
         finally:
@@ -941,6 +961,19 @@ class ShardPipeline:
             if not self._disk_reads:
                 self._reads_done.set()
                 self._reads_done = trio.Event()
+
+    def _read_plain(self, offset: int, max_bytes: int, hwm: int) -> list[bytes]:
+        """Worker thread: stored batches, sealed ones opened (readers never see ciphertext)."""
+        batches = self.log.read(offset, max_bytes, hwm)
+        return batches if self.keys is None else at_rest.unseal_all(batches, self.keys)
+
+    def _open_sealed(self, offset: int, batches: list[bytes]) -> list[bytes]:
+        if self.keys is None:
+            return batches
+        try:
+            return at_rest.unseal_all(batches, self.keys)
+        except CorruptDataError as exc:
+            raise self._damaged(offset, exc) from None
 
     def _damaged(self, offset: int, exc: CorruptDataError) -> DataCorruptError:
         base = exc.details.get("base_offset", offset)

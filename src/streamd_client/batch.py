@@ -51,6 +51,9 @@ MAGIC = 0x5344
 FORMAT_VERSION = 1
 CODEC_NONE = 0
 CODEC_ZSTD = 1
+# High bit of the codec byte: the payload is sealed at rest (streamd/storage/at_rest.py). Only
+# the server's stored form has it; the server opens such batches before any reader sees them.
+CODEC_ENCRYPTED = 0x80
 HEADER_BYTES = 64
 HASH_BYTES = 16
 
@@ -159,9 +162,13 @@ def encode_batch(
     return _seal_header(bytearray(header)) + payload
 
 
-def _seal_header(header: bytearray) -> bytes:
+def seal_header(header: bytearray) -> bytes:
+    """The header with its CRC (bytes 60..64) recomputed over bytes 0..60."""
     _U32.pack_into(header, _HEADER_CRC_AT, crc32c.crc32c(memoryview(header)[:_HEADER_CRC_AT]))
     return bytes(header)
+
+
+_seal_header = seal_header
 
 
 def parse_header(buf: bytes | bytearray | memoryview, at: int = 0) -> BatchHeader:
@@ -177,7 +184,7 @@ def parse_header(buf: bytes | bytearray | memoryview, at: int = 0) -> BatchHeade
         raise CorruptDataError(f"batch header CRC mismatch at byte {at}")
     if header.magic != MAGIC or header.version != FORMAT_VERSION:
         raise CorruptDataError(f"bad batch magic or version at byte {at}")
-    if header.codec not in (CODEC_NONE, CODEC_ZSTD):
+    if header.codec & ~CODEC_ENCRYPTED not in (CODEC_NONE, CODEC_ZSTD):
         raise CorruptDataError(f"unknown batch codec {header.codec} at byte {at}")
     if not HEADER_BYTES < header.length <= BATCH_BYTES_MAX:
         raise CorruptDataError(f"batch length {header.length} out of range at byte {at}")
@@ -205,6 +212,8 @@ def decode_records(
     buf: bytes | bytearray | memoryview, header: BatchHeader, at: int = 0
 ) -> Records:
     """Decompress and decode the payload of a verified batch. Raises CorruptDataError."""
+    if header.codec & CODEC_ENCRYPTED:
+        raise CorruptDataError("batch is sealed at rest (encrypted); only the server opens it")
     payload = memoryview(buf)[at + HEADER_BYTES : at + header.length]
     try:
         if header.codec == CODEC_ZSTD:

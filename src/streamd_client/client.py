@@ -323,6 +323,16 @@ class Client:
         }
         await self.call(wire.OP_UPDATE_RETENTION, args)
 
+    async def set_encryption(self, name: str, key_id: str | None) -> None:
+        """Seal the stream's new batches at rest with a server keyring key (alias, key id or
+        ARN), or with ``None`` store new ones as plaintext again; stored batches stay readable.
+
+        Raises: StreamNotFoundError, InvalidStreamNameError, InvalidArgumentError (no keyring
+        on the server, an unknown key).
+        """
+        args = {"stream": model.check_stream_name(name), "key_id": key_id}
+        await self.call(wire.OP_SET_ENCRYPTION, args)
+
     # -- resharding ----------------------------------------------------------------------------
 
     async def split_shard(

@@ -99,6 +99,9 @@ class SyncClient:
     def update_retention(self, name: str, hours: int) -> None:
         self._portal.call(self._client.update_retention, name, hours)
 
+    def set_encryption(self, name: str, key_id: str | None) -> None:
+        self._portal.call(self._client.set_encryption, name, key_id)
+
     def split_shard(
         self, stream: str, shard_id: str, hash_key: int | str | None = None
     ) -> list[str]:

@@ -38,6 +38,11 @@ def add_serve_security(serve: argparse.ArgumentParser) -> None:
         "both protocols then authenticate and authorize every request",
     )  # fmt: skip
     group.add_argument(
+        "--keyring", type=Path, default=None, metavar="FILE",
+        help="keys for encryption at rest (JSON, mode 600; docs/security.md): streams whose "
+        "encryption is started store their batches sealed with AES-256-GCM",
+    )  # fmt: skip
+    group.add_argument(
         "--insecure-no-auth", action="store_true",
         help="listen beyond loopback without credentials (anyone who reaches the port may "
         "read, write and delete)",
@@ -77,6 +82,7 @@ def serve_security_options(args: argparse.Namespace) -> dict[str, Any]:
         kinesis_ca = kinesis_ca if kinesis_ca is not None else args.tls_client_ca
     for flag, path in (
         ("--credentials", args.credentials),
+        ("--keyring", args.keyring),
         ("--tls-cert", args.tls_cert),
         ("--tls-key", args.tls_key),
         ("--kinesis-tls-cert", kinesis_cert),
@@ -92,6 +98,7 @@ def serve_security_options(args: argparse.Namespace) -> dict[str, Any]:
         "kinesis_tls_key": kinesis_key,
         "kinesis_tls_client_ca": kinesis_ca,
         "credentials_file": args.credentials,
+        "keyring_file": args.keyring,
         "cluster_tls_ca": args.cluster_tls_ca,
         "cluster_tls_cert": args.cluster_tls_cert,
         "cluster_tls_key": args.cluster_tls_key,

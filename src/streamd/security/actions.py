@@ -21,6 +21,7 @@ NATIVE_ACTIONS: Final[Mapping[str, str]] = {
     "list_streams": "stream:list",
     "describe_stream": "stream:describe",
     "update_retention": "stream:configure",
+    "set_encryption": "stream:configure",
     "put_records": "stream:put",
     "append_batch": "stream:put",
     "read": "stream:read",

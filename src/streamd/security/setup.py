@@ -29,6 +29,7 @@ from streamd_client.security import Security, client_context
 from ..config import ServerConfig
 from ..startup import StartupError
 from .guard import Guard
+from .keyring import Keyring, KeyringError
 from .principals import PolicyFileError
 from .tls import ServerTls, TlsFiles
 
@@ -42,9 +43,16 @@ class NodeSecurity:
     kinesis_tls: ServerTls | None = None
     peers: Security | None = None  # this node's client side towards other nodes
     etcd_tls: ssl.SSLContext | None = None  # this node's client side towards etcd
+    keyring: Keyring | None = None  # encryption at rest (--keyring): the engine's
 
     def reload(self) -> None:
         self.guard.reload()
+        if self.keyring is not None:
+            try:
+                self.keyring.reload()
+                log.info("security.keyring_reloaded")
+            except KeyringError as exc:  # the keys in use stay
+                log.error("security.keyring_reload_failed", error=str(exc))
         for tls in (self.native_tls, self.kinesis_tls):
             if tls is not None:
                 tls.reload()

@@ -93,6 +93,14 @@ async def _describe_stream(engine: Engine, args: dict[str, Any]) -> dict[str, An
     return {"stream": engine.describe_stream(_arg(args, "stream", str))}
 
 
+async def _set_encryption(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
+    key_id = args.get("key_id")
+    if key_id is not None:
+        key_id = _arg(args, "key_id", str)
+    await engine.set_encryption(_arg(args, "stream", str), key_id)
+    return {}
+
+
 async def _update_retention(engine: Engine, args: dict[str, Any]) -> dict[str, Any]:
     await engine.update_retention(_arg(args, "stream", str), _arg(args, "retention_hours", int))
     return {}
@@ -288,6 +296,7 @@ HANDLERS: dict[str, Handler] = {
     "list_streams": _list_streams,
     "describe_stream": _describe_stream,
     "update_retention": _update_retention,
+    "set_encryption": _set_encryption,
     "put_records": _put_records,
     "append_batch": _append_batch,
     "read": _read,
