@@ -119,3 +119,52 @@ async def test_flipped_byte_in_a_sealed_batch_is_never_served(tmp_path: Path) ->
             assert b"PLAINTEXT" not in str(caught.value).encode()
             third = await client.read("enc", SHARD_0, Position.at_offset(2))
             assert [r.data for r in third.records] == [marker(2)]
+
+
+def test_boto3_start_and_stop_stream_encryption(tmp_path: Path) -> None:
+    from botocore.exceptions import ClientError
+
+    from .aws import kinesis_client
+
+    keyring = tmp_path / "keyring.json"
+    write_keyring(keyring, 1)
+    with ServerProcess(
+        tmp_path / "data", kinesis=True, extra_args=["--keyring", str(keyring)]
+    ) as server:
+        kinesis = kinesis_client(server)
+        try:
+            kinesis.create_stream(StreamName="enc", ShardCount=1)
+            described = kinesis.describe_stream(StreamName="enc")["StreamDescription"]
+            assert described["EncryptionType"] == "NONE" and "KeyId" not in described
+            with pytest.raises(ClientError) as caught:
+                kinesis.start_stream_encryption(
+                    StreamName="enc", EncryptionType="KMS", KeyId="alias/missing"
+                )
+            assert caught.value.response["Error"]["Code"] == "InvalidArgumentException"
+            arn = "arn:aws:kms:us-east-1:123456789012:" + KEY
+            kinesis.start_stream_encryption(StreamName="enc", EncryptionType="KMS", KeyId=arn)
+            described = kinesis.describe_stream(StreamName="enc")["StreamDescription"]
+            assert (described["EncryptionType"], described["KeyId"]) == ("KMS", arn)
+            summary = kinesis.describe_stream_summary(StreamName="enc")
+            assert summary["StreamDescriptionSummary"]["EncryptionType"] == "KMS"
+            put = kinesis.put_record(StreamName="enc", Data=marker(1), PartitionKey="k")
+            assert put["EncryptionType"] == "KMS"
+            assert b"PLAINTEXT-SECRET" not in segment_bytes(server, "enc")
+            iterator = kinesis.get_shard_iterator(
+                StreamName="enc", ShardId=SHARD_0, ShardIteratorType="TRIM_HORIZON"
+            )["ShardIterator"]
+            records = kinesis.get_records(ShardIterator=iterator)["Records"]
+            assert [(r["Data"], r["EncryptionType"]) for r in records] == [(marker(1), "KMS")]
+
+            kinesis.stop_stream_encryption(StreamName="enc", EncryptionType="KMS", KeyId=arn)
+            described = kinesis.describe_stream(StreamName="enc")["StreamDescription"]
+            assert described["EncryptionType"] == "NONE"
+            put = kinesis.put_records(
+                StreamName="enc", Records=[{"Data": marker(2), "PartitionKey": "k"}]
+            )
+            assert put["EncryptionType"] == "NONE"
+            records = kinesis.get_records(ShardIterator=iterator)["Records"]
+            assert [r["Data"] for r in records] == [marker(1), marker(2)]
+            assert b"PLAINTEXT-SECRET-" in segment_bytes(server, "enc")  # the new batch only
+        finally:
+            kinesis.close()

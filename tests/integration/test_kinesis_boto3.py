@@ -423,17 +423,18 @@ def test_update_shard_count(kinesis: Any, name: str) -> None:
     kinesis.delete_stream(StreamName=name)
 
 
-def test_unsupported_and_unknown_operations(kinesis: Any, gateway: ServerProcess) -> None:
-    for call in (
-        lambda: kinesis.start_stream_encryption(
-            StreamName="s", EncryptionType="KMS", KeyId="alias/k"
-        ),
-        lambda: kinesis.stop_stream_encryption(
-            StreamName="s", EncryptionType="KMS", KeyId="alias/k"
-        ),
-    ):
-        with pytest.raises(ClientError) as exc:
-            call()
-        code, status = error_code(exc)
-        assert (code, status) == ("InvalidArgumentException", 400)
-        assert "is not supported by streamd" in exc.value.response["Error"]["Message"]
+def test_stream_encryption_without_a_keyring_is_refused(kinesis: Any) -> None:
+    """Start/StopStreamEncryption are supported (test_encryption_at_rest.py), but this gateway
+    has no --keyring: starting is refused with a clear message, and nothing changes."""
+    name = f"enc-{uuid.uuid4().hex[:8]}"
+    kinesis.create_stream(StreamName=name, ShardCount=1)
+    with pytest.raises(ClientError) as exc:
+        kinesis.start_stream_encryption(StreamName=name, EncryptionType="KMS", KeyId="alias/k")
+    assert error_code(exc) == ("InvalidArgumentException", 400)
+    assert "--keyring" in exc.value.response["Error"]["Message"]
+    described = kinesis.describe_stream(StreamName=name)["StreamDescription"]
+    assert described["EncryptionType"] == "NONE"
+    with pytest.raises(ClientError) as exc:
+        kinesis.stop_stream_encryption(StreamName="nope", EncryptionType="KMS", KeyId="alias/k")
+    assert error_code(exc)[0] == "ResourceNotFoundException"
+    kinesis.delete_stream(StreamName=name)

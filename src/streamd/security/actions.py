@@ -86,6 +86,8 @@ KINESIS_ACTIONS: Final[Mapping[str, str]] = {
     "PutResourcePolicy": "stream:configure",
     "DeleteResourcePolicy": "stream:configure",
     "UpdateMaxRecordSize": "stream:configure",
+    "StartStreamEncryption": "stream:configure",
+    "StopStreamEncryption": "stream:configure",
     "DescribeAccountSettings": "stream:list",
     "UpdateAccountSettings": "cluster:admin",
 }

@@ -55,7 +55,7 @@ from .iterators import (
     decode_iterator,
     encode_iterator,
 )
-from .streams import resolve_stream
+from .streams import encryption_type, resolve_stream
 from .types import GatewayContext, KinesisError, Operation
 
 GET_RECORDS_LIMIT_MAX: Final = 10_000
@@ -121,7 +121,7 @@ async def put_record(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any
     return {
         "ShardId": outcome.shard_id,
         "SequenceNumber": outcome.sequence,
-        "EncryptionType": "NONE",
+        "EncryptionType": encryption_type(ctx.engine.stream_meta(name)),
     }
 
 
@@ -160,7 +160,7 @@ async def put_records(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, An
     return {
         "FailedRecordCount": sum(1 for o in outcomes if o.error is not None),
         "Records": results,
-        "EncryptionType": "NONE",
+        "EncryptionType": encryption_type(ctx.engine.stream_meta(name)),
     }
 
 
@@ -275,6 +275,9 @@ async def get_records(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, An
         read.child_shards,
     )
     page = decode_read(raw, shard_id, it.shard_index, limit)
+    # The stream's setting now: a record stored before a Start/Stop keeps the other one on
+    # disk (each batch names its key), which this per-record field does not tell apart.
+    encryption = encryption_type(meta)
     next_offset = page.next_position.offset
     assert next_offset is not None
     behind = read.millis_behind  # right for the whole read; a Limit may return less of it
@@ -288,6 +291,7 @@ async def get_records(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, An
                 "ApproximateArrivalTimestamp": datetime.fromtimestamp(r.arrival_ms / 1000, UTC),
                 "Data": r.data,
                 "PartitionKey": r.partition_key,
+                "EncryptionType": encryption,
             }
             for r in page.records
         ],

@@ -194,7 +194,7 @@ async def describe_stream(ctx: GatewayContext, body: dict[str, Any]) -> dict[str
             "HasMoreShards": len(shards) > limit,
             "RetentionPeriodHours": meta.retention_hours,
             "EnhancedMonitoring": [{"ShardLevelMetrics": list(meta.shard_level_metrics)}],
-            "EncryptionType": "NONE",
+            **encryption_shape(meta),
         }
     }
 
@@ -207,7 +207,7 @@ async def describe_stream_summary(ctx: GatewayContext, body: dict[str, Any]) -> 
             **_summary(ctx, meta),
             "RetentionPeriodHours": meta.retention_hours,
             "EnhancedMonitoring": [{"ShardLevelMetrics": list(meta.shard_level_metrics)}],
-            "EncryptionType": "NONE",
+            **encryption_shape(meta),
             "OpenShardCount": len(meta.open_shards()),
             "ConsumerCount": len(consumers),
             "MaxRecordSizeInKiB": meta.max_record_bytes // 1024,
@@ -367,6 +367,46 @@ async def decrease_retention(ctx: GatewayContext, body: dict[str, Any]) -> dict[
     return {}
 
 
+# -- encryption at rest (the server's keyring stands in for KMS: docs/security.md) -------------
+
+
+def encryption_type(meta: StreamMeta) -> str:
+    """What new records of the stream are stored with: KMS (sealed at rest) or NONE."""
+    return "NONE" if meta.encryption_key_id is None else "KMS"
+
+
+def encryption_shape(meta: StreamMeta) -> dict[str, Any]:
+    """EncryptionType, and KeyId when encrypted (DescribeStream and its summary)."""
+    if meta.encryption_key_id is None:
+        return {"EncryptionType": "NONE"}
+    return {"EncryptionType": "KMS", "KeyId": meta.encryption_key_id}
+
+
+async def start_encryption(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
+    name = resolve_stream(ctx, body)
+    if opt_enum(body, "EncryptionType", ("KMS", "NONE")) != "KMS":
+        raise invalid_argument("EncryptionType must be KMS to start encryption")
+    key_id = req_str(body, "KeyId", max_len=2048)
+    await ctx.engine.set_encryption(name, key_id)
+    return {}
+
+
+async def stop_encryption(ctx: GatewayContext, body: dict[str, Any]) -> dict[str, Any]:
+    name = resolve_stream(ctx, body)
+    if opt_enum(body, "EncryptionType", ("KMS", "NONE")) != "KMS":
+        raise invalid_argument("EncryptionType must be KMS to stop encryption")
+    key_id = req_str(body, "KeyId", max_len=2048)
+    current = ctx.engine.stream_meta(name).encryption_key_id
+    if current is None:
+        return {}  # already stored as plaintext: nothing to stop
+    if key_id != current:
+        raise invalid_argument(
+            f"KeyId {summary(key_id, 300)} is not the key stream {name} is encrypted with"
+        )
+    await ctx.engine.set_encryption(name, None)
+    return {}
+
+
 def _tags_in(body: dict[str, Any]) -> dict[str, str]:
     tags = str_map(body, "Tags")
     if tags is None:
@@ -513,4 +553,6 @@ STREAM_OPERATIONS: Final[dict[str, Operation]] = {
     "UpdateShardCount": update_shard_count,
     "UpdateStreamMode": update_stream_mode,
     "DescribeLimits": describe_limits,
+    "StartStreamEncryption": start_encryption,
+    "StopStreamEncryption": stop_encryption,
 }
