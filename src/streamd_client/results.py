@@ -129,6 +129,8 @@ class StreamDescription(NamedTuple):
     created_ms: int
     shards: list[ShardDescription]
     reshard: ReshardProgress | None = None
+    # Encryption at rest: the server keyring key new batches are sealed with (None: plaintext).
+    encryption_key_id: str | None = None
 
     @property
     def open_shards(self) -> list[ShardDescription]:
@@ -228,6 +230,7 @@ def stream_from_wire(body: Any) -> StreamDescription:
         created_ms=_count(body, "created_ms"),
         shards=[shard_from_wire(s) for s in field(body, "shards", list)],
         reshard=_reshard_from_wire(field(body, "reshard", dict, optional=True)),
+        encryption_key_id=field(body, "key_id", str, optional=True),
     )
 
 

@@ -168,3 +168,24 @@ def test_boto3_start_and_stop_stream_encryption(tmp_path: Path) -> None:
             assert b"PLAINTEXT-SECRET-" in segment_bytes(server, "enc")  # the new batch only
         finally:
             kinesis.close()
+
+
+def test_cli_encrypt_describe_decrypt(tmp_path: Path) -> None:
+    from .test_cli_end_to_end import ok, streamd
+
+    keyring = tmp_path / "keyring.json"
+    write_keyring(keyring, 1)
+    with ServerProcess(tmp_path / "data", extra_args=["--keyring", str(keyring)]) as server:
+        ok(streamd(server, "stream", "create", "enc", "--shards", "1"))
+        refused = streamd(server, "stream", "encrypt", "enc", "--key-id", "alias/missing")
+        assert refused.returncode != 0 and b"alias/missing" in refused.stderr
+        assert "with key alias/orders" in ok(
+            streamd(server, "stream", "encrypt", "enc", "--key-id", KEY)
+        )
+        assert "KMS (key alias/orders)" in ok(streamd(server, "stream", "describe", "enc"))
+        document = json.loads(ok(streamd(server, "stream", "describe", "enc", "--json")))
+        assert document["encryption_key_id"] == KEY
+        ok(streamd(server, "put", "enc", "--partition-key", "k", stdin=b"PLAINTEXT-SECRET-cli\n"))
+        assert b"PLAINTEXT-SECRET" not in segment_bytes(server, "enc")
+        ok(streamd(server, "stream", "decrypt", "enc"))
+        assert "encryption       NONE" in ok(streamd(server, "stream", "describe", "enc"))

@@ -1,4 +1,8 @@
-"""``streamd stream create|list|describe|delete|retention``: stream administration.
+"""``streamd stream create|list|describe|delete|retention|encrypt|decrypt``: stream administration.
+
+``encrypt NAME --key-id K`` seals the stream's new batches at rest with a key of the server's
+``--keyring`` (docs/security.md, "Encryption at rest"); ``decrypt NAME`` stores new ones as
+plaintext again. Batches already stored keep the key they were sealed with and stay readable.
 
 ``stream resize`` is the resharding family's (reshard.py), added to these actions by app.py.
 ``describe`` prints the shards as a lineage tree (``lineage_lines``): roots (shards without a
@@ -51,7 +55,21 @@ def register(commands: Any) -> Any:
     retention.add_argument("--hours", type=int, required=True, metavar="H")
     retention.set_defaults(run=_stream_retention)
 
-    for sub in (create, listing, describe, delete, retention):
+    encrypt = actions.add_parser("encrypt", help="seal new batches at rest with a keyring key")
+    encrypt.add_argument("name")
+    encrypt.add_argument(
+        "--key-id",
+        required=True,
+        metavar="K",
+        help="a key of the server's --keyring: alias/NAME, a key id, or a KMS ARN of either",
+    )
+    encrypt.set_defaults(run=_stream_encrypt)
+
+    decrypt = actions.add_parser("decrypt", help="store new batches as plaintext again")
+    decrypt.add_argument("name")
+    decrypt.set_defaults(run=_stream_decrypt)
+
+    for sub in (create, listing, describe, delete, retention, encrypt, decrypt):
         add_endpoint(sub)
         sub.set_defaults(handler=run_client_command)
     return actions
@@ -91,6 +109,20 @@ async def _stream_retention(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _stream_encrypt(args: argparse.Namespace) -> int:
+    async with connect(args) as client:
+        await client.set_encryption(args.name, args.key_id)
+    print(f"stream {args.name}: new batches encrypted at rest with key {args.key_id}")
+    return EXIT_OK
+
+
+async def _stream_decrypt(args: argparse.Namespace) -> int:
+    async with connect(args) as client:
+        await client.set_encryption(args.name, None)
+    print(f"stream {args.name}: new batches stored as plaintext (older ones stay encrypted)")
+    return EXIT_OK
+
+
 async def _stream_describe(args: argparse.Namespace) -> int:
     async with connect(args) as client:
         description = await client.describe_stream(args.name)
@@ -110,6 +142,8 @@ async def _stream_describe(args: argparse.Namespace) -> int:
     print(f"stream           {document['name']}")
     print(f"status           {status}")
     print(f"retention_hours  {document['retention_hours']}")
+    key_id = document["encryption_key_id"]
+    print(f"encryption       {'NONE' if key_id is None else f'KMS (key {key_id})'}")
     print(f"created          {document['created_time']}")
     print(f"shards           {len(shards)} ({open_count} open, {len(shards) - open_count} closed)")
     for line in lineage_lines(shards):
@@ -124,6 +158,7 @@ def describe_document(description: Any) -> dict[str, Any]:
         "name": description.name,
         "status": description.status,
         "retention_hours": description.retention_hours,
+        "encryption_key_id": description.encryption_key_id,
         "created_ms": description.created_ms,
         "created_time": iso_time(description.created_ms),
         "reshard": None if description.reshard is None else description.reshard._asdict(),
