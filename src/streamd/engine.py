@@ -375,6 +375,8 @@ class Engine:
                     self._log_config,
                     self.clock,
                 )
+                replica.keys = self.keyring
+                replica.key_id_of = partial(_encryption_key_id, stream)
                 await self._nursery.start(replica.run)
                 wiring.host.add(replica.driver)
                 stream.replicated[shard.shard_id] = replica
@@ -492,7 +494,7 @@ class Engine:
             clock=self.clock,
         )
         pipeline.keys = self.keyring
-        pipeline.key_id = stream.meta.encryption_key_id
+        pipeline.key_id_of = partial(_encryption_key_id, stream)
         await self._nursery.start(pipeline.run)  # its high watermark is the committer's
         return pipeline
 
@@ -779,8 +781,8 @@ class Engine:
     async def set_encryption(self, name: str, key_id: str | None) -> None:
         """Start (``key_id``: a keyring key, as alias, key id or ARN) or stop (None) sealing
         new batches of a stream; stored batches keep the key they name, so all stay readable.
-        Raises StreamNotFoundError, InvalidArgumentError (no keyring, an unknown key, or a
-        replicated stream: not yet supported)."""
+        Raises StreamNotFoundError, InvalidArgumentError (no keyring, an unknown key).
+        The shards here and on other nodes read the key from the stream's metadata per batch."""
         check_stream_name(name)
         if key_id is not None:
             if self.keyring is None:
@@ -792,17 +794,9 @@ class Engine:
         stream = self._stream(name)
         async with stream.lock:  # a reshard step replaces stream.meta: never interleave
             stream = self._stream(name)
-            if key_id is not None and self._replicates(stream.meta):
-                raise InvalidArgumentError(
-                    "encryption at rest of replicated streams (replication factor > 1) is not "
-                    "supported yet"
-                )
             stream.meta = await self.catalog.update(
                 name, lambda m: replace(_active(m), encryption_key_id=key_id)
             )
-            for pipeline in stream.pipelines.values():
-                pipeline.keys = self.keyring
-                pipeline.key_id = key_id
         log.info("stream.encryption_set", stream=name, key_id=key_id)
 
     async def update_stream_mode(self, name: str, mode: StreamMode) -> None:
@@ -1751,3 +1745,9 @@ def _validate_batch(
     high = min(shard.hash_key_end, HASH_KEY_MAX).to_bytes(16, "big")
     batchfmt.check_records(records, low, high, record_bytes_max)
     return header, records
+
+
+def _encryption_key_id(stream: _Stream) -> str | None:
+    """The key new batches of ``stream`` are sealed with: its metadata's, as this node last
+    adopted it (cluster nodes follow the catalog)."""
+    return stream.meta.encryption_key_id

@@ -33,6 +33,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
@@ -231,6 +232,10 @@ class _Votes:
         return self.durable_end
 
 
+def _no_key() -> str | None:
+    return None
+
+
 class ShardPipeline:
     def __init__(
         self,
@@ -295,10 +300,10 @@ class ShardPipeline:
         self._io = IoThread(f"streamd-{stream}-{shard.shard_id}", pool=io_pool)
         self._token = trio.lowlevel.current_trio_token()  # the lane reports "appended" with it
         # Encryption at rest (storage/at_rest.py): the node's keyring, and the key new batches
-        # are sealed with (None: stored as plaintext). The engine sets it from the stream's
-        # metadata; batches already stored keep the key they name.
+        # are sealed with, asked per batch (None: stored as plaintext). The engine points it at
+        # the stream's metadata; batches already stored keep the key they name.
         self.keys: at_rest.KeySource | None = None
-        self.key_id: str | None = None
+        self.key_id_of: Callable[[], str | None] = _no_key
 
     # -- writers ------------------------------------------------------------------------------
 
@@ -785,7 +790,7 @@ class ShardPipeline:
         """The stored batch: sealed here when the stream is encrypted, so the log, the tail
         cache and what ships to replicas all hold ciphertext. Raises UnknownKeyError."""
         data = self._encode_plain(planned, stamp_ms)
-        key_id, keys = self.key_id, self.keys
+        key_id, keys = self.key_id_of(), self.keys
         if key_id is None or keys is None:
             return data
         return at_rest.seal(data, keys, key_id)

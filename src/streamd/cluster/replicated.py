@@ -34,6 +34,10 @@ majority can do) and closes it at the offset after that batch. A replica that st
 while its stream's reshard is under way refuses writes until that reshard ends: its predecessor
 may have been sealed by a step whose switch is still coming.
 
+**Encryption at rest**: the leader seals the batch it makes before it becomes the
+``StoredBatch`` (storage/at_rest.py; the header fields a read restamps are not in its
+associated data), so replicas store and ship ciphertext; ``read`` opens sealed batches.
+
 Not yet on replicated shards: retention (the log keeps everything), AT_TIMESTAMP by index (it
 scans from the start), quarantine, and a tail cache.
 """
@@ -50,6 +54,7 @@ import trio
 
 from streamd_client import batch as batchfmt
 from streamd_client.errors import (
+    InternalError,
     InvalidSequenceNumberError,
     RequestTimeoutError,
     ShardClosedError,
@@ -67,6 +72,7 @@ from ..replication.metafile import MetaFile
 from ..replication.replica import ReplicaConfig
 from ..replication.transport import ReplicaHost, replica_id_of
 from ..shard import ReadResult, millis_behind
+from ..storage import at_rest
 from ..storage.config import LogConfig
 from ..storage.filestore import FileLogStore
 from ..storage.logstore import StoredBatch, make_batch
@@ -183,6 +189,11 @@ class ReplicatedShard:
         self._writes = 0  # writes made, not yet answered (a seal waits for them)
         self._writes_done = trio.Event()
         self._tip_ms = 0  # arrival time of the newest record written through this node
+        # Encryption at rest: the leader seals the stored batch it makes (so every replica
+        # stores and ships the same ciphertext) and opens batches for readers; set by the
+        # engine as on ShardPipeline.
+        self.keys: at_rest.KeySource | None = None
+        self.key_id_of: Callable[[], str | None] = lambda: None
         self.counters = ShardCounters()  # what node_stats reports while this node leads it
         self._scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
@@ -276,6 +287,7 @@ class ReplicatedShard:
             last_arrival_ms=now,
         )
         self._tip_ms = now
+        data = self._at_rest(data)
         return self._begin(ReplicatedWrite(self, len(keys), make_batch(0, len(keys), 0, data)))
 
     def enqueue_batch(self, data: bytes, header: batchfmt.BatchHeader) -> ReplicatedWrite:
@@ -289,11 +301,30 @@ class ReplicatedShard:
             0,
             header.record_count,
             0,
-            stamped,
+            self._at_rest(stamped),
             producer_id=header.producer_id,
             producer_seq=header.producer_seq,
         )
         return self._begin(ReplicatedWrite(self, header.record_count, batch))
+
+    def _at_rest(self, data: bytes) -> bytes:
+        """The stored form of a new batch: sealed when the stream is encrypted. Raises
+        InternalError if the keyring lost the stream's key (a reload)."""
+        key_id, keys = self.key_id_of(), self.keys
+        if key_id is None or keys is None:
+            return data
+        try:
+            return at_rest.seal(data, keys, key_id)
+        except LookupError as exc:
+            raise InternalError(f"cannot encrypt: {exc}") from None
+
+    def _keys_to_open(self) -> at_rest.KeySource:
+        if self.keys is None:  # this node runs without --keyring: say so, serve nothing sealed
+            raise at_rest.KeyUnavailableError(
+                f"shard {self.shard.shard_id} of {self.stream!r} holds encrypted batches and "
+                "this node has no --keyring"
+            )
+        return self.keys
 
     def _begin(self, write: ReplicatedWrite) -> ReplicatedWrite:
         if self.driver.serving():
@@ -408,15 +439,16 @@ class ReplicatedShard:
             header = batchfmt.parse_header(sb.payload)
             if batches and size + len(sb.payload) > max_bytes:
                 break
-            batches.append(
-                batchfmt.restamp(
-                    sb.payload,
-                    base_offset=sb.base_offset,
-                    leader_epoch=sb.epoch,
-                    first_arrival_ms=header.first_arrival_ms,
-                    last_arrival_ms=header.last_arrival_ms,
-                )
+            stamped = batchfmt.restamp(
+                sb.payload,
+                base_offset=sb.base_offset,
+                leader_epoch=sb.epoch,
+                first_arrival_ms=header.first_arrival_ms,
+                last_arrival_ms=header.last_arrival_ms,
             )
+            if at_rest.is_sealed(stamped):  # readers get plaintext; CorruptDataError if damaged
+                stamped = at_rest.unseal(stamped, self._keys_to_open())
+            batches.append(stamped)
             size += len(sb.payload)
             next_offset, last_ms = sb.next_offset, header.last_arrival_ms
         tip_ms = max(self._tip_ms, last_ms)
