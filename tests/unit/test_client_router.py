@@ -238,7 +238,10 @@ async def test_a_write_whose_outcome_became_unknown_is_not_reported_as_not_store
             blob = batch.encode_batch(["k"], [model.hash_bytes_of("k")], [b"x"], producer_id=9)
 
             async def shard_goes_down() -> None:  # right after the answer was lost
-                while not nodes[1].ops(wire.OP_APPEND_BATCH):  # noqa: ASYNC110 (the fake's log)
+                # Wait for the record to be stored, not for the request to arrive: the fake logs
+                # a request before its handler runs, and a shard gone before the handler ran
+                # answers SHARD_UNAVAILABLE for a write never stored (the test failed under load).
+                while not nodes[1].records("s", SHARD0):  # noqa: ASYNC110 (the fake's log)
                     await anyio.sleep(0.001)
                 _lead(cluster, "s", SHARD0, None)
 
