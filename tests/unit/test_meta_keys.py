@@ -8,7 +8,9 @@ from streamd.meta.keys import (
     ClusterId,
     ControllerRecord,
     CoordinatorPlacement,
+    JoinReport,
     KeyFormatError,
+    MoveRequest,
     NodeRegistration,
     ShardAssignment,
     coordinator_key,
@@ -48,6 +50,33 @@ def test_the_format_is_pinned() -> None:
         b'{"epoch":1,"leader":"a","parents":[],"replicas":["a"],"rf":1,'
         b'"shard_id":"sh","status":"ok","stream":"s","v":1}'
     )
+    joining = ShardAssignment("s", "sh", 3, ("a", "b", "d"), "a", 6, "ok", (), ("d",), 6)
+    assert joining.encode() == (
+        b'{"epoch":6,"joining":["d"],"joining_since":6,"leader":"a","parents":[],'
+        b'"replicas":["a","b","d"],"rf":3,"shard_id":"sh","status":"ok","stream":"s","v":1}'
+    )
+    assert ShardAssignment.decode(joining.encode()) == joining
+    assert joining.voters == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    ("joining", "since"),
+    [(("z",), 6), (("a",), 6), (("d",), 0), ((), 3), (("d",), 7)],
+    ids=["not a replica", "the leader", "no term", "a term without joiners", "a later term"],
+)
+def test_a_bad_joining_list_is_refused(joining: tuple[str, ...], since: int) -> None:
+    with pytest.raises(ValueError, match="joining"):
+        ShardAssignment("s", "sh", 3, ("a", "b", "d"), "a", 6, "ok", (), joining, since)
+
+
+def test_requests_round_trip_and_name_their_shard() -> None:
+    report = JoinReport("s", "sh", "d", 6)
+    move = MoveRequest("s", "sh", "c", "d")
+    assert JoinReport.decode(report.encode()) == report
+    assert MoveRequest.decode(move.encode()) == move
+    assert (report.key, move.key, report.shard_key) == ("joined/s/sh", "moves/s/sh", "shards/s/sh")
+    with pytest.raises(KeyFormatError):
+        MoveRequest.decode(b'{"v":1,"stream":"s","shard_id":"sh","from":"c","to":"../x"}')
 
 
 @pytest.mark.parametrize(

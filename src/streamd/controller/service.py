@@ -1,15 +1,18 @@
 """The active controller's loop: read the cluster, decide (decisions.py), write fenced CAS txns.
 
-Level-triggered, so that a takeover needs no hand-over: each round reads ``nodes/``, ``shards/``
-and ``coordinators/`` afresh, computes the decisions from that state alone, and writes each new
-document in its own txn comparing the document's ``mod_revision`` as read and the controller's
-fencing token (``Leadership.txn``). A compare that fails means the state moved under us: the
-round ends and the next one reads again. A controller elected halfway through placing a stream
+Level-triggered, so that a takeover needs no hand-over: each round reads ``nodes/``, ``shards/``,
+``coordinators/`` and the requests (``joined/``, ``moves/``, ``drains/``) afresh, computes the
+decisions from that state alone, and writes each new document in its own txn comparing the
+document's ``mod_revision`` as read and the controller's fencing token (``Leadership.txn``). A
+compare that fails means the state moved under us: the round ends and the next one reads
+again. A controller elected halfway through placing a stream
 places the rest; one deposed halfway has its next write refused and stops.
 
 Between rounds the loop waits for a change under any of those prefixes (one watch task per
 prefix sets ``_changed``) or ``resync_s`` seconds, whichever comes first; the periodic resync
-bounds the cost of any missed event. Values that do not decode (another version wrote them) are
+bounds the cost of any missed event; a grace or delay that ends (decisions.Facts) wakes it too.
+The controller's own clock says how long a node has been lost or live: a new controller
+starts counting afresh. Values that do not decode (another version wrote them) are
 logged and left alone, never overwritten.
 
 ``serve_as_controller`` is what a node runs: campaign, lead until deposed, campaign again; it
@@ -19,7 +22,7 @@ ends (NodeLostError) when the node's own membership is lost.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
 import structlog
@@ -31,14 +34,28 @@ from ..catalog import StreamMeta
 from ..meta.errors import CompactedError, LeaseNotFoundError
 from ..meta.keys import (
     COORDINATORS_PREFIX,
+    DRAINS_PREFIX,
+    JOINED_PREFIX,
+    MOVES_PREFIX,
     NODES_PREFIX,
     SHARDS_PREFIX,
     CoordinatorPlacement,
+    JoinReport,
     KeyFormatError,
+    MoveRequest,
     ShardAssignment,
 )
 from ..meta.store import Compare, KeyValue, MetaStore
-from .decisions import Case, Decision, decide
+from .decisions import (
+    JOINS_MAX_DEFAULT,
+    PREFERRED_LEADER_DELAY_S_DEFAULT,
+    REPLICA_GRACE_S_DEFAULT,
+    Case,
+    Decision,
+    Facts,
+    decide,
+    move_problem,
+)
 from .election import RECHECK_S_DEFAULT, Elector, Leadership
 from .errors import NodeLostError, NotControllerError
 from .membership import REQUEST_TIMEOUT_S_DEFAULT, Membership
@@ -54,10 +71,19 @@ from .tasks import bounded, open_nursery
 RESYNC_S_DEFAULT: Final = 5.0
 _BACKOFF_S: Final = 0.2
 STREAMS_PREFIX: Final = "streams/"  # the catalog's (catalog.py): shards come from there
-_WATCHED: Final = (NODES_PREFIX, SHARDS_PREFIX, COORDINATORS_PREFIX, STREAMS_PREFIX)
+_WATCHED: Final = (
+    NODES_PREFIX,
+    SHARDS_PREFIX,
+    COORDINATORS_PREFIX,
+    STREAMS_PREFIX,
+    JOINED_PREFIX,
+    MOVES_PREFIX,
+    DRAINS_PREFIX,
+)
 
 log = structlog.get_logger(__name__)
 D = TypeVar("D")
+R = TypeVar("R", JoinReport, MoveRequest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +94,13 @@ class ClusterView:
     shards: dict[str, ShardAssignment]
     coordinators: dict[str, CoordinatorPlacement]
     revisions: dict[str, int]  # key -> mod_revision as read (0: absent, a shard to create)
-    # Shard documents of shards no stream has any more, and coordinator placements of groups
-    # whose stream is gone: deleted (compare: their revision as read), never placed or moved.
+    # Shard documents of shards no stream has any more, coordinator placements of groups
+    # whose stream is gone, and requests for shards that are gone: deleted (compare: their
+    # revision as read), never acted on.
     orphans: tuple[str, ...] = ()
+    reports: dict[str, JoinReport] = field(default_factory=dict)  # by shard key
+    moves: dict[str, MoveRequest] = field(default_factory=dict)  # by shard key
+    drains: frozenset[str] = frozenset()
 
 
 class ControllerService:
@@ -81,13 +111,24 @@ class ControllerService:
         *,
         resync_s: float = RESYNC_S_DEFAULT,
         request_timeout_s: float = REQUEST_TIMEOUT_S_DEFAULT,
+        replica_grace_s: float = REPLICA_GRACE_S_DEFAULT,
+        preferred_leader_delay_s: float = PREFERRED_LEADER_DELAY_S_DEFAULT,
+        joins_max: int = JOINS_MAX_DEFAULT,
     ) -> None:
         self.store = store
         self.leadership = leadership
         self.resync_s = resync_s
         self.request_timeout_s = request_timeout_s
+        self.replica_grace_s = replica_grace_s
+        self.preferred_leader_delay_s = preferred_leader_delay_s
+        self.joins_max = joins_max
         self.rounds = 0  # rounds completed (tests and status read it)
         self._changed = trio.Event()
+        # When this controller first saw each node lost (named by a shard, not registered) and
+        # each live node live: trio.current_time() values.
+        self._seen_lost: dict[str, float] = {}
+        self._seen_live: dict[str, float] = {}
+        self._next_due_s = resync_s  # until the next grace or delay ends (from the last round)
 
     async def run(self) -> None:
         """Lead until deposed: then raise NotControllerError."""
@@ -114,22 +155,29 @@ class ControllerService:
                 log.warning("controller.round_failed", error=str(exc))
                 await trio.sleep(_BACKOFF_S)
                 continue
-            with trio.move_on_after(self.resync_s):
+            with trio.move_on_after(min(self.resync_s, self._next_due_s)):
                 await self._changed.wait()
 
     async def round(self) -> list[Decision]:
         """One read-decide-write round; returns the decisions it applied."""
         view = await self.read()
-        decisions = decide(view.live_nodes, view.shards, view.coordinators)
+        decisions = decide(view.live_nodes, view.shards, view.coordinators, self._facts(view))
         applied: list[Decision] = []
         for key in view.orphans:
             if await self.leadership.txn([Compare(key, view.revisions[key])], deletes=[key]):
                 log.info("controller.orphan_removed", key=key)
         for decision in decisions:
             key = decision.key
-            result = await self.leadership.txn(
-                [Compare(key, view.revisions[key])], puts=[(key, decision.after.encode())]
-            )
+            compares = [Compare(k, view.revisions[k]) for k in decision.deletes]
+            puts = []
+            if decision.after is not None:
+                compares.append(Compare(key, view.revisions[key]))
+                puts.append((key, decision.after.encode()))
+            if decision.case is Case.MOVE_REFUSED:
+                move = view.moves[key]
+                problem = move_problem(view.shards[key], move, view.live_nodes, view.drains)
+                log.warning("controller.move_refused", key=key, problem=problem)
+            result = await self.leadership.txn(compares, puts=puts, deletes=list(decision.deletes))
             outcome = "applied" if result else "stale"
             CONTROLLER_DECISIONS.labels(decision.case.value, outcome).inc()
             if not result:
@@ -140,6 +188,34 @@ class ControllerService:
             _log_decision(decision)
         self.rounds += 1
         return applied
+
+    def _facts(self, view: ClusterView) -> Facts:
+        """The round's facts; remembers when nodes were first seen lost or live."""
+        now = trio.current_time()
+        named = {n for shard in view.shards.values() for n in shard.replicas}
+        for table, nodes in (
+            (self._seen_live, view.live_nodes),
+            (self._seen_lost, named - view.live_nodes),
+        ):
+            for node in set(table) - nodes:
+                del table[node]
+            for node in nodes:
+                table.setdefault(node, now)
+        lost_s = {n: now - t for n, t in self._seen_lost.items()}
+        live_s = {n: now - t for n, t in self._seen_live.items()}
+        due = [self.replica_grace_s - s for s in lost_s.values()]
+        due += [self.preferred_leader_delay_s - s for s in live_s.values()]
+        self._next_due_s = min((d + 0.05 for d in due if d > 0), default=self.resync_s)
+        return Facts(
+            view.reports,
+            view.moves,
+            view.drains,
+            lost_s,
+            live_s,
+            self.replica_grace_s,
+            self.preferred_leader_delay_s,
+            self.joins_max,
+        )
 
     async def read(self) -> ClusterView:
         # Three reads, not one snapshot: a change between them is at worst acted on one round
@@ -154,16 +230,42 @@ class ControllerService:
         # Read after the shards: a shard document whose stream is gone here was deleted
         # (only this loop creates shard documents, for shards the catalog already has).
         stream_kvs = await bounded("the stream list", timeout_s, self.store.range(STREAMS_PREFIX))
+        request_kvs = {
+            prefix: await bounded("the requests", timeout_s, self.store.range(prefix))
+            for prefix in (JOINED_PREFIX, MOVES_PREFIX, DRAINS_PREFIX)
+        }
         live = frozenset(kv.key[len(NODES_PREFIX) :] for kv in nodes)
         shards = _decoded(shard_kvs, ShardAssignment.decode)
         coordinators = _decoded(coord_kvs, CoordinatorPlacement.decode)
         _report_health(live, shards)
-        revisions = {kv.key: kv.mod_revision for kv in [*shard_kvs, *coord_kvs]}
+        revisions = {
+            kv.key: kv.mod_revision
+            for kv in [
+                *shard_kvs,
+                *coord_kvs,
+                *request_kvs[JOINED_PREFIX],
+                *request_kvs[MOVES_PREFIX],
+            ]
+        }
         expected = _catalog_shards(stream_kvs)
         for key, unassigned in expected.items():
             if key not in revisions:
                 shards[key], revisions[key] = unassigned, 0
         orphans = tuple(k for k in sorted(shards) if revisions[k] and k not in expected)
+        reports = _by_shard(_decoded(request_kvs[JOINED_PREFIX], JoinReport.decode))
+        moves = _by_shard(_decoded(request_kvs[MOVES_PREFIX], MoveRequest.decode))
+        # Requests for shards that are gone (or not placed yet: a move must name replicas).
+        requests: list[JoinReport | MoveRequest] = [*reports.values(), *moves.values()]
+        stale = tuple(
+            sorted(r.key for r in requests if r.shard_key not in shards or r.shard_key in orphans)
+        )
+        for key in list(reports):
+            if key not in shards or key in orphans:
+                del reports[key]
+        for key in list(moves):
+            if key not in shards or key in orphans:
+                del moves[key]
+        drains = frozenset(kv.key[len(DRAINS_PREFIX) :] for kv in request_kvs[DRAINS_PREFIX])
         for key in orphans:
             del shards[key]
         # A group's placement is written only for a stream the catalog has (groups/cluster.py),
@@ -172,7 +274,9 @@ class ControllerService:
         gone = tuple(k for k, p in sorted(coordinators.items()) if p.stream not in names)
         for key in gone:
             del coordinators[key]
-        return ClusterView(live, shards, coordinators, revisions, orphans + gone)
+        return ClusterView(
+            live, shards, coordinators, revisions, orphans + gone + stale, reports, moves, drains
+        )
 
     async def _watch_changes(
         self, prefix: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -208,10 +312,16 @@ def _report_health(live: frozenset[str], shards: dict[str, ShardAssignment]) -> 
 
 
 def under_replicated(shard: ShardAssignment, live: frozenset[str]) -> bool:
-    """Placed, served by at least one live replica, but short of its replication factor: one
-    more loss away from unavailable (a shard with none live counts as unavailable instead)."""
-    live_replicas = sum(1 for n in shard.replicas if n in live)
-    return 0 < live_replicas < shard.replication_factor
+    """Placed, served by at least one live voter, but short of its replication factor: one
+    more loss away from unavailable (a shard with none live counts as unavailable instead).
+    A member still joining does not count yet."""
+    live_voters = sum(1 for n in shard.voters if n in live)
+    return 0 < live_voters < shard.replication_factor
+
+
+def _by_shard(requests: dict[str, R]) -> dict[str, R]:
+    """Join reports or move requests by the key of the shard document they are about."""
+    return {r.shard_key: r for r in requests.values()}
 
 
 def _catalog_shards(stream_kvs: list[KeyValue]) -> dict[str, ShardAssignment]:
@@ -259,8 +369,9 @@ def _log_decision(decision: Decision) -> None:
             leader=after.leader,
             epoch=after.leader_epoch,
             replicas=list(after.replicas),
+            joining=list(after.joining),
         )
-    else:
+    elif isinstance(after, CoordinatorPlacement):
         event = (
             "controller.coordinator_placed"
             if decision.case is Case.COORDINATOR_UNPLACED
@@ -276,6 +387,8 @@ async def serve_as_controller(
     resync_s: float = RESYNC_S_DEFAULT,
     recheck_s: float = RECHECK_S_DEFAULT,
     request_timeout_s: float = REQUEST_TIMEOUT_S_DEFAULT,
+    replica_grace_s: float = REPLICA_GRACE_S_DEFAULT,
+    preferred_leader_delay_s: float = PREFERRED_LEADER_DELAY_S_DEFAULT,
 ) -> None:
     """Campaign, lead until deposed, campaign again; raise NodeLostError once the node is lost."""
     elector = Elector(
@@ -294,7 +407,12 @@ async def serve_as_controller(
                 break
             try:
                 await ControllerService(
-                    store, leadership, resync_s=resync_s, request_timeout_s=request_timeout_s
+                    store,
+                    leadership,
+                    resync_s=resync_s,
+                    request_timeout_s=request_timeout_s,
+                    replica_grace_s=replica_grace_s,
+                    preferred_leader_delay_s=preferred_leader_delay_s,
                 ).run()
             except NotControllerError:
                 continue

@@ -15,6 +15,13 @@ key                                    written by                 compare
 ``coordinators/<stream>/<group>``      a node, unplaced, on the   creator: absent. Controller:
                                        group's first request;     as for shards
                                        the controller afterwards
+``joined/<stream>/<shard_id>``         the shard's leader, when   none (a hint: the controller
+                                       a joining replica caught   checks it against the shard
+                                       up; the controller deletes document and deletes it with
+                                                                  the change it makes)
+``moves/<stream>/<shard_id>``          ``streamd cluster          none; the controller deletes
+                                       move-replica``             it once applied or refused
+``drains/<node_id>``                   ``streamd cluster drain``  none; ``undrain`` deletes it
 =====================================  =========================  ================================
 
 Values are JSON objects with a version field ``"v"`` (today 1). A decoder refuses a value of
@@ -41,6 +48,9 @@ NODES_PREFIX: Final = "nodes/"
 CONTROLLER_KEY: Final = "controller/active"
 SHARDS_PREFIX: Final = "shards/"
 COORDINATORS_PREFIX: Final = "coordinators/"
+JOINED_PREFIX: Final = "joined/"
+MOVES_PREFIX: Final = "moves/"
+DRAINS_PREFIX: Final = "drains/"
 
 _NAME_RE: Final = re.compile(r"[a-zA-Z0-9_.-]{1,128}")
 _VALUE_BYTES_MAX: Final = 64 * 1024
@@ -70,6 +80,18 @@ def shard_key(stream: str, shard_id: str) -> str:
 
 def coordinator_key(stream: str, group: str) -> str:
     return f"{COORDINATORS_PREFIX}{check_name('stream', stream)}/{check_name('group', group)}"
+
+
+def joined_key(stream: str, shard_id: str) -> str:
+    return f"{JOINED_PREFIX}{check_name('stream', stream)}/{check_name('shard id', shard_id)}"
+
+
+def move_key(stream: str, shard_id: str) -> str:
+    return f"{MOVES_PREFIX}{check_name('stream', stream)}/{check_name('shard id', shard_id)}"
+
+
+def drain_key(node_id: str) -> str:
+    return DRAINS_PREFIX + check_name("node id", node_id)
 
 
 # -- values ------------------------------------------------------------------------------------
@@ -186,6 +208,10 @@ class ShardAssignment:
     Invariants: ``replicas`` has no duplicate; ``leader`` is None or one of ``replicas``;
     ``leader_epoch`` only grows (every leader change, a return from unavailable included, is
     epoch + 1); status "unassigned" iff ``replicas`` is empty; status "ok" iff a leader is set.
+
+    ``joining``: members of ``replicas`` just added (re-replication, a move, a drain) that do
+    not vote yet (docs/replication.md, "Replica set changes"), never the leader; they joined at
+    term ``joining_since`` (0 iff none joins). ``replicas[0]`` is the preferred leader.
     """
 
     stream: str
@@ -196,11 +222,18 @@ class ShardAssignment:
     leader_epoch: int = 0
     status: ShardStatus = "unassigned"
     parents: tuple[str, ...] = field(default=())  # shard ids this one was split or merged from
+    joining: tuple[str, ...] = ()
+    joining_since: int = 0
 
     def __post_init__(self) -> None:
         problem = self.problem()
         if problem:
             raise ValueError(f"shard assignment {self.stream}/{self.shard_id}: {problem}")
+
+    @property
+    def voters(self) -> tuple[str, ...]:
+        """The replicas that count in quorums and may lead: those not joining."""
+        return tuple(n for n in self.replicas if n not in self.joining)
 
     def problem(self) -> str:
         if self.replication_factor < 1:
@@ -217,6 +250,10 @@ class ShardAssignment:
             return f"status {self.status} with replicas {list(self.replicas)}"
         if (self.status == "ok") != (self.leader is not None):
             return f"status {self.status} with leader {self.leader}"
+        if not set(self.joining) <= set(self.replicas) or self.leader in self.joining:
+            return f"joining {list(self.joining)} with replicas {list(self.replicas)}"
+        if bool(self.joining) != (self.joining_since > 0) or self.joining_since > self.leader_epoch:
+            return f"joining {list(self.joining)} since term {self.joining_since}"
         return ""
 
     @property
@@ -224,18 +261,19 @@ class ShardAssignment:
         return shard_key(self.stream, self.shard_id)
 
     def encode(self) -> bytes:
-        return _encode(
-            {
-                "stream": self.stream,
-                "shard_id": self.shard_id,
-                "rf": self.replication_factor,
-                "replicas": list(self.replicas),
-                "leader": self.leader,
-                "epoch": self.leader_epoch,
-                "status": self.status,
-                "parents": list(self.parents),
-            }
-        )
+        doc: dict[str, Any] = {
+            "stream": self.stream,
+            "shard_id": self.shard_id,
+            "rf": self.replication_factor,
+            "replicas": list(self.replicas),
+            "leader": self.leader,
+            "epoch": self.leader_epoch,
+            "status": self.status,
+            "parents": list(self.parents),
+        }
+        if self.joining:  # absent otherwise: a document without joiners reads as before
+            doc.update(joining=list(self.joining), joining_since=self.joining_since)
+        return _encode(doc)
 
     @classmethod
     def decode(cls, raw: bytes) -> ShardAssignment:
@@ -260,6 +298,8 @@ class ShardAssignment:
                 _field(w, doc, "epoch", int),
                 status,
                 tuple(parents),
+                _node_list(w, doc, "joining") if "joining" in doc else (),
+                _field(w, doc, "joining_since", int) if "joining_since" in doc else 0,
             )
         except ValueError as exc:
             raise KeyFormatError(str(exc)) from None
@@ -327,6 +367,96 @@ class CoordinatorPlacement:
                 check_name("group", _field(w, doc, "group", str)),
                 node,
                 _field(w, doc, "epoch", int),
+            )
+        except ValueError as exc:
+            raise KeyFormatError(str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class JoinReport:
+    """``joined/<stream>/<shard_id>``: the shard's leader at ``term`` says the joining replica
+    on ``node_id`` holds its log through the term's epoch-start batch (``JoinerCaughtUp``).
+    Only a hint: the controller acts on it only while the shard document still lists the node
+    joining since a term <= ``term``."""
+
+    stream: str
+    shard_id: str
+    node_id: str
+    term: int
+
+    @property
+    def shard_key(self) -> str:
+        """The key of the shard document it is about."""
+        return shard_key(self.stream, self.shard_id)
+
+    @property
+    def key(self) -> str:
+        return joined_key(self.stream, self.shard_id)
+
+    def encode(self) -> bytes:
+        return _encode(
+            {
+                "stream": self.stream,
+                "shard_id": self.shard_id,
+                "node": self.node_id,
+                "term": self.term,
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> JoinReport:
+        w = "join report"
+        doc = _decode(w, raw)
+        try:
+            return cls(
+                check_name("stream", _field(w, doc, "stream", str)),
+                check_name("shard id", _field(w, doc, "shard_id", str)),
+                check_name("node id", _field(w, doc, "node", str)),
+                _field(w, doc, "term", int),
+            )
+        except ValueError as exc:
+            raise KeyFormatError(str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class MoveRequest:
+    """``moves/<stream>/<shard_id>``: an operator asks the shard's replica on ``from_node`` to
+    move to ``to_node`` (``streamd cluster move-replica``)."""
+
+    stream: str
+    shard_id: str
+    from_node: str
+    to_node: str
+
+    @property
+    def shard_key(self) -> str:
+        """The key of the shard document it is about."""
+        return shard_key(self.stream, self.shard_id)
+
+    @property
+    def key(self) -> str:
+        return move_key(self.stream, self.shard_id)
+
+    def encode(self) -> bytes:
+        return _encode(
+            {
+                "stream": self.stream,
+                "shard_id": self.shard_id,
+                "from": self.from_node,
+                "to": self.to_node,
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> MoveRequest:
+        w = "move request"
+        doc = _decode(w, raw)
+        try:
+            return cls(
+                check_name("stream", _field(w, doc, "stream", str)),
+                check_name("shard id", _field(w, doc, "shard_id", str)),
+                check_name("node id", _field(w, doc, "from", str)),
+                check_name("node id", _field(w, doc, "to", str)),
             )
         except ValueError as exc:
             raise KeyFormatError(str(exc)) from None
