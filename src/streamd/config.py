@@ -87,6 +87,10 @@ class ServerConfig:
     replication_factor: int = 1
     cluster_namespace: str = "streamd/"  # etcd key prefix, so clusters (tests) share one etcd
     cluster_id: str | None = None  # None: join whatever cluster etcd holds (or found one)
+    # While this node is the controller (controller/decisions.py): a lost node's replicas are
+    # replaced after replica_grace_s; a returning node leads again after the delay.
+    replica_grace_s: float = 300.0
+    preferred_leader_delay_s: float = 10.0
     # Security (docs/security.md). TLS on a listener when its cert and key are set; a client
     # CA set: clients must present a certificate it signed (mutual TLS). The CLI defaults the
     # gateway's files to the native listener's.

@@ -60,6 +60,7 @@ from .groups.service import GroupService, StreamView
 from .meta import MetaStore, SqliteMetaStore
 from .meta.errors import MetaError
 from .meta.etcd import EtcdMetaStore
+from .meta.keys import JoinReport
 from .monitoring import ShardMetricsCollector
 from .replication.transport import PeerTransport, ReplicaHost, ReplicaIdCollision, ReplicaIds
 from .scaler import OnDemandScaler
@@ -92,8 +93,11 @@ class ClusterParts:
     transport: PeerTransport
     replica_ids: ReplicaIds
 
-    def replication(self) -> ReplicationWiring:
+    def replication(self, store: MetaStore) -> ReplicationWiring:
         shard_map = self.shard_map
+
+        async def report_joined(report: JoinReport) -> None:
+            await store.txn([], puts=[(report.key, report.encode())])
 
         def refresh_ids() -> None:
             addresses = {n: native for n, (native, _) in shard_map.node_addresses().items()}
@@ -109,6 +113,7 @@ class ClusterParts:
             lambda: shard_map.lease_valid(),
             refresh_ids,
             lambda: len(shard_map.node_addresses()),
+            report_joined,
         )
 
 
@@ -125,7 +130,7 @@ def build_parts(
             store,
             locator=cluster.shard_map,
             peers=cluster.peers,
-            replication=cluster.replication(),
+            replication=cluster.replication(store),
         )
     # Cluster mode: each group's coordinator runs on the node its placement names; the others
     # forward its requests there (groups/cluster.py).
@@ -179,13 +184,20 @@ async def _run_cluster(
     await root.start(cluster.shard_map.run)
     await root.start(parts.engine.run)
     await root.start(Follower(parts.engine, cluster.shard_map, resync_s=RESYNC_S_DEFAULT).run)
-    root.start_soon(_controller_candidate, store, membership)
+    root.start_soon(_controller_candidate, store, membership, config)
     root.start_soon(_sweep_idle_peers, cluster.peers)
 
 
-async def _controller_candidate(store: MetaStore, membership: Membership) -> None:
+async def _controller_candidate(
+    store: MetaStore, membership: Membership, config: ServerConfig
+) -> None:
     try:
-        await serve_as_controller(store, membership)
+        await serve_as_controller(
+            store,
+            membership,
+            replica_grace_s=config.replica_grace_s,
+            preferred_leader_delay_s=config.preferred_leader_delay_s,
+        )
     except NodeLostError:
         pass  # the node's own watcher (``_stop_when_lost``) ends the node
 

@@ -226,6 +226,16 @@ def _add_serve_cluster(serve: argparse.ArgumentParser) -> None:
         help="replicas per shard of a stream created without saying (cluster; default 3, "
         "at most the nodes live at its creation)",
     )  # fmt: skip
+    serve.add_argument(
+        "--replica-grace-s", type=float, default=None, metavar="S",
+        help="while this node is the controller: replace the replicas of a node lost this "
+        "long (cluster; default 300)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--preferred-leader-delay-s", type=float, default=None, metavar="S",
+        help="while this node is the controller: give a returning node its leaders back once "
+        "it has been live this long (cluster; default 10)",
+    )  # fmt: skip
 
 
 RF_CLUSTER_DEFAULT = 3  # a majority of 3 rides out one lost node
@@ -248,6 +258,8 @@ def _serve_cluster_options(
                 ("--cluster-namespace", args.cluster_namespace),
                 ("--cluster-id", args.cluster_id),
                 ("--replication-factor", args.replication_factor),
+                ("--replica-grace-s", args.replica_grace_s),
+                ("--preferred-leader-delay-s", args.preferred_leader_delay_s),
             )
             if value is not None
         ]
@@ -284,7 +296,15 @@ def _serve_cluster_options(
     rf = RF_CLUSTER_DEFAULT if args.replication_factor is None else args.replication_factor
     if not 1 <= rf <= 5:
         raise ValueError(f"--replication-factor {rf}: replicas per shard are 1..5")
+    timings = {
+        "replica_grace_s": args.replica_grace_s,
+        "preferred_leader_delay_s": args.preferred_leader_delay_s,
+    }
+    for field, seconds in timings.items():
+        if seconds is not None and not 0 <= seconds <= 86_400:
+            raise ValueError(f"--{field[:-2].replace('_', '-')}-s {seconds}: 0 to 86400 seconds")
     return {
+        **{field: seconds for field, seconds in timings.items() if seconds is not None},
         "replication_factor": rf,
         "cluster": endpoints,
         "node_id": args.node_id,

@@ -44,7 +44,7 @@ scans from the start), quarantine, and a tail cache.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,13 +59,15 @@ from streamd_client.errors import (
     RequestTimeoutError,
     ShardClosedError,
     ShardUnavailableError,
+    StreamdError,
 )
 from streamd_client.model import Position, make_sequence, parse_sequence
 
 from .. import layout, metrics
 from ..catalog import ShardMeta
 from ..clock import Clock
-from ..meta.keys import ShardAssignment
+from ..meta.errors import MetaError
+from ..meta.keys import JoinReport, ShardAssignment
 from ..monitoring import ShardCounters
 from ..replication.driver import DriverConfig, Outbox, ReplicaDriver
 from ..replication.metafile import MetaFile
@@ -84,6 +86,8 @@ READ_BATCHES_MAX = 256
 SERVING_WAIT_S = 2.0  # a write or read on a leader still fencing waits this long for it
 # Batches looked at per step of an AT_TIMESTAMP scan (from the start of the log).
 TIMESTAMP_SCAN_BATCHES = 256
+JOIN_REPORT_TIMEOUT_S = 5.0  # one write of a join report; retried while this node leads
+JOIN_REPORT_RETRY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,7 @@ class ReplicationWiring:
     lease_valid: Callable[[], bool]  # this node's membership lease may still hold
     refresh_ids: Callable[[], None]  # learn the nodes' addresses again (replica id -> node)
     live_nodes: Callable[[], int]  # nodes registered now (a default RF is at most that)
+    report_joined: Callable[[JoinReport], Awaitable[None]]  # write a join report to the store
 
 
 def replica_dir(shard_directory: Path) -> Path:
@@ -179,6 +184,10 @@ class ReplicatedShard:
             config=driver_config,
         )
         self._led_term = 0  # the controller term this replica was last asked to lead
+        self._led: ShardAssignment | None = None  # the document it was asked to lead by
+        # Set by the engine in cluster mode: where this replica's leader reports a joining
+        # member caught up (the controller then makes it a voter).
+        self.report_joined: Callable[[JoinReport], Awaitable[None]] | None = None
         # Resharding. ``reshard_id``: the stream's reshard under way (the engine keeps it). A
         # seal refuses new writes; a replica that starts leading while a reshard is under way
         # refuses them until that reshard ends (``_lead_fence``): a seal its predecessor took
@@ -230,7 +239,10 @@ class ReplicatedShard:
         """Serve the replica until ``close`` (or cancelled); the log is closed on the way out."""
         try:
             with trio.CancelScope() as self._scope:
-                await self.driver.run(task_status=task_status)
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self._run_driver, nursery.cancel_scope)
+                    nursery.start_soon(self._report_joiners)
+                    task_status.started()
         except Exception as exc:  # broken: this node must not serve the shard (logged)
             self._log.error("replicated.stopped_broken", error=repr(exc))
         finally:
@@ -238,6 +250,39 @@ class ReplicatedShard:
             if store is not None:
                 store.close(clean=self.driver.broken is None)
             self._stopped.set()
+
+    async def _run_driver(self, done: trio.CancelScope, *, task_status: Any) -> None:
+        await self.driver.run(task_status=task_status)
+        done.cancel()  # the driver stopped (closed): so does the reporter
+
+    async def _report_joiners(self) -> None:
+        """Report each joining member this replica's leadership found caught up (the driver's
+        ``JoinerCaughtUp``) as ``joined/<stream>/<shard>``; retried until written."""
+        reported: set[tuple[int, int]] = set()
+        while True:
+            await self.driver.wait_joiner_caught_up(JOIN_REPORT_RETRY_S)
+            for replica, epoch in sorted(self.driver.caught_up - reported):
+                report = self._join_report(replica, epoch)
+                if report is None or self.report_joined is None:
+                    reported.add((replica, epoch))  # an older term's, or no longer joining
+                    continue
+                try:
+                    with trio.fail_after(JOIN_REPORT_TIMEOUT_S):
+                        await self.report_joined(report)
+                except (trio.TooSlowError, StreamdError, MetaError) as exc:
+                    self._log.warning("replicated.join_report_failed", error=str(exc))
+                    continue  # again after JOIN_REPORT_RETRY_S
+                reported.add((replica, epoch))
+                self._log.info("replicated.joiner_reported", node=report.node_id, term=report.term)
+
+    def _join_report(self, replica: int, epoch: int) -> JoinReport | None:
+        """The report on a joiner caught up in core ``epoch``: None unless that is this
+        replica's current leadership and the replica still joins in it."""
+        led, term = self._led, epoch >> EPOCH_TERM_SHIFT
+        if led is None or term != led.leader_epoch:
+            return None
+        node = next((n for n in led.joining if replica_id_of(n) == replica), None)
+        return None if node is None else JoinReport(self.stream, self.shard.shard_id, node, term)
 
     async def close(self, timeout_s: float = 10.0) -> None:
         if self._scope is not None:
@@ -258,7 +303,7 @@ class ReplicatedShard:
             or not self.driver.running
         ):
             return
-        self._led_term = term
+        self._led_term, self._led = term, assignment
         # Term 1 is the shard's first leader (a new stream's, or a reshard's child): nobody
         # before it can have been sealed.
         self._lead_fence = self.reshard_id if term > 1 else None
@@ -267,8 +312,15 @@ class ReplicatedShard:
             self._log.error("replicated.no_epoch_left", term=term, persisted=self.driver.epoch)
             return
         replicas = tuple(replica_id_of(n) for n in assignment.replicas)
-        declined = self.driver.lead(epoch, replicas)
-        self._log.info("replicated.lead", term=term, epoch=epoch, declined=declined)
+        joining = tuple(replica_id_of(n) for n in assignment.joining)
+        declined = self.driver.lead(epoch, replicas, joining)
+        self._log.info(
+            "replicated.lead",
+            term=term,
+            epoch=epoch,
+            joining=list(assignment.joining),
+            declined=declined,
+        )
 
     # -- writes ---------------------------------------------------------------------------------
 
