@@ -266,7 +266,7 @@ def _move_replica(args: argparse.Namespace) -> int:
                 elif pending is None:
                     raise _Refused(f"{line}: the controller refused it (see its log)")
                 else:
-                    state = "waiting for the controller (it needs the other replicas live, no change under way)"
+                    state = "waiting: the other replicas must be live, no other change under way"
                 if state != shown:
                     print(f"{line}: {state}", flush=True)
                     shown = state
