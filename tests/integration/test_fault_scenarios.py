@@ -108,6 +108,19 @@ async def test_failovers_on_one_cluster(tmp_path: Path) -> None:
     verdict("all_faults", await run_scenario("all_faults", all_faults.fault_round, options))
 
 
+async def test_a_node_lost_for_good_is_re_replicated(tmp_path: Path) -> None:
+    """Scenario 9 (scenarios/node_lost.py): four nodes, one lost with its disk; after the
+    grace its replicas are replaced, and the final check compares every replica's committed
+    prefix byte for byte (the new copies included)."""
+    module = load("node_lost")
+    options = short_options(tmp_path, seed=5)
+    options.nodes, options.serve_args = module.DEFAULTS.nodes, module.DEFAULTS.serve_args
+    result = await run_scenario("node_lost", module.fault_round, options)
+    verdict("node_lost", result)
+    (restored_s,) = result.figures["re-replicated"]
+    assert restored_s >= module.GRACE_S
+
+
 @pytest.mark.slow
 async def test_every_fault_on_one_cluster(tmp_path: Path) -> None:
     """All seven rounds (all_faults.ORDER) on one cluster."""

@@ -53,6 +53,9 @@ from streamd_client.results import StreamDescription
 
 from .. import layout
 from ..cluster.replicated import replica_log_dir
+from ..config import parse_cluster_url
+from ..meta.etcd import EtcdMetaStore
+from ..meta.keys import SHARDS_PREFIX, ShardAssignment
 from .cluster import ClusterStartError, LocalCluster
 from .history import CheckReport, History, Seen, check
 from .replica_check import ReplicaSnapshot, range_table, snapshot_log
@@ -79,6 +82,7 @@ class ScenarioOptions:
     load: LoadOptions = field(default_factory=LoadOptions)
     root_dir: Path | None = None  # None: a temporary dir, removed when the history checks out
     say: Callable[[str], None] = field(default=lambda message: None)
+    serve_args: tuple[str, ...] = ()  # more `streamd serve` flags for every node
 
 
 @dataclass
@@ -278,6 +282,20 @@ class ScenarioContext:
                     return time.monotonic() - started
                 await trio.sleep(_POLL_S)
 
+    async def assignments(self) -> dict[str, ShardAssignment]:
+        """The controller's documents of the stream's shards, read from etcd (they name the
+        members still joining, which describe_stream does not)."""
+        store = await EtcdMetaStore.connect(
+            parse_cluster_url(self.cluster.cluster_url), namespace=self.cluster.namespace
+        )
+        try:
+            with trio.fail_after(RECOVER_TIMEOUT_S):
+                kvs = await store.range(f"{SHARDS_PREFIX}{self.stream}/")
+        finally:
+            await store.aclose()
+        docs = (ShardAssignment.decode(kv.value) for kv in kvs)
+        return {doc.shard_id: doc for doc in docs}
+
     async def wait_node_gone(self, node_id: str, at_s: float, *, timeout_s: float) -> float | None:
         """Wait until the cluster no longer lists ``node_id`` as live (etcd let its lease go and
         the nodes' watch saw it); returns the seconds from ``at_s`` (None: not within
@@ -368,7 +386,9 @@ async def run_scenario(
     started = time.monotonic()
     stream = f"{name.replace('_', '-')}-{uuid.UUID(int=rng.getrandbits(128)).hex[:8]}"
     history = History()
-    cluster = LocalCluster(options.nodes, root_dir=root / "cluster", kinesis=False)
+    cluster = LocalCluster(
+        options.nodes, root_dir=root / "cluster", kinesis=False, extra_args=options.serve_args
+    )
     try:
         await trio.to_thread.run_sync(cluster.start)
         options.say(f"cluster up in {time.monotonic() - started:.1f} s under {root}")
