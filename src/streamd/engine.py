@@ -377,7 +377,7 @@ class Engine:
                 )
                 replica.keys = self.keyring
                 replica.key_id_of = partial(_encryption_key_id, stream)
-                replica.report_joined = wiring.report_joined
+                replica.report_to_controller = wiring.report_to_controller
                 await self._nursery.start(replica.run)
                 wiring.host.add(replica.driver)
                 stream.replicated[shard.shard_id] = replica

@@ -96,7 +96,7 @@ class ClusterParts:
     def replication(self, store: MetaStore) -> ReplicationWiring:
         shard_map = self.shard_map
 
-        async def report_joined(report: JoinReport) -> None:
+        async def report_to_controller(report: JoinReport) -> None:
             await store.txn([], puts=[(report.key, report.encode())])
 
         def refresh_ids() -> None:
@@ -113,7 +113,7 @@ class ClusterParts:
             lambda: shard_map.lease_valid(),
             refresh_ids,
             lambda: len(shard_map.node_addresses()),
-            report_joined,
+            report_to_controller,
         )
 
 

@@ -29,19 +29,14 @@ from streamd.testing.workload import LoadOptions
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 
-DECLINED_LEAD = (
-    "a replica that declines to lead while it repairs its log stays named leader: the "
-    "controller does not hand the term to another live replica, so the shard takes no writes "
-    "until the repair ends (it refetches from a leader, and there is none meanwhile)"
-)
 # Fixed, no longer listed (docs/replication.md, "What the scenarios found"): a read page across
 # an epoch-start control batch, a replica not serving yet answering INVALID_SEQUENCE_NUMBER, a
 # stopping node answering STREAM_NOT_FOUND (and the Producer's sequence reuse that followed),
-# every node stopping itself on its lapsed lease while etcd was down, and a replica stopping for
-# good when it cut its log at a batch whose header rotted (damaged_replica seed 4 passes).
-KNOWN_BUGS: dict[str, dict[str, str]] = {
-    "damaged_replica": {"scenario": DECLINED_LEAD, "not_resumed": DECLINED_LEAD},
-}
+# every node stopping itself on its lapsed lease while etcd was down, a replica stopping for
+# good when it cut its log at a batch whose header rotted (damaged_replica seed 4 passes), and
+# a replica that declined to lead while repairing its log staying named leader (it reports the
+# decline; the controller names another voter: decisions.py, leader_declined).
+KNOWN_BUGS: dict[str, dict[str, str]] = {}
 ALL = (
     "kill_leader",
     "pause_leader",

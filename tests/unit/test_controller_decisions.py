@@ -17,7 +17,13 @@ from streamd.controller.decisions import (
     classify_shard,
     decide,
 )
-from streamd.meta.keys import CoordinatorPlacement, JoinReport, MoveRequest, ShardAssignment
+from streamd.meta.keys import (
+    CoordinatorPlacement,
+    DeclineReport,
+    JoinReport,
+    MoveRequest,
+    ShardAssignment,
+)
 
 
 def shard(
@@ -455,6 +461,33 @@ CHANGE_ROWS = [
         rf3(("a", "b", "d"), "a", 6, ("d",), 6),
         Case.LEADER_LOST,
         rf3(("a", "b", "d"), "b", 7, ("d",), 6),
+        (),
+    ),
+    (
+        "the leader declined its term: another voter leads",
+        {"a", "b", "c"},
+        Facts(declines={KEY: DeclineReport("s", "shardId-000000000000", "a", 5)}, live_s=LONG_LIVE),
+        rf3(),
+        Case.LEADER_DECLINED,
+        rf3(ABC, "b", 6),
+        ("declined/s/shardId-000000000000",),
+    ),
+    (
+        "a decline of an earlier term is ignored",
+        {"a", "b", "c"},
+        Facts(declines={KEY: DeclineReport("s", "shardId-000000000000", "a", 4)}, live_s=LONG_LIVE),
+        rf3(),
+        Case.HEALTHY,
+        None,
+        (),
+    ),
+    (
+        "the leader declined, no other voter live: it stays named",
+        {"a", "d"},
+        Facts(declines={KEY: DeclineReport("s", "shardId-000000000000", "a", 5)}, live_s=LONG_LIVE),
+        rf3(),
+        Case.UNDER_REPLICATED,
+        None,
         (),
     ),
     (

@@ -67,7 +67,7 @@ from .. import layout, metrics
 from ..catalog import ShardMeta
 from ..clock import Clock
 from ..meta.errors import MetaError
-from ..meta.keys import JoinReport, ShardAssignment
+from ..meta.keys import DeclineReport, JoinReport, ShardAssignment
 from ..monitoring import ShardCounters
 from ..replication.driver import DriverConfig, Outbox, ReplicaDriver
 from ..replication.metafile import MetaFile
@@ -86,7 +86,7 @@ READ_BATCHES_MAX = 256
 SERVING_WAIT_S = 2.0  # a write or read on a leader still fencing waits this long for it
 # Batches looked at per step of an AT_TIMESTAMP scan (from the start of the log).
 TIMESTAMP_SCAN_BATCHES = 256
-JOIN_REPORT_TIMEOUT_S = 5.0  # one write of a join report; retried while this node leads
+JOIN_REPORT_TIMEOUT_S = 5.0  # one write of a report to the controller; retried
 JOIN_REPORT_RETRY_S = 1.0
 
 
@@ -100,7 +100,7 @@ class ReplicationWiring:
     lease_valid: Callable[[], bool]  # this node's membership lease may still hold
     refresh_ids: Callable[[], None]  # learn the nodes' addresses again (replica id -> node)
     live_nodes: Callable[[], int]  # nodes registered now (a default RF is at most that)
-    report_joined: Callable[[JoinReport], Awaitable[None]]  # write a join report to the store
+    report_to_controller: Callable[[JoinReport], Awaitable[None]]  # write a join report to the store
 
 
 def replica_dir(shard_directory: Path) -> Path:
@@ -187,7 +187,10 @@ class ReplicatedShard:
         self._led: ShardAssignment | None = None  # the document it was asked to lead by
         # Set by the engine in cluster mode: where this replica's leader reports a joining
         # member caught up (the controller then makes it a voter).
-        self.report_joined: Callable[[JoinReport], Awaitable[None]] | None = None
+        self.report_to_controller: Callable[[JoinReport], Awaitable[None]] | None = None
+        self._declined: DeclineReport | None = None  # a declined term, to report
+        self._report_due = trio.Event()
+        self.driver.on_joiner_caught_up = self._wake_reporter
         # Resharding. ``reshard_id``: the stream's reshard under way (the engine keeps it). A
         # seal refuses new writes; a replica that starts leading while a reshard is under way
         # refuses them until that reshard ends (``_lead_fence``): a seal its predecessor took
@@ -256,24 +259,36 @@ class ReplicatedShard:
         done.cancel()  # the driver stopped (closed): so does the reporter
 
     async def _report_joiners(self) -> None:
-        """Report each joining member this replica's leadership found caught up (the driver's
-        ``JoinerCaughtUp``) as ``joined/<stream>/<shard>``; retried until written."""
+        """Report to the controller what only this replica knows: each joining member its
+        leadership found caught up (the driver's ``JoinerCaughtUp``), as ``joined/``, and a
+        term it declined to lead, as ``declined/``; each retried until written."""
         reported: set[tuple[int, int]] = set()
         while True:
-            await self.driver.wait_joiner_caught_up(JOIN_REPORT_RETRY_S)
+            with trio.move_on_after(JOIN_REPORT_RETRY_S):
+                await self._report_due.wait()
+            self._report_due = trio.Event()
+            declined, self._declined = self._declined, None
+            if declined is not None and not await self._report(declined):
+                self._declined = self._declined or declined  # again, unless a newer one
             for replica, epoch in sorted(self.driver.caught_up - reported):
                 report = self._join_report(replica, epoch)
-                if report is None or self.report_joined is None:
-                    reported.add((replica, epoch))  # an older term's, or no longer joining
-                    continue
-                try:
-                    with trio.fail_after(JOIN_REPORT_TIMEOUT_S):
-                        await self.report_joined(report)
-                except (trio.TooSlowError, StreamdError, MetaError) as exc:
-                    self._log.warning("replicated.join_report_failed", error=str(exc))
-                    continue  # again after JOIN_REPORT_RETRY_S
-                reported.add((replica, epoch))
-                self._log.info("replicated.joiner_reported", node=report.node_id, term=report.term)
+                if report is None or await self._report(report):
+                    reported.add((replica, epoch))  # None: an older term's, or not joining
+
+    def _wake_reporter(self) -> None:
+        self._report_due.set()  # the current event: the reporter replaces it after each wake
+
+    async def _report(self, report: JoinReport) -> bool:
+        if self.report_to_controller is None:
+            return True
+        try:
+            with trio.fail_after(JOIN_REPORT_TIMEOUT_S):
+                await self.report_to_controller(report)
+        except (trio.TooSlowError, StreamdError, MetaError) as exc:
+            self._log.warning("replicated.report_failed", key=report.key, error=str(exc))
+            return False  # again after JOIN_REPORT_RETRY_S
+        self._log.info("replicated.reported", key=report.key, node=report.node_id, term=report.term)
+        return True
 
     def _join_report(self, replica: int, epoch: int) -> JoinReport | None:
         """The report on a joiner caught up in core ``epoch``: None unless that is this
@@ -310,10 +325,15 @@ class ReplicatedShard:
         epoch = lead_epoch(term, self.driver.epoch)
         if epoch is None:
             self._log.error("replicated.no_epoch_left", term=term, persisted=self.driver.epoch)
+            self._declined = DeclineReport(self.stream, self.shard.shard_id, self.node_id, term)
+            self._wake_reporter()
             return
         replicas = tuple(replica_id_of(n) for n in assignment.replicas)
         joining = tuple(replica_id_of(n) for n in assignment.joining)
         declined = self.driver.lead(epoch, replicas, joining)
+        if declined is not None:  # the controller names another voter (decisions.py)
+            self._declined = DeclineReport(self.stream, self.shard.shard_id, self.node_id, term)
+            self._wake_reporter()
         self._log.info(
             "replicated.lead",
             term=term,

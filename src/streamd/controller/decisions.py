@@ -26,7 +26,13 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Final
 
-from ..meta.keys import CoordinatorPlacement, JoinReport, MoveRequest, ShardAssignment
+from ..meta.keys import (
+    CoordinatorPlacement,
+    DeclineReport,
+    JoinReport,
+    MoveRequest,
+    ShardAssignment,
+)
 from .placement import Load, place, place_coordinator
 
 REPLICA_GRACE_S_DEFAULT: Final = 300.0  # a lost node's replicas are replaced after this
@@ -45,6 +51,7 @@ class Case(StrEnum):
     MOVE_REFUSED = "move_refused"
     DRAIN_MOVE = "drain_move"
     LEADER_PREFERRED = "leader_preferred"
+    LEADER_DECLINED = "leader_declined"
     UNASSIGNED = "unassigned"
     UNASSIGNED_WAIT = "unassigned_wait"
     LEADER_LOST = "leader_lost"
@@ -129,6 +136,13 @@ TABLE: tuple[Rule, ...] = (
         "a returning node gets its leaders back: leaders stay spread over the nodes",
     ),
     Rule(
+        Case.LEADER_DECLINED,
+        "the leader reported it declined its term (log under repair, no epoch left), "
+        "another voter live",
+        "leader = another live voter (as for leader_lost), epoch + 1 (the report is deleted)",
+        "a replica repairing its log refetches from a leader: it cannot be that leader",
+    ),
+    Rule(
         Case.UNASSIGNED,
         "no replicas yet, live nodes >= RF",
         "place (placement.place), leader epoch + 1, status ok",
@@ -186,6 +200,7 @@ class Facts:
 
     reports: Mapping[str, JoinReport] = field(default_factory=dict)  # by shard key
     moves: Mapping[str, MoveRequest] = field(default_factory=dict)  # by shard key
+    declines: Mapping[str, DeclineReport] = field(default_factory=dict)  # by shard key
     drains: frozenset[str] = frozenset()  # nodes being drained
     lost_s: Mapping[str, float] = field(default_factory=dict)  # node -> seconds seen not live
     live_s: Mapping[str, float] = field(default_factory=dict)  # node -> seconds seen live
@@ -219,6 +234,10 @@ def classify_shard(shard: ShardAssignment, live: frozenset[str], facts: Facts = 
         return Case.STILL_UNAVAILABLE if shard.status == "unavailable" else Case.NO_REPLICA_LIVE
     if shard.leader is None or shard.leader not in live:
         return Case.LEADER_LOST
+    if _declined(shard, facts.declines.get(shard.key)) and any(
+        n in live and n != shard.leader for n in shard.voters
+    ):
+        return Case.LEADER_DECLINED
     spare = _has_spare(shard, live, facts)
     if shard.joining:
         if _valid_report(shard, facts.reports.get(shard.key)):
@@ -273,6 +292,12 @@ def _valid_report(shard: ShardAssignment, report: JoinReport | None) -> bool:
     )
 
 
+def _declined(shard: ShardAssignment, report: DeclineReport | None) -> bool:
+    return (
+        report is not None and report.node_id == shard.leader and report.term == shard.leader_epoch
+    )
+
+
 def _preferred_leader(shard: ShardAssignment, live: frozenset[str], facts: Facts) -> str | None:
     """The leader a healthy shard should have instead of its current one, if any."""
     preferred = shard.replicas[0]
@@ -314,6 +339,11 @@ def decide(
         elif case is Case.LEADER_LOST:
             leader = _new_leader(shard, shard.voters, live, facts, Load.of(live, current.values()))
             after = replace(shard, leader=leader, leader_epoch=shard.leader_epoch + 1, status="ok")
+        elif case is Case.LEADER_DECLINED:
+            voters = [n for n in shard.voters if n != shard.leader]
+            leader = _new_leader(shard, voters, live, facts, Load.of(live, current.values()))
+            after = replace(shard, leader=leader, leader_epoch=shard.leader_epoch + 1)
+            deletes = (facts.declines[key].key,)
         elif case is Case.JOINER_CAUGHT_UP:
             after = replace(shard, joining=(), joining_since=0, leader_epoch=shard.leader_epoch + 1)
             deletes = (facts.reports[key].key,)

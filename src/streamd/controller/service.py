@@ -34,12 +34,14 @@ from ..catalog import StreamMeta
 from ..meta.errors import CompactedError, LeaseNotFoundError
 from ..meta.keys import (
     COORDINATORS_PREFIX,
+    DECLINED_PREFIX,
     DRAINS_PREFIX,
     JOINED_PREFIX,
     MOVES_PREFIX,
     NODES_PREFIX,
     SHARDS_PREFIX,
     CoordinatorPlacement,
+    DeclineReport,
     JoinReport,
     KeyFormatError,
     MoveRequest,
@@ -77,13 +79,14 @@ _WATCHED: Final = (
     COORDINATORS_PREFIX,
     STREAMS_PREFIX,
     JOINED_PREFIX,
+    DECLINED_PREFIX,
     MOVES_PREFIX,
     DRAINS_PREFIX,
 )
 
 log = structlog.get_logger(__name__)
 D = TypeVar("D")
-R = TypeVar("R", JoinReport, MoveRequest)
+R = TypeVar("R", JoinReport, DeclineReport, MoveRequest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,7 @@ class ClusterView:
     orphans: tuple[str, ...] = ()
     reports: dict[str, JoinReport] = field(default_factory=dict)  # by shard key
     moves: dict[str, MoveRequest] = field(default_factory=dict)  # by shard key
+    declines: dict[str, DeclineReport] = field(default_factory=dict)  # by shard key
     drains: frozenset[str] = frozenset()
 
 
@@ -207,14 +211,15 @@ class ControllerService:
         due += [self.preferred_leader_delay_s - s for s in live_s.values()]
         self._next_due_s = min((d + 0.05 for d in due if d > 0), default=self.resync_s)
         return Facts(
-            view.reports,
-            view.moves,
-            view.drains,
-            lost_s,
-            live_s,
-            self.replica_grace_s,
-            self.preferred_leader_delay_s,
-            self.joins_max,
+            reports=view.reports,
+            moves=view.moves,
+            declines=view.declines,
+            drains=view.drains,
+            lost_s=lost_s,
+            live_s=live_s,
+            grace_s=self.replica_grace_s,
+            preferred_leader_delay_s=self.preferred_leader_delay_s,
+            joins_max=self.joins_max,
         )
 
     async def read(self) -> ClusterView:
@@ -232,7 +237,7 @@ class ControllerService:
         stream_kvs = await bounded("the stream list", timeout_s, self.store.range(STREAMS_PREFIX))
         request_kvs = {
             prefix: await bounded("the requests", timeout_s, self.store.range(prefix))
-            for prefix in (JOINED_PREFIX, MOVES_PREFIX, DRAINS_PREFIX)
+            for prefix in (JOINED_PREFIX, DECLINED_PREFIX, MOVES_PREFIX, DRAINS_PREFIX)
         }
         live = frozenset(kv.key[len(NODES_PREFIX) :] for kv in nodes)
         shards = _decoded(shard_kvs, ShardAssignment.decode)
@@ -252,19 +257,13 @@ class ControllerService:
             if key not in revisions:
                 shards[key], revisions[key] = unassigned, 0
         orphans = tuple(k for k in sorted(shards) if revisions[k] and k not in expected)
-        reports = _by_shard(_decoded(request_kvs[JOINED_PREFIX], JoinReport.decode))
-        moves = _by_shard(_decoded(request_kvs[MOVES_PREFIX], MoveRequest.decode))
-        # Requests for shards that are gone (or not placed yet: a move must name replicas).
-        requests: list[JoinReport | MoveRequest] = [*reports.values(), *moves.values()]
-        stale = tuple(
-            sorted(r.key for r in requests if r.shard_key not in shards or r.shard_key in orphans)
+        live_shards = {k: d for k, d in shards.items() if k not in orphans}
+        reports, stale_reports = _requests(request_kvs[JOINED_PREFIX], JoinReport, live_shards)
+        declines, stale_declines = _requests(
+            request_kvs[DECLINED_PREFIX], DeclineReport, live_shards
         )
-        for key in list(reports):
-            if key not in shards or key in orphans:
-                del reports[key]
-        for key in list(moves):
-            if key not in shards or key in orphans:
-                del moves[key]
+        moves, stale_moves = _requests(request_kvs[MOVES_PREFIX], MoveRequest, live_shards)
+        stale = tuple(sorted(stale_reports + stale_declines + stale_moves))
         drains = frozenset(kv.key[len(DRAINS_PREFIX) :] for kv in request_kvs[DRAINS_PREFIX])
         for key in orphans:
             del shards[key]
@@ -275,7 +274,15 @@ class ControllerService:
         for key in gone:
             del coordinators[key]
         return ClusterView(
-            live, shards, coordinators, revisions, orphans + gone + stale, reports, moves, drains
+            live,
+            shards,
+            coordinators,
+            revisions,
+            orphans + gone + stale,
+            reports,
+            moves,
+            declines,
+            drains,
         )
 
     async def _watch_changes(
@@ -319,9 +326,29 @@ def under_replicated(shard: ShardAssignment, live: frozenset[str]) -> bool:
     return 0 < live_voters < shard.replication_factor
 
 
-def _by_shard(requests: dict[str, R]) -> dict[str, R]:
-    """Join reports or move requests by the key of the shard document they are about."""
-    return {r.shard_key: r for r in requests.values()}
+def _past(request: JoinReport | MoveRequest, shard: ShardAssignment) -> bool:
+    """A report about a term or a joiner the shard has moved on from."""
+    if isinstance(request, DeclineReport):
+        return request.term < shard.leader_epoch
+    if isinstance(request, JoinReport):
+        return request.node_id not in shard.joining or request.term < shard.joining_since
+    return False
+
+
+def _requests(
+    kvs: list[KeyValue], kind: type[R], shards: dict[str, ShardAssignment]
+) -> tuple[dict[str, R], list[str]]:
+    """Reports or requests by the key of the shard document they are about, and the keys of
+    those that are stale: their shard is gone, or a report's term is past (deleted)."""
+    current: dict[str, R] = {}
+    stale: list[str] = []
+    for request in _decoded(kvs, kind.decode).values():
+        shard = shards.get(request.shard_key)
+        if shard is None or _past(request, shard):
+            stale.append(request.key)
+        else:
+            current[request.shard_key] = request
+    return current, stale
 
 
 def _catalog_shards(stream_kvs: list[KeyValue]) -> dict[str, ShardAssignment]:

@@ -19,6 +19,8 @@ key                                    written by                 compare
                                        a joining replica caught   checks it against the shard
                                        up; the controller deletes document and deletes it with
                                                                   the change it makes)
+``declined/<stream>/<shard_id>``       the node named leader,     none (checked as above)
+                                       when it declines the term
 ``moves/<stream>/<shard_id>``          ``streamd cluster          none; the controller deletes
                                        move-replica``             it once applied or refused
 ``drains/<node_id>``                   ``streamd cluster drain``  none; ``undrain`` deletes it
@@ -38,7 +40,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Final, Literal, Self
 
 from .errors import MetaError
 
@@ -49,6 +51,7 @@ CONTROLLER_KEY: Final = "controller/active"
 SHARDS_PREFIX: Final = "shards/"
 COORDINATORS_PREFIX: Final = "coordinators/"
 JOINED_PREFIX: Final = "joined/"
+DECLINED_PREFIX: Final = "declined/"
 MOVES_PREFIX: Final = "moves/"
 DRAINS_PREFIX: Final = "drains/"
 
@@ -80,10 +83,6 @@ def shard_key(stream: str, shard_id: str) -> str:
 
 def coordinator_key(stream: str, group: str) -> str:
     return f"{COORDINATORS_PREFIX}{check_name('stream', stream)}/{check_name('group', group)}"
-
-
-def joined_key(stream: str, shard_id: str) -> str:
-    return f"{JOINED_PREFIX}{check_name('stream', stream)}/{check_name('shard id', shard_id)}"
 
 
 def move_key(stream: str, shard_id: str) -> str:
@@ -379,6 +378,7 @@ class JoinReport:
     Only a hint: the controller acts on it only while the shard document still lists the node
     joining since a term <= ``term``."""
 
+    PREFIX: ClassVar[str] = JOINED_PREFIX
     stream: str
     shard_id: str
     node_id: str
@@ -391,7 +391,8 @@ class JoinReport:
 
     @property
     def key(self) -> str:
-        return joined_key(self.stream, self.shard_id)
+        stream, shard_id = check_name("stream", self.stream), check_name("shard id", self.shard_id)
+        return f"{self.PREFIX}{stream}/{shard_id}"
 
     def encode(self) -> bytes:
         return _encode(
@@ -404,8 +405,8 @@ class JoinReport:
         )
 
     @classmethod
-    def decode(cls, raw: bytes) -> JoinReport:
-        w = "join report"
+    def decode(cls, raw: bytes) -> Self:
+        w = f"{cls.PREFIX[:-1]} report"
         doc = _decode(w, raw)
         try:
             return cls(
@@ -416,6 +417,15 @@ class JoinReport:
             )
         except ValueError as exc:
             raise KeyFormatError(str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class DeclineReport(JoinReport):
+    """``declined/<stream>/<shard_id>``: the node the document names leader at ``term`` declined
+    to lead it (its log is under repair, or it has no core epoch left in the term); the
+    controller names another live voter (checked: still that leader at that term)."""
+
+    PREFIX: ClassVar[str] = DECLINED_PREFIX
 
 
 @dataclass(frozen=True, slots=True)

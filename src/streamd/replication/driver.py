@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -142,7 +142,7 @@ class ReplicaDriver:
         self._declined: list[m.LeadDeclined] = []
         # Joining replicas this node's leader found caught up: (replica id, core epoch).
         self.caught_up: set[tuple[int, int]] = set()
-        self._joiner_caught_up = trio.Event()  # set (and replaced) when caught_up grows
+        self.on_joiner_caught_up: Callable[[], None] = lambda: None  # after caught_up grows
         self._changed = trio.Event()  # set (and replaced) on every hw or role change
         self._sync_wanted: int | None = None  # generation of the queued sync
         self._sync_wake = trio.Event()
@@ -320,8 +320,7 @@ class ReplicaDriver:
                 "replication.joiner_caught_up", joiner=effect.replica, epoch=effect.epoch
             )
             self.caught_up.add((effect.replica, effect.epoch))
-            self._joiner_caught_up.set()
-            self._joiner_caught_up = trio.Event()
+            self.on_joiner_caught_up()
             self._wake()
 
     def _wake(self) -> None:
@@ -420,11 +419,6 @@ class ReplicaDriver:
             if self.hw <= above and self._running:
                 await self._changed.wait()
         return self.hw
-
-    async def wait_joiner_caught_up(self, timeout_s: float) -> None:
-        """Wait until ``caught_up`` grows, or ``timeout_s`` elapses."""
-        with trio.move_on_after(timeout_s):
-            await self._joiner_caught_up.wait()
 
     async def wait_serving(self, timeout_s: float) -> bool:
         """Wait until this replica leads and serves (its epoch committed, its lease held)."""
