@@ -27,8 +27,12 @@ from streamd.meta.keys import (
     SHARDS_PREFIX,
     ControllerRecord,
     CoordinatorPlacement,
+    DeclineReport,
+    JoinReport,
+    MoveRequest,
     NodeRegistration,
     ShardAssignment,
+    drain_key,
     node_key,
 )
 from streamd.testing.etcd import EtcdProcess
@@ -326,3 +330,41 @@ async def test_a_group_s_placement_is_placed_and_dropped_with_its_stream(
         assert [(p.stream, p.node_id) for p in left] == [("kept", "n2")]
         await store.revoke_lease(lease.lease_id)
         nursery.cancel_scope.cancel()
+
+
+async def test_reports_and_requests_are_acted_on_or_deleted_when_stale(
+    store: EtcdMetaStore,
+) -> None:
+    """The request keys against real etcd: a decline of the current term moves the leader, a
+    stale decline and a move of a shard that does not exist are deleted, a join report for a
+    node that is not joining is deleted, and a drained node loses its leaderships."""
+    async with cluster(store, ["n2", "n3"]) as _:
+        await create_stream(store, "orders", 3, 3)
+        placed = {s.shard_id: s for s in await wait_for(store, lambda s: all_ok(s, 3))}
+        first, second, _third = sorted(placed)
+        shard = placed[first]
+        decline = DeclineReport("orders", first, shard.leader, shard.leader_epoch)  # type: ignore[arg-type]
+        stale_decline = DeclineReport("orders", second, "n2", 0)
+        not_joining = JoinReport("orders", second, "n3", placed[second].leader_epoch)
+        no_shard = MoveRequest("orders", "shardId-000000000099", "n1", "n2")
+        for request in (decline, stale_decline, not_joining, no_shard):
+            await store.txn([], puts=[(request.key, request.encode())])
+        moved = await wait_for(
+            store,
+            lambda shards: any(
+                s.shard_id == first and s.leader not in (None, shard.leader) for s in shards
+            ),
+        )
+        after = next(s for s in moved if s.shard_id == first)
+        assert after.leader_epoch == shard.leader_epoch + 1 and after.replicas == shard.replicas
+        keys = [r.key for r in (decline, stale_decline, not_joining, no_shard)]
+        with trio.fail_after(WAIT_S):
+            while True:  # polled: the store has no "wait until absent"
+                left = [k for k in keys if await store.get(k) is not None]
+                if not left:
+                    break
+                await trio.sleep(0.05)
+
+        await store.txn([], puts=[(drain_key("n2"), b'{"v":1,"node":"n2"}')])
+        drained = await wait_for(store, lambda shards: "n2" not in leaders(shards))
+        assert all(s.replicas == placed[s.shard_id].replicas for s in drained)  # no spare node

@@ -100,7 +100,9 @@ class ReplicationWiring:
     lease_valid: Callable[[], bool]  # this node's membership lease may still hold
     refresh_ids: Callable[[], None]  # learn the nodes' addresses again (replica id -> node)
     live_nodes: Callable[[], int]  # nodes registered now (a default RF is at most that)
-    report_to_controller: Callable[[JoinReport], Awaitable[None]]  # write a join report to the store
+    report_to_controller: Callable[
+        [JoinReport], Awaitable[None]
+    ]  # write a join report to the store
 
 
 def replica_dir(shard_directory: Path) -> Path:

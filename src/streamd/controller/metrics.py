@@ -19,6 +19,11 @@ CONTROLLER_DECISIONS = Counter(
     "Controller writes by decision case and outcome (applied, stale)",
     ["case", "outcome"],
 )
+CONTROLLER_ROUNDS_CRASHED = Counter(
+    "streamd_controller_rounds_crashed_total",
+    "Controller rounds that ended in an unexpected error (a bug: logged as "
+    "controller.round_crashed with its traceback; the round is tried again)",
+)
 CLUSTER_NODES_LIVE = Gauge("streamd_cluster_nodes_live", "Live nodes the controller sees")
 SHARDS_UNAVAILABLE = Gauge(
     "streamd_cluster_shards_unavailable", "Shards with no live replica, as the controller sees"

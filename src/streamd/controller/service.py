@@ -64,6 +64,7 @@ from .membership import REQUEST_TIMEOUT_S_DEFAULT, Membership
 from .metrics import (
     CLUSTER_NODES_LIVE,
     CONTROLLER_DECISIONS,
+    CONTROLLER_ROUNDS_CRASHED,
     NODES_DOWN,
     SHARDS_UNAVAILABLE,
     SHARDS_UNDER_REPLICATED,
@@ -72,6 +73,7 @@ from .tasks import bounded, open_nursery
 
 RESYNC_S_DEFAULT: Final = 5.0
 _BACKOFF_S: Final = 0.2
+_CRASH_BACKOFF_S: Final = 1.0
 STREAMS_PREFIX: Final = "streams/"  # the catalog's (catalog.py): shards come from there
 _WATCHED: Final = (
     NODES_PREFIX,
@@ -159,6 +161,15 @@ class ControllerService:
                 log.warning("controller.round_failed", error=str(exc))
                 await trio.sleep(_BACKOFF_S)
                 continue
+            except NotControllerError:
+                raise
+            except Exception:
+                # A bug in a round must not take the node down: every node would take the
+                # role in turn and stop the same way. Logged loudly, counted, tried again.
+                log.exception("controller.round_crashed")
+                CONTROLLER_ROUNDS_CRASHED.inc()
+                await trio.sleep(_CRASH_BACKOFF_S)
+                continue
             with trio.move_on_after(min(self.resync_s, self._next_due_s)):
                 await self._changed.wait()
 
@@ -245,12 +256,7 @@ class ControllerService:
         _report_health(live, shards)
         revisions = {
             kv.key: kv.mod_revision
-            for kv in [
-                *shard_kvs,
-                *coord_kvs,
-                *request_kvs[JOINED_PREFIX],
-                *request_kvs[MOVES_PREFIX],
-            ]
+            for kv in [*shard_kvs, *coord_kvs, *(kv for kvs in request_kvs.values() for kv in kvs)]
         }
         expected = _catalog_shards(stream_kvs)
         for key, unassigned in expected.items():
