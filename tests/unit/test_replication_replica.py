@@ -402,3 +402,48 @@ def test_a_failed_append_takes_the_persisted_meta_back() -> None:
     damaged = ReplicaMeta(persisted.epoch, persisted.generation, repair_to=9)
     scene.step(1, m.StorageFailed("disk full", damaged))
     assert replica.meta == damaged and not replica.meta.whole
+
+
+def test_a_follower_keeps_producer_state_so_a_new_leader_never_rereads_its_log() -> None:
+    scene = started()
+    scene.write(0, 1, 1)
+    scene.deliver()
+    first = scene.done()[1]
+    reads: list[int] = []
+    log = scene.logs[1]
+    original = log.read
+
+    def counted(offset: int, batches_max: int) -> list:
+        reads.append(offset)
+        return original(offset, batches_max)
+
+    log.read = counted  # type: ignore[method-assign]
+    scene.lead(1, 2)
+    scene.deliver()
+    scene.write(1, 2, 1)  # a retry, answered from the table the follower kept
+    scene.deliver()
+    assert scene.done()[2].duplicate and scene.done()[2].base_offset == first.base_offset
+    assert reads == []  # the followers were caught up: nothing shipped, nothing rescanned
+
+
+def test_a_cut_suffix_leaves_the_producer_table_too() -> None:
+    scene = started()
+    scene.write(0, 1, 1)
+    scene.deliver()
+    scene.write(0, 2, 2)  # reaches nobody: replica 1 takes over, replica 0's copy is cut
+    scene.wire.clear()
+    scene.sync(0)
+    scene.lead(1, 2)
+    scene.deliver(keep={1, 2})
+    scene.tick(CONFIG.retry_ms)
+    scene.deliver()
+    scene.lead(0, 3)
+    scene.deliver()
+    assert scene.replicas[0].role is Role.LEADING
+    scene.write(0, 3, 2)  # sequence 2 again: no longer in any log, so a new batch
+    scene.deliver()
+    done = scene.done()[3]
+    assert not done.duplicate
+    stored = [b for b in scene.logs[0].batches() if b.producer_id == 7]
+    assert [b.producer_seq for b in stored] == [1, 2]
+    assert stored[1].base_offset == done.base_offset

@@ -60,10 +60,11 @@ from streamd_client.errors import (
 )
 
 from ..clock import Clock
-from ..storage.logstore import LogStore, StoredBatch, StoreFullError
+from ..storage.logstore import LogStore, StoreCorruptError, StoredBatch, StoreFullError
 from . import messages as m
 from . import telemetry
 from .codec import Envelope
+from .leading import Producers
 from .meta import ReplicaMeta
 from .metafile import MetaFile
 from .replica import Replica, ReplicaConfig
@@ -168,8 +169,14 @@ class ReplicaDriver:
         damaged = None
         if self.config.scrub_at_start:
             damaged = await trio.to_thread.run_sync(self.store.first_damaged)
+        producers = await trio.to_thread.run_sync(self._producers_of_log)
         self.replica = Replica(
-            self.replica_id, self.store, self.meta, self.replica_config, self.clock.monotonic_ms()
+            self.replica_id,
+            self.store,
+            self.meta,
+            self.replica_config,
+            self.clock.monotonic_ms(),
+            producers,
         )
         self._set_role_metric(self.role)
         try:
@@ -188,6 +195,16 @@ class ReplicaDriver:
             self._stop()
         if self.broken is not None:
             raise self.broken
+
+    def _producers_of_log(self) -> Producers | None:
+        """The idempotence table of the whole log, read before the replica exists (a worker
+        thread: a long log must not hold up the event loop, nor a later failover)."""
+        try:
+            return Producers.from_log(
+                self.store, self.store.log_end(), self.replica_config.producers_max
+            )
+        except StoreCorruptError:
+            return None  # a damaged log: the replica repairs it first
 
     def _stop(self) -> None:
         self._running = False

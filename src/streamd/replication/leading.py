@@ -116,7 +116,8 @@ OUT_OF_ORDER: tuple[str, int, int] = ("out_of_order", 0, 0)
 
 class Producers:
     """Idempotence: is an incoming (producer id, sequence) new, a retry of a batch in the log,
-    or out of order? Derived from the log alone."""
+    or out of order? Derived from the log alone: built once (at open, off the event loop) and
+    then kept in step with every append and cut, in every role, so a new leader has it ready."""
 
     def __init__(self, producers_max: int) -> None:
         self.table = ProducerTable(producers_max)
@@ -133,6 +134,9 @@ class Producers:
             self.table.record(
                 batch.producer_id, (batch.producer_seq, batch.base_offset, batch.record_count)
             )
+
+    def forget_from(self, offset: int) -> None:
+        self.table.forget_from(offset)
 
     def classify(self, batch: StoredBatch) -> tuple[str, int, int]:
         """("new", 0, 0) | ("retry", base offset, record count) | ("out_of_order", 0, 0)."""

@@ -72,7 +72,10 @@ class Replica:
         meta: ReplicaMeta,
         config: ReplicaConfig | None = None,
         now_ms: int = 0,
+        producers: Producers | None = None,
     ) -> None:
+        """``producers``: the idempotence table of ``view``'s whole log, if the caller built it
+        (the driver does, in a worker thread); else it is read from ``view`` here."""
         self.id = replica_id
         self.view = view
         self.meta = meta
@@ -102,7 +105,13 @@ class Replica:
         # LEADING only.
         self.progress: dict[int, Progress] = {}
         self.writers = Writers(self.config.waiting_writers_max)
-        self._producers: Producers | None = None  # built from the log on first use
+        # Mirrors the log in every role (None: a damaged log, built again on first use).
+        self._producers = producers
+        if producers is None:
+            try:
+                self._producers = Producers.from_log(view, self._log_end, self.config.producers_max)
+            except StoreCorruptError:
+                pass
         self.epoch_start_offset = -1  # where our epoch-start batch sits
         self._epoch_start_written = False
         self._caught_up: set[int] = set()  # joining replicas reported caught up this epoch
@@ -170,6 +179,8 @@ class Replica:
             require(batch.base_offset == self._log_end, "append must extend the log")
             self._epochs = epochs.extended(self._epochs, batch.base_offset, batch.epoch)
             self._log_end = batch.next_offset
+            if self._producers is not None:
+                self._producers.record(batch)
         self._out.append(m.AppendBatches(tuple(batches)))
         self._out.append(m.SyncLog(self.meta.generation))
 
@@ -182,6 +193,7 @@ class Replica:
         self._persist(replace(self.meta, generation=self.meta.generation + 1))
         self._out.append(m.TruncateTo(offset))
         self._log_end = offset
+        self._forget_producers_from(offset)
         self._epochs = epochs.truncated(self._epochs, offset)
         self.durable_end = min(self.durable_end, offset)
         self._matched_end = min(self._matched_end, offset)
@@ -221,7 +233,6 @@ class Replica:
         if self.role is Role.LEADING:
             self._out.extend(self.writers.fail_all(NOT_LEADER))
             self.progress = {}
-            self._producers = None
         self._fence_acks = {}
         self._source = None
         self._set_role(Role.FOLLOWER, why)
@@ -459,6 +470,7 @@ class Replica:
         self._epochs = list(self.view.epoch_history())
         self.durable_end = min(self.durable_end, self._log_end)
         self._matched_end = min(self._matched_end, self._log_end)
+        self._forget_producers_from(self._log_end)
         if self.role is Role.LEADING:
             self.after_failed_append()
 
@@ -558,7 +570,6 @@ class Replica:
             return
         batch = restamp(write.batch, self._log_end, self.epoch)
         self._append([batch])
-        producers.record(batch)
         self.writers.add(
             Waiter(write.write_id, batch.base_offset, batch.next_offset, False, deadline)
         )
@@ -575,6 +586,10 @@ class Replica:
                 self.on_damaged(m.Damaged(exc.offset))
                 return None
         return self._producers
+
+    def _forget_producers_from(self, offset: int) -> None:
+        if self._producers is not None:
+            self._producers.forget_from(offset)
 
     def _ship_fresh(self, batches: list[StoredBatch]) -> None:
         """Batches just appended go at once to every follower that is caught up to them."""
@@ -681,9 +696,8 @@ class Replica:
                 return
 
     def after_failed_append(self) -> None:
-        """An append did not happen: fail its writers, forget producer state built on it."""
+        """An append did not happen: fail its writers (its producer state is gone already)."""
         self._out.extend(self.writers.beyond(self._log_end, STORAGE_FULL))
-        self._producers = None
         if self._log_end <= self.epoch_start_offset:
             self._epoch_start_written = False
         for progress in self.progress.values():

@@ -38,6 +38,22 @@ class ProducerTable:
             del self.entries[evicted]
         assert len(self.entries) == len(self._recency)
 
+    def forget_from(self, offset: int) -> None:
+        """Drop the batches at or past ``offset`` (the log was cut there). A producer keeps its
+        older batches still remembered (fewer than the maximum: the ones evicted before are not
+        read back, so only a retry of a long-acknowledged batch could tell)."""
+        for producer_id in [pid for pid, kept in self.entries.items() if kept[-1][1] >= offset]:
+            kept = deque(
+                (entry for entry in self.entries[producer_id] if entry[1] < offset),
+                maxlen=PRODUCER_BATCHES_MAX,
+            )
+            if kept:
+                self.entries[producer_id] = kept
+            else:
+                del self.entries[producer_id]
+                del self._recency[producer_id]
+        assert len(self.entries) == len(self._recency)
+
     def clear(self) -> None:
         """Forget everything (a sealed segment's summary, once its index file is written)."""
         self.entries = {}
