@@ -66,6 +66,7 @@ from .clock import Clock, WallClock
 from .iothread import IoPool, IoThread
 from .monitoring import ShardCounters
 from .replication import Committer, Proposal
+from .security.keyring import UnknownKeyError
 from .storage import OffsetTrimmedError, SyncFailedError, at_rest
 
 if TYPE_CHECKING:
@@ -788,12 +789,15 @@ class ShardPipeline:
 
     def _encode(self, planned: _Planned, stamp_ms: int) -> bytes:
         """The stored batch: sealed here when the stream is encrypted, so the log, the tail
-        cache and what ships to replicas all hold ciphertext. Raises UnknownKeyError."""
+        cache and what ships to replicas all hold ciphertext. Raises UnknownKeyError (also when
+        this node has no keyring: an encrypted stream never gets a batch in plaintext)."""
         data = self._encode_plain(planned, stamp_ms)
-        key_id, keys = self.key_id_of(), self.keys
-        if key_id is None or keys is None:
+        key_id = self.key_id_of()
+        if key_id is None:
             return data
-        return at_rest.seal(data, keys, key_id)
+        if self.keys is None:
+            raise UnknownKeyError(f"the stream is encrypted with {key_id!r}; no --keyring here")
+        return at_rest.seal(data, self.keys, key_id)
 
     def _encode_plain(self, planned: _Planned, stamp_ms: int) -> bytes:
         first_ms = min(stamp_ms, *(w.arrival_ms for w in planned.writes))

@@ -383,12 +383,15 @@ class ReplicatedShard:
 
     def _at_rest(self, data: bytes) -> bytes:
         """The stored form of a new batch: sealed when the stream is encrypted. Raises
-        InternalError if the keyring lost the stream's key (a reload)."""
-        key_id, keys = self.key_id_of(), self.keys
-        if key_id is None or keys is None:
+        InternalError if the keyring lost the stream's key (a reload) or this node has none:
+        an encrypted stream never gets a batch in plaintext."""
+        key_id = self.key_id_of()
+        if key_id is None:
             return data
+        if self.keys is None:
+            raise InternalError(f"cannot encrypt with {key_id!r}: this node has no --keyring")
         try:
-            return at_rest.seal(data, keys, key_id)
+            return at_rest.seal(data, self.keys, key_id)
         except LookupError as exc:
             raise InternalError(f"cannot encrypt: {exc}") from None
 
