@@ -70,12 +70,14 @@ def test_a_flipped_byte_on_disk_is_never_served(tmp_path: Path) -> None:
     data[len(data) // 2] ^= 0x10
     path.write_bytes(bytes(data))
     store = FileLogStore(tmp_path, CONFIG)
-    damaged = store.first_damaged()
+    visited: list[StoredBatch] = []
+    damaged = store.first_damaged(visited.append)
     assert damaged is not None
     with pytest.raises(StoreCorruptError) as caught:
         store.read(0, 100)
     assert caught.value.offset == damaged
     intact = [b for b in batches if b.next_offset <= damaged]
+    assert visited == intact  # the scrub hands over every batch before the damage, in order
     if intact:  # what lies before the damage is still served
         assert store.read(0, len(intact)) == intact
     store.close()

@@ -1,7 +1,8 @@
 """The trio driver of one shard replica: it persists, syncs, sends and sleeps for the pure core.
 
 ``ReplicaDriver.run`` loads the replica's meta file, scrubs its log (in a worker thread, before
-anything else touches it), builds the ``Replica`` and then feeds it events from four sources:
+anything else touches it; the same pass builds the idempotence table), builds the ``Replica``
+and then feeds it events from four sources:
 peers' messages (a bounded inbox, drained by one task), ticks (a timer), the storage driver's
 ``Durable`` (the sync task) and callers (``write``, ``read``, ``lead``). Every step's effects
 are carried out at once, synchronously, on the trio thread, in order, before any other event
@@ -60,7 +61,7 @@ from streamd_client.errors import (
 )
 
 from ..clock import Clock
-from ..storage.logstore import LogStore, StoreCorruptError, StoredBatch, StoreFullError
+from ..storage.logstore import LogStore, StoredBatch, StoreFullError
 from . import messages as m
 from . import telemetry
 from .codec import Envelope
@@ -95,7 +96,6 @@ class DriverConfig:
     tick_ms: int = 10
     inbox_messages_max: int = 4096
     wait_margin_s: float = 1.0  # a write waits write_timeout_ms + this, then TIMEOUT itself
-    scrub_at_start: bool = True
 
 
 @dataclass(slots=True)
@@ -166,10 +166,10 @@ class ReplicaDriver:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the replica until cancelled. Raises MetaFileCorrupt at start, or what broke it."""
         self.meta = self.meta_file.load()
-        damaged = None
-        if self.config.scrub_at_start:
-            damaged = await trio.to_thread.run_sync(self.store.first_damaged)
-        producers = await trio.to_thread.run_sync(self._producers_of_log)
+        # One pass over the log, in a worker thread: the scrub, and the idempotence table of
+        # what precedes any damage (all the log keeps once the replica cuts the damage off).
+        producers = Producers(self.replica_config.producers_max)
+        damaged = await trio.to_thread.run_sync(self.store.first_damaged, producers.record)
         self.replica = Replica(
             self.replica_id,
             self.store,
@@ -195,16 +195,6 @@ class ReplicaDriver:
             self._stop()
         if self.broken is not None:
             raise self.broken
-
-    def _producers_of_log(self) -> Producers | None:
-        """The idempotence table of the whole log, read before the replica exists (a worker
-        thread: a long log must not hold up the event loop, nor a later failover)."""
-        try:
-            return Producers.from_log(
-                self.store, self.store.log_end(), self.replica_config.producers_max
-            )
-        except StoreCorruptError:
-            return None  # a damaged log: the replica repairs it first
 
     def _stop(self) -> None:
         self._running = False

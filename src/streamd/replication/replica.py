@@ -74,8 +74,9 @@ class Replica:
         now_ms: int = 0,
         producers: Producers | None = None,
     ) -> None:
-        """``producers``: the idempotence table of ``view``'s whole log, if the caller built it
-        (the driver does, in a worker thread); else it is read from ``view`` here."""
+        """``producers``: the idempotence table of ``view``'s log, if the caller built it (the
+        driver does, in a worker thread, while it scrubs: up to the first damaged batch, which
+        the caller then steps as ``Damaged``); else it is read from ``view`` here."""
         self.id = replica_id
         self.view = view
         self.meta = meta

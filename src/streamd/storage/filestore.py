@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import bisect
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import crc32c
@@ -39,6 +39,7 @@ from .config import LogConfig
 from .log import ShardLog
 from .logstore import EpochStart, StoreCorruptError, StoredBatch, StoreFullError, make_batch
 
+SCRUB_READ_BYTES = 1 << 20
 _HEADER = struct.Struct(">HBBIQIIQQQIIII")
 assert _HEADER.size == batchfmt.HEADER_BYTES
 _HEADER_CRC_AT = 60
@@ -203,10 +204,28 @@ class FileLogStore:
         assert self._log.next_offset == offset, (self._log.next_offset, offset)
         self._durable = min(self._durable, offset)
 
-    def first_damaged(self) -> int | None:
-        """Scrub: read every batch, verifying both CRCs; the first failing one's base offset."""
-        try:
-            self.read(self._log.start_offset, 1 << 30)
-        except StoreCorruptError as exc:
-            return exc.offset
-        return None
+    def first_damaged(self, visit: Callable[[StoredBatch], None] | None = None) -> int | None:
+        """Scrub: read every batch (1 MiB at a time), verifying both CRCs, handing each to
+        ``visit``; the first failing one's base offset."""
+        offset, end = self._log.start_offset, self._log.next_offset
+        damaged: int | None = None
+        while offset < end:
+            try:
+                got = self._log.read(offset, SCRUB_READ_BYTES, end)
+            except CorruptDataError as exc:  # the first bad batch read: visit those before it
+                damaged = int(exc.details.get("base_offset", offset))
+                if damaged <= offset:
+                    return damaged
+                end = damaged
+                continue
+            if not got:
+                break
+            for data in got:
+                try:
+                    batch = decode_stored(data)
+                except CorruptDataError as exc:
+                    return int(exc.details.get("base_offset", offset))
+                if visit is not None:
+                    visit(batch)
+                offset = batch.next_offset
+        return damaged

@@ -19,7 +19,7 @@ objects. The checksum covers every field, so a bit flip anywhere is detected on 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -168,6 +168,7 @@ class LogStore(LogView, Protocol):
         """Drop every batch at or after ``offset`` (a batch boundary), durably."""
         ...
 
-    def first_damaged(self) -> int | None:
-        """The base offset of the first batch failing its checksum (a scrub), or None."""
+    def first_damaged(self, visit: Callable[[StoredBatch], None] | None = None) -> int | None:
+        """The base offset of the first batch failing its checksum (a scrub), or None; each
+        intact batch before it goes to ``visit``, in order (one pass serves both)."""
         ...

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import bisect
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from .logstore import EpochStart, StoreCorruptError, StoredBatch, StoreFullError
@@ -91,10 +91,12 @@ class MemoryLog:
         while self._epochs and self._epochs[-1].start_offset >= offset:
             self._epochs.pop()
 
-    def first_damaged(self) -> int | None:
+    def first_damaged(self, visit: Callable[[StoredBatch], None] | None = None) -> int | None:
         for batch in self._batches:
             if not batch.intact():
                 return batch.base_offset
+            if visit is not None:
+                visit(batch)
         return None
 
     # -- faults (the simulator's hands) -----------------------------------------------------
