@@ -5,7 +5,7 @@
 ``UNSUPPORTED`` lists the rest of the Kinesis API (botocore's service model at the time of
 writing): those are answered with an InvalidArgumentException naming the operation, never a
 silent success. A name in neither set is not a Kinesis operation at all:
-UnknownOperationException. tests/unit/test_kinesis_operations_model.py checks both sets against
+UnknownOperationException. tests/integration/test_kinesis_operations.py checks both sets against
 the installed botocore's model, so an operation a newer botocore adds fails that test until it
 is listed here.
 """
