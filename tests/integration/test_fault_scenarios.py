@@ -18,12 +18,14 @@ The scenarios live in scenarios/ (runnable modules, not an installed package): l
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from streamd.testing.disk import DiskUnavailable
 from streamd.testing.scenario import ScenarioOptions, ScenarioResult, run_scenario
 from streamd.testing.workload import LoadOptions
 
@@ -114,6 +116,26 @@ async def test_a_node_lost_for_good_is_re_replicated(tmp_path: Path) -> None:
     verdict("node_lost", result)
     (restored_s,) = result.figures["re-replicated"]
     assert restored_s >= module.GRACE_S
+
+
+async def test_a_full_disk_loses_nothing_and_holds_back_no_quorum(tmp_path: Path) -> None:
+    """Scenario 8 (scenarios/full_disk.py): each node's data dir a tmpfs; two rounds fill one
+    node's disk while it leads some shards and follows the others: the followed shards go on
+    taking writes, every shard takes writes again once the space is back, nothing is lost."""
+    module = load("full_disk")
+    module.FULL_S = 2.0
+    options = short_options(tmp_path, seed=3, rounds=2)
+    options.node_disk_bytes = 64 * 1024 * 1024
+    try:
+        result = await run_scenario("full_disk", module.fault_round, options)
+    except DiskUnavailable as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+    verdict("full_disk", result)
+    assert len(result.figures["disk freed to writes on every shard"]) == 2
+    assert result.figures["disk full to a write acknowledged on each followed shard"]
+    assert result.load["errors"].get("STORAGE_FULL", 0) > 0, "no write met the full disk"
 
 
 @pytest.mark.slow

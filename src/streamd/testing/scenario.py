@@ -56,6 +56,7 @@ from ..cluster.replicated import replica_log_dir
 from ..config import parse_cluster_url
 from ..meta.etcd import EtcdMetaStore
 from ..meta.keys import SHARDS_PREFIX, ShardAssignment
+from . import disk
 from .cluster import ClusterStartError, LocalCluster
 from .history import CheckReport, History, Seen, check
 from .replica_check import ReplicaSnapshot, range_table, snapshot_log
@@ -83,6 +84,7 @@ class ScenarioOptions:
     root_dir: Path | None = None  # None: a temporary dir, removed when the history checks out
     say: Callable[[str], None] = field(default=lambda message: None)
     serve_args: tuple[str, ...] = ()  # more `streamd serve` flags for every node
+    node_disk_bytes: int | None = None  # each node's data dir on a tmpfs this big (needs root)
 
 
 @dataclass
@@ -368,6 +370,14 @@ class ScenarioContext:
     def running(self, node_id: str) -> bool:
         return self.cluster.node(node_id).running
 
+    async def fill_disk(self, node_id: str) -> int:
+        """Fill ``node_id``'s data disk (``node_disk_bytes``) to the last byte; bytes taken."""
+        assert self.options.node_disk_bytes, "fill_disk needs ScenarioOptions.node_disk_bytes"
+        return await trio.to_thread.run_sync(disk.fill, self.cluster.root_dir / node_id)
+
+    async def free_disk(self, node_id: str) -> None:
+        await trio.to_thread.run_sync(disk.free, self.cluster.root_dir / node_id)
+
     async def heal(self) -> None:
         """Restart every node that is not running (etcd first, if it is down)."""
         if not self.cluster.etcd.running:
@@ -389,7 +399,10 @@ async def run_scenario(
     cluster = LocalCluster(
         options.nodes, root_dir=root / "cluster", kinesis=False, extra_args=options.serve_args
     )
+    disks = [cluster.root_dir / n for n in cluster.nodes] if options.node_disk_bytes else []
     try:
+        for mount in disks:
+            await trio.to_thread.run_sync(disk.mount_tmpfs, mount, options.node_disk_bytes or 0)
         await trio.to_thread.run_sync(cluster.start)
         options.say(f"cluster up in {time.monotonic() - started:.1f} s under {root}")
         async with connect(cluster.bootstrap, request_timeout_s=5.0) as client:
@@ -408,6 +421,8 @@ async def run_scenario(
         ]
     finally:
         await trio.to_thread.run_sync(cluster.close)
+        for mount in disks:
+            await trio.to_thread.run_sync(disk.unmount, mount)
     stats = workload.stats
     if stats.budget_spent_at_s is not None:
         ctx.note(
