@@ -93,17 +93,26 @@ async def test_sealed_stream_survives_restart_rotation_and_stop(tmp_path: Path) 
         assert await read_all(server.endpoint, "enc") == [marker(n) for n in range(35)]
 
 
+def keyring_server(tmp_path: Path) -> ServerProcess:
+    keyring = tmp_path / "keyring.json"
+    write_keyring(keyring, 1)
+    return ServerProcess(tmp_path / "data", extra_args=["--keyring", str(keyring)])
+
+
+async def seal_three_records(server: ServerProcess) -> None:
+    """Stream "enc" encrypted, holding records 0..2; then the server is terminated."""
+    async with connect(server.endpoint) as client:
+        await client.create_stream("enc", 1)
+        await client.set_encryption("enc", KEY)
+    await put(server.endpoint, "enc", range(0, 3))
+    server.terminate()
+
+
 async def test_a_node_without_the_keyring_refuses_writes_and_stores_no_plaintext(
     tmp_path: Path,
 ) -> None:
-    keyring = tmp_path / "keyring.json"
-    write_keyring(keyring, 1)
-    with ServerProcess(tmp_path / "data", extra_args=["--keyring", str(keyring)]) as server:
-        async with connect(server.endpoint) as client:
-            await client.create_stream("enc", 1)
-            await client.set_encryption("enc", KEY)
-        await put(server.endpoint, "enc", range(0, 3))
-        server.terminate()
+    with keyring_server(tmp_path) as server:
+        await seal_three_records(server)
         server.extra_args = []  # restarted without --keyring: the stream is still encrypted
         server.restart()
         with pytest.raises(errors.InternalError, match="no --keyring"):
@@ -114,14 +123,8 @@ async def test_a_node_without_the_keyring_refuses_writes_and_stores_no_plaintext
 
 
 async def test_flipped_byte_in_a_sealed_batch_is_never_served(tmp_path: Path) -> None:
-    keyring = tmp_path / "keyring.json"
-    write_keyring(keyring, 1)
-    with ServerProcess(tmp_path / "data", extra_args=["--keyring", str(keyring)]) as server:
-        async with connect(server.endpoint) as client:
-            await client.create_stream("enc", 1)
-            await client.set_encryption("enc", KEY)
-        await put(server.endpoint, "enc", range(0, 3))
-        server.terminate()
+    with keyring_server(tmp_path) as server:
+        await seal_three_records(server)
         (segment,) = sorted(server.stream_dir("enc").glob("shardId-*/*.log"))
         data = bytearray(segment.read_bytes())
         first = batchfmt.parse_header(data)

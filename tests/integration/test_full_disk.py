@@ -12,9 +12,7 @@ Mounting needs root (CI runs as root); the test is skipped, saying so, only wher
 
 from __future__ import annotations
 
-import errno
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +21,7 @@ import anyio
 import pytest
 from botocore.exceptions import ClientError
 
-from streamd.testing import ServerProcess
+from streamd.testing import ServerProcess, disk
 from streamd_client import Client, Position, RecordFailure, connect, errors, group_admin
 
 from .aws import kinesis_client
@@ -43,37 +41,20 @@ def anyio_backend() -> str:
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs of DISK_BYTES mounted at ``tmp_path / "data"``, unmounted at teardown."""
     mount = tmp_path / "data"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES},mode=0700", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        disk.mount_tmpfs(mount, DISK_BYTES)
+    except disk.DiskUnavailable as exc:
+        pytest.skip(str(exc))
     try:
         yield mount
     finally:
-        if subprocess.run(["umount", str(mount)], timeout=30).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount)], timeout=30, check=False)
+        disk.unmount(mount)
 
 
-def fill_to_the_last_byte(path: Path) -> None:
-    """Grow ``path`` until the file system refuses even one byte."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for chunk in (1 << 20, 1 << 16, 1 << 12, 1):
-            try:
-                while True:
-                    os.write(fd, b"\0" * chunk)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    assert os.statvfs(path).f_bavail == 0
+def fill_to_the_last_byte(directory: Path) -> None:
+    """Grow a filler file until the file system refuses even one byte."""
+    disk.fill(directory)
+    assert os.statvfs(directory).f_bavail == 0
 
 
 async def join(client: Client, stream: str, group: str) -> group_admin.Assignment:
@@ -117,7 +98,7 @@ async def test_full_disk_refuses_cleanly_frees_by_delete_and_recovers_without_re
             for data in kept:
                 await client.put_record("victim", data, "k")
             await fill_with_records(client, "ballast")
-            fill_to_the_last_byte(small_disk / "filler")
+            fill_to_the_last_byte(small_disk)
 
             # Writes: typed and retryable, on both protocols. (64 KiB: a few bytes could still
             # fit in the segment file's last, partly used page.)
@@ -158,13 +139,13 @@ async def test_full_disk_refuses_cleanly_frees_by_delete_and_recovers_without_re
             assert await read_all(client, "victim") == [*kept, b"after", b"after-kinesis"]
 
             # Full again, then SIGTERM: a clean exit even though nothing can be written.
-            fill_to_the_last_byte(small_disk / "filler")
+            fill_to_the_last_byte(small_disk)
         start = server.log_text().rindex("--- start")
         assert await anyio.to_thread.run_sync(server.terminate) == 0
         stopping = server.log_text()[start:]
         assert "Traceback" not in stopping and '"server.stopped"' in stopping
 
-        (small_disk / "filler").unlink()
+        disk.free(small_disk)
         await anyio.to_thread.run_sync(server.restart)
         async with connect(server.endpoint) as client:
             assert await read_all(client, "victim") == [*kept, b"after", b"after-kinesis"]
