@@ -206,26 +206,19 @@ class FileLogStore:
 
     def first_damaged(self, visit: Callable[[StoredBatch], None] | None = None) -> int | None:
         """Scrub: read every batch (1 MiB at a time), verifying both CRCs, handing each to
-        ``visit``; the first failing one's base offset."""
+        ``visit``; the first failing one's base offset. (``ShardLog.read`` raises only for the
+        first batch it reads; a later bad one ends its list, so the next read meets it first.)"""
         offset, end = self._log.start_offset, self._log.next_offset
-        damaged: int | None = None
         while offset < end:
             try:
                 got = self._log.read(offset, SCRUB_READ_BYTES, end)
-            except CorruptDataError as exc:  # the first bad batch read: visit those before it
-                damaged = int(exc.details.get("base_offset", offset))
-                if damaged <= offset:
-                    return damaged
-                end = damaged
-                continue
+                for data in got:
+                    batch = decode_stored(data)
+                    if visit is not None:
+                        visit(batch)
+                    offset = batch.next_offset
+            except CorruptDataError as exc:
+                return int(exc.details.get("base_offset", offset))
             if not got:
                 break
-            for data in got:
-                try:
-                    batch = decode_stored(data)
-                except CorruptDataError as exc:
-                    return int(exc.details.get("base_offset", offset))
-                if visit is not None:
-                    visit(batch)
-                offset = batch.next_offset
-        return damaged
+        return None
