@@ -138,6 +138,20 @@ async def test_a_full_disk_loses_nothing_and_holds_back_no_quorum(tmp_path: Path
     assert result.load["errors"].get("STORAGE_FULL", 0) > 0, "no write met the full disk"
 
 
+async def test_a_group_keeps_every_record_and_its_order_across_kill_and_split(
+    tmp_path: Path,
+) -> None:
+    """Scenario 11 (scenarios/group_failover.py): three workers; a node killed, a shard split
+    while it is down, a worker replaced; every acknowledged record processed, per-key order
+    across parent and children, checkpoints never back (streamd.testing.group_check)."""
+    module = load("group_failover")
+    said: list[str] = []
+    report = await module.run(1, 5, tmp_path, said.append)
+    assert report.ok, report.text() + "\n" + "\n".join(said)
+    assert report.acked > 1_000, report.text()
+    assert any(line.startswith("split ") for line in said), said
+
+
 @pytest.mark.slow
 async def test_every_fault_on_one_cluster(tmp_path: Path) -> None:
     """All seven rounds (all_faults.ORDER) on one cluster."""
