@@ -59,6 +59,7 @@ from ..meta.keys import SHARDS_PREFIX, ShardAssignment
 from . import disk
 from .cluster import ClusterStartError, LocalCluster
 from .history import CheckReport, History, Seen, check
+from .netproxy import Network
 from .replica_check import ReplicaSnapshot, range_table, snapshot_log
 from .workload import LoadOptions, Shards, Workload, read_all
 
@@ -85,6 +86,7 @@ class ScenarioOptions:
     say: Callable[[str], None] = field(default=lambda message: None)
     serve_args: tuple[str, ...] = ()  # more `streamd serve` flags for every node
     node_disk_bytes: int | None = None  # each node's data dir on a tmpfs this big (needs root)
+    proxied: bool = False  # every node behind proxies the rounds can cut (netproxy.Network)
 
 
 @dataclass
@@ -173,6 +175,7 @@ class ScenarioContext:
         self.options = options
         self.notes: list[str] = []
         self.figures: dict[str, list[float]] = {}
+        self.network: Network | None = None  # with ScenarioOptions.proxied
 
     def say(self, message: str) -> None:
         self.options.say(message)
@@ -379,7 +382,9 @@ class ScenarioContext:
         await trio.to_thread.run_sync(disk.free, self.cluster.root_dir / node_id)
 
     async def heal(self) -> None:
-        """Restart every node that is not running (etcd first, if it is down)."""
+        """Heal every partition; restart every node that is not running (etcd first)."""
+        if self.network is not None:
+            self.network.heal()
         if not self.cluster.etcd.running:
             await trio.to_thread.run_sync(self.cluster.etcd.restart)
         for node_id in self.cluster.nodes:
@@ -391,6 +396,15 @@ async def run_scenario(
     name: str, fault_round: FaultRound, options: ScenarioOptions
 ) -> ScenarioResult:
     """Run one scenario (module doc); bounded by its rounds plus the timeouts above."""
+    async with trio.open_nursery() as proxies:  # the partition proxies, when asked for
+        result = await _run_scenario(name, fault_round, options, proxies)
+        proxies.cancel_scope.cancel()
+    return result
+
+
+async def _run_scenario(
+    name: str, fault_round: FaultRound, options: ScenarioOptions, proxies: trio.Nursery
+) -> ScenarioResult:
     rng = random.Random(options.seed)
     root = options.root_dir or Path(tempfile.mkdtemp(prefix=f"streamd-{name}-"))
     started = time.monotonic()
@@ -400,6 +414,9 @@ async def run_scenario(
         options.nodes, root_dir=root / "cluster", kinesis=False, extra_args=options.serve_args
     )
     disks = [cluster.root_dir / n for n in cluster.nodes] if options.node_disk_bytes else []
+    network = Network(cluster) if options.proxied else None
+    if network is not None:
+        await network.start(proxies)
     try:
         for mount in disks:
             await trio.to_thread.run_sync(disk.mount_tmpfs, mount, options.node_disk_bytes or 0)
@@ -408,6 +425,7 @@ async def run_scenario(
         async with connect(cluster.bootstrap, request_timeout_s=5.0) as client:
             shards = await _create(client, stream, options)
             ctx = ScenarioContext(cluster, client, stream, shards, history, rng, options)
+            ctx.network = network
             await ctx.wait_leaders(timeout_s=PLACE_TIMEOUT_S)
             workload = await _run_load(ctx, fault_round)
             found = {s: await _final_read(ctx, s) for s in shards.ids}
