@@ -54,7 +54,15 @@ class History:
     workers: dict[str, GroupWorker] = field(default_factory=dict)
 
 
-async def _write(bootstrap: str, history: History, stop: trio.Event) -> None:
+async def _write(bootstrap: str, history: History, stop: trio.Event, done: trio.Event) -> None:
+    """Write until ``stop``, flush, and set ``done`` once every record's fate is known."""
+    try:
+        await _write_until(bootstrap, history, stop)
+    finally:
+        done.set()
+
+
+async def _write_until(bootstrap: str, history: History, stop: trio.Event) -> None:
     counters = itertools.count()
     async with connect(bootstrap, request_timeout_s=5.0) as client:
         producer = client.producer(
@@ -167,7 +175,8 @@ async def run(rounds: int, seed: int | None, root: Path, say: Callable[[str], No
             await admin.wait_for_active(STREAM, STEP_S_MAX)
         stop_writing = trio.Event()
         async with trio.open_nursery() as writer:
-            writer.start_soon(_write, cluster.bootstrap, history, stop_writing)
+            written = trio.Event()
+            writer.start_soon(_write, cluster.bootstrap, history, stop_writing, written)
             async with trio.open_nursery() as group:
                 for k in range(3):  # worker k asks node k first, the others after it
                     order = nodes[k:] + nodes[:k]
@@ -180,6 +189,8 @@ async def run(rounds: int, seed: int | None, root: Path, say: Callable[[str], No
                     await _round(cluster, rng, history, say, group, index)
                 await trio.sleep(2.0)
                 stop_writing.set()
+                with trio.move_on_after(2 * STEP_S_MAX):
+                    await written.wait()  # every acknowledgement in before the drain check
                 await _wait_drained(history, say)
                 for worker in history.workers.values():
                     worker.request_shutdown()
